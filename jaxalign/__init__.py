@@ -1,0 +1,3 @@
+"""jaxalign: align language models in JAX."""
+
+__version__ = "0.1.0"
