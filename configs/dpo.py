@@ -1,0 +1,30 @@
+"""DPO (and IPO, cDPO, hinge, robust via `dpo.loss_type`) on the embedded task, from the SFT checkpoint.
+
+  python -m jaxalign.main --config=configs/dpo.py --workdir=/tmp/dpo
+  python -m jaxalign.main --config=configs/dpo.py --config.dpo.loss_type=ipo --config.dpo.beta=0.5
+
+Rafailov et al. 2023, "Direct Preference Optimization" (arXiv:2305.18290).
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  del arg
+  c = common.base_config(
+      "dpo",
+      train=common.asset("preference_train.jsonl"),
+      eval_=common.asset("preference_test.jsonl"),
+      model_path=common.asset("checkpoints", "sft"),
+      learning_rate=5e-4,
+  )
+  c.train.batch_size = 32          # 32 pairs = 64 sequences per forward.
+  c.train.num_steps = 150
+  c.train.eval_every = 50
+  d = c.dpo = ml_collections.ConfigDict()
+  d.beta = 0.1                     # KL strength: reward = beta * log(pi / pi_ref).
+  d.loss_type = "sigmoid"          # sigmoid | ipo | hinge | robust (see jaxalign/losses/dpo.py).
+  d.label_smoothing = 0.0          # cDPO / robust: assumed probability that a label is flipped.
+  d.precompute_ref = False         # True: reference log-probs in one pass up front, no reference in memory.
+  return common.lock(c)

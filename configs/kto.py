@@ -1,0 +1,24 @@
+"""KTO: prospect-theoretic loss on unpaired desirable / undesirable completions (Ethayarajh et al. 2024).
+
+  python -m jaxalign.main --config=configs/kto.py --workdir=/tmp/kto
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  del arg
+  c = common.base_config(
+      "kto",
+      train=common.asset("kto_train.jsonl"),
+      eval_=common.asset("kto_test.jsonl"),
+      model_path=common.asset("checkpoints", "sft"),
+      learning_rate=5e-4,
+  )
+  c.train.num_steps = 150
+  k = c.kto = ml_collections.ConfigDict()
+  k.beta = 0.1
+  k.desirable_weight = 1.0         # lambda_D
+  k.undesirable_weight = 1.0       # lambda_U
+  return common.lock(c)

@@ -1,0 +1,52 @@
+"""The jaxalign trainer.
+
+  python -m jaxalign.main --config=configs/dpo.py --workdir=/tmp/dpo \
+      --config.optimizer.learning_rate=5e-7 --config.dpo.beta=0.05 --config.mesh.fsdp=4
+
+`--config` is a Python file with `get_config()` (see configs/); every field can be overridden with
+`--config.<field>=<value>`, and a misspelt field is an error. `--workdir` receives checkpoints (resumed
+from automatically), metrics.jsonl, TensorBoard events and the final Hugging Face export.
+"""
+import os
+import sys
+
+
+def _config_root_on_path(argv):
+  """Config files import `configs.common`: put the directory holding `configs/` on sys.path."""
+  for i, a in enumerate(argv):
+    path = a.split("=", 1)[1] if a.startswith("--config=") else (
+        argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+    if path:
+      path = path.split(":", 1)[0]
+      root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+      if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+_config_root_on_path(sys.argv)
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "", "Checkpoints, logs and exports; default runs/<objective>.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from jaxalign.trainers.loop import train_and_evaluate
+  from jaxalign.trainers.validate import ConfigError
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join("runs", config.objective)
+  try:
+    train_and_evaluate(config, workdir)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

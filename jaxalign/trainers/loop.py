@@ -1,0 +1,114 @@
+"""The training loop: `train_and_evaluate(config, workdir)` for every offline objective.
+
+Flow: validate config → mesh → tokenizer, model, parameters (loaded onto the mesh) → data → jitted,
+sharded, donated step → loop with progress, metrics, periodic evaluation and orbax checkpoints → HF
+export. Resumes from the latest checkpoint in `<workdir>/checkpoints` if there is one.
+"""
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxalign import sharding
+from jaxalign.checkpoints.orbax_state import StateCheckpointer
+from jaxalign.trainers import distributed, setup
+from jaxalign.trainers.metrics_writer import MetricsWriter
+from jaxalign.trainers.optim import make_optimizer
+from jaxalign.trainers.state import TrainState
+from jaxalign.trainers.step import make_eval_step, make_train_step
+from jaxalign.trainers.validate import validate
+
+
+def _to_global(batch, batch_sharding):
+  """Per-host numpy batch -> global jax arrays sharded over the batch axes."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+
+
+def _mean_metrics(records):
+  keys = records[0].keys()
+  return {k: float(np.mean([r[k] for r in records])) for k in keys}
+
+
+def _count_tokens(batch):
+  return int(sum(np.sum(v) for k, v in batch.items() if k.endswith("segment_ids") and v.ndim == 2
+                 for v in [v > 0]))
+
+
+def evaluate(eval_step, params, ref_params, eval_iter_fn, batch_sharding):
+  """Mean of the eval metrics over one pass of the held-out split."""
+  records = []
+  for batch in eval_iter_fn():
+    records.append(jax.device_get(eval_step(params, _to_global(batch, batch_sharding), ref_params)))
+  return _mean_metrics(records) if records else {}
+
+
+def train_and_evaluate(config, workdir):
+  """Runs the configured objective; returns the final metrics dict (train and eval)."""
+  distributed.maybe_initialize(config.distributed)
+  mesh_shape = validate(config, jax.device_count(), jax.process_count())
+  is_chief = jax.process_index() == 0
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(*mesh_shape)
+  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+
+  run = setup.build_run(config, mesh)        # tokenizer, model, params, data
+  tx, schedule = make_optimizer(config.optimizer, config.train.num_steps)
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh:
+    params = run.params
+    opt_state = jax.jit(tx.init)(params)
+    rng = jax.random.key_data(jax.random.key(config.seed))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    ref_params = run.ref_params
+    ref_shardings = jax.tree.map(lambda x: x.sharding, ref_params) if ref_params is not None else None
+
+    train_step = jax.jit(make_train_step(run.model, tx, config, schedule),
+                         in_shardings=(state_shardings, batch_sharding, ref_shardings),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(run.model, config),
+                        in_shardings=(state_shardings.params, batch_sharding, ref_shardings))
+
+    ckpt = StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints) \
+        if workdir else None
+    if ckpt and ckpt.latest_step() is not None:
+      state, data_state, _ = ckpt.restore(jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+      run.train_iter.set_state(data_state)
+      print(f"Resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
+
+    num_steps = config.train.num_steps
+    writer = MetricsWriter(workdir if is_chief else "", num_steps)
+    start = int(state.step)
+    pending, tokens = [], 0
+    final = {}
+    print(f"Training {config.objective} for {num_steps} steps ({run.describe()})", flush=True)
+    for step in range(start + 1, num_steps + 1):
+      batch = next(run.train_iter)
+      tokens += _count_tokens(batch) * jax.process_count()
+      state, metrics = train_step(state, _to_global(batch, batch_sharding), ref_params)
+      pending.append(metrics)
+      if step % config.train.log_every == 0 or step == num_steps:
+        final["train"] = writer.write(step, _mean_metrics(jax.device_get(pending)), tokens=tokens)
+        pending, tokens = [], 0
+      if run.eval_iter_fn and (step == num_steps or (config.train.eval_every and
+                                                     step % config.train.eval_every == 0)):
+        final["eval"] = writer.write(step, evaluate(eval_step, state.params, ref_params, run.eval_iter_fn,
+                                                    batch_sharding), prefix="eval")
+      if ckpt and (step == num_steps or (config.train.checkpoint_every and
+                                         step % config.train.checkpoint_every == 0)):
+        ckpt.save(step, state, run.train_iter.get_state(), {"objective": config.objective})
+    if ckpt:
+      ckpt.close()
+    if workdir and config.train.export_hf:
+      path = os.path.join(workdir, "hf")
+      setup.export(run, state.params, path)
+      print(f"Exported Hugging Face checkpoint to {path}", flush=True)
+    writer.close()
+  return final

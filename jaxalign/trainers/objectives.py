@@ -1,0 +1,137 @@
+"""Objective glue: from (params, batch) to a loss from `jaxalign.losses`. No maths of its own.
+
+Each objective is a builder `make_<name>_loss(model, hparams) -> loss_fn(params, ref_params, batch)`
+returning `(loss, metrics)`. `hparams` is a plain dict read from the config outside of any trace.
+`OBJECTIVES` is the one table the step factory and config validation read.
+
+Preference objectives run chosen and rejected through one forward pass: the two halves are concatenated
+along the batch axis ([2B, T]) and split after the log-probs are taken.
+"""
+import jax
+import jax.numpy as jnp
+
+from jaxalign import losses
+from jaxalign.models import last_token_scores
+
+_SEQ_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
+
+
+def _logits(model, params, batch, prefix=""):
+  return model.apply({"params": params}, batch[prefix + "input_ids"], batch[prefix + "positions"],
+                     batch[prefix + "segment_ids"])
+
+
+def _pair(batch):
+  """Chosen rows then rejected rows: {key: [2B, T]}."""
+  return {k: jnp.concatenate([batch["chosen_" + k], batch["rejected_" + k]], axis=0) for k in _SEQ_KEYS}
+
+
+def _pair_logps(model, params, batch, average):
+  """Sequence log-probs of chosen and rejected completions, one forward pass. Returns ([B], [B], logits)."""
+  both = _pair(batch)
+  logits = _logits(model, params, both)                                  # [2B, T, V]
+  logps = losses.sequence_logprobs(logits, both["targets"], both["loss_mask"], average=average)
+  b = logps.shape[0] // 2
+  return logps[:b], logps[b:], logits, both
+
+
+def make_clm_loss(model, hp):
+  def loss_fn(params, ref_params, batch):
+    del ref_params
+    logits = _logits(model, params, batch)
+    return losses.clm_loss(logits, batch["targets"], batch["loss_mask"], z_loss=hp.get("z_loss", 0.0))
+  return loss_fn
+
+
+def make_sft_loss(model, hp):
+  del hp
+  def loss_fn(params, ref_params, batch):
+    del ref_params
+    logits = _logits(model, params, batch)
+    return losses.sft_loss(logits, batch["targets"], batch["loss_mask"])
+  return loss_fn
+
+
+def make_reward_loss(model, hp):
+  """Bradley-Terry reward model: the scalar head read at each sequence's last real token."""
+  def loss_fn(params, ref_params, batch):
+    del ref_params
+    both = _pair(batch)
+    scores = model.apply({"params": params}, both["input_ids"], both["positions"], both["segment_ids"])
+    rewards = last_token_scores(scores, both["segment_ids"])            # [2B]
+    b = rewards.shape[0] // 2
+    return losses.reward_bt_loss(rewards[:b], rewards[b:], center_coef=hp.get("center_coef", 0.0))
+  return loss_fn
+
+
+def _reference_logps(model, ref_params, batch, average):
+  """Reference log-probs: precomputed in the batch, or a forward pass of the frozen reference."""
+  if "ref_chosen_logps" in batch:
+    return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+  ref_c, ref_r, _, _ = _pair_logps(model, jax.lax.stop_gradient(ref_params), batch, average)
+  return ref_c, ref_r
+
+
+def make_dpo_loss(model, hp):
+  # IPO is defined on length-averaged log-probs (as in TRL); the other types on summed log-probs.
+  average = hp["loss_type"] == "ipo"
+  def loss_fn(params, ref_params, batch):
+    pol_c, pol_r, _, _ = _pair_logps(model, params, batch, average)
+    ref_c, ref_r = _reference_logps(model, ref_params, batch, average)
+    return losses.dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=hp["beta"], loss_type=hp["loss_type"],
+                           label_smoothing=hp.get("label_smoothing", 0.0))
+  return loss_fn
+
+
+def make_orpo_loss(model, hp):
+  def loss_fn(params, ref_params, batch):
+    del ref_params
+    pol_c, pol_r, _, both = _pair_logps(model, params, batch, average=True)
+    # The SFT term: token-mean NLL of the chosen completions = -(average log-prob), averaged over pairs.
+    n_tok = jnp.maximum(jnp.sum(batch["chosen_loss_mask"]), 1.0)
+    nll = -jnp.sum(pol_c * jnp.sum(batch["chosen_loss_mask"], axis=-1)) / n_tok
+    return losses.orpo_loss(pol_c, pol_r, nll, beta=hp["beta"])
+  return loss_fn
+
+
+def make_simpo_loss(model, hp):
+  def loss_fn(params, ref_params, batch):
+    del ref_params
+    pol_c, pol_r, _, _ = _pair_logps(model, params, batch, average=True)
+    return losses.simpo_loss(pol_c, pol_r, beta=hp["beta"], gamma=hp["gamma"])
+  return loss_fn
+
+
+def make_kto_loss(model, hp):
+  """KTO. The reference point z0 is the batch's mean policy/reference log-ratio (detached, clamped >= 0)."""
+  def loss_fn(params, ref_params, batch):
+    logits = _logits(model, params, batch)
+    pol = losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])
+    if "ref_logps" in batch:
+      ref = batch["ref_logps"]
+    else:
+      ref_logits = _logits(model, jax.lax.stop_gradient(ref_params), batch)
+      ref = losses.sequence_logprobs(ref_logits, batch["targets"], batch["loss_mask"])
+    kl = jax.lax.stop_gradient(jnp.maximum(jnp.mean(pol - ref), 0.0))
+    return losses.kto_loss(pol, ref, batch["label"], kl, beta=hp["beta"],
+                           desirable_weight=hp["desirable_weight"],
+                           undesirable_weight=hp["undesirable_weight"])
+  return loss_fn
+
+
+# objective -> (loss builder, data kind, needs a reference model, model head)
+OBJECTIVES = {
+    "clm": (make_clm_loss, "clm", False, "lm"),
+    "sft": (make_sft_loss, "sft", False, "lm"),
+    "reward": (make_reward_loss, "preference", False, "score"),
+    "dpo": (make_dpo_loss, "preference", True, "lm"),
+    "orpo": (make_orpo_loss, "preference", False, "lm"),
+    "simpo": (make_simpo_loss, "preference", False, "lm"),
+    "kto": (make_kto_loss, "kto", True, "lm"),
+}
+
+
+def hparams(config):
+  """The objective's hyper-parameters as a plain dict (read outside any trace)."""
+  sub = config.get(config.objective)
+  return dict(sub.to_dict()) if sub is not None else {}

@@ -1,0 +1,108 @@
+"""Config validation, run once before anything is loaded or compiled. Every error names its field."""
+import math
+import os
+import re
+
+from jaxalign.trainers.objectives import OBJECTIVES
+
+
+class ConfigError(ValueError):
+  """A config field has a bad value; the message starts with `config.<field>=<value>`."""
+
+
+def _fail(field, value, why):
+  raise ConfigError(f"config.{field}={value!r}: {why}")
+
+
+def _check_path(field, path, required=True):
+  if not path:
+    if required:
+      _fail(field, path, "is required")
+    return
+  if os.path.exists(os.path.expanduser(path)):
+    return
+  # A hub name ("org/name" or "name") is let through; anything that looks like a path must exist.
+  if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) or path.startswith("."):
+    _fail(field, path, "no such file or directory")
+
+
+def validate(config, num_devices, process_count=1):
+  """Raises ConfigError on the first bad field. Returns the resolved mesh shape (data, fsdp, tensor)."""
+  from jaxalign import losses  # Late import: the loss tables are the source of truth.
+
+  if config.objective not in OBJECTIVES:
+    _fail("objective", config.objective, f"unknown objective; expected one of {sorted(OBJECTIVES)}")
+  obj = config.objective
+  hp = config.get(obj)
+  if obj in ("dpo", "orpo", "simpo", "kto"):
+    if hp is None:
+      _fail(obj, None, "missing sub-config")
+    if not hp.beta > 0:
+      _fail(f"{obj}.beta", hp.beta, "must be > 0")
+  if obj == "dpo":
+    if hp.loss_type not in losses.DPO_LOSS_TYPES:
+      _fail("dpo.loss_type", hp.loss_type, f"expected one of {list(losses.DPO_LOSS_TYPES)}")
+    if not 0.0 <= hp.label_smoothing < 0.5:
+      _fail("dpo.label_smoothing", hp.label_smoothing, "must be in [0, 0.5)")
+  # Sub-configs of other objectives do not apply: refuse them instead of silently ignoring them.
+  for other in OBJECTIVES:
+    if other != obj and other in config:
+      _fail(other, "...", f"does not apply to objective {obj!r}; remove it")
+
+  m = config.model
+  if m.path:
+    _check_path("model.path", m.path)
+  elif not m.init:
+    _fail("model.path", m.path, "set model.path (an HF directory) or model.init (random init)")
+  if m.tokenizer or not m.path:
+    _check_path("model.tokenizer", m.tokenizer)
+  for f in ("dtype", "param_dtype"):
+    if m[f] not in ("float32", "bfloat16"):
+      _fail(f"model.{f}", m[f], "expected float32 or bfloat16")
+
+  d = config.data
+  _check_path("data.train", d.train)
+  _check_path("data.eval", d.eval, required=False)
+  if d.max_length <= 1:
+    _fail("data.max_length", d.max_length, "must be > 1")
+  if not 0 < d.max_prompt_length < d.max_length:
+    _fail("data.max_prompt_length", d.max_prompt_length, f"must be in (0, data.max_length={d.max_length})")
+  if d.packing and obj not in ("clm", "sft"):
+    _fail("data.packing", d.packing, f"packing applies to clm/sft only, not {obj!r}")
+
+  o = config.optimizer
+  if not o.learning_rate > 0:
+    _fail("optimizer.learning_rate", o.learning_rate, "must be > 0")
+  if o.name not in ("adamw", "adam", "sgd"):
+    _fail("optimizer.name", o.name, "expected adamw, adam or sgd")
+  if o.schedule not in ("cosine", "linear", "constant"):
+    _fail("optimizer.schedule", o.schedule, "expected cosine, linear or constant")
+
+  t = config.train
+  if t.num_steps <= 0:
+    _fail("train.num_steps", t.num_steps, "must be > 0")
+  if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
+    _fail("train.grad_accum_steps", t.grad_accum_steps, f"must divide train.batch_size={t.batch_size}")
+
+  mesh = config.mesh
+  sizes = [mesh.data, mesh.fsdp, mesh.tensor]
+  if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+    _fail("mesh", f"{sizes}", "axis sizes must be positive, with at most one -1 (= the remaining devices)")
+  known = math.prod(s for s in sizes if s != -1)
+  if num_devices % known:
+    _fail("mesh", f"data={mesh.data} fsdp={mesh.fsdp} tensor={mesh.tensor}",
+          f"does not divide the {num_devices} devices")
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  if math.prod(sizes) != num_devices:
+    _fail("mesh", f"data={mesh.data} fsdp={mesh.fsdp} tensor={mesh.tensor}",
+          f"uses {math.prod(sizes)} devices but there are {num_devices}")
+  batch_shards = sizes[0] * sizes[1]
+  micro = t.batch_size // t.grad_accum_steps
+  if micro % batch_shards:
+    _fail("train.batch_size", t.batch_size,
+          f"micro-batch {micro} (batch_size / grad_accum_steps) must divide by data × fsdp = {batch_shards}")
+  if t.batch_size % process_count:
+    _fail("train.batch_size", t.batch_size, f"must divide by the {process_count} processes")
+  if t.eval_batch_size % batch_shards:
+    _fail("train.eval_batch_size", t.eval_batch_size, f"must divide by data × fsdp = {batch_shards}")
+  return tuple(sizes)
