@@ -50,8 +50,6 @@ def train_and_evaluate(config, workdir):
   distributed.maybe_initialize(config.distributed)
   mesh_shape = validate(config, jax.device_count(), jax.process_count())
   is_chief = jax.process_index() == 0
-  if workdir:
-    os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(*mesh_shape)
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
                jax.process_count())
