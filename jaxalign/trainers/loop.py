@@ -45,13 +45,18 @@ def evaluate(eval_step, params, ref_params, eval_iter_fn, batch_sharding):
   return _mean_metrics(records) if records else {}
 
 
-def train_and_evaluate(config, workdir):
-  """Runs the configured objective; returns the final metrics dict (train and eval)."""
+def train_and_evaluate(config, workdir, devices=None, stop_after=None):
+  """Runs the configured objective; returns the final metrics dict (train and eval).
+
+  `devices`: the devices to build the mesh over (default: all). `stop_after`: leave the loop after this
+  step without a final checkpoint or export, as a crash would (tests of exact resume use it).
+  """
   distributed.maybe_initialize(config.distributed)
-  mesh_shape = validate(config, jax.device_count(), jax.process_count())
+  devices = jax.devices() if devices is None else devices
+  mesh_shape = validate(config, len(devices), jax.process_count())
   is_chief = jax.process_index() == 0
-  mesh = sharding.make_mesh(*mesh_shape)
-  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), jax.device_count(),
+  mesh = sharding.make_mesh(*mesh_shape, devices=devices)
+  logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), len(devices),
                jax.process_count())
 
   run = setup.build_run(config, mesh)        # tokenizer, model, params, data
@@ -102,6 +107,11 @@ def train_and_evaluate(config, workdir):
       if ckpt and (step == num_steps or (config.train.checkpoint_every and
                                          step % config.train.checkpoint_every == 0)):
         ckpt.save(step, state, run.train_iter.get_state(), {"objective": config.objective})
+      if stop_after is not None and step >= stop_after:
+        writer.close()
+        if ckpt:
+          ckpt.close()
+        return final
     if ckpt:
       ckpt.close()
     if workdir and config.train.export_hf:
