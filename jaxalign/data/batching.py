@@ -1,0 +1,133 @@
+"""Token sequences to fixed-shape numpy rows: truncation, shifting, padding and packing.
+
+Layout (notes/INTERFACES.md). A sequence of L tokens with a per-token target mask becomes L - 1
+(input, target) pairs, so that ``logits[b, t]`` (computed from ``input_ids[b, :t+1]``) predicts
+``targets[b, t]``::
+
+    input_ids   = tokens[:-1]          [T] int32   (pad_id after the sequence)
+    targets     = tokens[1:]           [T] int32   (0 after the sequence)
+    loss_mask   = mask[1:]             [T] float32 (1 where targets[t] is trained on)
+    positions   = 0, 1, ..., L-2       [T] int32   (restart at 0 in every packed segment; 0 on padding)
+    segment_ids = 1 (or 1, 2, ... )    [T] int32   (0 on padding; tokens attend within their segment)
+
+``T = max_length``: a sequence keeps at most ``max_length`` tokens (so the last column of an unpacked row
+is always padding); rows are right-padded. Prompt rows for RL sampling are LEFT-padded to
+``P = max_prompt_length`` so every prompt ends at the same column and generation appends after it.
+
+Truncation (`truncate_prompt_completion`): the prompt keeps its last ``max_prompt_length`` tokens (cut
+from the left, so the question right before the answer survives; a leading BOS may be lost), and never
+more than ``max_length - 1`` so that at least one completion token fits; then the completion keeps its
+first ``max_length - len(prompt)`` tokens (cut from the right; a cut completion loses its EOS). Whole
+conversations (SFT ``messages``) and CLM text are cut from the right to ``max_length`` tokens, except that
+with ``split_long=True`` (CLM) a long text is split into chunks of ``max_length`` tokens overlapping by
+one token, so every (input, target) pair is trained on exactly once; each chunk is its own sequence with
+positions from 0.
+
+Packing (`pack`): greedy next-fit in the order given: a sequence goes into the current row if its L - 1
+pairs fit in the remaining columns, else the row is closed and a new one started. A sequence is never
+split across rows (CLM splits long texts into chunks beforehand, see above); each gets its own segment
+id (1, 2, ...) and positions from 0, and its first token is never a target of the previous one.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ROW_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
+_DTYPES = {"input_ids": np.int32, "targets": np.int32, "loss_mask": np.float32, "positions": np.int32,
+           "segment_ids": np.int32}
+
+
+def truncate_prompt_completion(prompt: np.ndarray, completion: np.ndarray, completion_mask: np.ndarray,
+                               max_length: int, max_prompt_length: int | None
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Applies the truncation policy above. Returns (prompt, completion, completion_mask, truncated)."""
+    keep_prompt = max_length - 1 if max_prompt_length is None else min(max_prompt_length, max_length - 1)
+    p = prompt[-keep_prompt:] if len(prompt) > keep_prompt else prompt
+    keep = max_length - len(p)
+    c, cm = completion[:keep], completion_mask[:keep]
+    return p, c, cm, len(p) < len(prompt) or len(c) < len(completion)
+
+
+def split_chunks(ids: np.ndarray, mask: np.ndarray, max_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Chunks of at most `max_length` tokens overlapping by one token (CLM long texts)."""
+    if len(ids) <= max_length:
+        return [(ids, mask)]
+    step = max_length - 1
+    out = []
+    for start in range(0, len(ids) - 1, step):
+        out.append((ids[start: start + max_length], mask[start: start + max_length]))
+    return out
+
+
+def empty_rows(n: int, T: int) -> dict[str, np.ndarray]:
+    """All-padding rows [n, T] (segment 0, no targets)."""
+    return {k: np.zeros((n, T), dt) for k, dt in _DTYPES.items()}
+
+
+def _place(rows, r: int, col: int, ids: np.ndarray, mask: np.ndarray, segment: int, pad_id: int) -> int:
+    n = len(ids) - 1
+    if n <= 0:
+        return col
+    rows["input_ids"][r, col: col + n] = ids[:-1]
+    rows["targets"][r, col: col + n] = ids[1:]
+    rows["loss_mask"][r, col: col + n] = mask[1:]
+    rows["positions"][r, col: col + n] = np.arange(n)
+    rows["segment_ids"][r, col: col + n] = segment
+    return col + n
+
+
+def pad_rows(sequences: Sequence[tuple[np.ndarray, np.ndarray]], T: int, pad_id: int = 0
+             ) -> dict[str, np.ndarray]:
+    """One right-padded row per (ids, mask) sequence: arrays [N, T]; sequences must have <= T + 1 tokens."""
+    rows = empty_rows(len(sequences), T)
+    rows["input_ids"][:] = pad_id
+    for r, (ids, mask) in enumerate(sequences):
+        if len(ids) - 1 > T:
+            raise ValueError(f"sequence of {len(ids)} tokens does not fit T={T}")
+        _place(rows, r, 0, ids, mask, 1, pad_id)
+    return rows
+
+
+def pack(sequences: Iterable[tuple[np.ndarray, np.ndarray]], T: int, pad_id: int = 0
+         ) -> dict[str, np.ndarray]:
+    """Greedy next-fit packing of (ids, mask) sequences into rows [R, T] with segment ids (see above)."""
+    layout: list[list[int]] = []  # per row, indices of its sequences
+    sequences = list(sequences)
+    free = 0
+    for i, (ids, _) in enumerate(sequences):
+        n = len(ids) - 1
+        if n > T:
+            raise ValueError(f"sequence of {len(ids)} tokens does not fit T={T}")
+        if n <= 0:
+            continue
+        if not layout or n > free:
+            layout.append([])
+            free = T
+        layout[-1].append(i)
+        free -= n
+    rows = empty_rows(len(layout), T)
+    rows["input_ids"][:] = pad_id
+    for r, members in enumerate(layout):
+        col = 0
+        for s, i in enumerate(members):
+            col = _place(rows, r, col, *sequences[i], segment=s + 1, pad_id=pad_id)
+    return rows
+
+
+def left_pad_prompts(prompts: Sequence[np.ndarray], P: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Prompt rows for sampling, LEFT-padded to [N, P]: prompt_ids, prompt_positions (0.. on the real
+    tokens, 0 on padding), prompt_segment_ids (1 real, 0 padding). Longer prompts keep their last P."""
+    n = len(prompts)
+    ids = np.full((n, P), pad_id, np.int32)
+    pos = np.zeros((n, P), np.int32)
+    seg = np.zeros((n, P), np.int32)
+    for r, p in enumerate(prompts):
+        p = p[-P:]
+        k = len(p)
+        if k:
+            ids[r, P - k:] = p
+            pos[r, P - k:] = np.arange(k)
+            seg[r, P - k:] = 1
+    return {"prompt_ids": ids, "prompt_positions": pos, "prompt_segment_ids": seg}

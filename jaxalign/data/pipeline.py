@@ -1,0 +1,294 @@
+"""The data API the trainers use: `build_dataset` once, then a `BatchIterator` per training/eval loop.
+
+    ds = build_dataset("data/train.jsonl", kind="preference", tokenizer=tok, max_length=512,
+                       max_prompt_length=256)
+    it = BatchIterator(ds, global_batch_size=64, seed=0,
+                       process_index=jax.process_index(), process_count=jax.process_count())
+    batch = next(it)            # this host's [64 / process_count, ...] numpy arrays
+    state = it.get_state()      # {"epoch": e, "position": p, ...}: store it in the checkpoint
+    it.set_state(state)         # ... and resume exactly there
+
+`kind` and the batch each yields (keys as notes/INTERFACES.md; layout in `batching`):
+  clm, sft    input_ids, targets, loss_mask, positions, segment_ids          [B, T]
+  preference  the same five keys prefixed ``chosen_`` and ``rejected_``       [B, T]
+  kto         the five keys [B, T] + ``label`` [B] float32 (1 desirable, 0 undesirable)
+  prompt      prompt_ids, prompt_positions, prompt_segment_ids [B, P] (LEFT-padded) + ``answer``: a
+              list of B strings kept on the host for reward functions ("" when the row has none)
+with ``T = max_length`` and ``P = max_prompt_length``. Everything is tokenized once, up front, into
+arrays [N, ...] (the datasets this is for fit in host memory); ``packing=True`` (clm, sft) packs the
+sequences into N rows before any shuffling, so an "example" is then a packed row.
+
+Order and hosts. Epoch ``e`` visits the examples in ``np.random.default_rng([seed, e]).permutation(N)``
+order (or 0..N-1 with ``shuffle=False``). Training iterators (``repeat=True``) read that stream epoch
+after epoch without dropping anything: a global batch may straddle two epochs. Each global batch of
+``G`` examples is split into ``process_count`` contiguous slices of ``G / process_count``; host ``i``
+yields slice ``i``, so the hosts' batches concatenated in process order are exactly the single-host
+batch. The state is (epoch, position of the next example in that epoch's order); it is the same on
+every host.
+
+Evaluation (``repeat=False``): one pass, then StopIteration. The last, partial global batch is filled
+with padding rows (all zeros: segment 0, no targets, label 0, an empty prompt) so shapes never change,
+and every batch of such an iterator carries ``weight`` [B] float32: 1 for a real example, 0 for
+padding. Per-token losses ignore padding rows by their zero loss_mask; per-sequence means (DPO, KTO,
+rewards) must weight by ``weight``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from jaxalign.data import batching, formats, sources, templates
+
+KINDS = tuple(formats.KIND_FORMATS)
+_PROGRESS_EVERY = 5000
+
+
+@dataclasses.dataclass
+class TokenizedDataset:
+    """Tokenized, padded examples of one kind.
+
+    Attributes:
+      kind: "clm" | "sft" | "preference" | "kto" | "prompt".
+      arrays: name -> [N, ...] numpy arrays (the batch keys).
+      host: name -> [N] object arrays kept on the host (``answer`` for prompts).
+      max_length: T; max_prompt_length: P (prompt kind) or the prompt truncation length.
+      num_truncated: how many examples lost tokens to truncation.
+      source: the `sources.RowSource` the rows came from (``source[i]`` is raw row i, unpacked kinds).
+    """
+
+    kind: str
+    arrays: dict[str, np.ndarray]
+    host: dict[str, np.ndarray]
+    max_length: int
+    max_prompt_length: int | None
+    num_truncated: int = 0
+    source: Any = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    @property
+    def num_examples(self) -> int:
+        return len(self)
+
+    def take(self, indices: np.ndarray) -> dict[str, Any]:
+        """The batch for `indices` [B]; an index of -1 gives a padding row (all zeros, answer "")."""
+        indices = np.asarray(indices, np.int64)
+        valid = indices >= 0
+        safe = np.where(valid, indices, 0)
+        batch: dict[str, Any] = {}
+        for k, v in self.arrays.items():
+            x = v[safe]
+            if not valid.all():
+                x[~valid] = 0
+            batch[k] = x
+        for k, v in self.host.items():
+            batch[k] = [v[i] if ok else "" for i, ok in zip(safe, valid)]
+        return batch
+
+
+def _tokenize_rows(source, adapt, encode, name: str) -> list:
+    n = len(source)
+    out = []
+    start = time.time()
+    for i in range(n):
+        where = source.locate(i)
+        example = adapt(source[i], where)
+        try:
+            out.append(encode(example))
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if n >= _PROGRESS_EVERY and (i + 1) % _PROGRESS_EVERY == 0:
+            logging.info("tokenizing %s: %d/%d rows (%.0fs)", name, i + 1, n, time.time() - start)
+    return out
+
+
+def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", split: str = "train",
+                  max_length: int, max_prompt_length: int | None = None, assistant_only_loss: bool = True,
+                  packing: bool = False, data_dir: str | None = None) -> TokenizedDataset:
+    """Loads, adapts, tokenizes and pads a dataset (see the module docstring).
+
+    Args:
+      path: a file, directory, list of files, hub name, ``"tfds:name"``, list of dict rows or a
+        ``datasets.Dataset`` (see `sources`).
+      kind: "clm" | "sft" | "preference" | "kto" | "prompt".
+      tokenizer: a transformers tokenizer (chat template needed for conversational rows).
+      format: "auto" or a format name from `formats`.
+      split: which split of a directory / hub / TFDS dataset.
+      max_length: T, tokens per sequence (prompt + completion) and the batch width.
+      max_prompt_length: prompt tokens kept (from the right); required for kind="prompt", where it is P.
+      assistant_only_loss: SFT targets only the assistant turns (and completions, not prompts); False
+        trains on the whole conversation.
+      packing: pack clm/sft sequences into rows with segment ids.
+      data_dir: TFDS data directory.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
+    if packing and kind not in ("clm", "sft"):
+        raise ValueError(f"packing applies to kind 'clm' or 'sft', not {kind!r}")
+    if kind == "prompt" and not max_prompt_length:
+        raise ValueError("kind='prompt' needs max_prompt_length (the width P of the left-padded prompts)")
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}")
+    source = sources.load_rows(path, split, data_dir=data_dir)
+    if len(source) == 0:
+        raise ValueError(f"{source.name}: no rows")
+    adapt = formats.make_adapter(kind, format)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    T, P = max_length, max_prompt_length
+    truncated = 0
+    host: dict[str, np.ndarray] = {}
+
+    if kind in ("clm", "sft"):
+        def encode(ex):
+            if "prompt" in ex:  # prompt/completion: left-truncate the prompt, then the completion
+                p, c, cm = templates.encode_prompt_completion(tokenizer, ex["prompt"], ex["completion"])
+                p, c, cm, cut = batching.truncate_prompt_completion(p, c, cm, T, P)
+                pm = np.full(len(p), 0 if assistant_only_loss else 1, np.int32)
+                return [(np.concatenate([p, c]), np.concatenate([pm, cm]))], cut
+            ids, mask = templates.encode_example(tokenizer, ex, assistant_only_loss)
+            if kind == "clm":
+                return batching.split_chunks(ids, mask, T), False
+            return [(ids[:T], mask[:T])], len(ids) > T
+
+        encoded = _tokenize_rows(source, adapt, encode, source.name)
+        truncated = sum(cut for _, cut in encoded)
+        seqs = [s for chunks, _ in encoded for s in chunks]
+        arrays = batching.pack(seqs, T, pad_id) if packing else batching.pad_rows(seqs, T, pad_id)
+        if packing or kind == "clm":
+            source = None  # rows no longer map 1:1 to source rows
+    elif kind in ("preference", "kto"):
+        fields = ("chosen", "rejected") if kind == "preference" else ("completion",)
+
+        def encode(ex):
+            out, cut_any = [], False
+            for f in fields:
+                p, c, cm = templates.encode_prompt_completion(tokenizer, ex["prompt"], ex[f])
+                p, c, cm, cut = batching.truncate_prompt_completion(p, c, cm, T, P)
+                out.append((np.concatenate([p, c]), np.concatenate([np.zeros(len(p), np.int32), cm])))
+                cut_any |= cut
+            return out, cut_any, ex.get("label")
+
+        encoded = _tokenize_rows(source, adapt, encode, source.name)
+        truncated = sum(cut for _, cut, _ in encoded)
+        if kind == "preference":
+            arrays = {}
+            for j, f in enumerate(fields):
+                rows = batching.pad_rows([seqs[j] for seqs, _, _ in encoded], T, pad_id)
+                arrays.update({f"{f}_{k}": v for k, v in rows.items()})
+        else:
+            arrays = batching.pad_rows([seqs[0] for seqs, _, _ in encoded], T, pad_id)
+            arrays["label"] = np.asarray([float(lab) for _, _, lab in encoded], np.float32)
+    else:  # prompt
+        def encode(ex):
+            p = templates.encode_prompt(tokenizer, ex["prompt"])
+            ans = ex.get("answer")
+            return p, len(p) > P, "" if ans is None else str(ans)
+
+        encoded = _tokenize_rows(source, adapt, encode, source.name)
+        truncated = sum(cut for _, cut, _ in encoded)
+        arrays = batching.left_pad_prompts([p for p, _, _ in encoded], P, pad_id)
+        host["answer"] = np.array([a for _, _, a in encoded], dtype=object)
+    if truncated:
+        logging.info("%s: %d of %d examples truncated (max_length=%d, max_prompt_length=%s)",
+                     getattr(source, "name", kind), truncated, len(encoded), T, P)
+    return TokenizedDataset(kind, arrays, host, T, P, int(truncated), source)
+
+
+class BatchIterator:
+    """Deterministic, resumable, host-sliced batches from a `TokenizedDataset` (see module docstring).
+
+    Args:
+      dataset: a `TokenizedDataset`.
+      global_batch_size: G, examples per step over all hosts; divisible by `process_count`.
+      seed: shuffling seed (epoch e uses ``default_rng([seed, e])``).
+      process_index, process_count: this host and the number of hosts.
+      shuffle: shuffle each epoch.
+      repeat: True for training (endless); False for one evaluation pass with a ``weight`` key.
+    """
+
+    def __init__(self, dataset: TokenizedDataset, global_batch_size: int, seed: int = 0,
+                 process_index: int = 0, process_count: int = 1, shuffle: bool = True, repeat: bool = True):
+        if global_batch_size <= 0 or global_batch_size % process_count:
+            raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                             f"process_count={process_count}")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+        if len(dataset) == 0:
+            raise ValueError("empty dataset")
+        self.dataset = dataset
+        self.global_batch_size = global_batch_size
+        self.per_host_batch_size = global_batch_size // process_count
+        self.seed, self.shuffle, self.repeat = int(seed), shuffle, repeat
+        self.process_index, self.process_count = process_index, process_count
+        self.epoch, self.position = 0, 0
+        self._order_epoch, self._order = -1, None
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global batches per pass (the last one partial and padded when ``repeat=False``)."""
+        n, g = self.num_examples, self.global_batch_size
+        return n // g if self.repeat else -(-n // g)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            n = self.num_examples
+            self._order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
+                           else np.arange(n))
+            self._order_epoch = epoch
+        return self._order
+
+    def _global_indices(self) -> np.ndarray | None:
+        n, g = self.num_examples, self.global_batch_size
+        if not self.repeat:
+            if self.position >= n:
+                return None
+            idx = self._epoch_order(0)[self.position: self.position + g]
+            self.position += len(idx)
+            return np.concatenate([idx, np.full(g - len(idx), -1, np.int64)])
+        parts, need = [], g
+        while need:
+            order = self._epoch_order(self.epoch)
+            take = order[self.position: self.position + need]
+            parts.append(take)
+            need -= len(take)
+            self.position += len(take)
+            if self.position >= n:
+                self.epoch, self.position = self.epoch + 1, 0
+        return np.concatenate(parts)
+
+    def next(self) -> dict[str, Any]:
+        idx = self._global_indices()
+        if idx is None:
+            raise StopIteration
+        b = self.per_host_batch_size
+        mine = idx[self.process_index * b: (self.process_index + 1) * b]
+        batch = self.dataset.take(mine)
+        if not self.repeat:
+            batch["weight"] = (mine >= 0).astype(np.float32)
+        return batch
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    def get_state(self) -> dict[str, int]:
+        """JSON-serializable position: ``{"epoch", "position", "seed", "num_examples"}``."""
+        return {"epoch": int(self.epoch), "position": int(self.position), "seed": self.seed,
+                "num_examples": self.num_examples}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        """Resumes at `state` from `get_state`; the seed and dataset size must match."""
+        if int(state["seed"]) != self.seed or int(state["num_examples"]) != self.num_examples:
+            raise ValueError(f"data state {state} is for another dataset or seed (this one: seed={self.seed},"
+                             f" num_examples={self.num_examples})")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
