@@ -1,0 +1,103 @@
+"""Attention: masks from segment ids / causality / KV cache, the attention op, and the layer.
+
+Masking rule (INTERFACES.md): segment id 0 is padding; a token attends causally to earlier tokens with
+the same non-zero segment id, so left/right padding and packing are one mechanism. With a KV cache of S
+slots, a query written at slot `index + i` attends to slots `j <= index + i` whose `mask[j]` is set.
+Query rows that see no key (padding) stay finite: masked logits are a large finite negative, so their
+softmax is uniform instead of NaN; their outputs are garbage by design and are never read.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.layers import Dense, RMSNorm, apply_rope
+
+_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)  # same finite "minus infinity" as jax.nn's xla path
+
+
+def segment_mask(segment_ids: jax.Array, sliding_window: int | None = None) -> jax.Array:
+    """segment_ids [B, T] int32 -> bool mask [B, 1, T, T]: causal, same non-zero segment."""
+    t = segment_ids.shape[1]
+    idx = jnp.arange(t)
+    causal = idx[:, None] >= idx[None, :]                                        # [T, S]
+    if sliding_window is not None:
+        causal &= (idx[:, None] - idx[None, :]) < sliding_window
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]                   # [B, T, S]
+    valid_key = (segment_ids != 0)[:, None, :]                                  # [B, 1, S]
+    return (causal[None] & same & valid_key)[:, None]
+
+
+def cache_mask(key_valid: jax.Array, index: jax.Array, num_queries: int,
+               sliding_window: int | None = None) -> jax.Array:
+    """key_valid [B, S] bool, index int32 scalar -> bool mask [B, 1, T, S] for queries at index+i."""
+    s = key_valid.shape[1]
+    q_slot = index + jnp.arange(num_queries)                                    # [T]
+    k_slot = jnp.arange(s)                                                      # [S]
+    allowed = k_slot[None, :] <= q_slot[:, None]                                # [T, S]
+    if sliding_window is not None:
+        allowed &= (q_slot[:, None] - k_slot[None, :]) < sliding_window
+    return (allowed[None] & key_valid[:, None, :])[:, None]
+
+
+def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                        scale: float) -> jax.Array:
+    """Plain einsum attention (for tests and as a fallback).
+
+    q [B, T, H, Dh], k/v [B, S, K, Dh] (H % K == 0), mask [B, 1, T, S] bool -> [B, T, H, Dh].
+    Logits and softmax in float32.
+    """
+    b, t, h, dh = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, t, kh, h // kh, dh)                                       # [B, T, K, G, Dh]
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[:, :, None], logits, _NEG)                          # [B, K, G, T, S]
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, dh)
+
+
+def attend(q, k, v, mask, scale: float, implementation: str | None) -> jax.Array:
+    """Dispatches to `jax.nn.dot_product_attention` (cuDNN flash on GPU if asked) or the reference."""
+    if implementation == "reference":
+        return attention_reference(q, k, v, mask, scale)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query self-attention with RoPE or none (learned positions), optional cache.
+
+    __call__(x [N, D], mask [B, 1, T, S] bool, rope (cos, sin) or None, cache {"k","v"} or None,
+    index int32 scalar) -> (out [N, D], new cache or None).
+    """
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, mask, rope, cache=None, index=None):
+        cfg = self.config
+        b, _, t, _ = mask.shape
+        h, kh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = Dense((h, dh), ("embed", "heads", "head_dim"), cfg.qkv_bias, config=cfg, name="q_proj")(x)
+        k = Dense((kh, dh), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, config=cfg, name="k_proj")(x)
+        v = Dense((kh, dh), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, config=cfg, name="v_proj")(x)
+        if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
+            q = RMSNorm(cfg, axis_name="head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg, axis_name="head_dim", name="k_norm")(k)
+        q = q.reshape(b, t, h, dh)                                                  # [B, T, H, Dh]
+        k = k.reshape(b, t, kh, dh)                                                 # [B, T, K, Dh]
+        v = v.reshape(b, t, kh, dh)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        new_cache = None
+        if cache is not None:  # write the t new entries at slots [index, index + t)
+            k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+            new_cache = {"k": k_all, "v": v_all}
+            k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)                     # [B, S, K, Dh]
+        out = attend(q, k, v, mask, dh ** -0.5, cfg.attention_impl)               # [B, T, H, Dh]
+        out = Dense((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias, in_dims=2,
+                    config=cfg, name="o_proj")(out.reshape(b * t, h, dh))          # [N, D]
+        return out, new_cache
