@@ -130,3 +130,29 @@ def test_parquet_source(tmp_path):
     ds = build_dataset(str(tmp_path / "train.parquet"), kind="clm", tokenizer=embedded.load_tokenizer(),
                        max_length=16)
     assert len(ds) == 2
+
+
+def test_tfds_source(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class EmbeddedToyText(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self,
+                                         features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(5):
+                yield i, {"text": f"{i} plus 1 is {i + 1}."}
+
+    EmbeddedToyText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    ds = build_dataset("tfds:embedded_toy_text", kind="clm", tokenizer=embedded.load_tokenizer(),
+                       max_length=16, data_dir=str(tmp_path))
+    assert len(ds) == 5
+    texts = {embedded.load_tokenizer().decode(r[s == 1].tolist())
+             for r, s in zip(ds.arrays["input_ids"], ds.arrays["segment_ids"])}
+    assert "<|bos|>2 plus 1 is 3." in texts
