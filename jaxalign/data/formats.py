@@ -217,6 +217,10 @@ def make_adapter(kind: str, fmt: str = "auto") -> Callable[[dict, str], dict]:
             f = resolved[0]
             if f is None:
                 f = detect_format(row)
+                if f not in KIND_FORMATS[kind] and kind in ("clm", "kto", "preference"):
+                    # One obvious format for the kind: validating against it names the missing key.
+                    f = {"clm": "text", "kto": "kto"}.get(
+                        kind, "preference" if row.get("prompt") is not None else "preference_implicit")
                 if f not in KIND_FORMATS[kind]:
                     expected = {"clm": "'text'", "sft": "'messages', 'prompt'+'completion' or 'text'",
                                 "preference": "'chosen' and 'rejected'",
