@@ -22,9 +22,14 @@ from jaxalign.trainers.step import make_eval_step, make_train_step
 from jaxalign.trainers.validate import validate
 
 
+# Host-side keys of data batches that never go to devices.
+HOST_KEYS = ("answer", "weight")
+
+
 def _to_global(batch, batch_sharding):
   """Per-host numpy batch -> global jax arrays sharded over the batch axes."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()
+          if k not in HOST_KEYS}
 
 
 def _mean_metrics(records):
@@ -38,11 +43,21 @@ def _count_tokens(batch):
 
 
 def evaluate(eval_step, params, ref_params, eval_iter_fn, batch_sharding):
-  """Mean of the eval metrics over one pass of the held-out split."""
-  records = []
+  """Mean of the eval metrics over the full batches of one pass of the held-out split.
+
+  The last, partial batch (padding rows have `weight` 0) is left out: the losses average over rows, and
+  padding rows would bias them. Use an eval set whose size `train.eval_batch_size` divides to see all of it.
+  """
+  records, n = [], 0
   for batch in eval_iter_fn():
+    if "weight" in batch and float(np.min(batch["weight"])) < 1.0:
+      continue
     records.append(jax.device_get(eval_step(params, _to_global(batch, batch_sharding), ref_params)))
-  return _mean_metrics(records) if records else {}
+    n += 1
+  out = _mean_metrics(records) if records else {}
+  if out:
+    out["num_batches"] = float(n)
+  return out
 
 
 def train_and_evaluate(config, workdir, devices=None, stop_after=None):

@@ -34,6 +34,10 @@ def _dtype(name):
   return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 
+def make_model(mcfg, head):
+  return models.ScalarHeadModel(mcfg) if head == "score" else models.Transformer(mcfg)
+
+
 def load_model(config, mesh, head):
   """(ModelConfig, params) from `model.path` (HF directory) or a random init from `model.init`."""
   m = config.model
@@ -46,8 +50,9 @@ def load_model(config, mesh, head):
     if not init.get("vocab_size"):
       init["vocab_size"] = len(hf.load_tokenizer(m.tokenizer))
     mcfg = dataclasses.replace(models.ModelConfig.from_hf(init), **overrides)
-    shardings = sharding.logical_to_shardings(models.param_logical_axes(mcfg, head=head), mesh)
-    params = jax.jit(lambda k: models.init_params(mcfg, k, head=head), out_shardings=shardings)(
+    module = make_model(mcfg, head)
+    shardings = sharding.logical_to_shardings(models.param_logical_axes(mcfg, module), mesh)
+    params = jax.jit(lambda k: models.init_params(mcfg, k, module), out_shardings=shardings)(
         jax.random.key(config.seed))
   return mcfg, params
 
@@ -57,7 +62,7 @@ def build_run(config, mesh):
   m = config.model
   tokenizer = hf.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
   mcfg, params = load_model(config, mesh, head)
-  model = models.ScalarHeadModel(mcfg) if head == "score" else models.Transformer(mcfg)
+  model = make_model(mcfg, head)
   # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
   ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
 
