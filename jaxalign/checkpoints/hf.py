@@ -1,0 +1,334 @@
+"""Hugging Face checkpoints <-> jaxalign parameters, tensor by tensor.
+
+    config, params = load_hf_model("path/to/hf_dir", mesh=mesh)               # onto the mesh directly
+    save_hf_model("out_dir", config, params, tokenizer=tok)                    # transformers loads it
+
+Loading reads one safetensors tensor at a time (memory-mapped), converts it to our layout, and places it
+with its NamedSharding via `jax.make_array_from_callback`: every device receives only its own shard and
+the host never holds more than one full tensor (or one layer group, for `scan_layers`). Export gathers
+one parameter at a time (`process_allgather` for multi-host arrays) and writes sharded safetensors.
+Only safetensors are read: pickled `pytorch_model.bin` files are refused.
+
+Name mapping (HF Linear weights are [out, in], we store [in, ..., out, ...]; GPT-2's Conv1D weights are
+already [in, out], and its fused `c_attn` [D, 3D] splits into q/k/v):
+    Llama-style: model.embed_tokens, model.layers.{i}.{input_layernorm, self_attn.{q,k,v,o}_proj,
+                 self_attn.{q,k}_norm, post_attention_layernorm, mlp.{gate,up,down}_proj}, model.norm,
+                 lm_head | score
+    GPT-2:       transformer.{wte, wpe, h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc,
+                 mlp.c_proj}, ln_f}, lm_head | score
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from jaxalign.models.config import ARCHITECTURES, ModelConfig
+from jaxalign.models.heads import ScalarHeadModel
+from jaxalign.models.transformer import Transformer, init_params, param_logical_axes
+from jaxalign.sharding import LOGICAL_AXIS_RULES, logical_to_shardings
+
+log = logging.getLogger(__name__)
+
+HEADS = ("lm", "score")
+_PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "consolidated.00.pth")
+
+# Per-layer mapping: our path inside a block -> (HF name inside the layer, kind).
+# kind: "same" (copy + reshape), "linear" ([out, in] -> transpose), "conv1d" ([in, out] as is),
+# ("split", j) = j-th third of the last axis of a fused [.., 3·X] tensor (GPT-2 c_attn).
+_LLAMA_LAYER = {
+    ("attn_norm", "scale"): ("input_layernorm.weight", "same"),
+    ("mlp_norm", "scale"): ("post_attention_layernorm.weight", "same"),
+    ("attn", "q_norm", "scale"): ("self_attn.q_norm.weight", "same"),
+    ("attn", "k_norm", "scale"): ("self_attn.k_norm.weight", "same"),
+    **{("attn", f"{p}_proj", "kernel"): (f"self_attn.{p}_proj.weight", "linear") for p in "qkvo"},
+    **{("attn", f"{p}_proj", "bias"): (f"self_attn.{p}_proj.bias", "same") for p in "qkvo"},
+    **{("mlp", f"{p}_proj", "kernel"): (f"mlp.{p}_proj.weight", "linear") for p in ("gate", "up", "down")},
+    **{("mlp", f"{p}_proj", "bias"): (f"mlp.{p}_proj.bias", "same") for p in ("gate", "up", "down")},
+}
+_GPT2_LAYER = {
+    ("attn_norm", "scale"): ("ln_1.weight", "same"),
+    ("attn_norm", "bias"): ("ln_1.bias", "same"),
+    ("mlp_norm", "scale"): ("ln_2.weight", "same"),
+    ("mlp_norm", "bias"): ("ln_2.bias", "same"),
+    **{("attn", f"{p}_proj", "kernel"): ("attn.c_attn.weight", ("split", j)) for j, p in enumerate("qkv")},
+    **{("attn", f"{p}_proj", "bias"): ("attn.c_attn.bias", ("split", j)) for j, p in enumerate("qkv")},
+    ("attn", "o_proj", "kernel"): ("attn.c_proj.weight", "conv1d"),
+    ("attn", "o_proj", "bias"): ("attn.c_proj.bias", "same"),
+    ("mlp", "up_proj", "kernel"): ("mlp.c_fc.weight", "conv1d"),
+    ("mlp", "up_proj", "bias"): ("mlp.c_fc.bias", "same"),
+    ("mlp", "down_proj", "kernel"): ("mlp.c_proj.weight", "conv1d"),
+    ("mlp", "down_proj", "bias"): ("mlp.c_proj.bias", "same"),
+}
+_LLAMA_GLOBAL = {
+    ("embed", "embedding"): ("embed_tokens.weight", "same"),
+    ("final_norm", "scale"): ("norm.weight", "same"),
+}
+_GPT2_GLOBAL = {
+    ("embed", "embedding"): ("wte.weight", "same"),
+    ("pos_embed", "embedding"): ("wpe.weight", "same"),
+    ("final_norm", "scale"): ("ln_f.weight", "same"),
+    ("final_norm", "bias"): ("ln_f.bias", "same"),
+}
+# Heads live outside the backbone prefix.
+_HEAD_TENSORS = {("lm_head", "kernel"): ("lm_head.weight", "linear"),
+                 ("score", "kernel"): ("score.weight", "linear")}
+
+
+def _backbone_prefix(config: ModelConfig) -> tuple[str, str]:
+    """(backbone prefix, per-layer prefix template) in HF names."""
+    if config.model_type == "gpt2":
+        return "transformer.", "transformer.h.{i}."
+    return "model.", "model.layers.{i}."
+
+
+def _hf_name(config: ModelConfig, path: tuple[str, ...], layer: int | None) -> tuple[str, Any]:
+    """Our parameter path (without the "transformer" wrapper of ScalarHeadModel) -> (HF name, kind)."""
+    gpt2 = config.model_type == "gpt2"
+    prefix, layer_prefix = _backbone_prefix(config)
+    if path in _HEAD_TENSORS:
+        return _HEAD_TENSORS[path]
+    if layer is not None:
+        name, kind = (_GPT2_LAYER if gpt2 else _LLAMA_LAYER)[path]
+        return layer_prefix.format(i=layer) + name, kind
+    name, kind = (_GPT2_GLOBAL if gpt2 else _LLAMA_GLOBAL)[path]
+    return prefix + name, kind
+
+
+def _to_ours(arr: np.ndarray, kind, shape: tuple[int, ...]) -> np.ndarray:
+    if kind == "linear":
+        arr = arr.T
+    elif isinstance(kind, tuple):  # ("split", j): j-th of 3 equal parts of the last axis
+        n = arr.shape[-1] // 3
+        arr = arr[..., kind[1] * n:(kind[1] + 1) * n]
+    return arr.reshape(shape)
+
+
+def _to_hf(arr: np.ndarray, kind, path: tuple[str, ...]) -> np.ndarray:
+    """Inverse of _to_ours (before GPT-2's q/k/v parts are concatenated)."""
+    if path[-1] == "bias":
+        return arr.reshape(-1)
+    if kind == "same":
+        return arr
+    in_dims = 2 if path[-2] == "o_proj" else 1  # o_proj kernel is [H, Dh, D]
+    flat = arr.reshape(math.prod(arr.shape[:in_dims]), -1)
+    return flat.T if kind == "linear" else flat
+
+
+# --------------------------------------------------------------------------------------------- reading
+class _SafetensorsReader:
+    """Lazily opened safetensors file(s) of a HF directory (single file or sharded index)."""
+
+    def __init__(self, path: Path):
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {name: path / fname for name, fname in weight_map.items()}
+        elif (path / "model.safetensors").exists():
+            with safe_open(path / "model.safetensors", framework="numpy") as f:
+                self.files = {name: path / "model.safetensors" for name in f.keys()}
+        else:
+            pickled = [p for p in _PICKLE_FILES if (path / p).exists()]
+            if pickled:
+                raise ValueError(f"{path} holds only pickled weights ({', '.join(pickled)}); jaxalign reads "
+                                 "safetensors only (pickle can run arbitrary code). Convert with "
+                                 "transformers: model.save_pretrained(dir, safe_serialization=True).")
+            raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
+        self._handles: dict[Path, Any] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def get(self, name: str) -> np.ndarray:
+        file = self.files[name]
+        if file not in self._handles:
+            self._handles[file] = safe_open(file, framework="numpy")
+        return self._handles[file].get_tensor(name)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise FileNotFoundError(f"no config.json in {path}")
+    hf = json.loads(cfg_file.read_text())
+    model_type = hf.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"{path}: model_type={model_type!r} (architectures={hf.get('architectures')}) "
+                         f"is not supported; supported model types: {', '.join(ARCHITECTURES)}")
+    causal, seqcls = ARCHITECTURES[model_type]
+    base = causal.replace("ForCausalLM", "Model").replace("LMHeadModel", "Model")
+    for arch in hf.get("architectures") or ():
+        if arch not in (causal, seqcls, base):
+            raise ValueError(f"{path}: architecture {arch!r} is not supported; for model_type "
+                             f"{model_type!r} supported are {causal}, {seqcls}, {base}")
+    return hf
+
+
+def _put(arr: np.ndarray, sharding) -> jax.Array:
+    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+
+def load_hf_model(path: str | os.PathLike, mesh: Mesh | None = None, dtype: str = "float32",
+                  param_dtype: str = "float32", head: str = "lm",
+                  rules=LOGICAL_AXIS_RULES, **config_overrides) -> tuple[ModelConfig, dict]:
+    """Loads a HF model directory into (ModelConfig, params) laid out on `mesh`.
+
+    Args:
+      path: directory with config.json and model.safetensors (or model.safetensors.index.json).
+      mesh: target mesh (jaxalign.sharding.make_mesh); None = the first local device.
+      dtype / param_dtype: compute and storage dtypes ("float32" | "bfloat16").
+      head: "lm" -> params for `Transformer`; "score" -> params for `ScalarHeadModel` (reward model /
+        critic). A `*ForSequenceClassification` checkpoint's `score.weight` [1, D] becomes the scalar
+        head; a causal-LM checkpoint gets a fresh N(0, initializer_range) score head (seed 0).
+      rules: logical-axis rules table.
+      config_overrides: other ModelConfig fields (remat, scan_layers, attention_impl, ...).
+    """
+    if head not in HEADS:
+        raise ValueError(f"head={head!r} must be one of {HEADS}")
+    path = Path(path)
+    hf = _read_config(path)
+    reader = _SafetensorsReader(path)
+    config = ModelConfig.from_hf(hf, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+    module = Transformer(config) if head == "lm" else ScalarHeadModel(config)
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0), module))
+    if mesh is None:
+        one = SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: one, shapes)
+    else:
+        shardings = logical_to_shardings(param_logical_axes(config, module), mesh, rules, shapes)
+
+    prefix = _backbone_prefix(config)[0]
+    has_prefix = any(n.startswith(prefix) for n in reader.files)
+
+    def hf_array(ours: tuple[str, ...], layer: int | None, shape) -> np.ndarray:
+        name, kind = _hf_name(config, ours, layer)
+        if not has_prefix and name.startswith(prefix):  # bare base model (e.g. saved LlamaModel)
+            name = name[len(prefix):]
+        if name not in reader:
+            if ours == ("score", "kernel"):
+                log.warning("%s has no score.weight: initialising the scalar head N(0, %g)", path,
+                            config.initializer_range)
+                rng = np.random.default_rng(0)
+                return (rng.standard_normal(shape) * config.initializer_range).astype(np.float32)
+            raise ValueError(f"{path}: tensor {name!r} (for parameter {'/'.join(ours)}) not found")
+        return _to_ours(reader.get(name), kind, shape)
+
+    np_dtype = jnp.dtype(param_dtype)
+    flat_shapes = flax.traverse_util.flatten_dict(shapes)
+    flat_shardings = flax.traverse_util.flatten_dict(shardings)
+    out = {}
+    for full_path, sds in flat_shapes.items():
+        ours = full_path[1:] if head == "score" and full_path[0] == "transformer" else full_path
+        sharding = flat_shardings[full_path]
+        if ours[0] == "layers":  # scanned: load layer by layer onto the mesh, stack on device
+            layer_sharding = (sharding if isinstance(sharding, SingleDeviceSharding) else
+                              NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[1:])))
+            per_layer = [_put(hf_array(ours[1:], i, sds.shape[1:]).astype(np_dtype), layer_sharding)
+                         for i in range(sds.shape[0])]
+            out[full_path] = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding)(*per_layer)
+            del per_layer
+        elif re.fullmatch(r"layers_\d+", ours[0]):
+            layer = int(ours[0].split("_")[1])
+            out[full_path] = _put(hf_array(ours[1:], layer, sds.shape).astype(np_dtype), sharding)
+        else:
+            out[full_path] = _put(hf_array(ours, None, sds.shape).astype(np_dtype), sharding)
+    return config, flax.traverse_util.unflatten_dict(out)
+
+
+# --------------------------------------------------------------------------------------------- writing
+def _host_array(x) -> np.ndarray:
+    """One parameter gathered to host memory (all processes take part for multi-host arrays)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
+def _hf_tensors(config: ModelConfig, params: dict, head: str):
+    """Yields (HF name, numpy array) one tensor at a time (fused GPT-2 c_attn parts are joined)."""
+    pending: dict[str, dict[int, np.ndarray]] = {}
+    flat = flax.traverse_util.flatten_dict(params)
+    for full_path, value in flat.items():
+        ours = full_path[1:] if head == "score" and full_path[0] == "transformer" else full_path
+        if head == "lm" and ours[0] == "score":
+            continue
+        arr = _host_array(value)
+        if ours[0] == "layers":
+            items = [(ours[1:], i, arr[i]) for i in range(arr.shape[0])]
+        elif re.fullmatch(r"layers_\d+", ours[0]):
+            items = [(ours[1:], int(ours[0].split("_")[1]), arr)]
+        else:
+            items = [(ours, None, arr)]
+        for rel, layer, a in items:
+            name, kind = _hf_name(config, rel, layer)
+            if name == "lm_head.weight" and head == "score":
+                continue
+            hf_arr = _to_hf(a, kind, rel)
+            if isinstance(kind, tuple):
+                parts = pending.setdefault(name, {})
+                parts[kind[1]] = hf_arr
+                if len(parts) == 3:
+                    yield name, np.concatenate([parts[j] for j in range(3)], axis=-1)
+                    del pending[name]
+            else:
+                yield name, hf_arr
+
+
+def save_hf_model(path: str | os.PathLike, config: ModelConfig, params: dict, tokenizer=None,
+                  head: str = "lm", max_shard_bytes: int = 4 << 30) -> None:
+    """Writes a transformers-loadable directory: config.json, generation_config.json,
+    model.safetensors (or -0000i-of-0000n shards + index) and tokenizer files if `tokenizer` is given.
+
+    head="lm": `*ForCausalLM`; head="score": `*ForSequenceClassification` with num_labels=1 and
+    pad_token_id set (needed by transformers to find each row's last real token).
+    All processes must call this (multi-host gathers); only process 0 writes.
+    """
+    if head not in HEADS:
+        raise ValueError(f"head={head!r} must be one of {HEADS}")
+    path = Path(path)
+    writer = jax.process_index() == 0
+    if writer:
+        path.mkdir(parents=True, exist_ok=True)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, arr in _hf_tensors(config, params, head):
+        if size and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = np.ascontiguousarray(arr)
+        size += arr.nbytes
+    if not writer:
+        return
+    if len(shards) == 1:
+        save_file(shards[0], str(path / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(path / fname), metadata={"format": "pt"})
+            weight_map.update({k: fname for k in shard})
+            total += sum(a.nbytes for a in shard.values())
+        (path / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    hf_config = config.to_hf(head)
+    if tokenizer is not None and head == "score" and config.pad_token_id is None \
+            and tokenizer.pad_token_id is not None:
+        hf_config["pad_token_id"] = tokenizer.pad_token_id
+    (path / "config.json").write_text(json.dumps(hf_config, indent=2))
+    gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+           if hf_config.get(k) is not None}
+    (path / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
