@@ -161,7 +161,7 @@ class ModelConfig:
                 raise ValueError("pretraining_tp != 1 is not supported")
             if hf.get("partial_rotary_factor", 1.0) != 1.0:
                 raise ValueError("partial_rotary_factor != 1 is not supported")
-        return cls(**common, **fields, **overrides)
+        return cls(**{**common, **fields, **overrides})
 
     def to_hf(self, head: str = "lm") -> dict[str, Any]:
         """transformers config dict for this model; head="score" gives a 1-label classifier config."""

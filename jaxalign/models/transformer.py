@@ -162,3 +162,23 @@ def param_logical_axes(config: ModelConfig, module: nn.Module | None = None) -> 
     abstract = jax.eval_shape(lambda: _boxed_params(config, jax.random.key(0), module))
     specs = nn.get_partition_spec(abstract)
     return jax.tree.map(lambda s: tuple(s), specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Per-layer params (layers_0 .. layers_{L-1}) -> scan layout ("layers" with a leading [L] axis).
+    Works on a Transformer tree or on a ScalarHeadModel tree (its "transformer" subtree)."""
+    if "transformer" in params:
+        return {**params, "transformer": stack_layers(params["transformer"], num_layers)}
+    layers = [params[f"layers_{i}"] for i in range(num_layers)]
+    rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    return {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_layers(params: dict) -> dict:
+    """Scan layout -> per-layer params (inverse of stack_layers)."""
+    if "transformer" in params:
+        return {**params, "transformer": unstack_layers(params["transformer"])}
+    stacked = params["layers"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != "layers"}
+    return {**rest, **{f"layers_{i}": jax.tree.map(lambda x: x[i], stacked) for i in range(n)}}
