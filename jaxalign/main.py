@@ -25,7 +25,7 @@ def _config_root_on_path(argv):
 
 _config_root_on_path(sys.argv)
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().",
@@ -38,6 +38,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from jaxalign.trainers.loop import train_and_evaluate
   from jaxalign.trainers.validate import ConfigError
+  if not flags.FLAGS["verbosity"].present:   # orbax and jax log a lot at INFO; --verbosity=0 shows it.
+    logging.set_verbosity(logging.WARNING)
+  try:
+    import datasets
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+  except ImportError:
+    pass
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config.objective)
   try:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign import models, sharding
-from jaxalign.checkpoints import hf
+from jaxalign import checkpoints
 from jaxalign.data import pipeline
 from jaxalign.trainers.objectives import OBJECTIVES
 
@@ -30,10 +30,6 @@ class Run:
     return f"{n / 1e6:.2f}M parameters, {self.num_train_examples} training examples"
 
 
-def _dtype(name):
-  return jnp.bfloat16 if name == "bfloat16" else jnp.float32
-
-
 def make_model(mcfg, head):
   return models.ScalarHeadModel(mcfg) if head == "score" else models.Transformer(mcfg)
 
@@ -41,14 +37,17 @@ def make_model(mcfg, head):
 def load_model(config, mesh, head):
   """(ModelConfig, params) from `model.path` (HF directory) or a random init from `model.init`."""
   m = config.model
-  overrides = dict(dtype=_dtype(m.dtype), param_dtype=_dtype(m.param_dtype), remat=m.remat,
+  overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
                    scan_layers=m.scan_layers)
   if m.path:
-    mcfg, params = hf.load_hf_model(m.path, mesh=mesh, head=head, **overrides)
+    mcfg, params = checkpoints.load_hf_model(m.path, mesh=mesh, head=head, **overrides)
   else:
     init = dict(m.init.to_dict())
+    tok = checkpoints.load_tokenizer(m.tokenizer)
     if not init.get("vocab_size"):
-      init["vocab_size"] = len(hf.load_tokenizer(m.tokenizer))
+      init["vocab_size"] = len(tok)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):   # for the export's config.json
+      init.setdefault(name, getattr(tok, name))
     mcfg = dataclasses.replace(models.ModelConfig.from_hf(init), **overrides)
     module = make_model(mcfg, head)
     shardings = sharding.logical_to_shardings(models.param_logical_axes(mcfg, module), mesh)
@@ -60,7 +59,7 @@ def load_model(config, mesh, head):
 def build_run(config, mesh):
   _, kind, needs_ref, head = OBJECTIVES[config.objective]
   m = config.model
-  tokenizer = hf.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
+  tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
   mcfg, params = load_model(config, mesh, head)
   model = make_model(mcfg, head)
   # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
@@ -87,4 +86,4 @@ def build_run(config, mesh):
 
 
 def export(run, params, path):
-  hf.save_hf_model(path, run.model_config, params, tokenizer=run.tokenizer, head=run.head)
+  checkpoints.save_hf_model(path, run.model_config, params, tokenizer=run.tokenizer, head=run.head)
