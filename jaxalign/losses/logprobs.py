@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxalign.losses._utils import f32, masked_sum
 
@@ -16,28 +17,62 @@ Array = jax.Array
 def _logsumexp_f32(logits: Array) -> Array:
     """logsumexp over the vocabulary, in float32, [..., V] -> [...].
 
-    The upcast sits inside the reduction, so under jit XLA fuses convert -> subtract max -> exp -> sum and
-    never writes a float32 copy of a bf16 [B, T, V] array. The max is taken out first (and held constant
-    for differentiation) so exp cannot overflow.
+    The upcast sits inside the reduction, so XLA fuses convert -> subtract max -> exp -> sum and never
+    writes a float32 copy of a bf16 [B, T, V] array. The max is taken out first so exp cannot overflow.
     """
-    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True).astype(jnp.float32))
+    m = jnp.max(logits, axis=-1, keepdims=True).astype(jnp.float32)
     m = jnp.where(jnp.isfinite(m), m, 0.0)                     # an all -inf row stays -inf, not NaN
     s = jnp.sum(jnp.exp(logits.astype(jnp.float32) - m), axis=-1)
     return jnp.log(s) + m[..., 0]
 
 
-def _target_logits_f32(logits: Array, targets: Array) -> Array:
-    """logits[..., targets] as float32 [...]. Negative targets (an ignore index such as -100) read token 0:
-    those positions must be masked out by the caller."""
-    idx = jnp.clip(targets.astype(jnp.int32), 0, logits.shape[-1] - 1)
-    return jnp.take_along_axis(logits, idx[..., None], axis=-1)[..., 0].astype(jnp.float32)
+def _safe_targets(targets: Array, vocab: int) -> Array:
+    """Negative targets (an ignore index such as -100) read token 0: the caller masks those positions."""
+    return jnp.clip(targets.astype(jnp.int32), 0, vocab - 1)
+
+
+def _forward(logits: Array, targets: Array) -> tuple[Array, Array]:
+    idx = _safe_targets(targets, logits.shape[-1])
+    # The barrier keeps XLA from hoisting a float32 convert of the whole logits array above the gather and
+    # sharing it with the logsumexp (which would materialise it): only the gathered [B, T] values are upcast.
+    gathered = jnp.take_along_axis(jax.lax.optimization_barrier(logits), idx[..., None], axis=-1)[..., 0]
+    lse = _logsumexp_f32(logits)
+    return gathered.astype(jnp.float32) - lse, lse
+
+
+@jax.custom_vjp
+def _logprobs_and_lse(logits: Array, targets: Array) -> tuple[Array, Array]:
+    return _forward(logits, targets)
+
+
+def _logprobs_and_lse_fwd(logits, targets):
+    logprobs, lse = _forward(logits, targets)
+    return (logprobs, lse), (logits, targets, lse)
+
+
+def _logprobs_and_lse_bwd(residuals, cotangents):
+    """d logp_t / d logits = onehot(y_t) - softmax,  d lse / d logits = softmax: one fused elementwise pass
+    (no scatter into a float32 zero array, no stored softmax), written in the logits' dtype."""
+    logits, targets, lse = residuals
+    g_logp, g_lse = cotangents                                                   # [B, T] each
+    logits = jax.lax.optimization_barrier(logits)    # do not share the forward's float32 convert
+    probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])                 # [B, T, V], fused
+    vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    onehot = vocab_ids == _safe_targets(targets, logits.shape[-1])[..., None]
+    d_logits = jnp.where(onehot, g_logp[..., None], 0.0) + (g_lse - g_logp)[..., None] * probs
+    return d_logits.astype(logits.dtype), np.zeros(targets.shape, jax.dtypes.float0)
+
+
+_logprobs_and_lse.defvjp(_logprobs_and_lse_fwd, _logprobs_and_lse_bwd)
 
 
 @jax.jit
 def token_logprobs_and_lse(logits: Array, targets: Array) -> tuple[Array, Array]:
-    """(log p(targets), logsumexp(logits)), both [B, T] float32. The second feeds the z-loss."""
-    lse = _logsumexp_f32(logits)
-    return _target_logits_f32(logits, targets) - lse, lse
+    """(log p(targets), logsumexp(logits)), both [B, T] float32; the second feeds the z-loss.
+
+    Reverse-mode differentiable (custom VJP); forward-mode (jvp) is not defined.
+    """
+    return _logprobs_and_lse(logits, targets)
 
 
 def token_logprobs(logits: Array, targets: Array) -> Array:
