@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -158,8 +157,10 @@ def adapter_paths(lora_params: Mapping) -> list[Path]:
 def init_lora(model: nn.Module | ModelConfig, base_params: Mapping, lora_config: LoraConfig,
               rng: jax.Array) -> dict:
     """Fresh adapters for the selected projections: A as PEFT initialises it, B = 0 (so the adapted
-    model starts equal to the base). Each module's key is rng folded with a hash of its path, so adding
-    a target does not change the others. Jittable (e.g. with `out_shardings=lora_shardings(...)`).
+    model starts equal to the base). Jittable (e.g. with `out_shardings=lora_shardings(...)`).
+
+    All A's come from one random draw (one threefry op to compile, not one per module), split in
+    path order.
 
     Args:
       model: Transformer / ScalarHeadModel (or their ModelConfig) that `base_params` belongs to.
@@ -170,17 +171,22 @@ def init_lora(model: nn.Module | ModelConfig, base_params: Mapping, lora_config:
       {module path...: {"lora_a": [(L,) *in, r], "lora_b": [(L,) r, *out]}} float32.
     """
     r = lora_config.rank
+    sites = sorted(select_targets(model, base_params, lora_config).items())
+    a_shapes = [(site.kernel_shape[:1] if site.stacked else ()) + site.in_shape + (r,) for _, site in sites]
+    total = sum(math.prod(s) for s in a_shapes)
+    if lora_config.init == "kaiming":
+        # torch kaiming_uniform_(a=sqrt(5)) on lora_A.weight [r, in]: U(-1/sqrt(in), 1/sqrt(in)).
+        draw = jax.random.uniform(rng, (total,), jnp.float32, -1.0, 1.0)
+    else:  # "gaussian": N(0, 1/r) as PEFT's init_lora_weights="gaussian"
+        draw = jax.random.normal(rng, (total,), jnp.float32)
     out: dict = {}
-    for path, site in select_targets(model, base_params, lora_config).items():
-        key = jax.random.fold_in(rng, zlib.crc32("/".join(path).encode()))
+    offset = 0
+    for (path, site), a_shape in zip(sites, a_shapes):
+        n = math.prod(a_shape)
+        unit = draw[offset:offset + n].reshape(a_shape)
+        offset += n
+        a = unit / math.sqrt(math.prod(site.in_shape)) if lora_config.init == "kaiming" else unit / r
         lead = site.kernel_shape[:1] if site.stacked else ()
-        a_shape = lead + site.in_shape + (r,)
-        if lora_config.init == "kaiming":
-            # torch kaiming_uniform_(a=sqrt(5)) on lora_A.weight [r, in]: bound = 1 / sqrt(in).
-            bound = 1.0 / math.sqrt(math.prod(site.in_shape))
-            a = jax.random.uniform(key, a_shape, jnp.float32, -bound, bound)
-        else:  # "gaussian": N(0, 1/r) as PEFT's init_lora_weights="gaussian"
-            a = jax.random.normal(key, a_shape, jnp.float32) / r
         b = jnp.zeros(lead + (r,) + site.out_shape, jnp.float32)
         _set(out, path, {LORA_A: a, LORA_B: b})
     return out

@@ -76,6 +76,9 @@ class LoraConfig:
     def scale(self) -> float:
         return self.alpha / (self.rank ** 0.5 if self.use_rslora else self.rank)
 
+    def replace(self, **changes) -> "LoraConfig":
+        return dataclasses.replace(self, **changes)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoraConfig":
         """From a plain dict (e.g. `config.lora.to_dict()` minus non-LoRA keys); unknown keys raise."""
