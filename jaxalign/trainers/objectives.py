@@ -135,3 +135,20 @@ def hparams(config):
   """The objective's hyper-parameters as a plain dict (read outside any trace)."""
   sub = config.get(config.objective)
   return dict(sub.to_dict()) if sub is not None else {}
+
+
+def make_reference_fn(model, objective, hp):
+  """For `precompute_ref`: `fn(ref_params, batch) -> {key: [B]}`, the reference log-probs that the loss
+  reads from the batch instead of running the reference model (`ref_chosen_logps`, ... or `ref_logps`)."""
+  if objective == "dpo":
+    average = hp["loss_type"] == "ipo"
+    def fn(ref_params, batch):
+      c, r, _, _ = _pair_logps(model, ref_params, batch, average)
+      return {"ref_chosen_logps": c, "ref_rejected_logps": r}
+  elif objective == "kto":
+    def fn(ref_params, batch):
+      logits = _logits(model, ref_params, batch)
+      return {"ref_logps": losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])}
+  else:
+    raise ValueError(f"objective {objective!r} has no reference model to precompute")
+  return fn

@@ -10,7 +10,7 @@ import numpy as np
 from jaxalign import models, sharding
 from jaxalign import checkpoints
 from jaxalign.data import pipeline
-from jaxalign.trainers.objectives import OBJECTIVES
+from jaxalign.trainers.objectives import OBJECTIVES, hparams, make_reference_fn
 
 
 @dataclasses.dataclass
@@ -70,19 +70,49 @@ def build_run(config, mesh):
                 max_prompt_length=d.max_prompt_length, assistant_only_loss=d.assistant_only_loss,
                 packing=d.packing)
   train_ds = pipeline.build_dataset(d.train, split="train", **common)
+  precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
+  if precompute:
+    ref_fn = make_reference_fn(model, config.objective, hparams(config))
+    precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh)
   train_iter = pipeline.BatchIterator(train_ds, config.train.batch_size, seed=d.shuffle_seed,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count())
   eval_iter_fn = None
   if d.eval:
     eval_ds = pipeline.build_dataset(d.eval, split="eval", **common)
+    if precompute:
+      precompute_reference(ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh)
     def eval_iter_fn():
       return pipeline.BatchIterator(eval_ds, config.train.eval_batch_size, seed=0, shuffle=False,
                                     repeat=False, process_index=jax.process_index(),
                                     process_count=jax.process_count())
+  if precompute:
+    ref_params = None          # The reference's log-probs are in the data now: free its memory.
   return Run(model=model, model_config=mcfg, head=head, params=params, ref_params=ref_params,
              tokenizer=tokenizer, train_iter=train_iter, eval_iter_fn=eval_iter_fn,
              num_train_examples=train_ds.num_examples if hasattr(train_ds, "num_examples") else len(train_ds))
+
+
+def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh):
+  """One in-order pass of the frozen reference over `dataset`; adds its log-probs as per-example arrays.
+
+  Each host feeds its slice of every global batch; the outputs are gathered so that every host holds the
+  values for all N examples (the data iterator later slices them like any other column).
+  """
+  from jax.experimental import multihost_utils
+  bs = sharding.batch_sharding(mesh)
+  fn = jax.jit(ref_fn, in_shardings=(jax.tree.map(lambda x: x.sharding, ref_params), bs))
+  it = pipeline.BatchIterator(dataset, batch_size, seed=0, shuffle=False, repeat=False,
+                              process_index=jax.process_index(), process_count=jax.process_count())
+  chunks = []
+  for batch in it:
+    arrays = {k: jax.make_array_from_process_local_data(bs, v) for k, v in batch.items()
+              if k not in ("answer", "weight")}
+    chunks.append(multihost_utils.process_allgather(fn(ref_params, arrays), tiled=True))
+  n = dataset.num_examples
+  for key in chunks[0]:
+    dataset.arrays[key] = np.concatenate([np.asarray(c[key]) for c in chunks])[:n].astype(np.float32)
+  print(f"Precomputed reference log-probs for {n} examples", flush=True)
 
 
 def export(run, params, path):
