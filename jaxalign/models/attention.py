@@ -60,10 +60,20 @@ def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
 
 
 def attend(q, k, v, mask, scale: float, implementation: str | None) -> jax.Array:
-    """Dispatches to `jax.nn.dot_product_attention` (cuDNN flash on GPU if asked) or the reference."""
+    """Dispatches to `jax.nn.dot_product_attention` or the reference.
+
+    implementation=None: cuDNN flash attention when running on GPU in bf16/fp16 and cuDNN accepts the
+    shapes (checked while tracing; otherwise XLA), XLA elsewhere (jax's own None means XLA today).
+    """
     if implementation == "reference":
         return attention_reference(q, k, v, mask, scale)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+    if implementation is None and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+        except Exception:  # unsupported head_dim / GPU / cuDNN version: fall back to XLA
+            pass
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                        implementation=implementation or "xla")
 
 
 class Attention(nn.Module):

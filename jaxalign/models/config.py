@@ -72,8 +72,8 @@ class ModelConfig:
     param_dtype: str = "float32"       # storage dtype of parameters
     remat: bool = False                # nn.remat each block (recompute activations in backward)
     scan_layers: bool = False          # nn.scan over blocks; params get a leading "layers" axis
-    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation: None/"xla"/"cudnn",
-                                       # or "reference" for the plain einsum version.
+    attention_impl: str | None = None  # None: cuDNN flash on GPU (bf16/fp16) else XLA; "xla" | "cudnn"
+                                       # force one; "reference": the plain einsum version (tests).
     initializer_range: float = 0.02    # std of the normal init for random parameters
 
     def __post_init__(self):
