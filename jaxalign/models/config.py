@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
 import numpy as np
 
 # model_type -> (CausalLM architecture, SequenceClassification architecture).
@@ -71,6 +72,7 @@ class ModelConfig:
     dtype: str = "float32"             # compute dtype: "float32" | "bfloat16"
     param_dtype: str = "float32"       # storage dtype of parameters
     remat: bool = False                # nn.remat each block (recompute activations in backward)
+    remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, e.g. "dots_saveable"
     scan_layers: bool = False          # nn.scan over blocks; params get a leading "layers" axis
     attention_impl: str | None = None  # None: cuDNN flash on GPU (bf16/fp16) else XLA; "xla" | "cudnn"
                                        # force one; "reference": the plain einsum version (tests).
@@ -94,6 +96,8 @@ class ModelConfig:
         if self.dtype not in ("float32", "bfloat16") or self.param_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype/param_dtype must be float32 or bfloat16, got "
                              f"{self.dtype!r}/{self.param_dtype!r}")
+        if not hasattr(jax.checkpoint_policies, self.remat_policy):
+            raise ValueError(f"remat_policy={self.remat_policy!r} is not a jax.checkpoint_policies name")
         if self.attention_impl not in (None, "xla", "cudnn", "reference"):
             raise ValueError(f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|reference")
 

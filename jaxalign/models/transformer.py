@@ -85,7 +85,8 @@ class Transformer(nn.Module):
 
         block_cls = Block
         if cfg.remat:
-            block_cls = nn.remat(Block, prevent_cse=not cfg.scan_layers)
+            block_cls = nn.remat(Block, prevent_cse=not cfg.scan_layers,
+                                 policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
         if cfg.scan_layers:
             stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(nn.broadcast, 0), length=cfg.num_layers,
