@@ -79,3 +79,18 @@ def perturb(tree, scale: float = 0.1, seed: int = 1):
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape),
                                               jnp.float32), tree)
+
+
+def random_params(config, std: float = 0.15, seed: int = 0):
+    """Base parameters for `config` drawn with numpy (jax.random init compiles slowly on a busy CPU):
+    norm scales 1 + 0.1·N(0, 1), everything else std·N(0, 1)."""
+    import flax
+    import jax
+    import jax.numpy as jnp
+    from jaxalign.models import init_params
+    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    rng = np.random.default_rng(seed)
+    flat = flax.traverse_util.flatten_dict(shapes)
+    out = {k: jnp.asarray((1.0 + 0.1 * rng.standard_normal(s.shape)) if k[-1] == "scale"
+                          else std * rng.standard_normal(s.shape), jnp.float32) for k, s in flat.items()}
+    return flax.traverse_util.unflatten_dict(out)
