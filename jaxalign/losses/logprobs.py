@@ -82,7 +82,8 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
 
     Computed as a gather of the target logit minus a float32 logsumexp, never through a full
     log_softmax, so no second [B, T, V] float32 array is made (bf16 logits are upcast inside the fused
-    reduction).
+    reduction). A custom VJP writes the gradient, onehot(y) - softmax, in one fused pass in the logits'
+    dtype (no scatter into float32 zeros, no stored softmax). Reverse mode only: `jax.jvp` is not defined.
 
     Args:
       logits: [B, T, V] float32 or bf16; `logits[b, t]` predicts `targets[b, t]`.
