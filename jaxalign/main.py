@@ -33,10 +33,20 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_
 _WORKDIR = flags.DEFINE_string("workdir", "", "Checkpoints, logs and exports; default runs/<objective>.")
 
 
+# objective -> "module:function(config, workdir)" that runs it. Offline objectives share one loop.
+RUNNERS = {
+    **{k: "jaxalign.trainers.loop:train_and_evaluate"
+       for k in ("clm", "sft", "reward", "dpo", "orpo", "simpo", "kto")},
+    "ppo": "jaxalign.trainers.rl:train_and_evaluate",
+    "grpo": "jaxalign.trainers.rl:train_and_evaluate",
+    "eval": "jaxalign.eval.run:evaluate_and_report",
+}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from jaxalign.trainers.loop import train_and_evaluate
+  import importlib
   from jaxalign.trainers.validate import ConfigError
   if not flags.FLAGS["verbosity"].present:   # orbax and jax log a lot at INFO; --verbosity=0 shows it.
     logging.set_verbosity(logging.WARNING)
@@ -48,8 +58,13 @@ def main(argv):
     pass
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config.objective)
+  if config.objective not in RUNNERS:
+    print(f"error: config.objective={config.objective!r}: unknown objective; expected one of "
+          f"{sorted(RUNNERS)}", file=sys.stderr)
+    sys.exit(2)
+  module, fn = RUNNERS[config.objective].split(":")
   try:
-    train_and_evaluate(config, workdir)
+    getattr(importlib.import_module(module), fn)(config, workdir)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -44,11 +44,20 @@ def validate(config, num_devices, process_count=1):
       _fail("dpo.loss_type", hp.loss_type, f"expected one of {list(losses.DPO_LOSS_TYPES)}")
     if not 0.0 <= hp.label_smoothing < 0.5:
       _fail("dpo.label_smoothing", hp.label_smoothing, "must be in [0, 0.5)")
-  # Sub-configs of other objectives do not apply: refuse them instead of silently ignoring them.
-  for other in OBJECTIVES:
-    if other != obj and other in config:
-      _fail(other, "...", f"does not apply to objective {obj!r}; remove it")
+  reject_other_objectives(config, OBJECTIVES)
+  return validate_common(config, num_devices, process_count)
 
+
+def reject_other_objectives(config, known):
+  """Sub-configs of other objectives do not apply: refuse them instead of silently ignoring them."""
+  for other in known:
+    if other != config.objective and other in config:
+      _fail(other, "...", f"does not apply to objective {config.objective!r}; remove it")
+
+
+def validate_common(config, num_devices, process_count=1):
+  """The fields every run has: model, data, optimizer, train, mesh. Returns the mesh shape."""
+  obj = config.objective
   m = config.model
   if m.path:
     _check_path("model.path", m.path)
