@@ -9,12 +9,13 @@
     params = lora.merge_lora(base_params, adapters, cfg)                  # plain HF export
 """
 from jaxalign.lora.adapters import (LoraModel, apply_lora, attach_lora, dense_sites, init_lora,
-                                    lora_logical_axes, lora_shardings, merge_lora, select_targets)
+                                    lora_logical_axes, lora_loss_fn, lora_shardings, merge_lora,
+                                    select_targets)
 from jaxalign.lora.config import ALL_PROJECTIONS, ATTENTION_MODULES, MLP_MODULES, LoraConfig
 from jaxalign.lora.peft_format import load_peft_adapter, save_peft_adapter
 
 __all__ = [
     "LoraConfig", "ALL_PROJECTIONS", "ATTENTION_MODULES", "MLP_MODULES", "init_lora", "apply_lora",
-    "attach_lora", "LoraModel", "merge_lora", "lora_logical_axes", "lora_shardings", "dense_sites",
+    "attach_lora", "LoraModel", "lora_loss_fn", "merge_lora", "lora_logical_axes", "lora_shardings", "dense_sites",
     "select_targets", "save_peft_adapter", "load_peft_adapter",
 ]

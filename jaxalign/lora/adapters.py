@@ -307,6 +307,19 @@ def apply_lora(model: nn.Module, base_params: Mapping, lora_params: Mapping | No
                                                rngs=rngs, **kwargs)
 
 
+def lora_loss_fn(loss_fn):
+    """Adapts an objective's `loss_fn(params, ref_params, batch)` (built on a `LoraModel`) to training
+    the adapters only: returns `f(lora_params, base_params, batch) = loss_fn(attach_lora(base, lora),
+    base, batch)`. The base doubles as the reference policy (adapters off), so the train step's
+    `(state.params, ref_params)` become `(adapters, base)`: differentiate w.r.t. the first argument,
+    and neither the base's weight gradients nor its optimiser state ever exist."""
+
+    def wrapped(lora_params, base_params, batch):
+        return loss_fn(attach_lora(base_params, lora_params), base_params, batch)
+
+    return wrapped
+
+
 # ------------------------------------------------------------------------------------------ export
 def lora_delta(a: jax.Array, b: jax.Array, kernel_shape: tuple[int, ...], scale: float) -> jax.Array:
     """scale · A B in the kernel's layout, float32: A [(L,) *in, r], B [(L,) r, *out] -> kernel_shape."""
