@@ -196,3 +196,26 @@ def test_config_validation_and_scale():
     with pytest.raises(ValueError, match="lora_config"):
         _, model, params, adapters = _setup()
         lora.apply_lora(model, params, adapters, *BATCH)
+
+
+def test_trainer_objective_with_adapters_and_free_reference():
+    """The trainer's DPO glue on a LoraModel via lora_loss_fn: (adapters, base) in place of
+    (params, ref_params). At init policy = reference, so the loss is log 2 and only B gets gradient."""
+    import ml_collections
+    from jaxalign.trainers.step import make_loss_fn
+    cfg = lora.LoraConfig(rank=4, alpha=8.0, target_modules=("q_proj", "down_proj"))
+    _, model, params, _ = _setup()
+    adapters = jax.jit(lambda k: lora.init_lora(model, params, cfg, k))(jax.random.key(1))
+    config = ml_collections.ConfigDict(dict(objective="dpo", train=dict(grad_accum_steps=1),
+                                            dpo=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0)))
+    loss_fn = lora.lora_loss_fn(make_loss_fn(lora.LoraModel(model, cfg), config))
+    ids, pos, seg = BATCH
+    half = {"input_ids": ids, "targets": np.roll(ids, -1, 1), "loss_mask": np.ones(ids.shape, np.float32),
+            "positions": pos, "segment_ids": seg}
+    batch = {f"{side}_{k}": v[:2] if side == "chosen" else v[2:] for side in ("chosen", "rejected")
+             for k, v in half.items()}
+    (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(adapters, params, batch)
+    np.testing.assert_allclose(float(loss), np.log(2.0), rtol=1e-6)
+    q = grads["layers_0"]["attn"]["q_proj"]
+    assert not np.any(np.asarray(q["lora_a"])) and np.any(np.asarray(q["lora_b"]))
+    assert jax.tree.structure(grads) == jax.tree.structure(adapters)
