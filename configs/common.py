@@ -81,6 +81,15 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
   t.keep_checkpoints = 2
   t.export_hf = True               # Write the final model in HF format to <workdir>/hf.
 
+  lo = c.lora = ml_collections.ConfigDict()
+  lo.enabled = False               # Train low-rank adapters on a frozen base (the base is the reference).
+  lo.rank = 8                      # r: A is [in, r], B is [r, out].
+  lo.alpha = 16.0                  # scale = alpha / r (alpha / sqrt(r) with use_rslora).
+  lo.dropout = 0.0                 # Dropout on the adapter branch's input (PEFT's lora_dropout).
+  lo.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+  lo.use_rslora = False
+  lo.init = "kaiming"              # A's init, as PEFT: kaiming | gaussian (B starts at zero).
+
   mesh = c.mesh = ml_collections.ConfigDict()
   mesh.data = 1                    # Pure data parallelism (replicated parameters).
   mesh.fsdp = -1                   # Parameter + batch sharding; -1 = all remaining devices.

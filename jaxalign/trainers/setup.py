@@ -24,6 +24,7 @@ class Run:
   train_iter: Any
   eval_iter_fn: Optional[Callable]
   num_train_examples: int
+  lora_config: Optional[Any] = None
 
   def describe(self):
     n = sum(x.size for x in jax.tree.leaves(self.params))
@@ -62,8 +63,21 @@ def build_run(config, mesh):
   tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
   mcfg, params = load_model(config, mesh, head)
   model = make_model(mcfg, head)
-  # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
-  ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
+  lora_cfg = None
+  if config.lora.enabled:
+    # Adapters are the trainable params; the frozen base is passed as `ref_params` (adapters off it
+    # is the reference policy, so there is no second copy of the weights).
+    from jaxalign import lora
+    lora_cfg = lora_config(config)
+    base_axes = models.param_logical_axes(mcfg, model)
+    shapes = jax.eval_shape(lambda k: lora.init_lora(model, params, lora_cfg, k), jax.random.key(0))
+    adapters = jax.jit(lambda k: lora.init_lora(model, params, lora_cfg, k),
+                       out_shardings=lora.lora_shardings(shapes, base_axes, mesh))(
+                           jax.random.key(config.seed + 1))
+    params, ref_params, model = adapters, params, lora.LoraModel(model, lora_cfg)
+  else:
+    # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
+    ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
 
   d = config.data
   common = dict(kind=kind, tokenizer=tokenizer, format=d.format, max_length=d.max_length,
@@ -86,9 +100,10 @@ def build_run(config, mesh):
       return pipeline.BatchIterator(eval_ds, config.train.eval_batch_size, seed=0, shuffle=False,
                                     repeat=False, process_index=jax.process_index(),
                                     process_count=jax.process_count())
-  if precompute:
+  if precompute and lora_cfg is None:
     ref_params = None          # The reference's log-probs are in the data now: free its memory.
   return Run(model=model, model_config=mcfg, head=head, params=params, ref_params=ref_params,
+             lora_config=lora_cfg,
              tokenizer=tokenizer, train_iter=train_iter, eval_iter_fn=eval_iter_fn,
              num_train_examples=train_ds.num_examples if hasattr(train_ds, "num_examples") else len(train_ds))
 
@@ -115,5 +130,22 @@ def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh):
   print(f"Precomputed reference log-probs for {n} examples", flush=True)
 
 
+def lora_config(config):
+  from jaxalign import lora
+  d = {k: v for k, v in config.lora.to_dict().items() if k != "enabled"}
+  d["target_modules"] = tuple(d["target_modules"])
+  return lora.LoraConfig.from_dict(d)
+
+
 def export(run, params, path):
+  """HF export of the trained model; with LoRA the adapters merged into the base, plus the adapters
+  alone in PEFT format under `<path>/adapter` (adapter_config.json + adapter_model.safetensors)."""
+  if run.lora_config is not None:
+    from jaxalign import lora
+    base = run.ref_params
+    checkpoints.save_hf_model(path, run.model_config, lora.merge_lora(base, params, run.lora_config),
+                              tokenizer=run.tokenizer, head=run.head)
+    if run.head == "lm":
+      lora.save_peft_adapter(os.path.join(path, "adapter"), params, run.lora_config, run.model_config)
+    return
   checkpoints.save_hf_model(path, run.model_config, params, tokenizer=run.tokenizer, head=run.head)

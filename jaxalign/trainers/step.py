@@ -16,8 +16,14 @@ from jaxalign.trainers.state import TrainState
 
 
 def make_loss_fn(model, config):
+  """The objective's `loss_fn(params, ref_params, batch)`. With LoRA (`model` is a `lora.LoraModel`),
+  `params` are the adapters and `ref_params` the frozen base, which is also the reference policy."""
   builder = OBJECTIVES[config.objective][0]
-  return builder(model, hparams(config))
+  loss_fn = builder(model, hparams(config))
+  if "lora" in config and config.lora.enabled:
+    from jaxalign import lora
+    loss_fn = lora.lora_loss_fn(loss_fn)
+  return loss_fn
 
 
 def _split_micro(batch, n):

@@ -79,6 +79,17 @@ def validate_common(config, num_devices, process_count=1):
   if d.packing and obj not in ("clm", "sft"):
     _fail("data.packing", d.packing, f"packing applies to clm/sft only, not {obj!r}")
 
+  lo = config.get("lora")
+  if lo is not None and lo.enabled:
+    from jaxalign import lora
+    try:
+      lora.LoraConfig.from_dict({k: (tuple(v) if k == "target_modules" else v)
+                                 for k, v in lo.to_dict().items() if k != "enabled"})
+    except (ValueError, TypeError) as e:
+      _fail("lora", "...", str(e))
+    if obj == "reward":
+      _fail("lora.enabled", True, "LoRA reward models are not supported (the score head must train)")
+
   o = config.optimizer
   if not o.learning_rate > 0:
     _fail("optimizer.learning_rate", o.learning_rate, "must be > 0")

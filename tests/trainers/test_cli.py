@@ -62,3 +62,15 @@ def test_misspelt_override_is_an_error(tmp_path):
   r = run_cli("dpo.py", str(tmp_path / "x"), "--config.dpo.betta=0.1")
   assert r.returncode != 0
   assert "betta" in r.stderr
+
+
+@pytest.mark.slow
+def test_lora_dpo_exports_merged_model_and_peft_adapter(tmp_path):
+  wd = str(tmp_path / "lora")
+  r = run_cli("dpo.py", wd, *SHORT, "--config.lora.enabled=True", "--config.lora.rank=4")
+  assert r.returncode == 0, r.stderr[-3000:]
+  train = [m for m in read_metrics(wd) if "train/loss" in m]
+  assert len(train) == 3
+  assert os.path.exists(os.path.join(wd, "hf", "model.safetensors"))
+  with open(os.path.join(wd, "hf", "adapter", "adapter_config.json")) as f:
+    assert json.load(f)["r"] == 4

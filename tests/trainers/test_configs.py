@@ -62,3 +62,9 @@ def test_missing_file():
 def test_option_that_does_not_apply():
   import ml_collections
   _bad(lambda c: setattr(c, "sft", ml_collections.ConfigDict()), r"config\.sft=.*does not apply")
+
+
+def test_bad_lora_rank():
+  def m(c):
+    c.lora.enabled, c.lora.rank = True, 0
+  _bad(m, r"config\.lora=.*rank")
