@@ -1,4 +1,4 @@
-"""Autoregressive generation with the KV cache: one jitted prefill + one XLA while loop over new tokens.
+"""Autoregressive generation with the KV cache: one jitted prefill + an XLA while loop over new tokens.
 
     out = generate(model, params, prompt_ids, prompt_segment_ids, rng, max_new_tokens=64,
                    temperature=1.0, eos_ids=(tok.eos_token_id,), pad_id=tok.pad_token_id)
@@ -16,10 +16,11 @@ How it runs (all inside one jit, no host sync per token):
   1. prefill: the first P-1 prompt columns go through the model with a cache of P + max_new_tokens
      slots, returning hidden states only (no [B, P, V] logits, which for a 150k vocabulary would be
      the biggest array of the whole rollout);
-  2. a `lax.while_loop`, one iteration per new token: feed the previous token (the last prompt column
-     at step 0) as a [B, 1] step through the model, which writes its key/value into the cache in
-     place (`dynamic_update_slice`), sample from the [B, V] logits, write token / log-probs / mask
-     into preallocated [B, N] buffers. It exits early once every row is done.
+  2. a `lax.while_loop`, one iteration per new token: feed the previous token (the last prompt
+     column at step 0) as a [B, 1] step through the model, which writes its key/value into the
+     cache in place (`dynamic_update_slice`), sample from the [B, V] logits, write token / log-probs
+     / mask into preallocated [B, N] buffers. It exits early once every row is done. With
+     `cache_buckets=k` there are k such loops over caches of growing length (see make_generate_fn).
 
 A row is done after it emits one of `eos_ids`, after its generated tail equals one of
 `stop_sequences` (token-id sequences, checked on device), or at `max_new_tokens`. The EOS / stop
@@ -80,20 +81,51 @@ def _constrain(x, mesh, logical):
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def _constrain_cache(cache, mesh):
-  """Pins the cache layout: batch over (data, fsdp), kv heads over tensor (when they divide)."""
+def _constrain_cache(cache, mesh, config):
+  """Pins the cache layout: batch over (data, fsdp), kv heads over "tensor" (where they divide).
+
+  Accepts k/v stored as [B, S, K, Dh] (INTERFACES.md) or [B, K, S, Dh], with an optional leading
+  [L] axis (scan_layers); the layout is read from where K sits.
+  """
   if mesh is None:
     return cache
-  kv_axes = ("batch", None, "kv_heads", "head_dim")
-  def kv(x):  # [B, S, K, Dh] or, with scan_layers, [L, B, S, K, Dh]
-    return _constrain(x, mesh, kv_axes if x.ndim == 4 else ("layers",) + kv_axes)
-  return {"layers": jax.tree.map(kv, cache["layers"]), "mask": _constrain(cache["mask"], mesh, ("batch", None)),
-          "index": cache["index"]}
+  kh, dh = config.num_kv_heads, config.head_dim
+  def kv(x):
+    lead = ("layers",) if x.ndim == 5 else ()
+    b_s_k_d = ("batch", None, "kv_heads", "head_dim")
+    b_k_s_d = ("batch", "kv_heads", None, "head_dim")
+    axes = b_s_k_d if x.shape[-2:] == (kh, dh) else b_k_s_d if x.shape[-3] == kh else None
+    return x if axes is None else _constrain(x, mesh, lead + axes)
+  return {**cache, "layers": jax.tree.map(kv, cache["layers"]),
+          "mask": _constrain(cache["mask"], mesh, ("batch", None))}
+
+
+def _bucket_limits(n: int, buckets: int) -> list[int]:
+  """Step counts at which the cache grows: `buckets` near-equal parts of n (the last one is n)."""
+  if buckets < 1:
+    raise ValueError(f"cache_buckets must be >= 1, got {buckets}")
+  return sorted({-(-n * (j + 1) // buckets) for j in range(min(buckets, n))})
+
+
+def _grow_cache(cache, config, length: int, dtype):
+  """Pads every cache array along its slot axis to `length` slots (zeros / mask False), which is
+  the cache `init_cache(length)` would have held. The slot axis is found by comparing the shapes of
+  two abstract caches, so this does not depend on the model's cache layout."""
+  b = cache["mask"].shape[0]
+  one, two = (jax.eval_shape(lambda s=s: models.init_cache(config, b, s, dtype)) for s in (1, 2))
+  def grow(x, a, c):
+    axes = [i for i, (u, v) in enumerate(zip(a.shape, c.shape)) if u != v]
+    if not axes:
+      return x
+    widths = [(0, 0)] * x.ndim
+    widths[axes[0]] = (0, length - x.shape[axes[0]])
+    return jnp.pad(x, widths)
+  return jax.tree.map(grow, cache, one, two)
 
 
 def _generate(model, params, prompt_ids, prompt_segment_ids, rng, *, max_new_tokens: int,
               temperature: float, top_k: int, top_p: float, eos_ids: tuple[int, ...], pad_id: int,
-              stop_sequences: tuple[tuple[int, ...], ...], cache_dtype, mesh):
+              stop_sequences: tuple[tuple[int, ...], ...], cache_dtype, cache_buckets: int, mesh):
   """The traced body of `generate` (see the module docstring)."""
   b, p = prompt_ids.shape
   n = max_new_tokens
@@ -105,11 +137,12 @@ def _generate(model, params, prompt_ids, prompt_segment_ids, rng, *, max_new_tok
   prompt_len = real.sum(-1).astype(jnp.int32)                                     # [B]
   apply = functools.partial(model.apply, {"params": params})
 
-  cache = _constrain_cache(models.init_cache(model.config, b, p + n, cache_dtype), mesh)
+  limits = _bucket_limits(n, cache_buckets)
+  cache = _constrain_cache(models.init_cache(model.config, b, p + limits[0], cache_dtype), mesh, model.config)
   if p > 1:  # prefill all but the last prompt column; hidden states only (the logits are unused)
     _, cache = apply(prompt_ids[:, :-1], positions[:, :-1], real[:, :-1].astype(jnp.int32),
                      cache=cache, hidden_only=True)
-    cache = _constrain_cache(cache, mesh)
+    cache = _constrain_cache(cache, mesh, model.config)
 
   eos = jnp.asarray(eos_ids, jnp.int32)                                           # [E]
   stops = _stop_table(stop_sequences) if stop_sequences else None                 # [S, L]
@@ -127,8 +160,8 @@ def _generate(model, params, prompt_ids, prompt_segment_ids, rng, *, max_new_tok
       tokens=buffer(pad_id, jnp.int32), logprobs=buffer(0.0, jnp.float32),
       model_logprobs=buffer(0.0, jnp.float32), mask=buffer(0, jnp.int32))
 
-  def cond(s):
-    return (s["i"] < n) & ~jnp.all(s["done"])
+  def cond(limit):
+    return lambda s: (s["i"] < limit) & ~jnp.all(s["done"])
 
   def body(s):
     active = ~s["done"]
@@ -153,7 +186,12 @@ def _generate(model, params, prompt_ids, prompt_segment_ids, rng, *, max_new_tok
         model_logprobs=put(s["model_logprobs"], jnp.where(active, mlp, 0.0)),
         mask=put(s["mask"], active))
 
-  s = jax.lax.while_loop(cond, body, state)
+  s = state
+  for j, limit in enumerate(limits):
+    if j:  # the next bucket: a longer cache (a copy once per bucket, not per token)
+      s = {**s, "cache": _constrain_cache(_grow_cache(s["cache"], model.config, p + limit, cache_dtype),
+                                          mesh, model.config)}
+    s = jax.lax.while_loop(cond(limit), body, s)
   return GenerateOutput(tokens=s["tokens"], logprobs=s["logprobs"], model_logprobs=s["model_logprobs"],
                         mask=s["mask"], lengths=s["mask"].sum(-1).astype(jnp.int32))
 
@@ -170,6 +208,7 @@ def _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences
 def make_generate_fn(model, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                      top_p: float = 1.0, eos_ids: int | Sequence[int] = (), pad_id: int = 0,
                      stop_sequences: Sequence[Sequence[int]] = (), cache_dtype: str | None = None,
+                     cache_buckets: int = 1,
                      mesh: jax.sharding.Mesh | None = None, param_shardings=None, donate_prompts=False):
   """Returns a jitted `gen(params, prompt_ids, prompt_segment_ids, rng) -> GenerateOutput`.
 
@@ -182,19 +221,25 @@ def make_generate_fn(model, *, max_new_tokens: int, temperature: float = 1.0, to
     stop_sequences: token-id sequences (e.g. `prompts.encode_stop_strings`); a row stops once its
       generated tokens end with one of them (only generated tokens are matched, not the prompt).
     cache_dtype: KV cache dtype (default the model's compute dtype).
+    cache_buckets: split the N steps into this many near-equal phases, each a while loop over a cache
+      of P + (steps so far) slots, so that early tokens attend over a short cache instead of all
+      P + N slots (attention reads the whole cache it is given). Costs one compiled copy of the
+      decode step per bucket and a cache copy between buckets; pays off when N is large compared
+      with P, and more so when most rows stop early (later buckets are skipped once all are done).
     mesh: with a mesh, the batch (prompts and outputs) is sharded over ("data", "fsdp"), the KV cache
       over the batch and, where they divide, kv heads over "tensor", and the params by
       `param_shardings` (default: the model's logical axes under `sharding.LOGICAL_AXIS_RULES`,
       i.e. the training layout; no copy is made when params already have it).
     donate_prompts: donate the prompt arrays.
 
-  The rng may be a typed key or a raw uint32 key (or None for greedy decoding). Tokens of step i use `fold_in(rng, i)`, so the
-  result does not depend on the mesh.
+  The rng may be a typed key or a raw uint32 key (or None for greedy decoding). Tokens of step i use
+  `fold_in(rng, i)`, so the result does not depend on the mesh.
   """
   eos_ids, stop_sequences = _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences)
   fn = functools.partial(_generate, model, max_new_tokens=max_new_tokens, temperature=temperature,
                          top_k=top_k, top_p=top_p, eos_ids=eos_ids, pad_id=pad_id,
-                         stop_sequences=stop_sequences, cache_dtype=cache_dtype, mesh=mesh)
+                         stop_sequences=stop_sequences, cache_dtype=cache_dtype,
+                         cache_buckets=cache_buckets, mesh=mesh)
   donate = (1, 2) if donate_prompts else ()
   if mesh is None:
     return jax.jit(fn, donate_argnums=donate)
@@ -211,7 +256,7 @@ def make_generate_fn(model, *, max_new_tokens: int, temperature: float = 1.0, to
 
 @functools.partial(jax.jit, static_argnames=(
     "model", "max_new_tokens", "temperature", "top_k", "top_p", "eos_ids", "pad_id", "stop_sequences",
-    "cache_dtype"))
+    "cache_dtype", "cache_buckets"))
 def _generate_jit(model, params, prompt_ids, prompt_segment_ids, rng, **kwargs):
   return _generate(model, params, prompt_ids, prompt_segment_ids, rng, mesh=None, **kwargs)
 
@@ -219,7 +264,8 @@ def _generate_jit(model, params, prompt_ids, prompt_segment_ids, rng, **kwargs):
 def generate(model, params, prompt_ids, prompt_segment_ids, rng, *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              eos_ids: int | Sequence[int] = (), pad_id: int = 0,
-             stop_sequences: Sequence[Sequence[int]] = (), cache_dtype: str | None = None) -> GenerateOutput:
+             stop_sequences: Sequence[Sequence[int]] = (), cache_dtype: str | None = None,
+             cache_buckets: int = 1) -> GenerateOutput:
   """Samples up to `max_new_tokens` per row of a left-padded prompt batch (see `make_generate_fn`).
 
   Args:
@@ -233,7 +279,8 @@ def generate(model, params, prompt_ids, prompt_segment_ids, rng, *, max_new_toke
   return _generate_jit(model, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_segment_ids), rng,
                        max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
                        top_p=float(top_p), eos_ids=eos_ids, pad_id=int(pad_id),
-                       stop_sequences=stop_sequences, cache_dtype=cache_dtype)
+                       stop_sequences=stop_sequences, cache_dtype=cache_dtype,
+                       cache_buckets=int(cache_buckets))
 
 
 def to_training_batch(prompt_ids, prompt_segment_ids, out: GenerateOutput) -> dict:

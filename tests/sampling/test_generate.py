@@ -14,10 +14,15 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12], [20, 21, 22, 23]]  # left-padd
 N = 8
 
 
+def _init(cfg):
+  """Random params; jitted, because eager linen init runs op by op (seconds on a busy CPU)."""
+  return jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
+
+
 @pytest.fixture(scope="module")
 def setup():
   model = models.Transformer(CFG)
-  params = models.init_params(CFG, jax.random.key(0))
+  params = _init(CFG)
   return model, params, left_pad(PROMPTS, pad_id=0)
 
 
@@ -45,9 +50,10 @@ def test_greedy_equals_full_forward_argmax(setup, scan_layers):
   model, params, batch = setup
   if scan_layers:
     cfg = CFG.replace(scan_layers=True)
-    model, params = models.Transformer(cfg), models.init_params(cfg, jax.random.key(0))
+    model, params = models.Transformer(cfg), _init(cfg)
+  # With scan_layers also a cache grown in buckets (stacked [L, B, S, K, Dh] k/v).
   out = jax.device_get(generate(model, params, batch["prompt_ids"], batch["prompt_segment_ids"], None,
-                                max_new_tokens=N, temperature=0.0))
+                                max_new_tokens=N, temperature=0.0, cache_buckets=3 if scan_layers else 1))
   for row, prompt in enumerate(PROMPTS):
     assert out.tokens[row].tolist() == _greedy_reference(model, params, prompt, N), row
   np.testing.assert_array_equal(out.mask, 1)
@@ -73,7 +79,7 @@ def test_logprobs_equal_full_forward(setup):
 def test_eos_rows_stop_and_stay_padded(setup):
   free = _run(setup, temperature=0.0)
   eos = (int(free.tokens[0, 2]), int(free.tokens[1, 4]))  # two EOS ids, hit at different steps
-  out = _run(setup, temperature=0.0, eos_ids=eos, pad_id=63)
+  out = _run(setup, temperature=0.0, eos_ids=eos, pad_id=63, cache_buckets=3)  # rows stop in several buckets
   for row in range(len(PROMPTS)):
     hits = [j for j, t in enumerate(free.tokens[row]) if t in eos]
     length = hits[0] + 1 if hits else N

@@ -85,7 +85,8 @@ def test_logprobs_under_sampling_and_model_distributions():
   logits = jax.random.normal(jax.random.key(4), (32, 20)) * 2
   tok, lp, mlp = sample_token_with_logprobs(logits, jax.random.key(5), 0.7, 6, 0.9)
   rows = np.arange(32)
-  np.testing.assert_allclose(lp, jax.nn.log_softmax(process_logits(logits, 0.7, 6, 0.9))[rows, tok], rtol=1e-5)
+  sampling_lp = jax.nn.log_softmax(process_logits(logits, 0.7, 6, 0.9))
+  np.testing.assert_allclose(lp, sampling_lp[rows, tok], rtol=1e-5)
   np.testing.assert_allclose(mlp, jax.nn.log_softmax(logits)[rows, tok], rtol=1e-5)
   assert np.all(np.isfinite(lp))
 
