@@ -103,10 +103,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         new_cache = None
         if cache is not None:  # write the t new entries at slots [index, index + t)
-            k_all = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), (0, index, 0, 0))
-            v_all = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), (0, index, 0, 0))
+            k_all = jax.lax.dynamic_update_slice(cache["k"], k.swapaxes(1, 2).astype(cache["k"].dtype), (0, 0, index, 0))
+            v_all = jax.lax.dynamic_update_slice(cache["v"], v.swapaxes(1, 2).astype(cache["v"].dtype), (0, 0, index, 0))
             new_cache = {"k": k_all, "v": v_all}
-            k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)                     # [B, S, K, Dh]
+            k, v = k_all.swapaxes(1, 2).astype(q.dtype), v_all.swapaxes(1, 2).astype(q.dtype)
         out = attend(q, k, v, mask, dh ** -0.5, cfg.attention_impl)               # [B, T, H, Dh]
         out = Dense((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias, in_dims=2,
                     config=cfg, name="o_proj")(out.reshape(b * t, h, dh))          # [N, D]

@@ -130,10 +130,10 @@ class LMHead(nn.Module):
 
 
 def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> Cache:
-    """Empty KV cache: {"layers": per-layer {"k","v"} [B, S, K, Dh] (stacked [L, ...] dicts when
+    """Empty KV cache: {"layers": per-layer {"k","v"} [B, K, S, Dh] (stacked [L, ...] dicts when
     scan_layers), "mask": [B, S] bool, "index": int32 scalar}. dtype defaults to the compute dtype."""
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
     if config.scan_layers:
         full = (config.num_layers,) + shape
         layers: Any = {"k": jnp.zeros(full, dtype), "v": jnp.zeros(full, dtype)}
