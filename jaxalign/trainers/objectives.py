@@ -52,13 +52,24 @@ def make_sft_loss(model, hp):
   return loss_fn
 
 
+def full_sequences(batch):
+  """The whole token sequences [B, T+1] back from the shifted (input_ids, targets) of right-padded,
+  unpacked rows: tokens = input_ids[:, :1] ++ targets, so the last token (EOS) is included."""
+  ids = jnp.concatenate([batch["input_ids"][:, :1], batch["targets"]], axis=1)
+  seg = jnp.concatenate([batch["segment_ids"][:, :1], batch["segment_ids"]], axis=1)
+  pos = jnp.concatenate([batch["positions"][:, :1], batch["positions"] + 1], axis=1)
+  return ids, pos, jnp.where(seg != 0, seg, 0)
+
+
 def make_reward_loss(model, hp):
-  """Bradley-Terry reward model: the scalar head read at each sequence's last real token."""
+  """Bradley-Terry reward model: the scalar head read at each sequence's last real token, which is the
+  EOS of the completion (as transformers' *ForSequenceClassification and TRL's RewardTrainer read it)."""
   def loss_fn(params, ref_params, batch):
     del ref_params
     both = _pair(batch)
-    scores = model.apply({"params": params}, both["input_ids"], both["positions"], both["segment_ids"])
-    rewards = last_token_scores(scores, both["segment_ids"])            # [2B]
+    ids, pos, seg = full_sequences(both)
+    scores = model.apply({"params": params}, ids, pos, seg)
+    rewards = last_token_scores(scores, seg)                              # [2B]
     b = rewards.shape[0] // 2
     return losses.reward_bt_loss(rewards[:b], rewards[b:], center_coef=hp.get("center_coef", 0.0))
   return loss_fn

@@ -1,0 +1,153 @@
+"""Reward-model-labelled synthetic preference pairs: sample n completions per prompt, score, keep best/worst.
+
+  python -m jaxalign.synthesize --policy=jaxalign/assets/embedded/checkpoints/sft \
+      --reward_model=jaxalign/assets/embedded/checkpoints/reward \
+      --prompts=jaxalign/assets/embedded/prompts_train.jsonl --n=4 --out=runs/synthetic/pairs.jsonl
+
+Writes rows in the conversational preference format the DPO trainer reads ({"prompt": [messages],
+"chosen": [assistant message], "rejected": [assistant message]}), so an iterative/online DPO round is
+`--config.data.train=runs/synthetic/pairs.jsonl`. Scores come from a trained reward model (a
+`*ForSequenceClassification` checkpoint read at the last token of prompt + completion) or, with
+`--reward_fn=module:function`, from a checkable reward `f(prompt_row, completion_text) -> float`.
+Prompts whose n samples all score the same give no pair and are skipped. The file is written to a
+temporary name and renamed at the end, so an interrupted run leaves no half-written file.
+"""
+import importlib
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from jaxalign import checkpoints, models
+from jaxalign.sampling import make_generate_fn, prompts as prompt_lib
+
+
+def load_prompt_rows(path):
+  rows = []
+  with open(path) as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path} line {i}: not valid JSON ({e.msg})") from None
+      if "prompt" not in row:
+        raise ValueError(f"{path} line {i}: 'prompt' is missing")
+      rows.append(row)
+  return rows
+
+
+def resolve(name):
+  """'package.module:function' -> the function."""
+  module, _, fn = name.partition(":")
+  if not fn:
+    raise ValueError(f"reward_fn={name!r}: expected 'module:function'")
+  return getattr(importlib.import_module(module), fn)
+
+
+def make_rm_scorer(rm_dir, tokenizer):
+  """Returns score(prompt_ids [B,P] left-padded, prompt_seg, completion tokens [B,N], mask [B,N]) -> [B]."""
+  mcfg, rm_params = checkpoints.load_hf_model(rm_dir, head="score")
+  rm = models.ScalarHeadModel(mcfg)
+
+  @jax.jit
+  def score(params, prompt_ids, prompt_seg, tokens, mask):
+    ids = jnp.concatenate([prompt_ids, tokens], axis=1)
+    seg = jnp.concatenate([prompt_seg != 0, mask != 0], axis=1).astype(jnp.int32)
+    pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
+    scores = rm.apply({"params": params}, ids, pos, seg)
+    return models.last_token_scores(scores, seg)
+
+  return lambda *a: np.asarray(score(rm_params, *a))
+
+
+def synthesize_pairs(policy, prompts_path, out_path, *, n=4, reward_model="", reward_fn="",
+                     max_new_tokens=32, temperature=1.0, top_p=1.0, batch_size=64, max_prompt_length=48,
+                     seed=0, limit=0):
+  """Samples `n` completions per prompt from `policy` and writes (best, worst) pairs. Returns stats."""
+  if bool(reward_model) == bool(reward_fn):
+    raise ValueError("give exactly one of reward_model (a checkpoint directory) or reward_fn (module:function)")
+  rows = load_prompt_rows(prompts_path)
+  if limit:
+    rows = rows[:limit]
+  tokenizer = checkpoints.load_tokenizer(policy)
+  mcfg, params = checkpoints.load_hf_model(policy)
+  gen = make_generate_fn(models.Transformer(mcfg), max_new_tokens=max_new_tokens, temperature=temperature,
+                         top_p=top_p, eos_ids=prompt_lib.eos_ids_of(tokenizer),
+                         pad_id=prompt_lib.pad_id_of(tokenizer))
+  rm_score = make_rm_scorer(reward_model, tokenizer) if reward_model else None
+  fn = resolve(reward_fn) if reward_fn else None
+
+  rng = jax.random.key(seed)
+  per_call = max(batch_size // n, 1)
+  pairs, skipped, all_scores = [], 0, []
+  for start in range(0, len(rows), per_call):
+    chunk = rows[start:start + per_call]
+    expanded = [r for r in chunk for _ in range(n)]                # n copies of each prompt, adjacent
+    b = prompt_lib.build_prompt_batch(tokenizer, [r["prompt"] for r in expanded],
+                                      max_length=max_prompt_length)
+    rng, key = jax.random.split(rng)
+    out = gen(params, b["prompt_ids"], b["prompt_segment_ids"], key)
+    texts = prompt_lib.decode_completions(tokenizer, out, skip_special_tokens=True)
+    if rm_score is not None:
+      scores = rm_score(b["prompt_ids"], b["prompt_segment_ids"], np.asarray(out.tokens), np.asarray(out.mask))
+    else:
+      raw = prompt_lib.decode_completions(tokenizer, out, skip_special_tokens=False)
+      scores = np.array([fn(r, t) for r, t in zip(expanded, raw)], np.float32)
+    all_scores.extend(scores.tolist())
+    for i, row in enumerate(chunk):
+      s = scores[i * n:(i + 1) * n]
+      best, worst = int(np.argmax(s)), int(np.argmin(s))
+      if s[best] <= s[worst]:
+        skipped += 1
+        continue
+      pairs.append({"prompt": row["prompt"],
+                    "chosen": [{"role": "assistant", "content": texts[i * n + best].strip()}],
+                    "rejected": [{"role": "assistant", "content": texts[i * n + worst].strip()}],
+                    "score_chosen": float(s[best]), "score_rejected": float(s[worst]),
+                    **({"answer": row["answer"]} if "answer" in row else {})})
+    print(f"[synthesize] {min(start + per_call, len(rows))}/{len(rows)} prompts, {len(pairs)} pairs",
+          flush=True)
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  tmp = out_path + ".tmp"
+  with open(tmp, "w") as f:
+    for p in pairs:
+      f.write(json.dumps(p) + "\n")
+  os.replace(tmp, out_path)
+  return {"prompts": len(rows), "pairs": len(pairs), "skipped_ties": skipped,
+          "mean_score": float(np.mean(all_scores)) if all_scores else 0.0}
+
+
+_POLICY = flags.DEFINE_string("policy", None, "HF checkpoint directory of the sampling policy.")
+_PROMPTS = flags.DEFINE_string("prompts", None, "jsonl with a 'prompt' (string or messages) per row.")
+_OUT = flags.DEFINE_string("out", None, "Output jsonl of preference pairs.")
+_N = flags.DEFINE_integer("n", 4, "Samples per prompt.")
+_RM = flags.DEFINE_string("reward_model", "", "Reward model checkpoint directory.")
+_RFN = flags.DEFINE_string("reward_fn", "", "Or a reward function 'module:function'.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 32, "Tokens per completion at most.")
+_TEMP = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+_LIMIT = flags.DEFINE_integer("limit", 0, "Use only the first N prompts (0 = all).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    stats = synthesize_pairs(_POLICY.value, _PROMPTS.value, _OUT.value, n=_N.value, reward_model=_RM.value,
+                             reward_fn=_RFN.value, max_new_tokens=_MAX_NEW.value,
+                             temperature=_TEMP.value, seed=_SEED.value, limit=_LIMIT.value)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(json.dumps(stats))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["policy", "prompts", "out"])
+  app.run(main)
