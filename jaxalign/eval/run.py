@@ -264,8 +264,9 @@ def evaluate_checkpoint(
       the win rate compares against; None skips both. Must share the policy's tokenizer.
     reward_model: a ScalarHead (`*ForSequenceClassification`) checkpoint; scores prompt + answer at the
       last token. None skips rewards and the win rate (which needs `reference` too).
-    text_path: held-out text for perplexity (rows with "text", read with build_dataset(kind="clm"),
-      split into chunks of `text_max_length` tokens). None skips it.
+    text_path: held-out text for perplexity: rows with "text", read with build_dataset(kind="clm") and
+      split into chunks of `text_max_length` tokens (a directory or hub name gives its "test" split,
+      as for prompt sets). None skips it.
     tokenizer: tokenizer directory; default the checkpoint's.
     check_fn: `(row, completion) -> bool`, callable or "module:function"; `refusal_fn`:
       `(completion) -> bool`; `user_turn_fn`: `(completion) -> bool` (the completion started a user

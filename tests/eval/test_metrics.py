@@ -81,3 +81,15 @@ def test_compare_and_sets_table():
   assert not any("win_rate" in line for line in lines)      # None everywhere: left out
   table = sets_table(_results(0.5, 7.0))
   assert "| accuracy | 0.500 |" in table and "| win_rate | – |" in table
+
+
+def test_plots_without_matplotlib_say_why(monkeypatch, tmp_path):
+  import sys
+  from jaxalign.eval import report
+  monkeypatch.setitem(sys.modules, "matplotlib.figure", None)     # import now raises ImportError
+  res = {**_results(0.5, 7.0), "checkpoint": "c", "reference": None, "reward_model": None, "wall_s": 1.0,
+         "settings": {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": 8,
+                      "max_prompt_length": 8, "batch_size": 8, "check_fn": "f"}}
+  report.write_outputs(res, {"p": []}, str(tmp_path))
+  assert report.PLOTS_MISSING in (tmp_path / "eval.md").read_text()
+  assert not list(tmp_path.glob("*.png"))
