@@ -22,7 +22,14 @@ def test_config_loads_locked_and_valid(name):
   assert c.is_locked
   with pytest.raises(AttributeError):
     c.train.no_such_field = 1
-  assert validate(c, num_devices=8) == (1, 8, 1)
+  if c.objective == "eval":
+    from jaxalign.eval import run as eval_run
+    assert eval_run.validate_config(c, num_devices=8) == (1, 8, 1)
+  elif c.objective in ("ppo", "grpo"):
+    from jaxalign.trainers import rl
+    assert rl.validate_rl(c, num_devices=8) == (1, 8, 1)
+  else:
+    assert validate(c, num_devices=8) == (1, 8, 1)
 
 
 def _bad(mutate, match, num_devices=8):
