@@ -17,7 +17,8 @@ def get_config(arg=None):
       train=common.asset("preference_train.jsonl"),
       eval_=common.asset("preference_test.jsonl"),
       model_path=common.asset("checkpoints", "sft"),
-      learning_rate=5e-4,
+      learning_rate=3e-5,          # 5e-4 reaches 93% held-out reward accuracy but wrecks generation
+                                   # (task accuracy 49% -> 11%, KL 78 nats); 3e-5: 92%, KL 0.3.
   )
   c.train.batch_size = 32          # 32 pairs = 64 sequences per forward.
   c.train.num_steps = 150
