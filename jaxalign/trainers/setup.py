@@ -31,6 +31,12 @@ class Run:
     return f"{n / 1e6:.2f}M parameters, {self.num_train_examples} training examples"
 
 
+def data_paths(spec):
+  """`data.train` / `data.eval`: one path (or hub name), or several comma-separated files read in order."""
+  parts = [p.strip() for p in spec.split(",") if p.strip()]
+  return parts[0] if len(parts) == 1 else parts
+
+
 def make_model(mcfg, head):
   return models.ScalarHeadModel(mcfg) if head == "score" else models.Transformer(mcfg)
 
@@ -83,7 +89,7 @@ def build_run(config, mesh):
   common = dict(kind=kind, tokenizer=tokenizer, format=d.format, max_length=d.max_length,
                 max_prompt_length=d.max_prompt_length, assistant_only_loss=d.assistant_only_loss,
                 packing=d.packing)
-  train_ds = pipeline.build_dataset(d.train, split="train", **common)
+  train_ds = pipeline.build_dataset(data_paths(d.train), split="train", **common)
   precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
   if precompute:
     ref_fn = make_reference_fn(model, config.objective, hparams(config))
@@ -93,7 +99,7 @@ def build_run(config, mesh):
                                       process_count=jax.process_count())
   eval_iter_fn = None
   if d.eval:
-    eval_ds = pipeline.build_dataset(d.eval, split="eval", **common)
+    eval_ds = pipeline.build_dataset(data_paths(d.eval), split="eval", **common)
     if precompute:
       precompute_reference(ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh)
     def eval_iter_fn():

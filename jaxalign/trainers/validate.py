@@ -70,8 +70,9 @@ def validate_common(config, num_devices, process_count=1):
       _fail(f"model.{f}", m[f], "expected float32 or bfloat16")
 
   d = config.data
-  _check_path("data.train", d.train)
-  _check_path("data.eval", d.eval, required=False)
+  _check_path("data.train", d.train.split(",")[0].strip() if d.train else "")
+  for part in d.train.split(",")[1:] + (d.eval.split(",") if d.eval else []):
+    _check_path("data.train/eval", part.strip())
   if d.max_length <= 1:
     _fail("data.max_length", d.max_length, "must be > 1")
   if not 0 < d.max_prompt_length < d.max_length:

@@ -1,0 +1,107 @@
+"""GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024) for language models: the update. No critic.
+
+Each prompt of a step is sampled `group_size` = G times (rows [g·G, (g+1)·G) share prompt g); the
+completions' sequence rewards become advantages relative to their group:
+
+    score_i  = reward(prompt, completion_i) - missing_eos_penalty · 1[completion_i never stopped]
+    "grpo":  A_i = (score_i - mean_group) / (std_group + 1e-4)       (losses.group_advantages;
+             `scale_rewards=False` drops the division: Dr. GRPO)
+    "rloo":  A_i = score_i - mean of the other G-1 scores of the group (losses.rloo_advantages)
+
+then `num_iterations` passes (GRPO's μ) over the rollout in `num_minibatches` shuffled minibatches, each an
+optimiser update of `losses.grpo_loss`: the clipped ratio to the sampling policy plus β · k3 KL to the
+frozen reference, per token (β = 0 leaves the KL term out). With one iteration and one minibatch the ratio
+is 1 in value and this is plain REINFORCE with a group baseline (and TRL's RLOOTrainer for "rloo").
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxalign import losses
+from jaxalign.trainers.ppo import minibatch_updates
+from jaxalign.trainers.rewards import completion_logprobs, token_entropy
+from jaxalign.trainers.validate import _fail
+
+ADVANTAGES = ("grpo", "rloo")
+
+
+def validate(hp):
+  """`config.grpo` checks (ConfigError naming the field)."""
+  if hp.advantage not in ADVANTAGES:
+    _fail("grpo.advantage", hp.advantage, f"expected one of {list(ADVANTAGES)}")
+  if hp.group_size < 2:
+    _fail("grpo.group_size", hp.group_size, "must be >= 2 (advantages are relative to the group)")
+  if hp.beta < 0:
+    _fail("grpo.beta", hp.beta, "must be >= 0")
+  if not hp.clip_eps > 0:
+    _fail("grpo.clip_eps", hp.clip_eps, "must be > 0")
+  if hp.clip_eps_high and hp.clip_eps_high < 0:
+    _fail("grpo.clip_eps_high", hp.clip_eps_high, "must be >= 0 (0 = clip_eps)")
+  if hp.num_iterations < 1:
+    _fail("grpo.num_iterations", hp.num_iterations, "must be >= 1")
+  if hp.num_minibatches < 1:
+    _fail("grpo.num_minibatches", hp.num_minibatches, "must be >= 1")
+  if hp.loss_reduction not in losses.REDUCTIONS:
+    _fail("grpo.loss_reduction", hp.loss_reduction, f"expected one of {list(losses.REDUCTIONS)}")
+  if hp.advantage == "rloo" and not hp.scale_rewards:
+    _fail("grpo.scale_rewards", hp.scale_rewards, "applies to advantage='grpo' only; leave it True for rloo")
+
+
+def advantages_of(score, hp):
+  """[R] sequence scores -> [R] advantages (see the module docstring)."""
+  g = int(hp["group_size"])
+  if hp["advantage"] == "rloo":
+    return losses.rloo_advantages(score, g)
+  return losses.group_advantages(score, g, normalize_std=bool(hp["scale_rewards"]))
+
+
+def make_update_fn(policy_model, tx, hp, *, schedule=None, batch_sharding=None):
+  """Returns `update(state, rollout) -> (state, metrics)`, to be jitted with the state donated.
+
+  `hp`: `config.grpo` as a plain dict. `rollout`: prompt_ids, prompt_segment_ids, tokens, mask, and from
+  the score step old_logprobs, stopped, ref_logprobs (when beta > 0), plus `score` [R].
+  """
+  iters, num_mb, g = int(hp["num_iterations"]), int(hp["num_minibatches"]), int(hp["group_size"])
+  beta, penalty = float(hp["beta"]), float(hp["missing_eos_penalty"])
+  clip_high = hp["clip_eps_high"] or None
+
+  def loss_fn(params, mb):
+    mask = mb["mask"]
+    logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
+    loss, metrics = losses.grpo_loss(logprobs, mb["old_logprobs"], mb["ref_logprobs"] if beta > 0 else None,
+                                     mb["advantages"], mask, clip_eps=hp["clip_eps"], beta=beta,
+                                     reduction=hp["loss_reduction"], clip_eps_high=clip_high)
+    metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()}
+    metrics["policy/entropy"] = losses.masked_mean(token_entropy(logits), mask)
+    return loss, metrics
+
+  def update(state, rollout):
+    mask = rollout["mask"].astype(jnp.float32)                                    # [R, N]
+    score = rollout["score"] - penalty * (1.0 - rollout["stopped"])               # [R]
+    advantages = advantages_of(score, hp)                                         # [R]
+    data = {**rollout, "advantages": advantages}
+    key = jax.random.wrap_key_data(state.rng)
+    params, opt_state, metrics = minibatch_updates(
+        loss_fn, tx, state.params, state.opt_state, data, jax.random.fold_in(key, 2),
+        epochs=iters, num_minibatches=num_mb, batch_sharding=batch_sharding)
+
+    groups = score.reshape(-1, g)                                                 # [R/G, G]
+    metrics.update({
+        "reward/score": jnp.mean(score),
+        "reward/group_std": jnp.mean(jnp.std(groups, axis=1)),
+        # Groups whose completions all scored the same have zero advantage: no learning signal.
+        "reward/zero_std_frac": jnp.mean((jnp.max(groups, 1) == jnp.min(groups, 1)).astype(jnp.float32)),
+        "completion/length": jnp.mean(jnp.sum(mask, axis=-1)),
+        "completion/stop_rate": jnp.mean(rollout["stopped"]),
+    })
+    if "ref_logprobs" in rollout:  # KL of the sampling policy to the reference, Σ_t over each completion
+      metrics["kl/sequence"] = jnp.mean(jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1))
+    if schedule is not None:
+      metrics["optim/learning_rate"] = jnp.asarray(schedule(state.step * iters * num_mb), jnp.float32)
+    new_key, _ = jax.random.split(key)
+    new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
+                               rng=jax.random.key_data(new_key))
+    return new_state, metrics
+
+  return update
