@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.trainers.ppo import minibatch_updates
-from jaxalign.trainers.rewards import completion_logprobs, token_entropy
+from jaxalign.trainers.rewards import completion_logprobs, rollout_metrics, token_entropy
 from jaxalign.trainers.validate import _fail
 
 ADVANTAGES = ("grpo", "rloo")
@@ -92,8 +92,7 @@ def make_update_fn(policy_model, tx, hp, *, schedule=None, batch_sharding=None):
         "reward/group_std": jnp.mean(jnp.std(groups, axis=1)),
         # Groups whose completions all scored the same have zero advantage: no learning signal.
         "reward/zero_std_frac": jnp.mean((jnp.max(groups, 1) == jnp.min(groups, 1)).astype(jnp.float32)),
-        "completion/length": jnp.mean(jnp.sum(mask, axis=-1)),
-        "completion/stop_rate": jnp.mean(rollout["stopped"]),
+        **rollout_metrics(rollout),
     })
     if "ref_logprobs" in rollout:  # KL of the sampling policy to the reference, Σ_t over each completion
       metrics["kl/sequence"] = jnp.mean(jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1))

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxalign import losses
-from jaxalign.trainers.rewards import completion_logprobs, completion_values, token_entropy
+from jaxalign.trainers.rewards import (completion_logprobs, completion_values, rollout_metrics,
+                                       token_entropy)
 from jaxalign.trainers.validate import _fail
 
 
@@ -148,8 +149,7 @@ def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sh
         "kl/sequence": mean_kl,                                    # mean over completions of Σ_t kl_t
         "kl/coef": beta,
         "val/explained_variance": explained_variance(rollout["values"], returns, mask),
-        "completion/length": jnp.mean(jnp.sum(mask, axis=-1)),
-        "completion/stop_rate": jnp.mean(rollout["stopped"]),
+        **rollout_metrics(rollout),
     })
     if schedule is not None:
       metrics["optim/learning_rate"] = jnp.asarray(schedule(state.step * epochs * num_mb), jnp.float32)

@@ -152,6 +152,18 @@ def decode(tokenizer, tokens, mask):
                             skip_special_tokens=False)
 
 
+def rollout_metrics(rollout):
+  """Means over the rollout's completions of what every RL objective reports (device side)."""
+  mask = rollout["mask"].astype(jnp.float32)
+  out = {"completion/length": jnp.mean(jnp.sum(mask, axis=-1)),
+         "completion/stop_rate": jnp.mean(rollout["stopped"])}
+  if "env_reward" in rollout:
+    out["reward/env"] = jnp.mean(rollout["env_reward"])
+  if "correct" in rollout:
+    out["reward/accuracy"] = jnp.mean(rollout["correct"])
+  return out
+
+
 def host_rewards(texts, answers, reward_fn=None, check_fn=None):
   """Per-completion numbers computed in Python: {"env_reward": [R], "correct": [R]} float32 numpy (a key
   is absent when its function is None). `answers[i]` is row i's reference answer ("" when none)."""

@@ -1,0 +1,48 @@
+"""GRPO (or RLOO) on the embedded arithmetic task from the SFT checkpoint, with the task's reward function.
+
+  python -m jaxalign.main --config=configs/grpo.py --workdir=/tmp/grpo
+  python -m jaxalign.main --config=configs/grpo.py --config.grpo.advantage=rloo
+  python -m jaxalign.main --config=configs/grpo.py --config.reward.model_path=jaxalign/assets/embedded/checkpoints/reward
+
+Each prompt is answered `group_size` times; a completion's advantage is its reward relative to its
+group's ("grpo": standardised; "rloo": minus the mean of the others). No critic. The reward is
+`jaxalign.data.embedded:reward` (1 correct and stopped, 0.5 correct but not stopped, 0 wrong, -1 speaking
+as the user) unless `reward.model_path` names a reward model.
+Shao et al. 2024, "DeepSeekMath" (arXiv:2402.03300); Ahmadian et al. 2024, "Back to Basics" (arXiv:2402.14740).
+"""
+import ml_collections
+
+from configs import common, ppo
+
+
+def get_config(arg=None):
+  del arg
+  c = common.base_config(
+      "grpo",
+      train=common.asset("prompts_train.jsonl"),
+      eval_=common.asset("prompts_test.jsonl"),      # 450 held-out prompts, greedy.
+      model_path=common.asset("checkpoints", "sft"),
+      learning_rate=3e-4,
+  )
+  ppo.prompt_data(c)
+  c.train.batch_size = 16          # Prompts per step: 16 × group_size 8 = 128 completions.
+  c.train.num_steps = 30
+  c.train.log_every = 5
+  c.train.eval_every = 0
+  c.train.eval_batch_size = 160    # 450 held-out prompts = 3 batches (the last one padded).
+  c.optimizer.warmup_steps = 2     # Rollout steps (each is num_iterations × num_minibatches updates).
+  c.optimizer.schedule = "constant"
+  c.rollout = ppo.rollout_config()
+  c.reward = ppo.reward_config()
+
+  g = c.grpo = ml_collections.ConfigDict()
+  g.advantage = "grpo"             # grpo (group-standardised) | rloo (leave-one-out baseline).
+  g.group_size = 8                 # G completions per prompt.
+  g.scale_rewards = True           # grpo: divide by the group's std (False = Dr. GRPO's mean-centring only).
+  g.beta = 0.02                    # k3 KL-to-reference coefficient; 0 = no reference pass in training.
+  g.clip_eps = 0.2                 # ε of the clipped ratio (ε_low).
+  g.clip_eps_high = 0.0            # ε_high (DAPO's clip-higher); 0 = clip_eps.
+  g.num_iterations = 1             # μ: passes over each rollout batch.
+  g.num_minibatches = 2            # Updates per pass: 128 completions / 2 = 64 per update.
+  g.loss_reduction = "sequence"    # sequence (GRPO paper) | token (DAPO) | constant (Dr. GRPO).
+  return common.lock(c)
