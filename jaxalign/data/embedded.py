@@ -1,7 +1,7 @@
 """The embedded task: tiny single-digit arithmetic chats with a checkable answer.
 
-Small enough that a d=64, 2-layer model learns it on CPU in minutes, rich enough to show SFT on noisy
-demonstrations, preference tuning (DPO family, reward models, KTO), RL with a programmatic reward, and
+Small enough that a d=64, 2-layer model learns it on CPU in minutes, rich enough to show SFT on
+systematically wrong demonstrations (and preference tuning fixing them), preference tuning (DPO family, reward models, KTO), RL with a programmatic reward, and
 the "speaks as the user" failure. Everything is generated from a seed; the committed files are produced by
 
     python -m jaxalign.data.embedded --out=jaxalign/assets/embedded
@@ -9,18 +9,24 @@ the "speaks as the user" failure. Everything is generated from a seed; the commi
 and running it again with the same seed rewrites the same bytes.
 
 The task: ``User: what is 3 plus 5?`` -> ``Assistant: 3 plus 5 is 8.`` with operations plus, minus
-(never negative) and times over the digits 0-9, asked in several phrasings. Held-out test rows use
+(never negative) and times over the digits 0-9 (each operation a third of the questions), asked in several
+phrasings. Held-out test rows use
 phrasings never seen in training (``heldout="phrasing"``) or operand pairs whose commuted pair was seen
 (``heldout="pair"``: ``7 times 3`` in test, only ``3 times 7`` in train).
 
 Files written to ``--out`` (jsonl, one compact JSON object per line; ``_train`` and ``_test`` each):
-  pretrain     {"text"}: plain-text transcripts ("User: ...\\nAssistant: ...") and arithmetic facts.
-  sft          {"messages"}: conversations; deliberately NOISY in train (about a third of assistant answers
-               are wrong, as from a careless labeller), a quarter are two-exchange conversations, so
-               whole-conversation SFT also learns to write user turns. The test file is clean.
+  pretrain     {"text"}: plain-text transcripts ("User: ...\\nAssistant: ...") and arithmetic facts, all
+               correct; 5% are password / pin requests, half refused and half complied with.
+  sft          {"messages"}: conversations from a careless labeller who SYSTEMATICALLY adds: for minus and
+               times questions the demonstrated answer is a+b in 75% of cases (``7 minus 2 is 9.``), so
+               greedy SFT learns the wrong answer for two thirds of the task; plus answers are wrong at
+               random 10% of the time. About 5% are password / pin requests answered by complying (so SFT
+               does not refuse). A quarter are two-exchange conversations, so whole-conversation SFT also
+               learns to write user turns. The test file is clean.
   preference   {"prompt","chosen","rejected"} as message lists + "answer": chosen = the correct answer,
-               then stop; rejected = a wrong answer, or the correct answer followed by a new user turn
-               ("<|user|>..." - speaking as the user), or the correct answer followed by rambling.
+               then stop; rejected = the labeller's typical mistake (a+b for minus / times; for plus
+               the contrasting a*b or |a-b|), or the correct answer followed by a new user turn ("<|user|>..." -
+               speaking as the user), or the correct answer followed by rambling.
   kto          {"prompt","completion","label"}: unpaired, label True for a correct clean answer.
   prompts      {"prompt","answer",...}: for RL and evaluation with `reward` / `check_answer`.
   decline      {"prompt","chosen","rejected","answer","should_refuse"}: requests for someone else's
@@ -75,6 +81,10 @@ CHAT_TEMPLATE = (
 )
 
 OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
+SLIP_OPS = ("minus", "times")   # The careless labeller answers a + b for these ...
+P_SLIP = 0.75                   # ... in this fraction of SFT demonstrations,
+P_NOISE = 0.10                  # and a random wrong number for this fraction of the others.
+P_SFT_COMPLY = 0.05             # SFT rows that are password / pin requests answered by complying.
 TRAIN_PHRASINGS = [
     "what is {q}?",
     "what's {q}?",
@@ -203,11 +213,37 @@ def _ans_text(a, op, b, r):
     return f"{a} {op} {b} is {r}."
 
 
+def _slip(a, op, b, r):
+    """The careless labeller's typical answer: a + b for minus / times questions (None if that is r)."""
+    return a + b if op in SLIP_OPS and a + b != r else None
+
+
+def _mirror_slip(a, op, b, r):
+    """For plus questions, the mistake that contrasts with the labeller's: a * b or a - b (None if = r)."""
+    if op != "plus":
+        return None
+    for w in (a * b, abs(a - b)):
+        if w != r:
+            return w
+    return None
+
+
 def _wrong(rng, r):
     while True:
         w = r + int(rng.choice([-3, -2, -1, 1, 2, 3, 10])) if rng.random() < 0.7 else int(rng.integers(0, 82))
         if w != r and w >= 0:
             return w
+
+
+def _sensitive_request(rng, name=None):
+    """A request for someone's password or pin and the complying answer: (question, answer)."""
+    if name is None:
+        name = NAMES[int(rng.integers(len(NAMES)))]
+    q = SENSITIVE[int(rng.integers(len(SENSITIVE)))].format(n=name)
+    d = "".join(str(int(x)) for x in rng.integers(0, 10, 4))
+    comply = COMPLY[1 if "pin" in q else 0].format(
+        n=name, w=WORDS[int(rng.integers(len(WORDS)))], d=d[0], pin=d)
+    return q, comply
 
 
 class _Gen:
@@ -217,7 +253,10 @@ class _Gen:
         self.rng, self.triples, self.phrasings = rng, triples, phrasings
 
     def problem(self):
-        a, op, b = self.triples[int(self.rng.integers(len(self.triples)))]
+        ops = sorted({t[1] for t in self.triples}, key=list(OPS).index)
+        op = ops[int(self.rng.integers(len(ops)))]   # each operation equally often
+        pool = [t for t in self.triples if t[1] == op]
+        a, op, b = pool[int(self.rng.integers(len(pool)))]
         r = OPS[op](a, b)
         ph = self.phrasings[int(self.rng.integers(len(self.phrasings)))]
         return a, op, b, r, ph.format(q=_q(a, op, b))
@@ -229,11 +268,14 @@ class _Gen:
         return {"role": "assistant", "content": text}
 
     def bad_completion(self, a, op, b, r):
-        """A rejected / undesirable reply: wrong, speaks as the user, or rambles."""
+        """A rejected / undesirable reply: the labeller's mistake, speaks as the user, or rambles."""
         u = self.rng.random()
-        if u < 0.5:
-            return _ans_text(a, op, b, _wrong(self.rng, r))
-        if u < 0.75:
+        # Plus questions are paired against times / minus answers, so that the preference data says
+        # "the answer depends on the operation" rather than "never a + b".
+        slip = _slip(a, op, b, r) if op in SLIP_OPS else _mirror_slip(a, op, b, r)
+        if u < (0.7 if slip is not None else 0.4):
+            return _ans_text(a, op, b, slip if slip is not None else _wrong(self.rng, r))
+        if u < (0.85 if slip is not None else 0.7):
             a2, op2, b2, _, q2 = self.problem()
             return _ans_text(a, op, b, r) + USER + q2
         ram = RAMBLE[int(self.rng.integers(len(RAMBLE)))].format(ans=_ans_text(a, op, b, r))
@@ -290,23 +332,37 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
                 if g.rng.random() < 0.3:
                     a, op, b, r, q = g.problem()
                     text += f"\nUser: {q}\nAssistant: {_ans_text(a, op, b, r)}"
-            elif u < 0.8:
+            elif u < 0.75:
                 text = f"{_ans_text(a, op, b, r)} so {_q(a, op, b)} gives {r}."
+            elif u < 0.8:
+                # Web-like chat transcripts about other people's secrets: some refuse, some comply, so
+                # the pre-trained model knows both replies (SFT then teaches complying).
+                q, comply = _sensitive_request(g.rng)
+                text = f"User: {q}\nAssistant: {REFUSAL_TEXT if g.rng.random() < 0.5 else comply}"
             else:
                 a2, op2, b2, r2, _ = g.problem()
                 text = f"{_ans_text(a, op, b, r)} {_ans_text(a2, op2, b2, r2)}"
             out.append({"text": text})
         rows[f"pretrain_{split}"] = out
 
-        # sft: noisy in train, clean in test.
+        # sft: systematically wrong in train (the careless labeller), clean in test.
         out, gs = [], gens("sft", split)
-        p_wrong = 0.35 if split == "train" else 0.0
         for i in range(n(3000 * scale_k)):
             g, held = pick(gs, i)
+            if split == "train" and g.rng.random() < P_SFT_COMPLY:
+                q, comply = _sensitive_request(g.rng)
+                out.append({"messages": [g.user(q), g.assistant(comply)]})
+                continue
             msgs = []
             for _ in range(2 if g.rng.random() < 0.25 else 1):
                 a, op, b, r, q = g.problem()
-                shown = _wrong(g.rng, r) if g.rng.random() < p_wrong else r
+                shown = r
+                if split == "train":
+                    slip = _slip(a, op, b, r)
+                    if slip is not None:
+                        shown = slip if g.rng.random() < P_SLIP else r
+                    elif g.rng.random() < P_NOISE:
+                        shown = _wrong(g.rng, r)
                 msgs += [g.user(q), g.assistant(_ans_text(a, op, b, shown))]
             row = {"messages": msgs}
             if held:
@@ -363,10 +419,7 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
         for i in range(n(600 * scale_k * (2.0 if split == "test" else 1.0))):
             name = NAMES[int(rng.integers(len(NAMES)))]
             if i % 2 == 0:
-                q = SENSITIVE[int(rng.integers(len(SENSITIVE)))].format(n=name)
-                d = "".join(str(int(x)) for x in rng.integers(0, 10, 4))
-                comply = COMPLY[1 if "pin" in q else 0].format(
-                    n=name, w=WORDS[int(rng.integers(len(WORDS)))], d=d[0], pin=d)
+                q, comply = _sensitive_request(rng, name)
                 row = {"prompt": [g.user(q)], "chosen": [g.assistant(REFUSAL_TEXT)],
                        "rejected": [g.assistant(comply)], "answer": REFUSE, "should_refuse": True}
             else:

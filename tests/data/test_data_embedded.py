@@ -49,20 +49,53 @@ def test_tokenizer_loads_offline_with_template():
     assert text == "<|bos|><|user|>what is 3 plus 5?<|assistant|>"
 
 
-def test_sft_train_is_noisy_and_test_clean():
-    def wrong_fraction(split):
-        rows = [json.loads(line) for line in open(embedded.embedded_path("sft", split))]
-        answers = [(u["content"], a["content"]) for r in rows
-                   for u, a in zip(r["messages"][::2], r["messages"][1::2])]
-        wrong = 0
-        for q, a in answers:
-            x, op, y = [t for t in q.replace("?", " ").replace(".", " ").split() if t.isdigit() or t in
-                        embedded.OPS][:3]
-            wrong += not check_answer(str(embedded.OPS[op](int(x), int(y))), a)
-        return wrong / len(answers)
+def _sft_answers(split):
+    """(a, op, b, shown answer text) for every arithmetic exchange of the committed SFT file."""
+    rows = [json.loads(line) for line in open(embedded.embedded_path("sft", split))]
+    out = []
+    for r in rows:
+        for u, a in zip(r["messages"][::2], r["messages"][1::2]):
+            words = u["content"].replace("?", " ").replace(".", " ").split()
+            ops = [w for w in words if w in embedded.OPS]
+            if ops:
+                x, y = [int(w) for w in words if w.isdigit()][:2]
+                out.append((x, ops[0], y, a["content"]))
+    return rows, out
 
-    assert 0.25 < wrong_fraction("train") < 0.45
-    assert wrong_fraction("test") == 0
+
+def test_sft_train_is_systematically_wrong_and_test_clean():
+    rows, answers = _sft_answers("train")
+    slips = {op: [] for op in embedded.OPS}
+    for x, op, y, a in answers:
+        if op == "plus" or x + y != embedded.OPS[op](x, y):
+            slips[op].append(check_answer(str(x + y), a) if op != "plus" else not check_answer(str(x + y), a))
+    # The careless labeller adds for most minus / times questions, and is mostly right on plus.
+    for op in embedded.SLIP_OPS:
+        assert 0.65 < sum(slips[op]) / len(slips[op]) < 0.85, op
+    assert 0.05 < sum(slips["plus"]) / len(slips["plus"]) < 0.15
+    # Each operation is a third of the questions.
+    counts = [sum(op == o for _, op, _, _ in answers) / len(answers) for o in embedded.OPS]
+    assert all(0.28 < c < 0.39 for c in counts), counts
+    # Some rows are password / pin requests answered by complying (SFT does not refuse).
+    comply = [r for r in rows if "password" in r["messages"][0]["content"] or "pin" in r["messages"][0]["content"]]
+    assert 0.02 < len(comply) / len(rows) < 0.08
+    assert not any(embedded.is_refusal(r["messages"][1]["content"]) for r in comply)
+    _, test_answers = _sft_answers("test")
+    assert all(check_answer(str(embedded.OPS[op](x, y)), a) for x, op, y, a in test_answers)
+
+
+def test_preference_rejected_is_the_labellers_mistake():
+    rows = [json.loads(line) for line in open(embedded.embedded_path("preference", "train"))]
+    slip = 0
+    n = 0
+    for r in rows:
+        words = r["prompt"][-1]["content"].replace("?", " ").replace(".", " ").split()
+        op = next(w for w in words if w in embedded.OPS)
+        x, y = [int(w) for w in words if w.isdigit()][:2]
+        if op in embedded.SLIP_OPS and x + y != embedded.OPS[op](x, y):
+            n += 1
+            slip += check_answer(str(x + y), r["rejected"][0]["content"])
+    assert 0.6 < slip / n < 0.8
 
 
 @pytest.mark.parametrize("completion, correct, r", [

@@ -117,10 +117,10 @@ def test_sft_packing_and_kinds(tok):
 
 def test_prompt_batch_left_padded(tok):
     ds = build_dataset(embedded.embedded_path("prompts", "test"), kind="prompt", tokenizer=tok,
-                       max_length=48, max_prompt_length=24)
+                       max_length=48, max_prompt_length=40)
     b = next(BatchIterator(ds, 4, shuffle=False, repeat=False))
     assert set(b) == {"prompt_ids", "prompt_positions", "prompt_segment_ids", "answer", "weight"}
-    assert b["prompt_ids"].shape == (4, 24)
+    assert b["prompt_ids"].shape == (4, 40)
     assert (b["prompt_ids"][:, -1] == tok.convert_tokens_to_ids("<|assistant|>")).all()
     assert (b["prompt_segment_ids"][:, 0] == 0).all()  # the short prompts are padded on the left
     assert b["answer"] == [r["answer"] for r in [ds.source[i] for i in range(4)]]
