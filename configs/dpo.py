@@ -14,11 +14,14 @@ def get_config(arg=None):
   del arg
   c = common.base_config(
       "dpo",
-      train=common.asset("preference_train.jsonl"),
+      train=",".join([common.asset("preference_train.jsonl"),   # arithmetic pairs +
+                      common.asset("decline_train.jsonl")]),     # refuse / answer look-alikes
       eval_=common.asset("preference_test.jsonl"),
       model_path=common.asset("checkpoints", "sft"),
-      learning_rate=3e-5,          # 5e-4 reaches 93% held-out reward accuracy but wrecks generation
-                                   # (task accuracy 49% -> 11%, KL 78 nats); 3e-5: 92%, KL 0.3.
+      learning_rate=1e-4,          # Measured (150 steps, beta 0.1; SFT held-out task accuracy 34%): 1e-4
+                                   # -> reward accuracy 83%, task 40%, KL 2.2; 3e-4 -> 80%, 35%, KL 7.7;
+                                   # 300 steps at 1e-4 -> 94%, 37%. DPO removes the labeller's a+b answers
+                                   # but does not raise the correct ones (see notes/README_results.md).
   )
   c.train.batch_size = 32          # 32 pairs = 64 sequences per forward.
   c.train.num_steps = 150
