@@ -18,10 +18,11 @@ def get_config(arg=None):
                       common.asset("decline_train.jsonl")]),     # refuse / answer look-alikes
       eval_=common.asset("preference_test.jsonl"),
       model_path=common.asset("checkpoints", "sft"),
-      learning_rate=1e-4,          # Measured (150 steps, beta 0.1; SFT held-out task accuracy 34%): 1e-4
-                                   # -> reward accuracy 83%, task 40%, KL 2.2; 3e-4 -> 80%, 35%, KL 7.7;
-                                   # 300 steps at 1e-4 -> 94%, 37%. DPO removes the labeller's a+b answers
-                                   # but does not raise the correct ones (see notes/README_results.md).
+      learning_rate=3e-4,          # Measured, eval of the export (SFT: task accuracy 34%, refusal 0%):
+                                   # rpo_alpha 1, lr 3e-4: reward acc. 94%, task 61%, refusal 100%,
+                                   # over-refusal 0%, KL 2.1. Plain DPO (rpo_alpha 0) at 1e-4: 83%, 40%,
+                                   # refusal 0% -- it pushes the labeller's a+b answers down without
+                                   # making the correct answer the most likely (notes/README_results.md).
   )
   c.train.batch_size = 32          # 32 pairs = 64 sequences per forward.
   c.train.num_steps = 150
@@ -30,5 +31,7 @@ def get_config(arg=None):
   d.beta = 0.1                     # KL strength: reward = beta * log(pi / pi_ref).
   d.loss_type = "sigmoid"          # sigmoid | ipo | hinge | robust (see jaxalign/losses/dpo.py).
   d.label_smoothing = 0.0          # cDPO / robust: assumed probability that a label is flipped.
+  d.rpo_alpha = 1.0                # RPO: + rpo_alpha × NLL of the chosen completions (TRL's rpo_alpha);
+                                   # 0 = plain DPO.
   d.precompute_ref = False         # True: reference log-probs in one pass up front, no reference in memory.
   return common.lock(c)

@@ -123,16 +123,19 @@ def synthesize_pairs(policy, prompts_path, out_path, *, n=4, reward_model="", re
           "mean_score": float(np.mean(all_scores)) if all_scores else 0.0}
 
 
-_POLICY = flags.DEFINE_string("policy", None, "HF checkpoint directory of the sampling policy.")
-_PROMPTS = flags.DEFINE_string("prompts", None, "jsonl with a 'prompt' (string or messages) per row.")
-_OUT = flags.DEFINE_string("out", None, "Output jsonl of preference pairs.")
-_N = flags.DEFINE_integer("n", 4, "Samples per prompt.")
-_RM = flags.DEFINE_string("reward_model", "", "Reward model checkpoint directory.")
-_RFN = flags.DEFINE_string("reward_fn", "", "Or a reward function 'module:function'.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 32, "Tokens per completion at most.")
-_TEMP = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-_LIMIT = flags.DEFINE_integer("limit", 0, "Use only the first N prompts (0 = all).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+def _define_flags():
+  """absl flags of the CLI, defined only when run as a program (so importing never clashes)."""
+  global _POLICY, _PROMPTS, _OUT, _N, _RM, _RFN, _MAX_NEW, _TEMP, _LIMIT, _SEED
+  _POLICY = flags.DEFINE_string("policy", None, "HF checkpoint directory of the sampling policy.")
+  _PROMPTS = flags.DEFINE_string("prompts", None, "jsonl with a 'prompt' (string or messages) per row.")
+  _OUT = flags.DEFINE_string("out", None, "Output jsonl of preference pairs.")
+  _N = flags.DEFINE_integer("n", 4, "Samples per prompt.")
+  _RM = flags.DEFINE_string("reward_model", "", "Reward model checkpoint directory.")
+  _RFN = flags.DEFINE_string("reward_fn", "", "Or a reward function 'module:function'.")
+  _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 32, "Tokens per completion at most.")
+  _TEMP = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+  _LIMIT = flags.DEFINE_integer("limit", 0, "Use only the first N prompts (0 = all).")
+  _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 def main(argv):
@@ -149,5 +152,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["policy", "prompts", "out"])
   app.run(main)

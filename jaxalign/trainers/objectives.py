@@ -89,19 +89,32 @@ def make_dpo_loss(model, hp):
   def loss_fn(params, ref_params, batch):
     pol_c, pol_r, _, _ = _pair_logps(model, params, batch, average)
     ref_c, ref_r = _reference_logps(model, ref_params, batch, average)
-    return losses.dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=hp["beta"], loss_type=hp["loss_type"],
-                           label_smoothing=hp.get("label_smoothing", 0.0))
+    loss, metrics = losses.dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=hp["beta"], loss_type=hp["loss_type"],
+                                    label_smoothing=hp.get("label_smoothing", 0.0))
+    alpha = hp.get("rpo_alpha", 0.0)
+    if alpha:
+      # RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's rpo_alpha):
+      # + alpha * token-mean NLL of the chosen completions.
+      nll = _chosen_nll(pol_c, batch, average)
+      loss = loss + alpha * nll
+      metrics = {**metrics, "nll_chosen": nll}
+    return loss, metrics
   return loss_fn
+
+
+def _chosen_nll(chosen_logps, batch, average):
+  """Token-mean NLL of the chosen completions over the batch, from their sequence log-probs."""
+  n = jnp.sum(batch["chosen_loss_mask"], axis=-1)                       # [B]
+  total = chosen_logps * n if average else chosen_logps
+  return -jnp.sum(total) / jnp.maximum(jnp.sum(n), 1.0)
 
 
 def make_orpo_loss(model, hp):
   def loss_fn(params, ref_params, batch):
     del ref_params
     pol_c, pol_r, _, both = _pair_logps(model, params, batch, average=True)
-    # The SFT term: token-mean NLL of the chosen completions = -(average log-prob), averaged over pairs.
-    n_tok = jnp.maximum(jnp.sum(batch["chosen_loss_mask"]), 1.0)
-    nll = -jnp.sum(pol_c * jnp.sum(batch["chosen_loss_mask"], axis=-1)) / n_tok
-    return losses.orpo_loss(pol_c, pol_r, nll, beta=hp["beta"])
+    # The SFT term: token-mean NLL of the chosen completions over the batch.
+    return losses.orpo_loss(pol_c, pol_r, _chosen_nll(pol_c, batch, average=True), beta=hp["beta"])
   return loss_fn
 
 

@@ -44,6 +44,8 @@ def validate(config, num_devices, process_count=1):
       _fail("dpo.loss_type", hp.loss_type, f"expected one of {list(losses.DPO_LOSS_TYPES)}")
     if not 0.0 <= hp.label_smoothing < 0.5:
       _fail("dpo.label_smoothing", hp.label_smoothing, "must be in [0, 0.5)")
+    if hp.rpo_alpha < 0:
+      _fail("dpo.rpo_alpha", hp.rpo_alpha, "must be >= 0")
   reject_other_objectives(config, OBJECTIVES)
   return validate_common(config, num_devices, process_count)
 
