@@ -27,7 +27,7 @@ def test_config_loads_locked_and_valid(name):
     assert eval_run.validate_config(c, num_devices=8) == (1, 8, 1)
   elif c.objective in ("ppo", "grpo"):
     from jaxalign.trainers import rl
-    assert rl.validate_rl(c, num_devices=8) == (1, 8, 1)
+    assert rl.validate(c, num_devices=8) == (1, 8, 1)
   else:
     assert validate(c, num_devices=8) == (1, 8, 1)
 
