@@ -22,13 +22,13 @@ def get_config(arg=None):
       train=common.asset("prompts_train.jsonl"),
       eval_=common.asset("prompts_test.jsonl"),      # 450 held-out prompts, greedy.
       model_path=common.asset("checkpoints", "sft"),
-      learning_rate=3e-4,
+      learning_rate=5e-4,            # Measured: 1e-3 collapses (more so with beta = 0); 3e-4 is slower.
   )
   ppo.prompt_data(c)
   c.train.batch_size = 16          # Prompts per step: 16 × group_size 8 = 128 completions.
-  c.train.num_steps = 30
-  c.train.log_every = 5
-  c.train.eval_every = 0
+  c.train.num_steps = 150          # 150 × 128 = 19,200 rollouts; held-out reward plateaus after ~150.
+  c.train.log_every = 25
+  c.train.eval_every = 50
   c.train.eval_batch_size = 160    # 450 held-out prompts = 3 batches (the last one padded).
   c.optimizer.warmup_steps = 2     # Rollout steps (each is num_iterations × num_minibatches updates).
   c.optimizer.schedule = "constant"
@@ -39,7 +39,7 @@ def get_config(arg=None):
   g.advantage = "grpo"             # grpo (group-standardised) | rloo (leave-one-out baseline).
   g.group_size = 8                 # G completions per prompt.
   g.scale_rewards = True           # grpo: divide by the group's std (False = Dr. GRPO's mean-centring only).
-  g.beta = 0.02                    # k3 KL-to-reference coefficient; 0 = no reference pass in training.
+  g.beta = 0.04                    # k3 KL-to-reference coefficient (TRL's default); 0 = no reference pass.
   g.clip_eps = 0.2                 # ε of the clipped ratio (ε_low).
   g.clip_eps_high = 0.0            # ε_high (DAPO's clip-higher); 0 = clip_eps.
   g.num_iterations = 1             # μ: passes over each rollout batch.

@@ -50,18 +50,18 @@ def get_config(arg=None):
       train=common.asset("prompts_train.jsonl"),
       eval_=common.asset("prompts_test.jsonl"),      # 450 held-out prompts, greedy.
       model_path=common.asset("checkpoints", "sft"),
-      learning_rate=3e-4,
+      learning_rate=5e-4,            # Measured: 1e-3 gets there faster but collapses with a smaller kl_coef.
   )
   prompt_data(c)
   c.train.batch_size = 64          # Prompts (= rollouts) per step.
-  c.train.num_steps = 30
-  c.train.log_every = 5
-  c.train.eval_every = 0
+  c.train.num_steps = 300          # 300 × 64 = 19,200 rollouts (~13 passes over the 1,500 prompts).
+  c.train.log_every = 25
+  c.train.eval_every = 100
   c.train.eval_batch_size = 160    # 450 held-out prompts = 3 batches (the last one padded).
   c.optimizer.warmup_steps = 2     # Rollout steps (each is ppo_epochs × num_minibatches updates).
   c.optimizer.schedule = "constant"
   c.rollout = rollout_config()
-  c.reward = reward_config(model_path=common.asset("checkpoints", "reward"))
+  c.reward = reward_config()        # The task's reward function (see the module docstring for the RM).
 
   p = c.ppo = ml_collections.ConfigDict()
   p.critic_path = ""               # Critic init (ScalarHead); "" = reward.model_path, else model.path.

@@ -245,7 +245,7 @@ def sample(run, policy_params, batch, rng, greedy=False):
   return {"prompt_ids": ids, "prompt_segment_ids": seg, "tokens": out.tokens, "mask": out.mask}, answers
 
 
-def _host_scores(run, rollout, answers):
+def host_scores(run, rollout, answers):
   """Decodes this host's rows and runs the Python reward / check functions on them. Returns
   ({"env_reward", "correct"}: this host's [R/hosts] numpy arrays, number of generated tokens overall)."""
   tokens, mask = rewards.gather((rollout["tokens"], rollout["mask"]))
@@ -256,14 +256,20 @@ def _host_scores(run, rollout, answers):
   return rewards.host_rewards(texts, answers, run.reward_fn, run.check_fn), num_tokens
 
 
+def combine(run, rollout, scored, host):
+  """The rollout the update reads: samples + device scores + host scores (as global arrays) + `score`,
+  the sequence reward trained on (the reward model's if there is one, else the function's)."""
+  rollout = {**rollout, **scored, **{k: _global(run, v) for k, v in host.items()}}
+  rollout["score"] = rollout["rm_score"] if "rm_score" in rollout else rollout["env_reward"]
+  return rollout
+
+
 def score(run, state, rollout, answers):
   """The score phase: forward passes on device, reward functions on the host. Returns (rollout with
   everything the update reads, generated tokens in the batch)."""
   scored = run.score(state.params, run.ref_params, run.rm_params, rollout)
-  host, num_tokens = _host_scores(run, rollout, answers)
-  rollout = {**rollout, **scored, **{k: _global(run, v) for k, v in host.items()}}
-  rollout["score"] = rollout["rm_score"] if "rm_score" in rollout else rollout["env_reward"]
-  return rollout, num_tokens
+  host, num_tokens = host_scores(run, rollout, answers)
+  return combine(run, rollout, scored, host), num_tokens
 
 
 def train_step(run, state, batch):
