@@ -20,6 +20,7 @@ rng) + the data position, resumed from automatically, and the policy exported in
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from typing import Any, Callable, NamedTuple, Optional
@@ -36,7 +37,8 @@ from jaxalign.trainers import distributed, grpo, ppo, rewards, setup
 from jaxalign.trainers.metrics_writer import MetricsWriter
 from jaxalign.trainers.objectives import OBJECTIVES
 from jaxalign.trainers.optim import make_optimizer
-from jaxalign.trainers.validate import ConfigError, _check_path, _fail, reject_other_objectives, validate_common
+from jaxalign.trainers.validate import (ConfigError, _check_path, _fail, reject_other_objectives,
+                                       validate_common)
 
 RL_OBJECTIVES = {"ppo": ppo, "grpo": grpo}
 
@@ -154,7 +156,8 @@ def build(config, mesh):
   mcfg, policy_params = setup.load_model(config, mesh, "lm")
   if d.max_prompt_length + r.max_new_tokens > mcfg.max_position_embeddings:
     raise ConfigError(f"config.rollout.max_new_tokens={r.max_new_tokens}: data.max_prompt_length + "
-                      f"max_new_tokens exceeds the model's max_position_embeddings={mcfg.max_position_embeddings}")
+                      f"max_new_tokens exceeds the model's max_position_embeddings="
+                      f"{mcfg.max_position_embeddings}")
   policy = models.Transformer(mcfg)
   params = {"policy": policy_params}
   # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
@@ -206,7 +209,8 @@ def build(config, mesh):
   run = RLRun(
       config=config, mesh=mesh, tokenizer=tok, model_config=mcfg, ref_params=ref_params, rm_params=rm_params,
       train_iter=train_iter, eval_ds=eval_ds, batch_sharding=bs,
-      generate=sampling.make_generate_fn(policy, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, **gen),
+      generate=sampling.make_generate_fn(policy, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                                         **gen),
       generate_eval=sampling.make_generate_fn(policy, temperature=0.0, **gen),
       score=score, update=update,
       eval_logprobs=jax.jit(lambda p, ro: rewards.completion_logprobs(policy, p, ro)[0], out_shardings=bs),
@@ -288,34 +292,37 @@ def evaluate(run, params):
   (Σ_t log π - log π_ref over each answer, the k1 estimate at the policy's mode), reward-model score.
   Padding rows of the last batch are left out; every host returns the same numbers."""
   it = pipeline.BatchIterator(run.eval_ds, run.config.train.eval_batch_size, seed=0, shuffle=False,
-                              repeat=False, process_index=jax.process_index(), process_count=jax.process_count())
-  keys = ("env_reward", "accuracy", "stop_rate", "length", "kl", "rm_score")
-  sums, count = np.zeros(len(keys)), 0.0
+                              repeat=False, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  sums, count = collections.defaultdict(float), 0.0
   key = jax.random.key(0)   # unused by greedy decoding
   for batch in it:
     rollout, answers = sample(run, params["policy"], batch, key, greedy=True)
-    lp = run.eval_logprobs(params["policy"], rollout)
-    ref = run.eval_logprobs(run.ref_params, rollout)
-    dev = {"tokens": rollout["tokens"], "mask": rollout["mask"], "kl": jnp.sum(lp - ref, axis=-1),
+    lp, ref_lp = (run.eval_logprobs(p, rollout) for p in (params["policy"], run.ref_params))
+    kl = jnp.sum(lp - ref_lp, axis=-1)
+    dev = {"tokens": rollout["tokens"], "mask": rollout["mask"], "kl": kl,
            "stopped": rewards.stopped(rollout["tokens"], rollout["mask"], run.eos_ids)}
     if run.eval_rm is not None:
       dev["rm_score"] = run.eval_rm(run.rm_params, rollout)
     host = {k: rewards.local_rows(np.asarray(v)) for k, v in rewards.gather(dev).items()}
-    texts = rewards.decode(run.tokenizer, host["tokens"], host["mask"])
-    scored = rewards.host_rewards(texts, answers, run.reward_fn, run.check_fn)
-    w = np.asarray(batch["weight"], np.float64)
-    cols = [scored.get("env_reward"), scored.get("correct"), host["stopped"], host["mask"].sum(-1), host["kl"],
-            host.get("rm_score")]
-    sums += [0.0 if c is None else float(np.sum(w * np.asarray(c, np.float64))) for c in cols]
+    scored = rewards.host_rewards(rewards.decode(run.tokenizer, host["tokens"], host["mask"]), answers,
+                                  run.reward_fn, run.check_fn)
+    values = {"completion/stop_rate": host["stopped"], "completion/length": host["mask"].sum(-1),
+              "kl/sequence": host["kl"], "reward/env": scored.get("env_reward"),
+              "reward/accuracy": scored.get("correct"), "reward/score": host.get("rm_score")}
+    w = np.asarray(batch["weight"], np.float64)                 # 0 on the last batch's padding rows
+    for name, v in values.items():
+      if v is not None:
+        sums[name] += float(np.sum(w * np.asarray(v, np.float64)))
     count += float(w.sum())
-  if jax.process_count() > 1:
+  order = ("reward/env", "reward/accuracy", "reward/score", "completion/stop_rate", "completion/length",
+           "kl/sequence")
+  names = [k for k in order if k in sums]
+  totals = np.asarray([sums[k] for k in names] + [count])
+  if jax.process_count() > 1:    # each host scored its own rows: add the hosts' sums
     from jax.experimental import multihost_utils
-    total = multihost_utils.process_allgather(np.append(sums, count)).reshape(-1, len(keys) + 1).sum(0)
-    sums, count = total[:-1], total[-1]
-  present = [run.reward_fn is not None, run.check_fn is not None, True, True, True, run.eval_rm is not None]
-  names = ("reward/env", "reward/accuracy", "completion/stop_rate", "completion/length", "kl/sequence",
-           "reward/score")
-  return {n: s / max(count, 1.0) for n, s, p in zip(names, sums, present) if p}
+    totals = multihost_utils.process_allgather(totals).reshape(-1, len(totals)).sum(0)
+  return {k: float(totals[i] / max(totals[-1], 1.0)) for i, k in enumerate(names)}
 
 
 def _mean_metrics(records):
@@ -337,7 +344,8 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
   t = config.train
   final = {}
   with jax.set_mesh(mesh):
-    ckpt = StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints) if workdir else None
+    ckpt = (StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints) if workdir
+            else None)
     if ckpt and ckpt.latest_step() is not None:
       state, data_state, _ = ckpt.restore(abstract_like(state))
       run.train_iter.set_state(data_state)
@@ -346,7 +354,8 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     start = int(state.step)
     n_params = sum(x.size for x in jax.tree.leaves(state.params["policy"]))
     print(f"Training {config.objective} for {t.num_steps} steps ({n_params / 1e6:.2f}M policy parameters, "
-          f"{run.train_iter.num_examples} prompts, {t.batch_size} × {run.group} rollouts per step)", flush=True)
+          f"{run.train_iter.num_examples} prompts, {t.batch_size} × {run.group} rollouts per step)",
+          flush=True)
     if run.eval_ds is not None and start == 0:     # the starting point, to compare the end against
       final["eval_start"] = final["eval"] = writer.write(0, evaluate(run, state.params), prefix="eval")
     pending, tokens = [], 0
