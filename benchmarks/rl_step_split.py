@@ -4,8 +4,9 @@
   python benchmarks/rl_step_split.py --config=configs/ppo.py --config.reward.model_path=
 
 Runs `--warmup` steps (compilation) then `--steps` timed steps of `jaxalign.trainers.rl`, blocking on
-the device after each phase so that each phase's time is its own (the training loop itself does not
-block between phases, so there the host's reward work overlaps nothing either: it waits on the tokens):
+the device after each phase so that each phase's time is its own. The training loop runs the phases back
+to back as well (the host's reward work waits for the sampled tokens, the update for the rewards), so the
+phase times add up to its step time:
 
   sample        the jitted sampler: prefill + decode loop with the KV cache           (rl.sample)
   score/device  forward passes: policy and reference log-probs, critic values, RM      (run.score)
