@@ -56,3 +56,16 @@ def broadcast_to_tokens(x: Array, like: Array) -> Array:
 def stop(metrics: dict) -> dict:
     """Metrics are reported, never differentiated; float32 scalars."""
     return {k: jax.lax.stop_gradient(f32(v)) for k, v in metrics.items()}
+
+
+def preference_metrics(chosen_rewards: Array, rejected_rewards: Array, chosen_logps: Array,
+                       rejected_logps: Array) -> dict:
+    """TRL's pairwise metrics: mean rewards, accuracy (chosen > rejected), margin, mean log-probs."""
+    return {
+        "rewards/chosen": jnp.mean(chosen_rewards),
+        "rewards/rejected": jnp.mean(rejected_rewards),
+        "rewards/accuracies": jnp.mean(f32(chosen_rewards > rejected_rewards)),
+        "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
+        "logps/chosen": jnp.mean(chosen_logps),
+        "logps/rejected": jnp.mean(rejected_logps),
+    }

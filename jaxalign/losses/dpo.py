@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxalign.losses._utils import f32, stop
+from jaxalign.losses._utils import f32, preference_metrics, stop
 
 Array = jax.Array
 
@@ -72,12 +72,5 @@ def dpo_loss(policy_chosen_logps: Array, policy_rejected_logps: Array, ref_chose
                   + eps * jax.nn.log_sigmoid(-beta * z)) / (1.0 - 2.0 * eps)
     chosen_rewards = beta * chosen_logratios
     rejected_rewards = beta * rejected_logratios
-    metrics = {
-        "rewards/chosen": jnp.mean(chosen_rewards),
-        "rewards/rejected": jnp.mean(rejected_rewards),
-        "rewards/accuracies": jnp.mean(f32(chosen_rewards > rejected_rewards)),
-        "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
-        "logps/chosen": jnp.mean(pc),
-        "logps/rejected": jnp.mean(pr),
-    }
+    metrics = preference_metrics(chosen_rewards, rejected_rewards, pc, pr)
     return jnp.mean(losses), stop(metrics)

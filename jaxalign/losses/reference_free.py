@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxalign.losses._utils import f32, stop
+from jaxalign.losses._utils import f32, preference_metrics, stop
 
 Array = jax.Array
 
@@ -50,12 +50,7 @@ def orpo_loss(chosen_logps: Array, rejected_logps: Array, nll_chosen: Array,
     loss = nll - beta * jnp.mean(ratio)
     chosen_rewards, rejected_rewards = beta * pc, beta * pr
     metrics = {
-        "rewards/chosen": jnp.mean(chosen_rewards),
-        "rewards/rejected": jnp.mean(rejected_rewards),
-        "rewards/accuracies": jnp.mean(f32(chosen_rewards > rejected_rewards)),
-        "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
-        "logps/chosen": jnp.mean(pc),
-        "logps/rejected": jnp.mean(pr),
+        **preference_metrics(chosen_rewards, rejected_rewards, pc, pr),
         "nll_loss": nll,
         "log_odds_ratio": jnp.mean(ratio),
         "log_odds_chosen": jnp.mean(log_odds),
@@ -95,12 +90,5 @@ def simpo_loss(chosen_logps: Array, rejected_logps: Array, beta: float = 2.0, ga
     z = beta * (pc - pr) - gamma
     losses = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(z) - label_smoothing * jax.nn.log_sigmoid(-z)
     chosen_rewards, rejected_rewards = beta * pc, beta * pr
-    metrics = {
-        "rewards/chosen": jnp.mean(chosen_rewards),
-        "rewards/rejected": jnp.mean(rejected_rewards),
-        "rewards/accuracies": jnp.mean(f32(chosen_rewards > rejected_rewards)),
-        "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
-        "logps/chosen": jnp.mean(pc),
-        "logps/rejected": jnp.mean(pr),
-    }
+    metrics = preference_metrics(chosen_rewards, rejected_rewards, pc, pr)
     return jnp.mean(losses), stop(metrics)
