@@ -18,7 +18,6 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
@@ -50,19 +49,12 @@ def resolve(name):
   return getattr(importlib.import_module(module), fn)
 
 
-def make_rm_scorer(rm_dir, tokenizer):
-  """Returns score(prompt_ids [B,P] left-padded, prompt_seg, completion tokens [B,N], mask [B,N]) -> [B]."""
+def make_rm_scorer(rm_dir):
+  """Returns score(prompt_ids [B,P] left-padded, prompt_seg, tokens [B,N], mask [B,N]) -> [B] numpy:
+  the reward model's score at the last real token of prompt + completion (eval.scoring's scorer)."""
+  from jaxalign.eval.scoring import make_reward_fn
   mcfg, rm_params = checkpoints.load_hf_model(rm_dir, head="score")
-  rm = models.ScalarHeadModel(mcfg)
-
-  @jax.jit
-  def score(params, prompt_ids, prompt_seg, tokens, mask):
-    ids = jnp.concatenate([prompt_ids, tokens], axis=1)
-    seg = jnp.concatenate([prompt_seg != 0, mask != 0], axis=1).astype(jnp.int32)
-    pos = jnp.maximum(jnp.cumsum(seg, axis=1) - 1, 0)
-    scores = rm.apply({"params": params}, ids, pos, seg)
-    return models.last_token_scores(scores, seg)
-
+  score = make_reward_fn(models.ScalarHeadModel(mcfg))
   return lambda *a: np.asarray(score(rm_params, *a))
 
 
@@ -80,7 +72,7 @@ def synthesize_pairs(policy, prompts_path, out_path, *, n=4, reward_model="", re
   gen = make_generate_fn(models.Transformer(mcfg), max_new_tokens=max_new_tokens, temperature=temperature,
                          top_p=top_p, eos_ids=prompt_lib.eos_ids_of(tokenizer),
                          pad_id=prompt_lib.pad_id_of(tokenizer))
-  rm_score = make_rm_scorer(reward_model, tokenizer) if reward_model else None
+  rm_score = make_rm_scorer(reward_model) if reward_model else None
   fn = resolve(reward_fn) if reward_fn else None
 
   rng = jax.random.key(seed)
