@@ -18,6 +18,10 @@ def asset(*parts):
   return os.path.join(ASSETS, *parts)
 
 
+# The embedded preference pairs: arithmetic pairs + the decline slice (refusals and benign look-alikes).
+PREFERENCE_TRAIN = ",".join([asset("preference_train.jsonl"), asset("decline_train.jsonl")])
+
+
 def model_config(path=None):
   """Which weights to start from and how to compute with them."""
   m = ml_collections.ConfigDict()

@@ -14,8 +14,7 @@ def get_config(arg=None):
   del arg
   c = common.base_config(
       "dpo",
-      train=",".join([common.asset("preference_train.jsonl"),   # arithmetic pairs +
-                      common.asset("decline_train.jsonl")]),     # refuse / answer look-alikes
+      train=common.PREFERENCE_TRAIN,
       eval_=common.asset("preference_test.jsonl"),
       model_path=common.asset("checkpoints", "sft"),
       learning_rate=3e-4,          # Measured, eval of the export (SFT: task accuracy 34%, refusal 0%):
