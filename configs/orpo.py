@@ -11,7 +11,7 @@ def get_config(arg=None):
   del arg
   c = common.base_config(
       "orpo",
-      train=common.asset("preference_train.jsonl"),
+      train=common.PREFERENCE_TRAIN,
       eval_=common.asset("preference_test.jsonl"),
       model_path=common.asset("checkpoints", "sft"),
       learning_rate=5e-4,          # Measured, 150 steps on preference + decline pairs: held-out task
