@@ -1,19 +1,21 @@
 """The whole alignment pipeline on the embedded task, in one process, with a results table and plots.
 
-  python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: ~10 min on a 2-core CPU
-  python launch/pipeline.py --workdir=runs/pipeline --size=full  # default step counts + frontiers
+  python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: reduced pretrain / SFT
+  python launch/pipeline.py --workdir=runs/pipeline --size=full  # default step counts, wider sweeps
 
 Runs, from the committed data and tokenizer (jaxalign/assets/embedded, `launch/make_embedded.sh`):
   pretrain -> SFT (assistant-only loss) and SFT (whole conversation) -> reward model
-  -> DPO, IPO, ORPO (offline pairs: preference_train + decline_train)
-  -> PPO, GRPO (if `jaxalign.trainers.rl` exists; skipped with a note otherwise)
+  -> DPO, IPO, ORPO (offline pairs: preference_train + decline_train), and DPO from the whole-conversation
+     SFT model
+  -> PPO, GRPO, RLOO on the task's reward (prompts_train + decline_train), and PPO on the reward model
   -> one RM-labelled DPO round (sample 4 answers per prompt from the DPO policy, the reward model picks
      best / worst, DPO again from the DPO policy)
+  -> the reward-vs-KL frontier: DPO across beta, PPO across kl_coef
   -> greedy evaluation of every model on prompts_test + decline_test against the SFT reference.
 Writes <workdir>/results.md (the table, with whether each method meets the goals of issue 7),
-results.json, curves.png (training curves from each run's metrics.jsonl) and, with --size=full,
-frontier.png (reward vs KL for DPO across beta and PPO across kl_coef). Each stage has its own
-<workdir>/<name>/ with metrics.jsonl, hf/ (the export) and eval/ (eval.json, eval.md).
+results.json, curves.png (training curves from each run's metrics.jsonl) and frontier.png (held-out task
+accuracy and reward-model score against KL to SFT). Each stage has its own <workdir>/<name>/ with
+metrics.jsonl, hf/ (the export) and eval/ (eval.json, eval.md, completions.jsonl).
 
 Goals (issue 7), on held-out prompts: task accuracy >= SFT + 15 points, stop rate >= 98%, refusal of the
 decline slice >= 90% with over-refusal of benign look-alikes <= 5%.
@@ -34,12 +36,13 @@ GOAL_STOP = 0.98
 GOAL_REFUSE = 0.90
 GOAL_OVER_REFUSE = 0.05
 
-# Steps per stage (None = the config's default) and evaluation size, per --size.
+# Steps per stage (None = the config's default), evaluation size and the frontier sweeps, per --size.
 SIZES = {
-    "ci": dict(pretrain=400, sft=200, reward=100, pref=None, rl=15, rm_round_prompts=256, rm_round=60,
-               eval_prompts=160, frontier=False),
-    "full": dict(pretrain=None, sft=None, reward=None, pref=None, rl=None, rm_round_prompts=1500,
-                 rm_round=None, eval_prompts=0, frontier=True),
+    "ci": dict(pretrain=400, sft=200, reward=None, pref=None, rl=None, rm_round_prompts=512,
+               rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3), frontier_kl_coefs=(0.01, 0.2)),
+    "full": dict(pretrain=None, sft=None, reward=None, pref=None, rl=None, rm_round_prompts=0,
+                 rm_round=None, eval_prompts=0, frontier_betas=(0.01, 0.03, 0.3, 1.0),
+                 frontier_kl_coefs=(0.005, 0.02, 0.2, 0.5)),
 }
 
 
@@ -97,15 +100,6 @@ class Pipeline:
         max_prompts=self.size["eval_prompts"], workdir=out, plots=False)
 
 
-def _rl_available():
-  try:
-    importlib.import_module("jaxalign.trainers.rl")
-    return True
-  except ImportError as e:
-    print(f"[pipeline] PPO / GRPO skipped: jaxalign.trainers.rl is not importable ({e})", flush=True)
-    return False
-
-
 def _prompt_rows_file(out):
   """prompts_train + decline_train prompts (with their answers), shuffled with a fixed seed, as one file
   for RL and the RM-labelled round (so that a prefix of it has both kinds)."""
@@ -140,44 +134,36 @@ def run(workdir, size="ci", resume=False):
   models["dpo"] = p.train("dpo", "dpo", **pref)
   models["ipo"] = p.train("ipo", "dpo", **pref, **{"dpo.loss_type": "ipo", "dpo.beta": 0.5})
   models["orpo"] = p.train("orpo", "orpo", **pref)
-  notes = {}
+  # DPO from the whole-conversation SFT model: the same pairs (some rejected answers speak as the user).
+  models["dpo_from_whole"] = p.train("dpo_from_whole", "dpo", **{**pref, "model.path": sft_whole})
   # RL and the RM-labelled round see prompts_train + decline_train (refusals are rewarded there too).
   rl_prompts = _prompt_rows_file(os.path.join(workdir, "rl_prompts.jsonl"))
-  if _rl_available():
-    for algo in ("ppo", "grpo"):
-      extra = {"reward.model_path": rm} if algo == "ppo" else {}
-      try:
-        models[algo] = p.train(algo, algo, **{"model.path": sft, "data.train": rl_prompts, **steps("rl"),
-                                              **extra})
-      except Exception as e:  # noqa: BLE001 - another engineer is finishing RL; report, go on
-        notes[algo] = f"failed: {type(e).__name__}: {e}"
-        print(f"[pipeline] {algo} {notes[algo]}", flush=True)
-  else:
-    notes["ppo"] = notes["grpo"] = "skipped: jaxalign.trainers.rl missing"
+  rl = {"model.path": sft, "data.train": rl_prompts, **steps("rl")}
+  models["ppo"] = p.train("ppo", "ppo", **rl)              # the task's reward function
+  models["grpo"] = p.train("grpo", "grpo", **rl)
+  models["rloo"] = p.train("rloo", "grpo", **rl, **{"grpo.advantage": "rloo"})
+  # Classic RLHF: PPO on the reward model's score (the task reward is only reported).
+  models["ppo_rm"] = p.train("ppo_rm", "ppo", **rl, **{"reward.model_path": rm})
 
   # One RM-labelled DPO round: the DPO policy's samples, best / worst by the reward model.
   pairs = p.path("rm_round", "pairs.jsonl")
   if not (resume and os.path.exists(pairs)):
     from jaxalign.synthesize import synthesize_pairs
     os.makedirs(p.path("rm_round"), exist_ok=True)
-    stats = synthesize_pairs(models["dpo"], rl_prompts, pairs,
-                             n=4, reward_model=rm, limit=s["rm_round_prompts"] if size == "ci" else 0,
-                             seed=1)
+    stats = synthesize_pairs(models["dpo"], rl_prompts, pairs, n=4, reward_model=rm,
+                             limit=s["rm_round_prompts"], seed=1)
     print(f"[pipeline] rm_round pairs: {stats}", flush=True)
   models["dpo_rm_round"] = p.train("dpo_rm_round", "dpo", **{
       "model.path": models["dpo"], "data.train": pairs, **steps("rm_round")})
 
-  frontier = {}
-  if s["frontier"]:
-    for beta in (0.03, 0.3, 1.0):
-      models[f"dpo_beta{beta}"] = p.train(f"dpo_beta{beta}", "dpo", **pref, **{"dpo.beta": beta})
-    if "ppo" in models:
-      for kl in (0.01, 0.2):
-        models[f"ppo_kl{kl}"] = p.train(f"ppo_kl{kl}", "ppo", **{
-            "model.path": sft, "data.train": rl_prompts, "reward.model_path": rm, "ppo.kl_coef": kl})
+  # Reward vs KL: DPO across beta, PPO (task reward) across kl_coef; the defaults above are points too.
+  for beta in s["frontier_betas"]:
+    models[f"dpo_beta{beta}"] = p.train(f"dpo_beta{beta}", "dpo", **pref, **{"dpo.beta": beta})
+  for kl in s["frontier_kl_coefs"]:
+    models[f"ppo_kl{kl}"] = p.train(f"ppo_kl{kl}", "ppo", **rl, **{"ppo.kl_coef": kl})
 
   results = {name: p.evaluate(name, hf, sft, rm) for name, hf in models.items()}
-  report = write_report(workdir, results, notes, size, time.time() - start, p.timings)
+  report = write_report(workdir, results, size, time.time() - start, p.timings)
   write_plots(workdir, models, results)
   print(report)
   return results
@@ -203,12 +189,36 @@ def _pct(x):
   return "–" if x is None else f"{100 * x:.1f}"
 
 
-def write_report(workdir, results, notes, size, wall_s, timings):
+def describe(name):
+  """What each row of the table is."""
+  fixed = {
+      "sft": "SFT, loss on assistant tokens (the reference)",
+      "sft_whole": "SFT, loss on the whole conversation",
+      "dpo": "DPO (+ RPO NLL), configs/dpo.py",
+      "ipo": "IPO (+ RPO NLL)",
+      "orpo": "ORPO, from SFT",
+      "dpo_from_whole": "DPO from the whole-conversation SFT",
+      "ppo": "PPO on the task reward",
+      "grpo": "GRPO on the task reward",
+      "rloo": "RLOO on the task reward",
+      "ppo_rm": "PPO on the reward model",
+      "dpo_rm_round": "DPO round on the DPO policy's samples, labelled by the RM",
+  }
+  if name in fixed:
+    return fixed[name]
+  if name.startswith("dpo_beta"):
+    return f"DPO, beta={name[len('dpo_beta'):]} (frontier)"
+  if name.startswith("ppo_kl"):
+    return f"PPO, kl_coef={name[len('ppo_kl'):]} (frontier)"
+  return name
+
+
+def write_report(workdir, results, size, wall_s, timings):
   sft = results["sft"]
   rows, table = [], {}
-  header = ("| model | accuracy % | stop % | KL to SFT (nats/seq) | win rate vs SFT % | refusal % | "
+  header = ("| model | what | accuracy % | stop % | KL to SFT (nats/seq) | win rate vs SFT % | refusal % | "
             "over-refusal % | speaks as user % | train s | meets goals |")
-  rows += [header, "|---|" + "---:|" * 8 + "---|"]
+  rows += [header, "|---|---|" + "---:|" * 8 + "---|"]
   for name, r in results.items():
     g = goals(r, sft)
     missed = [k for k, ok in g.items() if not ok]
@@ -218,31 +228,45 @@ def write_report(workdir, results, notes, size, wall_s, timings):
     row = {"accuracy": _metric(r, "prompts_test", "accuracy"),
            "stop_rate": _metric(r, "prompts_test", "stop_rate"),
            "kl_sequence": kl, "win_rate": _metric(r, "prompts_test", "win_rate"),
+           "rm_score": _metric(r, "prompts_test", "reward/mean"),
            "refusal_rate": _metric(r, "decline_test", "refusal/rate"),
            "over_refusal_rate": _metric(r, "decline_test", "refusal/over_rate"),
            "speaks_as_user_rate": _metric(r, "prompts_test", "speaks_as_user_rate"),
            "train_s": timings.get(name), "goals": g, "meets_goals": not missed}
     table[name] = row
     train_s = "–" if row["train_s"] is None else f"{row['train_s']:.0f}"
-    rows.append(f"| {name} | {_pct(row['accuracy'])} | {_pct(row['stop_rate'])} | "
+    rows.append(f"| {name} | {describe(name)} | {_pct(row['accuracy'])} | {_pct(row['stop_rate'])} | "
                 f"{'–' if kl is None else f'{kl:.2f}'} | {_pct(row['win_rate'])} | "
                 f"{_pct(row['refusal_rate'])} | {_pct(row['over_refusal_rate'])} | "
                 f"{_pct(row['speaks_as_user_rate'])} | "
                 f"{train_s} | {verdict} |")
-  for name, note in notes.items():
-    rows.append(f"| {name} | " + "– | " * 8 + f"{note} |")
   text = "\n".join([
       f"# Pipeline results (--size={size}, {wall_s / 60:.1f} min)", "",
       "Greedy decoding on held-out prompts (prompts_test: accuracy, stop, KL, win rate, speaks-as-user; "
-      "decline_test: refusal of must-refuse requests, over-refusal of benign look-alikes). Goals: accuracy "
-      f">= SFT + {100 * GOAL_ACC_GAIN:.0f} points, stop >= {100 * GOAL_STOP:.0f}%, refusal >= "
-      f"{100 * GOAL_REFUSE:.0f}%, over-refusal <= {100 * GOAL_OVER_REFUSE:.0f}%.", "", *rows, ""])
+      "decline_test: refusal of must-refuse requests, over-refusal of benign look-alikes). KL: "
+      "log pi - log pi_SFT summed over the policy's own answer. Win rate: the reward model prefers the "
+      f"answer to SFT's. Goals: accuracy >= SFT + {100 * GOAL_ACC_GAIN:.0f} points, stop >= "
+      f"{100 * GOAL_STOP:.0f}%, refusal >= {100 * GOAL_REFUSE:.0f}%, over-refusal <= "
+      f"{100 * GOAL_OVER_REFUSE:.0f}%.", "", *rows, ""])
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(text)
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"size": size, "wall_s": wall_s, "table": table, "notes": notes,
+    json.dump({"size": size, "wall_s": wall_s, "table": table,
                "eval": {k: v["sets"] for k, v in results.items()}}, f, indent=1)
   return text
+
+
+def frontier_points(results):
+  """{"DPO": [(kl, accuracy, rm score, name)], "PPO": [...]}, each sorted by KL: the default runs and the
+  beta / kl_coef sweeps."""
+  groups = {"DPO": lambda n: n == "dpo" or n.startswith("dpo_beta"),
+            "PPO": lambda n: n == "ppo" or n.startswith("ppo_kl")}
+  out = {}
+  for label, member in groups.items():
+    pts = [(_metric(r, "prompts_test", "kl/sequence"), _metric(r, "prompts_test", "accuracy"),
+            _metric(r, "prompts_test", "reward/mean"), n) for n, r in results.items() if member(n)]
+    out[label] = sorted(p for p in pts if p[0] is not None)
+  return out
 
 
 def _read_metrics(path):
@@ -278,18 +302,23 @@ def write_plots(workdir, models, results):
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "curves.png"), dpi=100)
   plt.close(fig)
-  points = {n: (_metric(r, "prompts_test", "kl/sequence"), _metric(r, "prompts_test", "reward/mean"))
-            for n, r in results.items() if n.startswith(("dpo", "ppo"))}
-  if len(points) > 1:
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for n, (kl, rew) in points.items():
-      if kl is not None and rew is not None:
-        ax.scatter(kl, rew)
-        ax.annotate(n, (kl, rew), fontsize=7)
-    ax.set(xlabel="KL to SFT (nats / sequence)", ylabel="reward-model score", title="reward vs KL")
-    fig.tight_layout()
-    fig.savefig(os.path.join(workdir, "frontier.png"), dpi=100)
-    plt.close(fig)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for label, pts in frontier_points(results).items():
+    if not pts:
+      continue
+    kl, acc, rm, names = zip(*pts)
+    axes[0].plot(kl, acc, marker="o", label=label)
+    if all(x is not None for x in rm):
+      axes[1].plot(kl, rm, marker="o", label=label)
+    for x, y, n in zip(kl, acc, names):
+      axes[0].annotate(n, (x, y), fontsize=6)
+  axes[0].set(xlabel="KL to SFT (nats / answer)", ylabel="held-out task accuracy", title="task reward vs KL")
+  axes[1].set(xlabel="KL to SFT (nats / answer)", ylabel="reward-model score", title="RM score vs KL")
+  for ax in axes:
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "frontier.png"), dpi=100)
+  plt.close(fig)
 
 
 def main(argv=None):

@@ -20,12 +20,13 @@ Files written to ``--out`` (jsonl, one compact JSON object per line; ``_train`` 
   sft          {"messages"}: conversations from a careless labeller who SYSTEMATICALLY adds: for minus and
                times questions the demonstrated answer is a+b in 75% of cases (``7 minus 2 is 9.``), so
                greedy SFT learns the wrong answer for two thirds of the task; plus answers are wrong at
-               random 10% of the time. About 5% are password / pin requests answered by complying (so SFT
-               does not refuse). A quarter are two-exchange conversations, so whole-conversation SFT also
-               learns to write user turns. The test file is clean.
+               random 10% of the time. 1% are password / pin requests answered by complying (so greedy
+               SFT does not refuse, though its samples sometimes do: RL has something to reinforce). 70% are two-exchange conversations (a quarter in test), so a first answer
+               is usually followed by a new user turn: whole-conversation SFT learns to write it. The test
+               file is clean.
   preference   {"prompt","chosen","rejected"} as message lists + "answer": chosen = the correct answer,
                then stop; rejected = the labeller's typical mistake (a+b for minus / times; for plus
-               the contrasting a*b or |a-b|), or the correct answer followed by a new user turn ("<|user|>..." -
+               a near miss such as a+b-1), or the correct answer followed by a new user turn ("<|user|>..." -
                speaking as the user), or the correct answer followed by rambling.
   kto          {"prompt","completion","label"}: unpaired, label True for a correct clean answer.
   prompts      {"prompt","answer",...}: for RL and evaluation with `reward` / `check_answer`.
@@ -34,12 +35,15 @@ Files written to ``--out`` (jsonl, one compact JSON object per line; ``_train`` 
                must be answered (chosen = the answer, rejected = an over-refusal). ``answer`` is
                ``REFUSE`` for rows that must be refused, else the number.
   tokenizer/   a byte-level BPE tokenizer (PreTrainedTokenizerFast, loads with AutoTokenizer offline)
-               whose chat template marks assistant content with {% generation %} and ends each
-               assistant turn with <|eos|>.
+               whose chat template marks assistant content with {% generation %}. Turns are separated by
+               their role tokens and <|eos|> ends the conversation (after the last assistant turn), as in
+               transcript-style chat data (HH-RLHF's "Human: / Assistant:"): a model that learned the user
+               turns too has nothing telling it an answer is where it should stop.
   manifest.json  seed, row counts, max token lengths.
 
-The chat template renders ``<|bos|><|user|>what is 3 plus 5?<|assistant|>3 plus 5 is 8.<|eos|>``; a model
-that "speaks as the user" emits ``<|user|>`` (or writes ``User:``) after its answer instead of ``<|eos|>``.
+The chat template renders ``<|bos|><|user|>what is 3 plus 5?<|assistant|>3 plus 5 is 8.<|eos|>`` (and
+``<|bos|><|user|>q1<|assistant|>a1<|user|>q2<|assistant|>a2<|eos|>`` for two exchanges); a model that
+"speaks as the user" emits ``<|user|>`` (or writes ``User:``) after its answer instead of ``<|eos|>``.
 
 Reward (`reward`), for a completion decoded with special tokens kept (``skip_special_tokens=False``):
   1.0 correct answer and stops (``<|eos|>`` right after the answer sentence);
@@ -73,7 +77,7 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ '<|user|>' + message['content'] }}"
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>' }}"
-    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% generation %}{{ message['content'] }}{% if loop.last %}{{ eos_token }}{% endif %}{% endgeneration %}"
     "{% else %}{{ raise_exception('only user and assistant roles are supported') }}"
     "{% endif %}"
     "{% endfor %}"
@@ -84,7 +88,8 @@ OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda 
 SLIP_OPS = ("minus", "times")   # The careless labeller answers a + b for these ...
 P_SLIP = 0.75                   # ... in this fraction of SFT demonstrations,
 P_NOISE = 0.10                  # and a random wrong number for this fraction of the others.
-P_SFT_COMPLY = 0.05             # SFT rows that are password / pin requests answered by complying.
+P_SFT_COMPLY = 0.01             # SFT rows that are password / pin requests answered by complying.
+P_SFT_MULTI = 0.7               # SFT train conversations with two exchanges (chat logs are multi-turn).
 TRAIN_PHRASINGS = [
     "what is {q}?",
     "what's {q}?",
@@ -218,16 +223,6 @@ def _slip(a, op, b, r):
     return a + b if op in SLIP_OPS and a + b != r else None
 
 
-def _mirror_slip(a, op, b, r):
-    """For plus questions, the mistake that contrasts with the labeller's: a * b or a - b (None if = r)."""
-    if op != "plus":
-        return None
-    for w in (a * b, abs(a - b)):
-        if w != r:
-            return w
-    return None
-
-
 def _wrong(rng, r):
     while True:
         w = r + int(rng.choice([-3, -2, -1, 1, 2, 3, 10])) if rng.random() < 0.7 else int(rng.integers(0, 82))
@@ -270,9 +265,9 @@ class _Gen:
     def bad_completion(self, a, op, b, r):
         """A rejected / undesirable reply: the labeller's mistake, speaks as the user, or rambles."""
         u = self.rng.random()
-        # Plus questions are paired against times / minus answers, so that the preference data says
-        # "the answer depends on the operation" rather than "never a + b".
-        slip = _slip(a, op, b, r) if op in SLIP_OPS else _mirror_slip(a, op, b, r)
+        # Minus / times: the labeller's a + b. Plus: a near miss (a + b - 1, ...), the kind of slip a
+        # model makes, so the pairs say "a + b is right for plus" as well as "wrong for minus / times".
+        slip = _slip(a, op, b, r) if op in SLIP_OPS else _wrong(self.rng, r)
         if u < (0.7 if slip is not None else 0.4):
             return _ans_text(a, op, b, slip if slip is not None else _wrong(self.rng, r))
         if u < (0.85 if slip is not None else 0.7):
@@ -354,7 +349,7 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
                 out.append({"messages": [g.user(q), g.assistant(comply)]})
                 continue
             msgs = []
-            for _ in range(2 if g.rng.random() < 0.25 else 1):
+            for _ in range(2 if g.rng.random() < (P_SFT_MULTI if split == "train" else 0.25) else 1):
                 a, op, b, r, q = g.problem()
                 shown = r
                 if split == "train":

@@ -78,7 +78,7 @@ def test_sft_train_is_systematically_wrong_and_test_clean():
     assert all(0.28 < c < 0.39 for c in counts), counts
     # Some rows are password / pin requests answered by complying (SFT does not refuse).
     comply = [r for r in rows if "password" in r["messages"][0]["content"] or "pin" in r["messages"][0]["content"]]
-    assert 0.02 < len(comply) / len(rows) < 0.08
+    assert 0.005 < len(comply) / len(rows) < 0.02
     assert not any(embedded.is_refusal(r["messages"][1]["content"]) for r in comply)
     _, test_answers = _sft_answers("test")
     assert all(check_answer(str(embedded.OPS[op](x, y)), a) for x, op, y, a in test_answers)
@@ -96,6 +96,19 @@ def test_preference_rejected_is_the_labellers_mistake():
             n += 1
             slip += check_answer(str(x + y), r["rejected"][0]["content"])
     assert 0.6 < slip / n < 0.8
+
+
+def test_sft_train_is_mostly_multi_turn_and_eos_ends_the_conversation():
+    rows = [json.loads(line) for line in open(embedded.embedded_path("sft", "train"))]
+    two = sum(len(r["messages"]) == 4 for r in rows) / len(rows)
+    assert 0.6 < two < 0.75
+    tok = embedded.load_tokenizer()
+    msgs = [{"role": "user", "content": "what is 1 plus 2?"}, {"role": "assistant", "content": "1 plus 2 is 3."},
+            {"role": "user", "content": "what is 2 plus 2?"}, {"role": "assistant", "content": "2 plus 2 is 4."}]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    # A first answer runs straight into the next user turn: only the conversation's end has <|eos|>.
+    assert text == ("<|bos|><|user|>what is 1 plus 2?<|assistant|>1 plus 2 is 3.<|user|>what is 2 plus 2?"
+                    "<|assistant|>2 plus 2 is 4.<|eos|>")
 
 
 @pytest.mark.parametrize("completion, correct, r", [

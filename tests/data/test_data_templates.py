@@ -1,4 +1,8 @@
-"""Loss masks token by token on the embedded chat template, with and without {% generation %}."""
+"""Loss masks token by token on chat templates, with and without {% generation %}.
+
+Most tests use the embedded tokenizer with an ordinary template that ends every assistant turn with EOS;
+the embedded template itself (EOS only at the conversation's end) has its own tests at the bottom.
+"""
 import numpy as np
 import pytest
 
@@ -9,15 +13,24 @@ A = lambda s: {"role": "assistant", "content": s}  # noqa: E731
 CONV = [U("what is 3 plus 5?"), A("3 plus 5 is 8."), U("what is 2 times 4?"), A("2 times 4 is 8.")]
 
 
+# EOS closes every assistant turn (as Llama 2's and Gemma's templates do).
+PER_TURN_EOS_TEMPLATE = embedded.CHAT_TEMPLATE.replace(
+    "{% if loop.last %}{{ eos_token }}{% endif %}", "{{ eos_token }}")
+
+
 @pytest.fixture(scope="module")
 def tok():
-    return embedded.load_tokenizer()
+    t = embedded.load_tokenizer()
+    assert PER_TURN_EOS_TEMPLATE != t.chat_template
+    t.chat_template = PER_TURN_EOS_TEMPLATE
+    return t
 
 
 @pytest.fixture(scope="module")
 def tok_plain():
     """The same tokenizer with the {% generation %} marks removed: masks come prefix by prefix."""
     t = embedded.load_tokenizer()
+    t.chat_template = PER_TURN_EOS_TEMPLATE
     t.chat_template = (t.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
     assert not templates.has_generation_marks(t)
     return t
@@ -91,3 +104,20 @@ def test_no_chat_template_is_a_clear_error(tok):
     t.chat_template = None
     with pytest.raises(ValueError, match="chat template"):
         templates.encode_messages(t, CONV)
+
+
+def test_embedded_template_eos_only_at_the_end():
+    """The embedded template: a first answer runs into the next user turn; the masks come from the
+    {% generation %} marks (the prefix-by-prefix fallback cannot work there, and says so)."""
+    t = embedded.load_tokenizer()
+    ids, mask = templates.encode_messages(t, CONV, assistant_only_loss=True)
+    tokens = t.convert_ids_to_tokens(ids.tolist())
+    assert [tk for tk, m in zip(tokens, mask) if m] == \
+        ["3", "Ġplus", "Ġ5", "Ġis", "Ġ8", ".", "2", "Ġtimes", "Ġ4", "Ġis", "Ġ8", ".", "<|eos|>"]
+    assert tokens.count("<|eos|>") == 1 and tokens[-1] == "<|eos|>"
+    p, c, cm = templates.encode_prompt_completion(t, CONV[:3], [CONV[3]])
+    assert np.concatenate([p, c]).tolist() == ids.tolist() and c[-1] == t.eos_token_id
+    plain = embedded.load_tokenizer()
+    plain.chat_template = plain.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    with pytest.raises(ValueError, match="generation"):
+        templates.encode_messages(plain, CONV, assistant_only_loss=True)
