@@ -17,14 +17,14 @@ def get_config(arg=None):
       train=common.PREFERENCE_TRAIN,
       eval_=common.asset("preference_test.jsonl"),
       model_path=common.asset("checkpoints", "sft"),
-      learning_rate=3e-4,          # Measured, eval of the export (SFT: task accuracy 34%, refusal 0%):
-                                   # rpo_alpha 1, lr 3e-4: reward acc. 94%, task 61%, refusal 100%,
-                                   # over-refusal 0%, KL 2.1. Plain DPO (rpo_alpha 0) at 1e-4: 83%, 40%,
-                                   # refusal 0% -- it pushes the labeller's a+b answers down without
-                                   # making the correct answer the most likely (notes/README_results.md).
+      learning_rate=3e-4,          # Measured, eval of the export (SFT: task accuracy 46.7%, refusal 0%):
+                                   # rpo_alpha 1, 300 steps: reward acc. 0 -> 94%, task 57.3%, refusal
+                                   # 100%, over-refusal 0%, KL 2.1. Plain DPO (rpo_alpha 0) pushes the
+                                   # labeller's a+b answers down without making the correct answer the
+                                   # most likely (notes/README_results.md, measured on the previous task).
   )
   c.train.batch_size = 32          # 32 pairs = 64 sequences per forward.
-  c.train.num_steps = 150
+  c.train.num_steps = 300          # ~2 passes over the 3,100 pairs; 150 steps: 4 points less accuracy.
   c.train.eval_every = 50
   d = c.dpo = ml_collections.ConfigDict()
   d.beta = 0.1                     # KL strength: reward = beta * log(pi / pi_ref).

@@ -15,7 +15,7 @@ def get_config(arg=None):
       eval_=common.asset("preference_test.jsonl"),
       model_path=common.asset("checkpoints", "sft"),
       learning_rate=5e-4,          # Measured, 150 steps on preference + decline pairs: held-out task
-                                   # accuracy 34% (SFT) -> 64%, stop 100%, refusal 100%, over-refusal 0%.
+                                   # accuracy 46.7% (SFT) -> 62.7%, stop 100%, refusal 100%, over-refusal 0%.
   )
   c.train.num_steps = 150
   o = c.orpo = ml_collections.ConfigDict()

@@ -14,8 +14,9 @@ def get_config(arg=None):
       train=common.asset("preference_train.jsonl"),
       eval_=common.asset("preference_test.jsonl"),
       model_path=common.asset("checkpoints", "sft"),
-      learning_rate=3e-5,          # Measured, 150 steps (SFT held-out task accuracy 34%): 5e-4 -> 18%,
-                                   # stop 87%, KL 30 (destroyed); 1e-4 -> 33%, stop 94%; 3e-5 -> 45%, stop 100%.
+      learning_rate=3e-5,          # Measured, 150 steps, on the task before its 2026-11-24 regeneration
+                                   # (SFT held-out task accuracy 34%): 5e-4 -> 18%, stop 87%, KL 30
+                                   # (destroyed); 1e-4 -> 33%, stop 94%; 3e-5 -> 45%, stop 100%.
   )
   c.train.num_steps = 150
   s = c.simpo = ml_collections.ConfigDict()

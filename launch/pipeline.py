@@ -38,9 +38,9 @@ GOAL_OVER_REFUSE = 0.05
 
 # Steps per stage (None = the config's default), evaluation size and the frontier sweeps, per --size.
 SIZES = {
-    "ci": dict(pretrain=400, sft=200, reward=None, pref=None, rl=None, rm_round_prompts=512,
+    "ci": dict(pretrain=400, sft=200, reward=None, pref=None, rl=None, group_rl=450, rm_round_prompts=512,
                rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3), frontier_kl_coefs=(0.01, 0.2)),
-    "full": dict(pretrain=None, sft=None, reward=None, pref=None, rl=None, rm_round_prompts=0,
+    "full": dict(pretrain=None, sft=None, reward=None, pref=None, rl=None, group_rl=450, rm_round_prompts=0,
                  rm_round=None, eval_prompts=0, frontier_betas=(0.01, 0.03, 0.3, 1.0),
                  frontier_kl_coefs=(0.005, 0.02, 0.2, 0.5)),
 }
@@ -140,8 +140,11 @@ def run(workdir, size="ci", resume=False):
   rl_prompts = _prompt_rows_file(os.path.join(workdir, "rl_prompts.jsonl"))
   rl = {"model.path": sft, "data.train": rl_prompts, **steps("rl")}
   models["ppo"] = p.train("ppo", "ppo", **rl)              # the task's reward function
-  models["grpo"] = p.train("grpo", "grpo", **rl)
-  models["rloo"] = p.train("rloo", "grpo", **rl, **{"grpo.advantage": "rloo"})
+  # GRPO / RLOO for 3x their default steps: that is when sampled refusals on the decline prompts (about
+  # 1 in 1,000 from SFT) have been found and reinforced.
+  group_rl = {**rl, **steps("group_rl")}
+  models["grpo"] = p.train("grpo", "grpo", **group_rl)
+  models["rloo"] = p.train("rloo", "grpo", **group_rl, **{"grpo.advantage": "rloo"})
   # Classic RLHF: PPO on the reward model's score (the task reward is only reported).
   models["ppo_rm"] = p.train("ppo_rm", "ppo", **rl, **{"reward.model_path": rm})
 
