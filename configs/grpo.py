@@ -8,8 +8,9 @@
 Each prompt is answered `group_size` times; a completion's advantage is its reward relative to its
 group's ("grpo": standardised; "rloo": minus the mean of the others). No critic. The reward is
 `jaxalign.data.embedded:reward` (1 correct and stopped, 0.5 correct but not stopped, 0 wrong, -1 speaking
-as the user) unless `reward.model_path` names a reward model. Measured on the 2-core CPU: held-out greedy
-reward 0.34 -> 0.52 in ~50 s.
+as the user) unless `reward.model_path` names a reward model. Measured on the 2-core CPU, on the task
+before its 2026-11-24 regeneration: held-out greedy reward 0.34 -> 0.52 in ~50 s (on the regenerated task
+held-out accuracy does not rise: README, Results).
 Shao et al. 2024, "DeepSeekMath" (arXiv:2402.03300);
 Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization" (arXiv:2402.14740).
 """
