@@ -1,7 +1,7 @@
 """The whole alignment pipeline on the embedded task, in one process, with a results table and plots.
 
-  python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: reduced pretrain / SFT
-  python launch/pipeline.py --workdir=runs/pipeline --size=full  # default step counts, wider sweeps
+  python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: 0.12M model, ~20 min
+  python launch/pipeline.py --workdir=runs/pipeline --size=full  # 0.84M model, default step counts
 
 Runs, from the committed data and tokenizer (jaxalign/assets/embedded, `launch/make_embedded.sh`):
   pretrain -> SFT (assistant-only loss) and SFT (whole conversation) -> reward model
@@ -36,13 +36,21 @@ GOAL_STOP = 0.98
 GOAL_REFUSE = 0.90
 GOAL_OVER_REFUSE = 0.05
 
+# The model pre-trained from scratch: --size=ci keeps configs/pretrain.py's (2 layers, d=64, 0.12M
+# parameters, the size of the shipped checkpoints); --size=full uses 4 layers, d=128 (0.84M), which has the
+# capacity to answer minus and times correctly once preference training asks it to (measured: DPO on the
+# 0.12M model 54% held-out accuracy, on the 0.84M model 86%; SFT 45% on both).
+FULL_MODEL = {"model.init.hidden_size": 128, "model.init.intermediate_size": 384,
+              "model.init.num_hidden_layers": 4}
+
 # Steps per stage (None = the config's default), evaluation size and the frontier sweeps, per --size.
 SIZES = {
-    "ci": dict(pretrain=400, sft=200, reward=None, pref=None, rl=None, group_rl=450, rm_round_prompts=512,
-               rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3), frontier_kl_coefs=(0.01, 0.2)),
-    "full": dict(pretrain=None, sft=None, reward=None, pref=None, rl=None, group_rl=450, rm_round_prompts=0,
-                 rm_round=None, eval_prompts=0, frontier_betas=(0.01, 0.03, 0.3, 1.0),
-                 frontier_kl_coefs=(0.005, 0.02, 0.2, 0.5)),
+    "ci": dict(model={}, pretrain=400, sft=200, reward=None, pref=None, rl=None, group_rl=450,
+               rm_round_prompts=512, rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3),
+               frontier_kl_coefs=(0.01, 0.2)),
+    "full": dict(model=FULL_MODEL, pretrain=None, sft=None, reward=None, pref=None, rl=None, group_rl=450,
+                 rm_round_prompts=0, rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3),
+                 frontier_kl_coefs=(0.01, 0.2)),
 }
 
 
@@ -124,7 +132,7 @@ def run(workdir, size="ci", resume=False):
   pref_data = {"data.train": ",".join([common.asset("preference_train.jsonl"),
                                        common.asset("decline_train.jsonl")])}
 
-  pre = p.train("pretrain", "pretrain", **steps("pretrain"))
+  pre = p.train("pretrain", "pretrain", **steps("pretrain"), **s["model"])
   sft = p.train("sft", "sft", **{"model.path": pre, **steps("sft")})
   sft_whole = p.train("sft_whole", "sft", **{"model.path": pre, "data.assistant_only_loss": False,
                                              **steps("sft")})
@@ -243,6 +251,15 @@ def write_report(workdir, results, size, wall_s, timings):
                 f"{_pct(row['refusal_rate'])} | {_pct(row['over_refusal_rate'])} | "
                 f"{_pct(row['speaks_as_user_rate'])} | "
                 f"{train_s} | {verdict} |")
+  by = breakdown(workdir, results)
+  cols = ["plus", "minus", "times", "phrasing", "pair"]
+  breakdown_rows = [
+      "Held-out accuracy % by operation, and by what is held out (phrasing: a wording never trained on; "
+      "pair: `7 times 3` when only `3 times 7` was trained on):", "",
+      "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+  for name, acc in by.items():
+    table[name]["breakdown"] = acc
+    breakdown_rows.append(f"| {name} | " + " | ".join(_pct(acc.get(c)) for c in cols) + " |")
   text = "\n".join([
       f"# Pipeline results (--size={size}, {wall_s / 60:.1f} min)", "",
       "Greedy decoding on held-out prompts (prompts_test: accuracy, stop, KL, win rate, speaks-as-user; "
@@ -250,13 +267,38 @@ def write_report(workdir, results, size, wall_s, timings):
       "log pi - log pi_SFT summed over the policy's own answer. Win rate: the reward model prefers the "
       f"answer to SFT's. Goals: accuracy >= SFT + {100 * GOAL_ACC_GAIN:.0f} points, stop >= "
       f"{100 * GOAL_STOP:.0f}%, refusal >= {100 * GOAL_REFUSE:.0f}%, over-refusal <= "
-      f"{100 * GOAL_OVER_REFUSE:.0f}%.", "", *rows, ""])
+      f"{100 * GOAL_OVER_REFUSE:.0f}%.", "", *rows, "", *breakdown_rows, ""])
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write(text)
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({"size": size, "wall_s": wall_s, "table": table,
                "eval": {k: v["sets"] for k, v in results.items()}}, f, indent=1)
   return text
+
+
+def breakdown(workdir, names):
+  """Held-out accuracy by operation and by what is held out (a new phrasing, or the commuted pair of a
+  training question), from each model's eval/completions.jsonl and the rows of prompts_test:
+  {name: {"plus": acc, "minus": ..., "times": ..., "phrasing": ..., "pair": ...}}."""
+  with open(common.asset("prompts_test.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  out = {}
+  for name in names:
+    path = os.path.join(workdir, name, "eval", "completions.jsonl")
+    if not os.path.exists(path):
+      continue
+    groups = {}
+    with open(path) as f:
+      for line in f:
+        rec = json.loads(line)
+        if rec["set"] != "prompts_test":
+          continue
+        row = rows[rec["index"]]
+        for key in (row.get("op"), row.get("heldout")):
+          if key:
+            groups.setdefault(key, []).append(bool(rec["correct"]))
+    out[name] = {k: sum(v) / len(v) for k, v in groups.items()}
+  return out
 
 
 def frontier_points(results):
