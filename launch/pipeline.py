@@ -81,8 +81,12 @@ class Pipeline:
   def train(self, name, config_name, **overrides):
     """Trains configs/<config_name>.py into <workdir>/<name>; returns the HF export directory."""
     hf = self.path(name, "hf")
+    timing = self.path(name, "train_s.json")
     if self.resume and os.path.exists(os.path.join(hf, "config.json")):
       print(f"[pipeline] {name}: reusing {hf}", flush=True)
+      if os.path.exists(timing):
+        with open(timing) as f:
+          self.timings[name] = json.load(f)["train_s"]
       return hf
     config = load_config(config_name, **overrides)
     start = time.time()
@@ -94,6 +98,8 @@ class Pipeline:
       from jaxalign.trainers import loop
       loop.train_and_evaluate(config, self.path(name))
     self.timings[name] = time.time() - start
+    with open(timing, "w") as f:
+      json.dump({"train_s": self.timings[name]}, f)
     return hf
 
   def evaluate(self, name, hf, reference, reward_model):
@@ -261,7 +267,8 @@ def write_report(workdir, results, size, wall_s, timings):
     table[name]["breakdown"] = acc
     breakdown_rows.append(f"| {name} | " + " | ".join(_pct(acc.get(c)) for c in cols) + " |")
   text = "\n".join([
-      f"# Pipeline results (--size={size}, {wall_s / 60:.1f} min)", "",
+      f"# Pipeline results (--size={size}; this invocation {wall_s / 60:.1f} min, training time per "
+      "stage in `train s`)", "",
       "Greedy decoding on held-out prompts (prompts_test: accuracy, stop, KL, win rate, speaks-as-user; "
       "decline_test: refusal of must-refuse requests, over-refusal of benign look-alikes). KL: "
       "log pi - log pi_SFT summed over the policy's own answer. Win rate: the reward model prefers the "
