@@ -1,16 +1,17 @@
 """The whole alignment pipeline on the embedded task, in one process, with a results table and plots.
 
   python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: 0.12M model, ~20 min
-  python launch/pipeline.py --workdir=runs/pipeline --size=full  # 0.84M model, default step counts
+  python launch/pipeline.py --workdir=runs/pipeline --size=full  # 0.84M model, default steps, fewer rows
 
 Runs, from the committed data and tokenizer (jaxalign/assets/embedded, `launch/make_embedded.sh`):
   pretrain -> SFT (assistant-only loss) and SFT (whole conversation) -> reward model
   -> DPO, IPO, ORPO (offline pairs: preference_train + decline_train), and DPO from the whole-conversation
      SFT model
   -> PPO, GRPO, RLOO on the task's reward (prompts_train + decline_train), and PPO on the reward model
+     (RLOO and PPO on the reward model: --size=ci only)
   -> one RM-labelled DPO round (sample 4 answers per prompt from the DPO policy, the reward model picks
      best / worst, DPO again from the DPO policy)
-  -> the reward-vs-KL frontier: DPO across beta, PPO across kl_coef
+  -> the reward-vs-KL frontier: DPO across beta, PPO across kl_coef (the PPO sweep: --size=ci only)
   -> greedy evaluation of every model on prompts_test + decline_test against the SFT reference.
 Writes <workdir>/results.md (the table, with whether each method meets the goals of issue 7),
 results.json, curves.png (training curves from each run's metrics.jsonl) and frontier.png (held-out task
@@ -43,14 +44,16 @@ GOAL_OVER_REFUSE = 0.05
 FULL_MODEL = {"model.init.hidden_size": 128, "model.init.intermediate_size": 384,
               "model.init.num_hidden_layers": 4}
 
-# Steps per stage (None = the config's default), evaluation size and the frontier sweeps, per --size.
+# Steps per stage (None = the config's default), evaluation size, the frontier sweeps and whether to run
+# the extra rows (RLOO, PPO on the reward model), per --size. --size=full spends its time on the 4x bigger
+# model (about 4x slower per step) and leaves the PPO sweep and the extras to --size=ci.
 SIZES = {
     "ci": dict(model={}, pretrain=400, sft=200, reward=None, pref=None, rl=None, group_rl=450,
                rm_round_prompts=512, rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3),
-               frontier_kl_coefs=(0.01, 0.2)),
+               frontier_kl_coefs=(0.01, 0.2), extras=True),
     "full": dict(model=FULL_MODEL, pretrain=None, sft=None, reward=None, pref=None, rl=None, group_rl=450,
                  rm_round_prompts=0, rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3),
-                 frontier_kl_coefs=(0.01, 0.2)),
+                 frontier_kl_coefs=(), extras=False),
 }
 
 
@@ -158,9 +161,10 @@ def run(workdir, size="ci", resume=False):
   # 1 in 1,000 from SFT) have been found and reinforced.
   group_rl = {**rl, **steps("group_rl")}
   models["grpo"] = p.train("grpo", "grpo", **group_rl)
-  models["rloo"] = p.train("rloo", "grpo", **group_rl, **{"grpo.advantage": "rloo"})
-  # Classic RLHF: PPO on the reward model's score (the task reward is only reported).
-  models["ppo_rm"] = p.train("ppo_rm", "ppo", **rl, **{"reward.model_path": rm})
+  if s["extras"]:
+    models["rloo"] = p.train("rloo", "grpo", **group_rl, **{"grpo.advantage": "rloo"})
+    # Classic RLHF: PPO on the reward model's score (the task reward is only reported).
+    models["ppo_rm"] = p.train("ppo_rm", "ppo", **rl, **{"reward.model_path": rm})
 
   # One RM-labelled DPO round: the DPO policy's samples, best / worst by the reward model.
   pairs = p.path("rm_round", "pairs.jsonl")

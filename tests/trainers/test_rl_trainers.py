@@ -156,7 +156,7 @@ def test_ppo_raises_the_reward(tiny):
 @pytest.mark.slow
 @pytest.mark.parametrize("advantage", ["grpo", "rloo"])
 def test_grpo_and_rloo_raise_the_reward(tiny, advantage):
-  c = tiny_config(tiny, "grpo", **{"grpo.advantage": advantage, "grpo.group_size": 4, "train.batch_size": 4})
+  c = tiny_config(tiny, "grpo", **{"grpo.advantage": advantage, "grpo.group_size": 4, "train.batch_size": 8})
   metrics, _ = run_steps(c, steps=12)
   _improves(metrics)
 
