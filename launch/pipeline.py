@@ -1,6 +1,6 @@
 """The whole alignment pipeline on the embedded task, in one process, with a results table and plots.
 
-  python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: 0.12M model, ~25 min
+  python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: 0.12M model, ~15 min
   python launch/pipeline.py --workdir=runs/pipeline --size=full  # 0.84M model, default steps, fewer rows
 
 Runs, from the committed data and tokenizer (jaxalign/assets/embedded, `launch/make_embedded.sh`):

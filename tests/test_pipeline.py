@@ -39,7 +39,7 @@ def test_goals():
 
 @pytest.mark.slow
 def test_pipeline_ci(tmp_path):
-  """The --size=ci pipeline end to end (~20 min on 2 cores): every stage runs, the report and plots are
+  """The --size=ci pipeline end to end (~15 min on 2 cores): every stage runs, the report and plots are
   written, and the effects the table is there to show are present."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # one CPU device, as on the CLI
   subprocess.run([sys.executable, os.path.join(ROOT, "launch", "pipeline.py"), f"--workdir={tmp_path}",
