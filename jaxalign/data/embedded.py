@@ -21,9 +21,10 @@ Files written to ``--out`` (jsonl, one compact JSON object per line; ``_train`` 
                times questions the demonstrated answer is a+b in 75% of cases (``7 minus 2 is 9.``), so
                greedy SFT learns the wrong answer for two thirds of the task; plus answers are wrong at
                random 10% of the time. 1% are password / pin requests answered by complying (so greedy
-               SFT does not refuse, though its samples sometimes do: RL has something to reinforce). 70% are two-exchange conversations (a quarter in test), so a first answer
-               is usually followed by a new user turn: whole-conversation SFT learns to write it. The test
-               file is clean.
+               SFT does not refuse, though its samples sometimes do: RL has something to reinforce).
+               70% are two-exchange conversations (a quarter in test), so a first answer is usually
+               followed by a new user turn: whole-conversation SFT learns to write it. The test file is
+               clean.
   preference   {"prompt","chosen","rejected"} as message lists + "answer": chosen = the correct answer,
                then stop; rejected = the labeller's typical mistake (a+b for minus / times; for plus
                a near miss such as a+b-1), or the correct answer followed by a new user turn ("<|user|>..." -
