@@ -29,8 +29,10 @@ def ppo_clip_loss(logprobs: Array, old_logprobs: Array, advantages: Array, mask:
       reduction: "token" | "sequence" | "constant".
 
     Returns:
-      (loss, metrics): `loss/policy`, `policy/clipfrac` (fraction of tokens where the clipped term is the
-      larger, TRL's definition), `policy/approxkl` = mean 0.5 (log π - log π_old)^2 (TRL's estimate; a
+      (loss, metrics): `loss/policy`, `policy/clipfrac` (fraction of tokens where the clip binds: ρ > 1 + ε
+      with A > 0 or ρ < 1 − ε with A < 0, which is where TRL's "clipped term is the larger" holds in exact
+      arithmetic; written this way it is not decided by rounding where the two terms are equal),
+      `policy/approxkl` = mean 0.5 (log π - log π_old)^2 (TRL's estimate; a
       second-order estimator of KL(π_old || π)), `policy/ratio` (mean ρ).
     """
     lp = f32(logprobs)
@@ -44,7 +46,8 @@ def ppo_clip_loss(logprobs: Array, old_logprobs: Array, advantages: Array, mask:
     loss = reduce_tokens(per_token, mask, reduction)
     metrics = {
         "loss/policy": loss,
-        "policy/clipfrac": masked_mean(f32(clipped > unclipped), mask),
+        "policy/clipfrac": masked_mean(f32(((ratio > 1.0 + clip_eps) & (adv > 0))
+                                           | ((ratio < 1.0 - clip_eps) & (adv < 0))), mask),
         "policy/approxkl": masked_mean(0.5 * jnp.square(log_ratio), mask),
         "policy/ratio": masked_mean(ratio, mask),
     }
@@ -66,7 +69,9 @@ def value_loss(values: Array, old_values: Array, returns: Array, mask: Array,
       clip_eps: ε, in the value's units (TRL's `cliprange_value`).
 
     Returns:
-      (loss, metrics): `loss/value`, `val/clipfrac` (fraction where the clipped error is the larger),
+      (loss, metrics): `loss/value`, `val/clipfrac` (fraction of tokens where the clip binds: |V − old_V| > ε
+      and the clipped error is the larger; where |V − old_V| ≤ ε the two errors are equal in exact
+      arithmetic, and rounding must not decide the count),
       `val/vpred` (mean prediction), `val/error` (mean squared error of the unclipped prediction).
     """
     v = f32(values)
@@ -78,7 +83,7 @@ def value_loss(values: Array, old_values: Array, returns: Array, mask: Array,
     loss = 0.5 * masked_mean(jnp.maximum(err, err_clipped), mask)
     metrics = {
         "loss/value": loss,
-        "val/clipfrac": masked_mean(f32(err_clipped > err), mask),
+        "val/clipfrac": masked_mean(f32((jnp.abs(v - old) > clip_eps) & (err_clipped > err)), mask),
         "val/vpred": masked_mean(v, mask),
         "val/error": masked_mean(err, mask),
     }

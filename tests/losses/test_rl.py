@@ -66,7 +66,7 @@ def ref_ppo(new, old, adv, mask, eps, reduction):
             r = math.exp(float(new[i, j]) - float(old[i, j]))
             l1, l2 = -a * r, -a * min(max(r, 1 - eps), 1 + eps)
             row.append(max(l1, l2))
-            crow.append(float(l2 > l1))
+            crow.append(float((r > 1 + eps and a > 0) or (r < 1 - eps and a < 0)))
             krow.append(0.5 * (float(new[i, j]) - float(old[i, j])) ** 2)
             rrow.append(r)
         per_token.append(row), clipped.append(crow), kl.append(krow), ratio.append(rrow)
@@ -108,7 +108,7 @@ def ref_value(v, old, ret, mask, eps):
             vc = float(old[i, j]) + min(max(float(v[i, j]) - float(old[i, j]), -eps), eps)
             e1, e2 = (float(v[i, j]) - float(ret[i, j])) ** 2, (vc - float(ret[i, j])) ** 2
             lrow.append(max(e1, e2))
-            frow.append(float(e2 > e1))
+            frow.append(float(abs(float(v[i, j]) - float(old[i, j])) > eps and e2 > e1))
         loss.append(lrow), frac.append(frow)
     return 0.5 * _mmean(loss, mask), _mmean(frac, mask)
 
@@ -125,6 +125,37 @@ def test_value_loss_matches_reference():
     _close(m["loss/value"], want_loss)
     # Unmoved values: plain half squared error.
     _close(value_loss(old, old, ret, mask)[0], 0.5 * _mmean((old - ret).astype(np.float64) ** 2, mask))
+
+
+def test_clip_fractions_are_not_decided_by_rounding():
+    # Where nothing is clipped in exact arithmetic nothing may be counted, whatever rounding does.
+    # Values moved less than ε, near zero and of either sign, so `old + clip(v - old)` is v only up to an ulp,
+    # and targets next to v: the two errors are equal in exact arithmetic and differ by rounding.
+    rng = np.random.default_rng(4)
+    shape = (8, 16)                                  # (TRL's `err_clipped > err` counts 6 of these 128)
+    old_v = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    v = (old_v + 0.05 * rng.standard_normal(shape)).astype(np.float32)
+    ret = (v + 1e-6 * rng.standard_normal(shape)).astype(np.float32)
+    _, m = value_loss(v, old_v, ret, np.ones(shape, np.float32), clip_eps=0.2)
+    assert float(m["val/clipfrac"]) == 0.0
+    # Log-probs one ulp from the old ones (ratio 1 ± 1e-7).
+    noise = rng.choice([-1.0, 0.0, 1.0], (B, T)).astype(np.float32)
+    _, old, _, adv, mask = _rl_inputs(5)
+    new = np.nextafter(old, old + noise).astype(np.float32)
+    _, m = ppo_clip_loss(new, old, adv, mask, clip_eps=0.2)
+    assert float(m["policy/clipfrac"]) == 0.0
+    # Past the clip, a token counts where the clipped error is the larger: a value moved 0.25 towards its
+    # target (|R - old| = d) has error (d - 0.25)², clipped (d - 0.2)², larger iff d > 0.225; moved away,
+    # the unclipped error is always the larger.
+    ones = np.ones((B, T), np.float32)
+    old_v, ret = (3.0 * rng.standard_normal((2, B, T))).astype(np.float32)
+    step = np.float32(0.25) * np.sign(ret - old_v)
+    d = np.abs(ret - old_v)
+    _, m = value_loss(old_v + step, old_v, ret, ones, clip_eps=0.2)
+    _close(m["val/clipfrac"], np.mean(d > 0.225))
+    assert 0 < float(m["val/clipfrac"]) < 1
+    _, m = value_loss(old_v - step, old_v, ret, ones, clip_eps=0.2)
+    assert float(m["val/clipfrac"]) == 0.0
 
 
 # ------------------------------------------------------------------------------------------------- GAE
