@@ -32,5 +32,6 @@ setup(
         "tfds": ["tensorflow-datasets>=4.9"],
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "bench": ["trl>=1.16", "torch==2.13.0"],       # benchmarks/ only (TRL baselines)
     },
 )

@@ -27,6 +27,12 @@ Packing (`pack`): greedy next-fit in the order given: a sequence goes into the c
 pairs fit in the remaining columns, else the row is closed and a new one started. A sequence is never
 split across rows (CLM splits long texts into chunks beforehand, see above); each gets its own segment
 id (1, 2, ...) and positions from 0, and its first token is never a target of the previous one.
+
+Padding-free batches (`first_fit`, `pack_rows`): the sequences of one batch (a preference batch's chosen
+and rejected, a KTO batch's completions), each already laid out as a right-padded row, are moved into as
+few rows of the same width as first-fit-decreasing finds, each with its own segment id and a
+``sequence_ids`` column naming its slot in the batch (chosen of pair j → 2j, rejected → 2j + 1). Per-example
+columns (``label``, precomputed reference log-probs) stay as they are, one value per example.
 """
 from __future__ import annotations
 
@@ -131,3 +137,71 @@ def left_pad_prompts(prompts: Sequence[np.ndarray], P: int, pad_id: int = 0) -> 
             pos[r, P - k:] = np.arange(k)
             seg[r, P - k:] = 1
     return {"prompt_ids": ids, "prompt_positions": pos, "prompt_segment_ids": seg}
+
+
+def first_fit(lengths: Sequence[int], T: int) -> list[list[int]]:
+    """First-fit-decreasing: rows (lists of indices into `lengths`) of total length <= T each.
+    Zero lengths are left out. Deterministic (ties keep index order)."""
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = lengths[i]
+        if n > T:
+            raise ValueError(f"sequence of {n} positions does not fit T={T}")
+        for r, f in enumerate(free):
+            if n <= f:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(T - n)
+    return rows
+
+
+def rows_needed(lengths: Sequence[int], T: int) -> int:
+    """How many rows of width T `first_fit` packs `lengths` into."""
+    return len(first_fit(lengths, T))
+
+
+def bucket_rows(needed: int, full: int, multiple: int = 1, num_buckets: int = 8) -> int:
+    """The static row count for a packed batch that needs `needed` rows: rounded up to a step of
+    ``full / num_buckets`` rows (a multiple of `multiple`), so that at most `num_buckets` shapes are ever
+    compiled; never more than `full` (the unpacked row count) rounded up to `multiple`."""
+    step = max(multiple, -(-full // num_buckets))
+    step = -(-step // multiple) * multiple
+    cap = -(-full // multiple) * multiple
+    return min(max(-(-needed // step) * step, step), max(cap, step))
+
+
+def pack_rows(seq_rows: dict[str, np.ndarray], lengths: np.ndarray, slots: np.ndarray, num_rows: int,
+              pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Moves M right-padded sequence rows into `num_rows` rows of the same width (padding-free).
+
+    Args:
+      seq_rows: the five `ROW_KEYS` arrays [M, T] (one sequence per row, as `pad_rows` makes them).
+      lengths: [M] positions used by each row (its number of non-zero segment ids; 0 = empty, skipped).
+      slots: [M] the `sequence_ids` value of each sequence.
+      num_rows: R >= `rows_needed(lengths, T)`.
+
+    Returns:
+      The five keys [R, T] plus ``sequence_ids`` [R, T] int32 (0 on padding, whose loss_mask is 0).
+    """
+    T = seq_rows["input_ids"].shape[1]
+    layout = first_fit([int(n) for n in lengths], T)
+    if len(layout) > num_rows:
+        raise ValueError(f"{len(layout)} rows needed, {num_rows} given")
+    out = empty_rows(num_rows, T)
+    out["input_ids"][:] = pad_id
+    out["sequence_ids"] = np.zeros((num_rows, T), np.int32)
+    for r, members in enumerate(layout):
+        col = 0
+        for s, i in enumerate(members):
+            n = int(lengths[i])
+            for k in ROW_KEYS:
+                out[k][r, col: col + n] = seq_rows[k][i, :n]
+            out["segment_ids"][r, col: col + n] = s + 1
+            out["sequence_ids"][r, col: col + n] = slots[i]
+            col += n
+    return out

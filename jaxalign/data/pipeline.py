@@ -18,6 +18,14 @@ with ``T = max_length`` and ``P = max_prompt_length``. Everything is tokenized o
 arrays [N, ...] (the datasets this is for fit in host memory); ``packing=True`` (clm, sft) packs the
 sequences into N rows before any shuffling, so an "example" is then a packed row.
 
+Padding-free preference and KTO batches (``packing=True`` for those kinds): examples are stored and
+shuffled as above, and each batch's sequences are then packed into the fewest rows of width T that
+first-fit-decreasing finds, rounded up to one of at most 8 static row counts (`batching.bucket_rows`, a
+multiple of ``row_multiple``, the batch shards per host; the same count on every host, computed from the
+lengths of the whole global batch). Such a batch holds the five row keys and ``sequence_ids`` [R, T]
+(chosen of global pair j → slot 2j, rejected → 2j + 1; a KTO example j → slot j), ``example_mask`` [B]
+(1 for a real example) and the per-example columns (``label``, ``ref_*_logps``) [B].
+
 Order and hosts. Epoch ``e`` visits the examples in ``np.random.default_rng([seed, e]).permutation(N)``
 order (or 0..N-1 with ``shuffle=False``). Training iterators (``repeat=True``) read that stream epoch
 after epoch without dropping anything: a global batch may straddle two epochs. Each global batch of
@@ -35,6 +43,7 @@ rewards) must weight by ``weight``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
@@ -67,6 +76,38 @@ class TokenizedDataset:
     max_prompt_length: int | None
     num_truncated: int = 0
     source: Any = None
+    padding_free: bool = False
+
+    @property
+    def sequence_prefixes(self) -> tuple[str, ...]:
+        """The row-key prefixes of one example's sequences: ("chosen_", "rejected_") or ("",)."""
+        return ("chosen_", "rejected_") if self.kind == "preference" else ("",)
+
+    def sequence_lengths(self, indices: np.ndarray) -> np.ndarray:
+        """[len(indices), k] positions used by each sequence of the examples (0 for index -1)."""
+        indices = np.asarray(indices, np.int64)
+        safe = np.where(indices >= 0, indices, 0)
+        out = np.stack([self._lengths[p][safe] for p in self.sequence_prefixes], axis=1)
+        out[indices < 0] = 0
+        return out
+
+    @functools.cached_property
+    def _lengths(self) -> dict[str, np.ndarray]:
+        return {p: np.sum(self.arrays[p + "segment_ids"] > 0, axis=1).astype(np.int64)
+                for p in self.sequence_prefixes}
+
+    def pack_batch(self, batch: dict[str, Any], indices: np.ndarray, offset: int, num_rows: int,
+                   pad_id: int = 0) -> dict[str, Any]:
+        """A `take` batch of examples `indices` made padding-free (see module docstring); `offset` is the
+        global index of its first example."""
+        prefixes = self.sequence_prefixes
+        k = len(prefixes)
+        seq_rows = {key: np.stack([batch.pop(p + key) for p in prefixes], axis=1).reshape(-1, self.max_length)
+                    for key in batching.ROW_KEYS}                                # [B·k, T], example-major
+        lengths = self.sequence_lengths(indices).reshape(-1)                     # [B·k], example-major
+        slots = (k * offset + np.arange(len(lengths))).astype(np.int32)
+        batch.update(batching.pack_rows(seq_rows, lengths, slots, num_rows, pad_id))
+        return batch
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -88,6 +129,8 @@ class TokenizedDataset:
             batch[k] = x
         for k, v in self.host.items():
             batch[k] = [v[i] if ok else "" for i, ok in zip(safe, valid)]
+        if self.padding_free:
+            batch["example_mask"] = valid.astype(np.float32)
         return batch
 
 
@@ -123,13 +166,14 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
       max_prompt_length: prompt tokens kept (from the right); required for kind="prompt", where it is P.
       assistant_only_loss: SFT targets only the assistant turns (and completions, not prompts); False
         trains on the whole conversation.
-      packing: pack clm/sft sequences into rows with segment ids.
+      packing: pack clm/sft sequences into rows with segment ids; make preference/kto batches
+        padding-free (see module docstring).
       data_dir: TFDS data directory.
     """
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
-    if packing and kind not in ("clm", "sft"):
-        raise ValueError(f"packing applies to kind 'clm' or 'sft', not {kind!r}")
+    if packing and kind not in ("clm", "sft", "preference", "kto"):
+        raise ValueError(f"packing applies to kinds clm, sft, preference and kto, not {kind!r}")
     if kind == "prompt" and not max_prompt_length:
         raise ValueError("kind='prompt' needs max_prompt_length (the width P of the left-padded prompts)")
     if max_length < 2:
@@ -196,7 +240,8 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
     if truncated:
         logging.info("%s: %d of %d examples truncated (max_length=%d, max_prompt_length=%s)",
                      getattr(source, "name", kind), truncated, len(encoded), T, P)
-    return TokenizedDataset(kind, arrays, host, T, P, int(truncated), source)
+    return TokenizedDataset(kind, arrays, host, T, P, int(truncated), source,
+                            padding_free=packing and kind in ("preference", "kto"))
 
 
 class BatchIterator:
@@ -209,10 +254,14 @@ class BatchIterator:
       process_index, process_count: this host and the number of hosts.
       shuffle: shuffle each epoch.
       repeat: True for training (endless); False for one evaluation pass with a ``weight`` key.
+      row_multiple: padding-free batches have a multiple of this many rows per host (the batch shards
+        per host).
+      pad_id: the padding token of padding-free rows.
     """
 
     def __init__(self, dataset: TokenizedDataset, global_batch_size: int, seed: int = 0,
-                 process_index: int = 0, process_count: int = 1, shuffle: bool = True, repeat: bool = True):
+                 process_index: int = 0, process_count: int = 1, shuffle: bool = True, repeat: bool = True,
+                 row_multiple: int = 1, pad_id: int = 0):
         if global_batch_size <= 0 or global_batch_size % process_count:
             raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
                              f"process_count={process_count}")
@@ -227,6 +276,7 @@ class BatchIterator:
         self.process_index, self.process_count = process_index, process_count
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, None
+        self.row_multiple, self.pad_id = int(row_multiple), int(pad_id)
 
     @property
     def num_examples(self) -> int:
@@ -274,6 +324,12 @@ class BatchIterator:
         batch = self.dataset.take(mine)
         if not self.repeat:
             batch["weight"] = (mine >= 0).astype(np.float32)
+        if self.dataset.padding_free:
+            ds, T = self.dataset, self.dataset.max_length
+            needed = max(batching.rows_needed(ds.sequence_lengths(idx[h * b: (h + 1) * b]).reshape(-1), T)
+                         for h in range(self.process_count))
+            rows = batching.bucket_rows(needed, b * len(ds.sequence_prefixes), self.row_multiple)
+            batch = ds.pack_batch(batch, mine, self.process_index * b, rows, self.pad_id)
         return batch
 
     __next__ = next

@@ -15,7 +15,7 @@ from jaxalign.losses.kl import (KL_KINDS, AdaptiveKLState, adaptive_kl_update, i
                                 kl_penalty)
 from jaxalign.losses.kto import kto_loss
 from jaxalign.losses.lm import clm_loss, sft_loss
-from jaxalign.losses.logprobs import sequence_logprobs, token_logprobs
+from jaxalign.losses.logprobs import packed_sequence_logprobs, sequence_logprobs, token_logprobs
 from jaxalign.losses.ppo import gae, ppo_clip_loss, value_loss, whiten
 from jaxalign.losses.reference_free import orpo_loss, simpo_loss
 from jaxalign.losses.reward import reward_bt_loss
@@ -35,7 +35,7 @@ LOSSES = {
 
 __all__ = [
     "LOSSES", "DPO_LOSS_TYPES", "KL_KINDS", "REDUCTIONS",
-    "token_logprobs", "sequence_logprobs", "masked_mean", "masked_sum",
+    "token_logprobs", "sequence_logprobs", "packed_sequence_logprobs", "masked_mean", "masked_sum",
     "clm_loss", "sft_loss", "reward_bt_loss", "dpo_loss", "orpo_loss", "simpo_loss", "kto_loss",
     "ppo_clip_loss", "value_loss", "gae", "whiten",
     "kl_penalty", "AdaptiveKLState", "init_adaptive_kl", "adaptive_kl_update",

@@ -115,3 +115,34 @@ def sequence_logprobs(logits: Array, targets: Array, mask: Array, average: bool 
     if average:
         total = total / jnp.maximum(jnp.sum(f32(mask), axis=-1), 1.0)
     return total
+
+
+def packed_sequence_logprobs(logits: Array, targets: Array, mask: Array, sequence_ids: Array,
+                             num_sequences: int, average: bool = False) -> Array:
+    """Sequence log-probabilities of sequences packed several to a row (padding-free batches).
+
+        log p(y_s) = sum_{(b,t): sequence_ids[b,t] = s} m_bt log p(y_bt)
+        avg log p(y_s) = log p(y_s) / max(sum_{sequence_ids = s} m, 1)          (average=True)
+
+    Equal to `sequence_logprobs` of the same sequences each in its own row (the model keeps packed
+    sequences apart with segment ids; the sum only regroups the tokens).
+
+    Args:
+      logits: [R, T, V] float32 or bf16, rows holding several sequences.
+      targets: [R, T] int.
+      mask: [R, T] 0/1, 1 on completion tokens (0 on padding).
+      sequence_ids: [R, T] int, the index in [0, num_sequences) of the sequence each token belongs to
+        (any value in range on padding, whose mask is 0).
+      num_sequences: S, static.
+      average: divide by each sequence's number of unmasked tokens.
+
+    Returns:
+      [S] float32.
+    """
+    m = f32(mask)
+    lp = token_logprobs(logits, targets) * m
+    ids = sequence_ids.reshape(-1)
+    total = jax.ops.segment_sum(lp.reshape(-1), ids, num_segments=num_sequences)
+    if average:
+        total = total / jnp.maximum(jax.ops.segment_sum(m.reshape(-1), ids, num_segments=num_sequences), 1.0)
+    return total

@@ -5,7 +5,9 @@ returning `(loss, metrics)`. `hparams` is a plain dict read from the config outs
 `OBJECTIVES` is the one table the step factory and config validation read.
 
 Preference objectives run chosen and rejected through one forward pass: the two halves are concatenated
-along the batch axis ([2B, T]) and split after the log-probs are taken.
+along the batch axis ([2B, T]) and split after the log-probs are taken. A padding-free batch (it has
+``sequence_ids``, see `jaxalign.data.pipeline`) is already one set of rows holding every sequence; its
+log-probs are summed per sequence slot (chosen of pair j = 2j, rejected = 2j + 1).
 """
 import jax
 import jax.numpy as jnp
@@ -26,13 +28,35 @@ def _pair(batch):
   return {k: jnp.concatenate([batch["chosen_" + k], batch["rejected_" + k]], axis=0) for k in _SEQ_KEYS}
 
 
+def _sequence_logps(model, params, batch, average, per_example=1):
+  """[B, per_example] sequence log-probs of a padding-free batch (one forward pass over its rows)."""
+  n = batch["example_mask"].shape[0] * per_example
+  logits = _logits(model, params, batch)                                  # [R, T, V]
+  logps = losses.packed_sequence_logprobs(logits, batch["targets"], batch["loss_mask"],
+                                          batch["sequence_ids"], n, average=average)
+  return logps.reshape(-1, per_example)
+
+
 def _pair_logps(model, params, batch, average):
-  """Sequence log-probs of chosen and rejected completions, one forward pass. Returns ([B], [B], logits)."""
+  """Sequence log-probs of chosen and rejected completions, one forward pass. Returns ([B], [B])."""
+  if "sequence_ids" in batch:
+    logps = _sequence_logps(model, params, batch, average, per_example=2)
+    return logps[:, 0], logps[:, 1]
   both = _pair(batch)
   logits = _logits(model, params, both)                                  # [2B, T, V]
   logps = losses.sequence_logprobs(logits, both["targets"], both["loss_mask"], average=average)
   b = logps.shape[0] // 2
-  return logps[:b], logps[b:], logits, both
+  return logps[:b], logps[b:]
+
+
+def _chosen_token_counts(batch):
+  """[B] completion tokens of each chosen sequence."""
+  if "sequence_ids" in batch:
+    n = 2 * batch["example_mask"].shape[0]
+    counts = jax.ops.segment_sum(batch["loss_mask"].reshape(-1).astype(jnp.float32),
+                                 batch["sequence_ids"].reshape(-1), num_segments=n)
+    return counts.reshape(-1, 2)[:, 0]
+  return jnp.sum(batch["chosen_loss_mask"], axis=-1)
 
 
 def make_clm_loss(model, hp):
@@ -79,7 +103,7 @@ def _reference_logps(model, ref_params, batch, average):
   """Reference log-probs: precomputed in the batch, or a forward pass of the frozen reference."""
   if "ref_chosen_logps" in batch:
     return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-  ref_c, ref_r, _, _ = _pair_logps(model, jax.lax.stop_gradient(ref_params), batch, average)
+  ref_c, ref_r = _pair_logps(model, jax.lax.stop_gradient(ref_params), batch, average)
   return ref_c, ref_r
 
 
@@ -87,7 +111,7 @@ def make_dpo_loss(model, hp):
   # IPO is defined on length-averaged log-probs (as in TRL); the other types on summed log-probs.
   average = hp["loss_type"] == "ipo"
   def loss_fn(params, ref_params, batch):
-    pol_c, pol_r, _, _ = _pair_logps(model, params, batch, average)
+    pol_c, pol_r = _pair_logps(model, params, batch, average)
     ref_c, ref_r = _reference_logps(model, ref_params, batch, average)
     loss, metrics = losses.dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=hp["beta"], loss_type=hp["loss_type"],
                                     label_smoothing=hp.get("label_smoothing", 0.0))
@@ -104,7 +128,7 @@ def make_dpo_loss(model, hp):
 
 def _chosen_nll(chosen_logps, batch, average):
   """Token-mean NLL of the chosen completions over the batch, from their sequence log-probs."""
-  n = jnp.sum(batch["chosen_loss_mask"], axis=-1)                       # [B]
+  n = _chosen_token_counts(batch)                                        # [B]
   total = chosen_logps * n if average else chosen_logps
   return -jnp.sum(total) / jnp.maximum(jnp.sum(n), 1.0)
 
@@ -112,7 +136,7 @@ def _chosen_nll(chosen_logps, batch, average):
 def make_orpo_loss(model, hp):
   def loss_fn(params, ref_params, batch):
     del ref_params
-    pol_c, pol_r, _, both = _pair_logps(model, params, batch, average=True)
+    pol_c, pol_r = _pair_logps(model, params, batch, average=True)
     # The SFT term: token-mean NLL of the chosen completions over the batch.
     return losses.orpo_loss(pol_c, pol_r, _chosen_nll(pol_c, batch, average=True), beta=hp["beta"])
   return loss_fn
@@ -121,21 +145,27 @@ def make_orpo_loss(model, hp):
 def make_simpo_loss(model, hp):
   def loss_fn(params, ref_params, batch):
     del ref_params
-    pol_c, pol_r, _, _ = _pair_logps(model, params, batch, average=True)
+    pol_c, pol_r = _pair_logps(model, params, batch, average=True)
     return losses.simpo_loss(pol_c, pol_r, beta=hp["beta"], gamma=hp["gamma"])
   return loss_fn
+
+
+def _kto_logps(model, params, batch):
+  """[B] sequence log-probs of KTO completions (padded or padding-free rows)."""
+  if "sequence_ids" in batch:
+    return _sequence_logps(model, params, batch, average=False)[:, 0]
+  logits = _logits(model, params, batch)
+  return losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])
 
 
 def make_kto_loss(model, hp):
   """KTO. The reference point z0 is the batch's mean policy/reference log-ratio (detached, clamped >= 0)."""
   def loss_fn(params, ref_params, batch):
-    logits = _logits(model, params, batch)
-    pol = losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])
+    pol = _kto_logps(model, params, batch)
     if "ref_logps" in batch:
       ref = batch["ref_logps"]
     else:
-      ref_logits = _logits(model, jax.lax.stop_gradient(ref_params), batch)
-      ref = losses.sequence_logprobs(ref_logits, batch["targets"], batch["loss_mask"])
+      ref = _kto_logps(model, jax.lax.stop_gradient(ref_params), batch)
     kl = jax.lax.stop_gradient(jnp.maximum(jnp.mean(pol - ref), 0.0))
     return losses.kto_loss(pol, ref, batch["label"], kl, beta=hp["beta"],
                            desirable_weight=hp["desirable_weight"],
@@ -154,6 +184,10 @@ OBJECTIVES = {
     "kto": (make_kto_loss, "kto", True, "lm"),
 }
 
+# Objectives whose loss reads packed rows (`data.packing`): CLM/SFT documents, or padding-free pairs and
+# KTO examples. The reward model reads each sequence's last token from unshifted rows: not yet.
+PACKABLE = ("clm", "sft", "dpo", "orpo", "simpo", "kto")
+
 
 def hparams(config):
   """The objective's hyper-parameters as a plain dict (read outside any trace)."""
@@ -167,12 +201,11 @@ def make_reference_fn(model, objective, hp):
   if objective == "dpo":
     average = hp["loss_type"] == "ipo"
     def fn(ref_params, batch):
-      c, r, _, _ = _pair_logps(model, ref_params, batch, average)
+      c, r = _pair_logps(model, ref_params, batch, average)
       return {"ref_chosen_logps": c, "ref_rejected_logps": r}
   elif objective == "kto":
     def fn(ref_params, batch):
-      logits = _logits(model, ref_params, batch)
-      return {"ref_logps": losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])}
+      return {"ref_logps": _kto_logps(model, ref_params, batch)}
   else:
     raise ValueError(f"objective {objective!r} has no reference model to precompute")
   return fn

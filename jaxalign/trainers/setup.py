@@ -93,19 +93,20 @@ def build_run(config, mesh):
   precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
   if precompute:
     ref_fn = make_reference_fn(model, config.objective, hparams(config))
-    precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh)
+    precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer)
+  rows = dict(row_multiple=row_multiple(mesh), pad_id=tokenizer.pad_token_id or 0)
   train_iter = pipeline.BatchIterator(train_ds, config.train.batch_size, seed=d.shuffle_seed,
                                       process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+                                      process_count=jax.process_count(), **rows)
   eval_iter_fn = None
   if d.eval:
     eval_ds = pipeline.build_dataset(data_paths(d.eval), split="eval", **common)
     if precompute:
-      precompute_reference(ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh)
+      precompute_reference(ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh, tokenizer)
     def eval_iter_fn():
       return pipeline.BatchIterator(eval_ds, config.train.eval_batch_size, seed=0, shuffle=False,
                                     repeat=False, process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+                                    process_count=jax.process_count(), **rows)
   if precompute and lora_cfg is None:
     ref_params = None          # The reference's log-probs are in the data now: free its memory.
   return Run(model=model, model_config=mcfg, head=head, params=params, ref_params=ref_params,
@@ -114,7 +115,13 @@ def build_run(config, mesh):
              num_train_examples=train_ds.num_examples if hasattr(train_ds, "num_examples") else len(train_ds))
 
 
-def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh):
+def row_multiple(mesh):
+  """Batch shards per host: every host's batch rows must divide among its share of (data, fsdp)."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  return max(shards // jax.process_count(), 1)
+
+
+def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh, tokenizer=None):
   """One in-order pass of the frozen reference over `dataset`; adds its log-probs as per-example arrays.
 
   Each host feeds its slice of every global batch; the outputs are gathered so that every host holds the
@@ -124,7 +131,9 @@ def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh):
   bs = sharding.batch_sharding(mesh)
   fn = jax.jit(ref_fn, in_shardings=(jax.tree.map(lambda x: x.sharding, ref_params), bs))
   it = pipeline.BatchIterator(dataset, batch_size, seed=0, shuffle=False, repeat=False,
-                              process_index=jax.process_index(), process_count=jax.process_count())
+                              process_index=jax.process_index(), process_count=jax.process_count(),
+                              row_multiple=row_multiple(mesh),
+                              pad_id=getattr(tokenizer, "pad_token_id", None) or 0)
   chunks = []
   for batch in it:
     arrays = {k: jax.make_array_from_process_local_data(bs, v) for k, v in batch.items()

@@ -3,7 +3,7 @@ import math
 import os
 import re
 
-from jaxalign.trainers.objectives import OBJECTIVES
+from jaxalign.trainers.objectives import OBJECTIVES, PACKABLE
 
 
 class ConfigError(ValueError):
@@ -79,8 +79,11 @@ def validate_common(config, num_devices, process_count=1):
     _fail("data.max_length", d.max_length, "must be > 1")
   if not 0 < d.max_prompt_length < d.max_length:
     _fail("data.max_prompt_length", d.max_prompt_length, f"must be in (0, data.max_length={d.max_length})")
-  if d.packing and obj not in ("clm", "sft"):
-    _fail("data.packing", d.packing, f"packing applies to clm/sft only, not {obj!r}")
+  if d.packing and obj not in PACKABLE:
+    _fail("data.packing", d.packing, f"packing applies to {', '.join(PACKABLE)}, not {obj!r}")
+  if d.packing and obj not in ("clm", "sft") and config.train.grad_accum_steps > 1:
+    _fail("data.packing", d.packing, f"padding-free {obj} batches do not split into micro-batches: "
+          "set train.grad_accum_steps=1 or data.packing=False")
 
   lo = config.get("lora")
   if lo is not None and lo.enabled:
