@@ -276,7 +276,9 @@ def run_jaxalign(args, model_dir, data_path, workload, workdir):
     raise RuntimeError(f"no train record after the first one in {workdir}/metrics.jsonl: use "
                        f"--steps >= 2 * --log_every")
   times = [r["perf/step_time_s"] for r in timed]
+  logps = [r["train/logps/chosen"] for r in recs if "train/logps/chosen" in r]
   return {"step_s": statistics.median(times), "mean_step_s": statistics.fmean(times),
+          "logps_chosen": statistics.fmean(logps) if logps else float("nan"),
           "records": [(r["step"], r["perf/step_time_s"]) for r in recs],
           "first_record_s": recs[0]["perf/step_time_s"], "timed_steps": f"{recs[0]['step'] + 1}-{recs[-1]['step']}",
           "wall_s": wall, "load_start": la0, "load_end": la1, "log": log.name}
@@ -348,6 +350,7 @@ def run_trl_side(args):
   t0 = time.time()
   trainer.train()
   wall = time.time() - t0
+  logged = trainer.state.log_history[-1] if trainer.state.log_history else {}
   skip = args.log_every                          # the same steps as jaxalign's post-warm-up records
   steps = timer.step[skip:]
   intervals = [b - a for a, b in zip(timer.ends[skip - 1:], timer.ends[skip:])] if skip >= 1 else []
@@ -357,7 +360,7 @@ def run_trl_side(args):
             "num_steps": len(timer.step), "wall_s": wall, "load_start": la0, "load_end": loadavg(),
             "torch_threads": torch.get_num_threads(), "trl": trl.__version__,
             "transformers": transformers.__version__, "torch": torch.__version__,
-            "identical_pairs": same, "checked_pairs": n_check, "first_diff": first_diff}
+            "logps_chosen": float(logged.get("logps/chosen", float("nan"))), "identical_pairs": same, "checked_pairs": n_check, "first_diff": first_diff}
   with open(args.result, "w") as f:
     json.dump(result, f)
 
@@ -469,7 +472,9 @@ def main():
             f"steps {[round(1e3 * t) for t in tr['first_steps_s']]} ms), torch threads {tr['torch_threads']}, "
             f"wall {tr['process_wall_s']:.0f}s, load {tr['load_start']:.2f} -> {tr['load_end']:.2f}", flush=True)
       print(f"  sequences identical on both sides: {tr['identical_pairs']}/{tr['checked_pairs']} pairs"
-            + (f"; first difference {tr['first_diff']}" if tr["first_diff"] else ""), flush=True)
+            + (f"; first difference {tr['first_diff']}" if tr["first_diff"] else "")
+            + f"; mean logps/chosen over the run: jaxalign {jx['logps_chosen']:.1f}, TRL {tr['logps_chosen']:.1f}",
+            flush=True)
       print(f"  round {rnd + 1} {wl}: TRL/jaxalign = {tr['step_s'] / jx['step_s']:.2f}", flush=True)
       runs[wl].append({"jaxalign": jx, "trl": tr})
 

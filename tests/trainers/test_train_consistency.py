@@ -1,6 +1,7 @@
 """A sharded run follows the single-device run; an interrupted + resumed run equals an uninterrupted one."""
 import importlib
 import json
+import math
 import os
 
 import jax
@@ -39,6 +40,20 @@ def test_sharded_runs_follow_single_device(name, tmp_path):
   for mesh in (dict(data=2, fsdp=4, tensor=1), dict(data=1, fsdp=4, tensor=2)):
     wd = str(tmp_path / "_".join(f"{k}{v}" for k, v in mesh.items()))
     train_and_evaluate(small_config(name, **mesh), wd)
+    np.testing.assert_allclose(losses(wd), ref, rtol=2e-4, atol=2e-5, err_msg=str(mesh))
+
+
+@pytest.mark.slow
+def test_padding_free_dpo_follows_padded_single_and_sharded(tmp_path):
+  padded = str(tmp_path / "padded")
+  train_and_evaluate(small_config("dpo", data=1, fsdp=1, tensor=1), padded, devices=jax.devices()[:1])
+  ref = losses(padded)
+  for mesh in (dict(data=1, fsdp=1, tensor=1), dict(data=2, fsdp=4, tensor=1)):
+    c = small_config("dpo", **mesh)
+    with c.unlocked():
+      c.data.packing = True
+    wd = str(tmp_path / ("packed_" + "_".join(f"{k}{v}" for k, v in mesh.items())))
+    train_and_evaluate(c, wd, devices=jax.devices()[:math.prod(mesh.values())])
     np.testing.assert_allclose(losses(wd), ref, rtol=2e-4, atol=2e-5, err_msg=str(mesh))
 
 
