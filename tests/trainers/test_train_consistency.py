@@ -46,7 +46,10 @@ def test_sharded_runs_follow_single_device(name, tmp_path):
 @pytest.mark.slow
 def test_padding_free_dpo_follows_padded_single_and_sharded(tmp_path):
   padded = str(tmp_path / "padded")
-  train_and_evaluate(small_config("dpo", data=1, fsdp=1, tensor=1), padded, devices=jax.devices()[:1])
+  c = small_config("dpo", data=1, fsdp=1, tensor=1)
+  with c.unlocked():
+    c.data.packing = False
+  train_and_evaluate(c, padded, devices=jax.devices()[:1])
   ref = losses(padded)
   for mesh in (dict(data=1, fsdp=1, tensor=1), dict(data=2, fsdp=4, tensor=1)):
     c = small_config("dpo", **mesh)
