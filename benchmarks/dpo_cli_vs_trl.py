@@ -6,7 +6,7 @@ by pytest. Install the benchmark-only dependencies (TRL, torch) and run it from 
   pip install -e ".[bench]"
   python benchmarks/dpo_cli_vs_trl.py                                   # both workloads, 2 rounds, 40 steps
   python benchmarks/dpo_cli_vs_trl.py --workload=uniform --steps=12 --log_every=4 --rounds=1   # quick look
-  python benchmarks/dpo_cli_vs_trl.py --jax_args="--config.data.packing=True" --out=/tmp/dpo.json
+  python benchmarks/dpo_cli_vs_trl.py --jax_args="--config.data.packing=False" --out=/tmp/dpo.json
 
 What runs. One random-init `LlamaForCausalLM` (hidden 256, 4 layers, 8 heads × head_dim 32, MLP 688,
 vocab 1024, untied embeddings, float32) saved by transformers with `save_pretrained(safe_serialization=True)`,
@@ -29,7 +29,8 @@ them: one pass, no epoch wrap):
     dataloader's collation happens before `on_step_begin` and is not in it), median over the same steps
     as jaxalign's post-warm-up records (11-40 by default). The end-to-end interval between consecutive
     `on_step_end`s (collation and logging included, closer to what jaxalign's records contain) is
-    reported too.
+    reported too. Note that TRL 1.16 patches the models with a fused LM head (`add_fused_lm_head`): it
+    projects onto the vocabulary only the positions whose label is a completion token, in tiles.
 
 Same hyper-parameters on both sides: 8 pairs per step, no gradient accumulation, beta 0.1, sigmoid loss
 (no RPO/SFT term: `dpo.rpo_alpha=0`; TRL 1.16 has no `rpo_alpha` field, `loss_type=["sigmoid"]` alone is plain
@@ -64,12 +65,28 @@ truncated sequences with jaxalign's `build_dataset` arrays and prints how many p
     both sides the same sequences the generator never writes a prompt longer than `max_prompt_length`
     tokens (var: words dropped from the left), so only completions are cut, identically on both sides
     (a cut completion loses its EOS on both).
-  * Padding (not the same, on purpose: that is what each user gets): jaxalign pads every batch to
-    `max_length` (fixed shapes, one compilation); TRL pads to the longest sequence of the batch.
+  * Padding (not the same, on purpose: that is what each user gets): TRL pads to the longest sequence
+    of the batch. jaxalign's DPO default is now padding-free batches (`data.packing=True` in
+    configs/common.py: each batch's sequences packed into few rows of `max_length`);
+    `--jax_args=--config.data.packing=False` gives one row per sequence padded to `max_length`. The
+    sequence check above is about tokens and truncation, which packing does not change.
+
+Sanity check printed per round: the mean `logps/chosen` over the run on both sides (same model, same
+sequences; measured within 1 nat of each other, e.g. -865.8 vs -865.6: the two sides shuffle the rows
+differently, so the averages are over different batches).
 
 Each round runs jaxalign then TRL for each workload; the final table has the medians over rounds, the
 ratio TRL/jaxalign (jaxalign's speed-up), pairs/s, and the 1-minute load average at the start and end of
-every run (`os.getloadavg()`; another process on the machine skews the figures).
+every run (`os.getloadavg()`; another process on the machine skews the figures). The default run
+(both workloads, 2 rounds, 40 steps) takes roughly half an hour on 2 busy cores, most of it W-DPO-var;
+`--steps=20 --log_every=5` halves it.
+
+Measured once, 2 CPU cores shared with another job (load average 3.7-4.9), `--steps=12 --log_every=4
+--rounds=1`, with jaxalign's padded rows (before padding-free became the default): uniform jaxalign
+1816 ms/step, TRL 3839 ms/step (TRL/jaxalign 2.11); var jaxalign 13502, TRL 11414 (0.85: every jaxalign
+row padded to 512, TRL's batches to their longest sequence). With padding-free batches (the default
+since), `--workload=var --steps=8 --log_every=4 --rounds=1`: jaxalign 4575 ms/step, TRL 10552 (2.31).
+Noisy figures.
 """
 import argparse
 import json
@@ -265,6 +282,8 @@ def run_jaxalign(args, model_dir, data_path, workload, workdir):
     with open(log.name) as f:
       tail = f.read()[-4000:]
     raise RuntimeError(f"jaxalign exited with {rc}; log {log.name}:\n{tail}")
+  with open(log.name) as f:
+    describe = next((line.strip() for line in f if line.startswith("Training ")), "")
   recs = []
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
@@ -281,7 +300,7 @@ def run_jaxalign(args, model_dir, data_path, workload, workdir):
           "logps_chosen": statistics.fmean(logps) if logps else float("nan"),
           "records": [(r["step"], r["perf/step_time_s"]) for r in recs],
           "first_record_s": recs[0]["perf/step_time_s"], "timed_steps": f"{recs[0]['step'] + 1}-{recs[-1]['step']}",
-          "wall_s": wall, "load_start": la0, "load_end": la1, "log": log.name}
+          "wall_s": wall, "load_start": la0, "load_end": la1, "log": log.name, "describe": describe}
 
 
 # ----------------------------------------------------------------------------------------------- TRL
@@ -342,8 +361,10 @@ def run_trl_side(args):
         got[side + "_targets"] = int(b["completion_mask"][j].sum())
       if all(got[k] == expect[i][k] for k in got):
         same += 1
-      elif first_diff is None:
-        first_diff = {"row": i, "trl": got, "jaxalign": expect[i]}
+      elif first_diff is None:                   # where the first differing pair differs (compact)
+        first_diff = {"row": i, **{f"{k}_{side}": (len(v[side]), v[side + "_targets"])
+                                   for k, v in (("trl", got), ("jaxalign", expect[i]))
+                                   for side in ("chosen", "rejected")}}
     if len(ds) != len(expect):
       first_diff = first_diff or {"rows": [len(ds), len(expect)]}
 
@@ -410,6 +431,19 @@ def parse_args():
   return ap.parse_args()
 
 
+def jaxalign_packing(args):
+  """data.packing as the jaxalign run will see it: configs/dpo.py's default unless --jax_args sets it."""
+  for a in shlex.split(args.jax_args):
+    if a.startswith("--config.data.packing="):
+      return a.split("=", 1)[1]
+  try:
+    sys.path.insert(0, args.jaxalign_root)
+    from configs import dpo
+    return str(dpo.get_config().data.packing)
+  except Exception as e:  # noqa: BLE001 (only informative)
+    return f"? ({e})"
+
+
 def main():
   args = parse_args()
   if args.side == "trl":
@@ -428,7 +462,8 @@ def main():
   print(f"workdir {root}; model + tokenizer in {model_dir}")
   print(f"Llama d={HIDDEN} L={LAYERS} heads={HEADS}x{HEAD_DIM} mlp={INTERMEDIATE} vocab={VOCAB}, float32; "
         f"{PAIRS} pairs/step, {args.steps} steps, timed steps {args.log_every + 1}-{args.steps}; "
-        f"cpus={os.cpu_count()} torch threads={torch.get_num_threads()}; jax_args={args.jax_args!r}")
+        f"cpus={os.cpu_count()} torch threads={torch.get_num_threads()}; jax_args={args.jax_args!r}; "
+        f"jaxalign data.packing={jaxalign_packing(args)} (True = padding-free batches)")
 
   data, stats = {}, {}
   for wl in workloads:
@@ -462,6 +497,7 @@ def main():
       path, expect = data[wl]
       print(f"round {rnd + 1}/{args.rounds} {wl}: jaxalign", flush=True)
       jx = run_jaxalign(args, model_dir, path, wl, os.path.join(root, f"r{rnd}_{wl}_jaxalign"))
+      print(f"  {jx['describe']}", flush=True)
       print(f"  jaxalign: {1e3 * jx['step_s']:.1f} ms/step (records {[(s, round(1e3 * t, 1)) for s, t in jx['records']]}"
             f" ms; first = compile), wall {jx['wall_s']:.0f}s, load {jx['load_start']:.2f} -> "
             f"{jx['load_end']:.2f}", flush=True)

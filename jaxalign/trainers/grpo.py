@@ -48,6 +48,11 @@ def validate(hp):
     _fail("grpo.scale_rewards", hp.scale_rewards, "applies to advantage='grpo' only; leave it True for rloo")
 
 
+def on_policy(hp):
+  """One optimiser update per rollout: no separate pass for the sampling policy's log-probs is needed."""
+  return int(hp["num_iterations"]) * int(hp["num_minibatches"]) == 1
+
+
 def advantages_of(score, hp):
   """[R] sequence scores -> [R] advantages (see the module docstring)."""
   g = int(hp["group_size"])
@@ -69,11 +74,15 @@ def make_update_fn(policy_model, tx, hp, *, schedule=None, batch_sharding=None):
   def loss_fn(params, mb):
     mask = mb["mask"]
     logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
-    loss, metrics = losses.grpo_loss(logprobs, mb["old_logprobs"], mb["ref_logprobs"] if beta > 0 else None,
+    # One update per rollout (`on_policy`): the parameters that sampled are these, π_θ_old = sg(π_θ).
+    old = mb["old_logprobs"] if "old_logprobs" in mb else jax.lax.stop_gradient(logprobs)
+    loss, metrics = losses.grpo_loss(logprobs, old, mb["ref_logprobs"] if beta > 0 else None,
                                      mb["advantages"], mask, clip_eps=hp["clip_eps"], beta=beta,
                                      reduction=hp["loss_reduction"], clip_eps_high=clip_high)
     metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()}
     metrics["policy/entropy"] = losses.masked_mean(token_entropy(logits), mask)
+    if "old_logprobs" not in mb and beta > 0:   # KL of the sampling policy to the reference, Σ_t per completion
+      metrics["kl/sequence"] = jnp.mean(jnp.sum((old - mb["ref_logprobs"]) * mask, -1))
     return loss, metrics
 
   def update(state, rollout):
@@ -94,7 +103,7 @@ def make_update_fn(policy_model, tx, hp, *, schedule=None, batch_sharding=None):
         "reward/zero_std_frac": jnp.mean((jnp.max(groups, 1) == jnp.min(groups, 1)).astype(jnp.float32)),
         **rollout_metrics(rollout),
     })
-    if "ref_logprobs" in rollout:  # KL of the sampling policy to the reference, Σ_t over each completion
+    if "ref_logprobs" in rollout and "old_logprobs" in rollout:  # sampling policy vs reference, Σ_t
       metrics["kl/sequence"] = jnp.mean(jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1))
     if schedule is not None:
       metrics["optim/learning_rate"] = jnp.asarray(schedule(state.step * iters * num_mb), jnp.float32)

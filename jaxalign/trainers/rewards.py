@@ -96,7 +96,7 @@ def stopped(tokens, mask, eos_ids):
   return jnp.any(hit, axis=-1)
 
 
-def make_score_fn(policy_model, eos_ids, *, value_model=None, reward_model=None):
+def make_score_fn(policy_model, eos_ids, *, value_model=None, reward_model=None, old_logprobs=True):
   """Returns `score(params, ref_params, rm_params, rollout) -> dict` of the forward passes that a rollout
   needs before the update, none of them differentiated:
 
@@ -110,13 +110,15 @@ def make_score_fn(policy_model, eos_ids, *, value_model=None, reward_model=None)
     rm_score [R]          the reward model's score (with a reward model);
     stopped [R] float32   1 if the completion ended with an EOS id.
 
-  `params` is the train state's `{"policy": ..., ["value": ...]}`.
+  `params` is the train state's `{"policy": ..., ["value": ...]}`. `old_logprobs=False` leaves out that
+  pass: with one update per rollout the update's own (detached) log-probs are π_θ_old (TRL does the same).
   """
   eos_ids = tuple(int(e) for e in eos_ids)
 
   def score(params, ref_params, rm_params, rollout):
     out = {}
-    out["old_logprobs"], _ = completion_logprobs(policy_model, params["policy"], rollout)
+    if old_logprobs:
+      out["old_logprobs"], _ = completion_logprobs(policy_model, params["policy"], rollout)
     if ref_params is not None:
       out["ref_logprobs"], _ = completion_logprobs(policy_model, ref_params, rollout)
     if value_model is not None:

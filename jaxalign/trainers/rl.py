@@ -199,7 +199,8 @@ def build(config, mesh):
   gen = dict(max_new_tokens=r.max_new_tokens, eos_ids=eos_ids, pad_id=sampling.pad_id_of(tok), mesh=mesh,
              param_shardings=state_sh.params["policy"], cache_buckets=r.cache_buckets)
   use_ref = obj == "ppo" or hp["beta"] > 0
-  score_fn = rewards.make_score_fn(policy, eos_ids, value_model=value_model, reward_model=reward_model)
+  score_fn = rewards.make_score_fn(policy, eos_ids, value_model=value_model, reward_model=reward_model,
+                                   old_logprobs=obj == "ppo" or not grpo.on_policy(hp))
   score = jax.jit(lambda p, ref, rm, ro: score_fn(p, ref if use_ref else None, rm, ro), out_shardings=bs)
   if obj == "ppo":
     update_fn = ppo.make_update_fn(policy, value_model, tx, hp, schedule=schedule, batch_sharding=bs)

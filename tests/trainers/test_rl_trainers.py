@@ -190,6 +190,30 @@ def test_kl_zero_at_first_step_and_sharded_step_equals_single_device(tiny, objec
     np.testing.assert_allclose(y, x, rtol=1e-3, atol=1e-4)
 
 
+def test_on_policy_grpo_skips_the_old_logprob_pass_and_updates_the_same(tiny, monkeypatch):
+  """One update per rollout: π_θ_old is the update's own detached log-probs, no scoring pass for it;
+  the step's loss, metrics and new parameters equal those of a step that runs that pass."""
+  c = tiny_config(tiny, "grpo", **{"grpo.num_iterations": 1, "grpo.num_minibatches": 1})
+  mesh = sharding.make_mesh(*rl.validate(c, 1), devices=jax.devices()[:1])
+  run, state = rl.build(c, mesh)
+  run.reward_fn = digit_fraction
+  with jax.set_mesh(mesh):
+    rollout, answers = rl.sample(run, state.params["policy"], next(run.train_iter), rl.rollout_key(state))
+    rollout, _ = rl.score(run, state, rollout, answers)
+  assert "ref_logprobs" in rollout and "old_logprobs" not in rollout
+  fast, s_fast = run_steps(c, steps=2)
+  from jaxalign.trainers import grpo
+  monkeypatch.setattr(grpo, "on_policy", lambda hp: False)
+  full, s_full = run_steps(c, steps=2)
+  for a, b in zip(full, fast):
+    assert sorted(a) == sorted(b)
+    for k in a:
+      np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  assert fast[0]["clip_ratio/region_mean"] == 0.0            # ratio exactly 1
+  for x, y in zip(jax.tree.leaves(jax.device_get(s_full.params)), jax.tree.leaves(jax.device_get(s_fast.params))):
+    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The loop: resume, CLI.
 # ----------------------------------------------------------------------------------------------------
