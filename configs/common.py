@@ -68,6 +68,9 @@ def optimizer_config(learning_rate):
   return o
 
 
+# Where precomputed reference log-probs are kept (`dpo.ref_cache_dir`, `kto.ref_cache_dir`).
+REF_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "jaxalign", "reference")
+
 # Objectives whose batches are padding-free unless `data.packing=False` (the batch is still B examples).
 PADDING_FREE_BY_DEFAULT = ("dpo", "orpo", "simpo", "kto")
 
@@ -92,6 +95,7 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
   t.checkpoint_every = 0           # Orbax checkpoint period in steps; 0 = only at the end.
   t.keep_checkpoints = 2
   t.export_hf = True               # Write the final model in HF format to <workdir>/hf.
+  t.peak_tflops = 0.0              # Per-device peak for perf/mfu; 0 = by device kind (GPU/TPU), none on CPU.
 
   lo = c.lora = ml_collections.ConfigDict()
   lo.enabled = False               # Train low-rank adapters on a frozen base (the base is the reference).

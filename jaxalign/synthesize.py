@@ -25,6 +25,9 @@ from jaxalign import checkpoints, models
 from jaxalign.sampling import make_generate_fn, prompts as prompt_lib
 
 
+# Scores closer than this (relative to the larger, absolute below 1) are a tie: no pair.
+TIE_TOLERANCE = 1e-5
+
 def load_prompt_rows(path):
   rows = []
   with open(path) as f:
@@ -95,7 +98,9 @@ def synthesize_pairs(policy, prompts_path, out_path, *, n=4, reward_model="", re
     for i, row in enumerate(chunk):
       s = scores[i * n:(i + 1) * n]
       best, worst = int(np.argmax(s)), int(np.argmin(s))
-      if s[best] <= s[worst]:
+      # A tie: equal scores, up to the rounding that can tell apart the scores of token-identical samples
+      # in different rows (a reward model's scores are floats from a batched forward pass).
+      if s[best] - s[worst] <= TIE_TOLERANCE * max(1.0, abs(float(s[best]))):
         skipped += 1
         continue
       pairs.append({"prompt": row["prompt"],

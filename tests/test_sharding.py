@@ -85,7 +85,7 @@ def test_sharded_forward_and_grads_equal_single_device(tmp_path_factory, mesh_sh
                    out_shardings=(data, None, shardings))
     logits, loss, grads = step(params, *(jax.device_put(x, data) for x in (ids, pos, seg)))
     assert isinstance(logits.sharding, NamedSharding)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5)
-    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=3e-5)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6),
                  grads, ref_grads)

@@ -21,6 +21,12 @@ def _grouped(rewards: Array, group_size: int) -> Array:
     return r.reshape(-1, group_size)                                              # [B/G, G]
 
 
+def _constant(g: Array) -> Array:
+    """[N, G] -> [N, 1]: the group's rewards are all equal. Its advantages are then exactly 0 (the mean of
+    G equal floats need not round back to them, and ÷ (std + eps) would magnify the residue)."""
+    return jnp.max(g, axis=1, keepdims=True) == jnp.min(g, axis=1, keepdims=True)
+
+
 def group_advantages(rewards: Array, group_size: int, normalize_std: bool = True,
                      eps: float = 1e-4) -> Array:
     """GRPO's group-relative advantages (Shao et al. 2024, sec. 4.1.2), as TRL's GRPOTrainer.
@@ -44,7 +50,7 @@ def group_advantages(rewards: Array, group_size: int, normalize_std: bool = True
     if normalize_std:
         std = jnp.sqrt(jnp.sum(jnp.square(centered), axis=1, keepdims=True) / max(group_size - 1, 1))
         centered = centered / (std + eps)
-    return centered.reshape(-1)
+    return jnp.where(_constant(g), 0.0, centered).reshape(-1)
 
 
 def rloo_advantages(rewards: Array, group_size: int) -> Array:
@@ -63,7 +69,7 @@ def rloo_advantages(rewards: Array, group_size: int) -> Array:
         raise ValueError(f"group_size={group_size}: the leave-one-out baseline needs at least 2 per group")
     g = _grouped(rewards, group_size)
     baseline = (jnp.sum(g, axis=1, keepdims=True) - g) / (group_size - 1)
-    return (g - baseline).reshape(-1)
+    return jnp.where(_constant(g), 0.0, g - baseline).reshape(-1)
 
 
 def grpo_loss(logprobs: Array, old_logprobs: Array, ref_logprobs: Array | None, advantages: Array,

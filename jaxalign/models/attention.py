@@ -59,14 +59,45 @@ def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
     return out.reshape(b, t, h, dh)
 
 
-def attend(q, k, v, mask, scale: float, implementation: str | None) -> jax.Array:
-    """Dispatches to `jax.nn.dot_product_attention` or the reference.
+# Query rows per chunk of `attention_causal_chunks` (measured on a 2-core CPU, [8, 512] and [16, 128] rows,
+# 8 heads of 32: 64 was fastest, 1.6-1.8x the one-shot XLA attention forward and backward).
+CAUSAL_CHUNK = 64
+
+
+def attention_causal_chunks(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
+                            chunk: int = CAUSAL_CHUNK) -> jax.Array:
+    """Self-attention over a causal mask, one block of `chunk` queries at a time.
+
+    Query block [s, e) can only see keys [0, e) under a causal mask, so each block attends to that prefix
+    alone: about half the logits of the one-shot [T, T] product are never computed, and each block's
+    logits and softmax are small enough to stay in cache (on CPU the one-shot version is bound by memory
+    traffic over [B, H, T, T]). Exactly the reference attention otherwise (same masked softmax per row).
+
+    q [B, T, H, Dh], k/v [B, T, K, Dh], mask [B, 1, T, T] bool and causal (query slot i sees only keys
+    j <= i) -> [B, T, H, Dh].
+    """
+    t = q.shape[1]
+    outs = []
+    for s in range(0, t, chunk):
+        e = min(s + chunk, t)
+        outs.append(attention_reference(q[:, s:e], k[:, :e], v[:, :e], mask[:, :, s:e, :e], scale))
+    return jnp.concatenate(outs, axis=1)
+
+
+def attend(q, k, v, mask, scale: float, implementation: str | None, causal_self: bool = False) -> jax.Array:
+    """Dispatches to `jax.nn.dot_product_attention`, the causal-chunked attention or the reference.
 
     implementation=None: cuDNN flash attention when running on GPU in bf16/fp16 and cuDNN accepts the
-    shapes (checked while tracing; otherwise XLA), XLA elsewhere (jax's own None means XLA today).
+    shapes (checked while tracing; otherwise XLA); on CPU, for self-attention under a causal mask
+    (`causal_self`: no KV cache) longer than one chunk, `attention_causal_chunks`; XLA elsewhere.
     """
     if implementation == "reference":
         return attention_reference(q, k, v, mask, scale)
+    if implementation == "chunked" or (implementation is None and causal_self and jax.default_backend() == "cpu"
+                                       and q.shape[1] > CAUSAL_CHUNK):
+        if not causal_self:
+            raise ValueError("attention_impl='chunked' needs self-attention under a causal mask (no KV cache)")
+        return attention_causal_chunks(q, k, v, mask, scale)
     if implementation is None and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         try:
             return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
@@ -107,7 +138,7 @@ class Attention(nn.Module):
             v_all = jax.lax.dynamic_update_slice(cache["v"], v.swapaxes(1, 2).astype(cache["v"].dtype), (0, 0, index, 0))
             new_cache = {"k": k_all, "v": v_all}
             k, v = k_all.swapaxes(1, 2).astype(q.dtype), v_all.swapaxes(1, 2).astype(q.dtype)
-        out = attend(q, k, v, mask, dh ** -0.5, cfg.attention_impl)               # [B, T, H, Dh]
+        out = attend(q, k, v, mask, dh ** -0.5, cfg.attention_impl, causal_self=cache is None)  # [B,T,H,Dh]
         out = Dense((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias, in_dims=2,
                     config=cfg, name="o_proj")(out.reshape(b * t, h, dh))          # [N, D]
         return out, new_cache

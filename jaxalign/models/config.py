@@ -74,7 +74,8 @@ class ModelConfig:
     remat: bool = False                # nn.remat each block (recompute activations in backward)
     remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, e.g. "dots_saveable"
     scan_layers: bool = False          # nn.scan over blocks; params get a leading "layers" axis
-    attention_impl: str | None = None  # None: cuDNN flash on GPU (bf16/fp16) else XLA; "xla" | "cudnn"
+    attention_impl: str | None = None  # None: cuDNN flash on GPU (bf16/fp16), causal chunks on CPU, else
+                                       # XLA; "xla" | "cudnn" | "chunked" | "reference"
                                        # force one; "reference": the plain einsum version (tests).
     initializer_range: float = 0.02    # std of the normal init for random parameters
 
@@ -98,8 +99,8 @@ class ModelConfig:
                              f"{self.dtype!r}/{self.param_dtype!r}")
         if not hasattr(jax.checkpoint_policies, self.remat_policy):
             raise ValueError(f"remat_policy={self.remat_policy!r} is not a jax.checkpoint_policies name")
-        if self.attention_impl not in (None, "xla", "cudnn", "reference"):
-            raise ValueError(f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|reference")
+        if self.attention_impl not in (None, "xla", "cudnn", "chunked", "reference"):
+            raise ValueError(f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|chunked|reference")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

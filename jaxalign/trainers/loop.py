@@ -13,8 +13,9 @@ import numpy as np
 from absl import logging
 
 from jaxalign import sharding
+from jaxalign.models.attention import CAUSAL_CHUNK
 from jaxalign.checkpoints.orbax_state import StateCheckpointer
-from jaxalign.trainers import distributed, setup
+from jaxalign.trainers import distributed, flops, setup
 from jaxalign.trainers.metrics_writer import MetricsWriter
 from jaxalign.trainers.optim import make_optimizer
 from jaxalign.trainers.state import TrainState
@@ -40,6 +41,25 @@ def _mean_metrics(records):
 def _count_tokens(batch):
   return int(sum(np.sum(v) for k, v in batch.items() if k.endswith("segment_ids") and v.ndim == 2
                  for v in [v > 0]))
+
+
+def peak_flops(config, devices):
+  """The devices' summed peak FLOP/s: `train.peak_tflops` per device, or looked up by device kind."""
+  per_device = config.train.get("peak_tflops", 0.0) or flops.peak_tflops(devices[0].device_kind)
+  return per_device * 1e12 * len(devices) if per_device else None
+
+
+def attention_report(model_config):
+  """Which attention kernel the step uses, for the start-up line."""
+  impl, backend = model_config.attention_impl, jax.default_backend()
+  if impl is None:
+    if backend == "gpu" and model_config.dtype in ("bfloat16", "float16"):
+      impl = "cudnn flash (segment masks) when cuDNN accepts the shapes, else xla"
+    elif backend == "cpu":
+      impl = f"causal chunks of {CAUSAL_CHUNK} queries (xla for rows of up to {CAUSAL_CHUNK})"
+    else:
+      impl = "xla"
+  return f"{impl} on {backend}"
 
 
 def evaluate(eval_step, params, ref_params, eval_iter_fn, batch_sharding):
@@ -104,7 +124,12 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     num_steps = config.train.num_steps
     writer = MetricsWriter(workdir if is_chief else "", num_steps)
     start = int(state.step)
-    pending, tokens = [], 0
+    pending, tokens, step_flops = [], 0, 0.0
+    passes = flops.step_passes(reference=run.reference_in_step, frozen_base=run.lora_config is not None)
+    peak = peak_flops(config, devices)
+    print(f"Attention: {attention_report(run.model_config)}; peak "
+          f"{f'{peak / 1e12:.0f} TFLOP/s over {len(devices)} devices' if peak else 'unknown (no MFU)'}",
+          flush=True)
     final = {}
     print(f"Training {config.objective} for {num_steps} steps ({run.describe()})", flush=True)
     if run.eval_iter_fn and start == 0:    # The starting point, to compare the end against.
@@ -113,11 +138,14 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     for step in range(start + 1, num_steps + 1):
       batch = next(run.train_iter)
       tokens += _count_tokens(batch) * jax.process_count()
+      step_flops += flops.batch_flops(run.model_config, batch, passes, lm_head=run.head == "lm") * \
+          jax.process_count()
       state, metrics = train_step(state, _to_global(batch, batch_sharding), ref_params)
       pending.append(metrics)
       if step % config.train.log_every == 0 or step == num_steps:
-        final["train"] = writer.write(step, _mean_metrics(jax.device_get(pending)), tokens=tokens)
-        pending, tokens = [], 0
+        final["train"] = writer.write(step, _mean_metrics(jax.device_get(pending)), tokens=tokens,
+                                      flops=step_flops, peak_flops=peak)
+        pending, tokens, step_flops = [], 0, 0.0
       if run.eval_iter_fn and (step == num_steps or (config.train.eval_every and
                                                      step % config.train.eval_every == 0)):
         final["eval"] = writer.write(step, evaluate(eval_step, state.params, ref_params, run.eval_iter_fn,

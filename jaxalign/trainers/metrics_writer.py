@@ -25,14 +25,19 @@ class MetricsWriter:
       except ImportError:  # TensorBoard is optional.
         logging.warning("tensorboardX is not installed: no TensorBoard event files.")
 
-  def write(self, step, metrics, prefix="train", tokens=None, console=True):
-    """`metrics`: dict of python floats. `tokens`: tokens processed since the last train write."""
+  def write(self, step, metrics, prefix="train", tokens=None, console=True, flops=None, peak_flops=None):
+    """`metrics`: dict of python floats. `tokens`: tokens processed since the last train write; `flops`:
+    their model FLOPs (`trainers.flops`) and `peak_flops` the devices' peak FLOP/s, for MFU."""
     record = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
     if prefix == "train" and tokens is not None:
       now = time.time()
       t_prev, s_prev = self._last
       dt = max(now - t_prev, 1e-9)
       record["perf/tokens_per_s"] = tokens / dt
+      if flops is not None:
+        record["perf/tflops_per_s"] = flops / dt / 1e12
+        if peak_flops:
+          record["perf/mfu"] = flops / dt / peak_flops
       record["perf/step_time_s"] = dt / max(step - s_prev, 1)
       self._last = (now, step)
     if self._jsonl:

@@ -10,6 +10,7 @@ import numpy as np
 from jaxalign import models, sharding
 from jaxalign import checkpoints
 from jaxalign.data import pipeline
+from jaxalign.trainers import reference_cache
 from jaxalign.trainers.objectives import OBJECTIVES, hparams, make_reference_fn
 
 
@@ -25,6 +26,7 @@ class Run:
   eval_iter_fn: Optional[Callable]
   num_train_examples: int
   lora_config: Optional[Any] = None
+  reference_in_step: bool = False      # the step runs a reference forward (not precomputed)
 
   def describe(self):
     n = sum(x.size for x in jax.tree.leaves(self.params))
@@ -92,8 +94,14 @@ def build_run(config, mesh):
   train_ds = pipeline.build_dataset(data_paths(d.train), split="train", **common)
   precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
   if precompute:
-    ref_fn = make_reference_fn(model, config.objective, hparams(config))
-    precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer)
+    hp = hparams(config)
+    ref_fn = make_reference_fn(model, config.objective, hp)
+    cache = None
+    if hp.get("ref_cache_dir"):
+      cache = (hp["ref_cache_dir"], reference_cache.checkpoint_identity(m, config.seed),
+               dict(objective=config.objective, average=hp.get("loss_type") == "ipo", dtype=m.dtype,
+                    param_dtype=m.param_dtype))
+    precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer, cache)
   rows = dict(row_multiple=row_multiple(mesh), pad_id=tokenizer.pad_token_id or 0)
   train_iter = pipeline.BatchIterator(train_ds, config.train.batch_size, seed=d.shuffle_seed,
                                       process_index=jax.process_index(),
@@ -102,7 +110,7 @@ def build_run(config, mesh):
   if d.eval:
     eval_ds = pipeline.build_dataset(data_paths(d.eval), split="eval", **common)
     if precompute:
-      precompute_reference(ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh, tokenizer)
+      precompute_reference(ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh, tokenizer, cache)
     def eval_iter_fn():
       return pipeline.BatchIterator(eval_ds, config.train.eval_batch_size, seed=0, shuffle=False,
                                     repeat=False, process_index=jax.process_index(),
@@ -110,7 +118,7 @@ def build_run(config, mesh):
   if precompute and lora_cfg is None:
     ref_params = None          # The reference's log-probs are in the data now: free its memory.
   return Run(model=model, model_config=mcfg, head=head, params=params, ref_params=ref_params,
-             lora_config=lora_cfg,
+             lora_config=lora_cfg, reference_in_step=needs_ref and not precompute,
              tokenizer=tokenizer, train_iter=train_iter, eval_iter_fn=eval_iter_fn,
              num_train_examples=train_ds.num_examples if hasattr(train_ds, "num_examples") else len(train_ds))
 
@@ -121,13 +129,27 @@ def row_multiple(mesh):
   return max(shards // jax.process_count(), 1)
 
 
-def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh, tokenizer=None):
+def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh, tokenizer=None, cache=None):
   """One in-order pass of the frozen reference over `dataset`; adds its log-probs as per-example arrays.
 
   Each host feeds its slice of every global batch; the outputs are gathered so that every host holds the
-  values for all N examples (the data iterator later slices them like any other column).
+  values for all N examples (the data iterator later slices them like any other column). `cache`:
+  (directory, reference identity, settings) to read the values from, or write them to, on disk
+  (`reference_cache`); None computes them every time.
   """
   from jax.experimental import multihost_utils
+  n = dataset.num_examples
+  if cache is not None:
+    cache_dir, identity, settings = cache
+    key = reference_cache.fingerprint(dataset, identity, settings)
+    found = reference_cache.load(cache_dir, key, n)
+    everywhere = found is not None
+    if jax.process_count() > 1:     # use it only if every host has it: the pass below is collective
+      everywhere = bool(np.min(multihost_utils.process_allgather(np.int32(found is not None))))
+    if everywhere:
+      dataset.arrays.update(found)
+      print(f"Reference log-probs for {n} examples from {reference_cache.path_of(cache_dir, key)}", flush=True)
+      return
   bs = sharding.batch_sharding(mesh)
   fn = jax.jit(ref_fn, in_shardings=(jax.tree.map(lambda x: x.sharding, ref_params), bs))
   it = pipeline.BatchIterator(dataset, batch_size, seed=0, shuffle=False, repeat=False,
@@ -139,10 +161,12 @@ def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh, tokenize
     arrays = {k: jax.make_array_from_process_local_data(bs, v) for k, v in batch.items()
               if k not in ("answer", "weight")}
     chunks.append(multihost_utils.process_allgather(fn(ref_params, arrays), tiled=True))
-  n = dataset.num_examples
-  for key in chunks[0]:
-    dataset.arrays[key] = np.concatenate([np.asarray(c[key]) for c in chunks])[:n].astype(np.float32)
-  print(f"Precomputed reference log-probs for {n} examples", flush=True)
+  computed = {k: np.concatenate([np.asarray(c[k]) for c in chunks])[:n].astype(np.float32) for k in chunks[0]}
+  dataset.arrays.update(computed)
+  where = ""
+  if cache is not None and jax.process_index() == 0:
+    where = f", cached in {reference_cache.save(cache_dir, key, computed)}"
+  print(f"Precomputed reference log-probs for {n} examples{where}", flush=True)
 
 
 def lora_config(config):

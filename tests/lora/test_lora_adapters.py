@@ -137,7 +137,7 @@ def test_sharded_adapters_give_the_same_logits():
     fwd = jax.jit(lambda p, a, *xs: lora.apply_lora(model, p, a, *xs, lora_config=cfg),
                   in_shardings=(p_shard, a_shard, batch, batch, batch))
     out = fwd(sharded_params, sharded_adapters, ids, pos, seg)
-    np.testing.assert_allclose(np.asarray(out), single, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out), single, rtol=1e-5, atol=3e-5)
     # Adapter init can be jitted straight onto the mesh.
     placed = jax.jit(lambda k: lora.init_lora(model, params, cfg, k), out_shardings=a_shard)(jax.random.key(1))
     assert placed["layers_0"]["attn"]["q_proj"]["lora_a"].sharding.spec == P("fsdp", None)

@@ -313,6 +313,15 @@ def test_group_advantages_match_reference():
         group_advantages(r, 5)
 
 
+def test_constant_groups_get_exactly_zero_advantage():
+    # 0.1 three times: the float mean is not 0.1, so plain arithmetic leaves a ~1e-9 residue (÷ std + eps
+    # in GRPO magnifies it); a group without a learning signal must not move the policy at all.
+    r = np.array([0.1, 0.1, 0.1, 0.7, 0.1, 0.3], np.float32)
+    for adv in (group_advantages(r, 3), group_advantages(r, 3, normalize_std=False), rloo_advantages(r, 3)):
+        assert np.all(np.asarray(adv)[:3] == 0.0)
+        assert np.all(np.asarray(adv)[3:] != 0.0)
+
+
 def test_rloo_advantages_leave_one_out():
     rng = np.random.default_rng(12)
     r = rng.standard_normal(12).astype(np.float32)

@@ -1,5 +1,6 @@
 """Model invariants without torch: attention paths agree, packing = separate forwards, KV-cache decoding
 = full forward, scan/remat = plain, padding rows stay finite, bf16 runs, logical axes cover params."""
+import dataclasses
 import functools
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxalign.models.attention import attention_causal_chunks
 from jaxalign.models import (ModelConfig, Transformer, attention_reference, init_cache, init_params,
                              param_logical_axes, segment_mask, stack_layers, unstack_layers)
 
@@ -50,7 +52,35 @@ def test_dot_product_attention_matches_reference_and_grads():
     g_ref = jax.jit(jax.grad(lambda *a: jnp.sum(ref(*a) ** 2 * weights), argnums=(0, 1, 2)))(q, kk, v)
     for a, r in zip(g_fast, g_ref):
         assert np.isfinite(np.asarray(r)).all()
-        np.testing.assert_allclose(np.asarray(a), np.asarray(r), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_chunked_attention_matches_reference_and_grads():
+    b, t, h, k, d = 2, 150, 4, 2, 8                      # 150: two full chunks of 64 and a partial one
+    q, kk, v = (jax.random.normal(jax.random.key(i), s) for i, s in
+                enumerate([(b, t, h, d), (b, t, k, d), (b, t, k, d)]))
+    seg = np.zeros((b, t), np.int32)
+    seg[0, 3:70], seg[0, 70:149] = 1, 2                  # left pad, two packed sequences across chunks
+    seg[1, :100] = 1                                     # right pad
+    mask = segment_mask(jnp.asarray(seg))
+    chunked = lambda q, kk, v: attention_causal_chunks(q, kk, v, mask, 0.3)
+    ref = lambda q, kk, v: attention_reference(q, kk, v, mask, 0.3)
+    real = seg != 0
+    np.testing.assert_allclose(np.asarray(jax.jit(chunked)(q, kk, v))[real],
+                               np.asarray(jax.jit(ref)(q, kk, v))[real], rtol=1e-5, atol=1e-5)
+    weights = jnp.asarray(real, jnp.float32)[:, :, None, None]
+    g_c = jax.jit(jax.grad(lambda *a: jnp.sum(chunked(*a) ** 2 * weights), argnums=(0, 1, 2)))(q, kk, v)
+    g_r = jax.jit(jax.grad(lambda *a: jnp.sum(ref(*a) ** 2 * weights), argnums=(0, 1, 2)))(q, kk, v)
+    for a, r in zip(g_c, g_r):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-5, atol=1e-5)
+    # In the model: the chunked path (CPU default for rows longer than a chunk) gives XLA's logits.
+    ids = _ids((b, t))
+    pos = np.where(real, np.cumsum(real, 1) - 1, 0).astype(np.int32)
+    cfg_c, cfg_x = (dataclasses.replace(CFG, attention_impl=i, max_position_embeddings=256)
+                    for i in ("chunked", "xla"))
+    params = init_params(cfg_x, jax.random.key(0))
+    out_c, out_x = (np.asarray(_forward(c, params, ids, pos, seg)) for c in (cfg_c, cfg_x))
+    np.testing.assert_allclose(out_c[real], out_x[real], rtol=1e-5, atol=1e-5)
 
 
 def test_reference_attention_impl_gives_same_logits():

@@ -74,3 +74,33 @@ def test_lora_dpo_exports_merged_model_and_peft_adapter(tmp_path):
   assert os.path.exists(os.path.join(wd, "hf", "model.safetensors"))
   with open(os.path.join(wd, "hf", "adapter", "adapter_config.json")) as f:
     assert json.load(f)["r"] == 4
+
+
+def _ref_cached_run(tmp_path, name, cache, *extra):
+  wd = str(tmp_path / name)
+  r = run_cli("dpo.py", wd, *SHORT, "--config.train.export_hf=False", "--config.dpo.precompute_ref=True",
+              f"--config.dpo.ref_cache_dir={cache}", "--config.data.eval=", *extra)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return r.stdout, [m["train/loss"] for m in read_metrics(wd) if "train/loss" in m]
+
+
+@pytest.mark.slow
+def test_reference_logprobs_are_cached_reused_and_rebuilt_when_corrupt(tmp_path):
+  cache = tmp_path / "cache"
+  out, first = _ref_cached_run(tmp_path, "a", cache)
+  assert "Precomputed reference log-probs" in out and "cached in" in out
+  files = list(cache.glob("*.safetensors"))
+  assert len(files) == 1
+  # Another run with other hyper-parameters reads the file: no reference pass.
+  out, _ = _ref_cached_run(tmp_path, "b", cache, "--config.dpo.beta=0.3")
+  assert "Reference log-probs for" in out and "Precomputed" not in out
+  # Same settings again: the same losses as the run that computed them.
+  out, again = _ref_cached_run(tmp_path, "c", cache)
+  assert "Precomputed" not in out and again == first
+  # Another truncation setting is other data: a new key, a new file.
+  out, _ = _ref_cached_run(tmp_path, "d", cache, "--config.data.max_length=48")
+  assert "Precomputed" in out and len(list(cache.glob("*.safetensors"))) == 2
+  # A corrupt file (cut short) is rebuilt, and the rebuilt one gives the first run's losses.
+  files[0].write_bytes(files[0].read_bytes()[:40])
+  out, rebuilt = _ref_cached_run(tmp_path, "e", cache)
+  assert "Precomputed" in out and rebuilt == first

@@ -92,6 +92,21 @@ def run_steps(config, steps, devices=None, reward_fn=digit_fraction):
   return out, state
 
 
+def _initial_params(tiny):
+  from jaxalign import checkpoints
+  return checkpoints.load_hf_model(tiny["model"])[1]
+
+
+def _relative_difference(params, ref_params, start):
+  """‖θ − θ_ref‖ / ‖θ_ref − θ_0‖ over the policy's parameters (global norms)."""
+  a, b = (jax.tree.leaves(jax.device_get(p["policy"])) for p in (params, ref_params))
+  s = jax.tree.leaves(jax.device_get(start))
+  diff = np.sqrt(sum(np.sum((np.float64(x) - y) ** 2) for x, y in zip(a, b)))
+  moved = np.sqrt(sum(np.sum((np.float64(y) - z) ** 2) for y, z in zip(b, s)))
+  assert moved > 0
+  return diff / moved
+
+
 # ----------------------------------------------------------------------------------------------------
 # Configs.
 # ----------------------------------------------------------------------------------------------------
@@ -185,9 +200,9 @@ def test_kl_zero_at_first_step_and_sharded_step_equals_single_device(tiny, objec
       # Clip fractions count tokens on either side of a threshold: float error may move one token.
       atol = 0.02 if "clip" in k else 2e-4
       np.testing.assert_allclose(b[k], a[k], rtol=2e-3, atol=atol, err_msg=k)
-  p1, p8 = jax.device_get(s1.params), jax.device_get(s8.params)
-  for x, y in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
-    np.testing.assert_allclose(y, x, rtol=1e-3, atol=1e-4)
+  # Adam turns rounding-level gradient differences of near-zero gradients into parameter differences of
+  # up to ~lr: compare the meshes' parameter difference with the change the two steps made.
+  assert _relative_difference(s8.params, s1.params, _initial_params(tiny)) < 1e-3
 
 
 def test_on_policy_grpo_skips_the_old_logprob_pass_and_updates_the_same(tiny, monkeypatch):
@@ -210,8 +225,7 @@ def test_on_policy_grpo_skips_the_old_logprob_pass_and_updates_the_same(tiny, mo
     for k in a:
       np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
   assert fast[0]["clip_ratio/region_mean"] == 0.0            # ratio exactly 1
-  for x, y in zip(jax.tree.leaves(jax.device_get(s_full.params)), jax.tree.leaves(jax.device_get(s_fast.params))):
-    np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+  assert _relative_difference(s_fast.params, s_full.params, _initial_params(tiny)) < 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------
