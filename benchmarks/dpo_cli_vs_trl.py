@@ -35,7 +35,11 @@ them: one pass, no epoch wrap):
 Same hyper-parameters on both sides: 8 pairs per step, no gradient accumulation, beta 0.1, sigmoid loss
 (no RPO/SFT term: `dpo.rpo_alpha=0`; TRL 1.16 has no `rpo_alpha` field, `loss_type=["sigmoid"]` alone is plain
 DPO), AdamW lr 1e-5, weight decay 0, eps 1e-8, grad-norm clip 1.0, no warmup, linear decay to 0, float32,
-frozen reference computed every step (no precomputed reference log-probs), no evaluation, no HF export.
+no evaluation, no HF export. The reference: TRL runs its frozen copy every step (its default,
+`precompute_ref_log_probs=False`); jaxalign runs with its default, `dpo.precompute_ref=True`: one
+reference pass over the rows before step 1 (outside the timed steps, inside the printed wall time),
+cached on disk so that the next round's run reads it instead. `--jax_args=--config.dpo.precompute_ref=False`
+makes jaxalign run a frozen copy every step as TRL does (the same work per step).
 TRL's defaults that would change the computation are switched off to match jaxalign: `bf16=False`
 (TRL's default is bf16 autocast) and `gradient_checkpointing=False` (TRL's default is on; jaxalign's
 `model.remat` is off). jaxalign cannot run without checkpoints at all: `train.checkpoint_every=0` saves

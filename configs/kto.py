@@ -22,6 +22,6 @@ def get_config(arg=None):
   k.beta = 0.1
   k.desirable_weight = 1.0         # lambda_D
   k.undesirable_weight = 1.0       # lambda_U
-  k.precompute_ref = False         # True: reference log-probs in one pass up front (see configs/dpo.py).
+  k.precompute_ref = True          # Reference log-probs in one pass up front, cached (see configs/dpo.py).
   k.ref_cache_dir = common.REF_CACHE_DIR
   return common.lock(c)

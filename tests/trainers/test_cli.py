@@ -44,7 +44,8 @@ def test_config_runs_end_to_end(config, tmp_path):
 def test_dpo_overrides_from_cli(tmp_path):
   wd = str(tmp_path / "ipo")
   r = run_cli("dpo.py", wd, *SHORT, "--config.dpo.loss_type=ipo", "--config.dpo.beta=0.5",
-              "--config.optimizer.learning_rate=5e-7", "--config.train.export_hf=False")
+              "--config.optimizer.learning_rate=5e-7", "--config.train.export_hf=False",
+              "--config.dpo.precompute_ref=False")      # the frozen reference copy, run every step
   assert r.returncode == 0, r.stderr[-3000:]
   train = [m for m in read_metrics(wd) if "train/loss" in m]
   assert "train/rewards/accuracies" in train[0]
