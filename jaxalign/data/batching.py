@@ -28,14 +28,15 @@ pairs fit in the remaining columns, else the row is closed and a new one started
 split across rows (CLM splits long texts into chunks beforehand, see above); each gets its own segment
 id (1, 2, ...) and positions from 0, and its first token is never a target of the previous one.
 
-Padding-free batches (`first_fit`, `pack_rows`): the sequences of one batch (a preference batch's chosen
+Padding-free batches (`best_fit`, `pack_rows`): the sequences of one batch (a preference batch's chosen
 and rejected, a KTO batch's completions), each already laid out as a right-padded row, are moved into as
-few rows of the same width as first-fit-decreasing finds, each with its own segment id and a
+few rows of the same width as best-fit-decreasing finds, each with its own segment id and a
 ``sequence_ids`` column naming its slot in the batch (chosen of pair j → 2j, rejected → 2j + 1). Per-example
 columns (``label``, precomputed reference log-probs) stay as they are, one value per example.
 """
 from __future__ import annotations
 
+import bisect
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -139,30 +140,31 @@ def left_pad_prompts(prompts: Sequence[np.ndarray], P: int, pad_id: int = 0) -> 
     return {"prompt_ids": ids, "prompt_positions": pos, "prompt_segment_ids": seg}
 
 
-def first_fit(lengths: Sequence[int], T: int) -> list[list[int]]:
-    """First-fit-decreasing: rows (lists of indices into `lengths`) of total length <= T each.
-    Zero lengths are left out. Deterministic (ties keep index order)."""
+def best_fit(lengths: Sequence[int], T: int) -> list[list[int]]:
+    """Best-fit-decreasing: rows (lists of indices into `lengths`) of total length <= T each; each
+    sequence, longest first, goes into the row with the least room that still fits it. Zero lengths are
+    left out. Deterministic (ties keep index order). O(n log n): 8,192 sequences take milliseconds."""
     order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
     rows: list[list[int]] = []
-    free: list[int] = []
+    free: list[tuple[int, int]] = []                 # sorted (room left, row index)
     for i in order:
         n = lengths[i]
         if n > T:
             raise ValueError(f"sequence of {n} positions does not fit T={T}")
-        for r, f in enumerate(free):
-            if n <= f:
-                rows[r].append(i)
-                free[r] -= n
-                break
+        j = bisect.bisect_left(free, (n, -1))
+        if j < len(free):
+            room, r = free.pop(j)
+            rows[r].append(i)
         else:
+            room, r = T, len(rows)
             rows.append([i])
-            free.append(T - n)
+        bisect.insort(free, (room - n, r))
     return rows
 
 
 def rows_needed(lengths: Sequence[int], T: int) -> int:
-    """How many rows of width T `first_fit` packs `lengths` into."""
-    return len(first_fit(lengths, T))
+    """How many rows of width T `best_fit` packs `lengths` into."""
+    return len(best_fit(lengths, T))
 
 
 def bucket_rows(needed: int, full: int, multiple: int = 1, num_buckets: int = 8) -> int:
@@ -189,7 +191,7 @@ def pack_rows(seq_rows: dict[str, np.ndarray], lengths: np.ndarray, slots: np.nd
       The five keys [R, T] plus ``sequence_ids`` [R, T] int32 (0 on padding, whose loss_mask is 0).
     """
     T = seq_rows["input_ids"].shape[1]
-    layout = first_fit([int(n) for n in lengths], T)
+    layout = best_fit([int(n) for n in lengths], T)
     if len(layout) > num_rows:
         raise ValueError(f"{len(layout)} rows needed, {num_rows} given")
     out = empty_rows(num_rows, T)

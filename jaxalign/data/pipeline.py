@@ -20,7 +20,7 @@ sequences into N rows before any shuffling, so an "example" is then a packed row
 
 Padding-free preference and KTO batches (``packing=True`` for those kinds): examples are stored and
 shuffled as above, and each batch's sequences are then packed into the fewest rows of width T that
-first-fit-decreasing finds, rounded up to one of at most 8 static row counts (`batching.bucket_rows`, a
+best-fit-decreasing finds, rounded up to one of at most 8 static row counts (`batching.bucket_rows`, a
 multiple of ``row_multiple``, the batch shards per host; the same count on every host, computed from the
 lengths of the whole global batch). Such a batch holds the five row keys and ``sequence_ids`` [R, T]
 (chosen of global pair j → slot 2j, rejected → 2j + 1; a KTO example j → slot j), ``example_mask`` [B]

@@ -106,12 +106,12 @@ def test_hosts_pack_their_slices_to_one_row_count_and_global_slots(tok):
   assert slots[0] == set(range(8)) and slots[1] == set(range(8, 16))    # host 1 holds pairs 4..7
 
 
-def test_first_fit_and_buckets():
-  rows = batching.first_fit([5, 0, 9, 3, 7, 1], 10)
+def test_best_fit_and_buckets():
+  rows = batching.best_fit([5, 0, 9, 3, 7, 1], 10)
   assert sorted(sum(([i] for r in rows for i in r), [])) == [0, 2, 3, 4, 5]     # the empty one left out
   assert all(sum([5, 0, 9, 3, 7, 1][i] for i in r) <= 10 for r in rows) and len(rows) == 3
   with pytest.raises(ValueError, match="does not fit"):
-    batching.first_fit([11], 10)
+    batching.best_fit([11], 10)
   assert [batching.bucket_rows(n, 16) for n in (1, 2, 3, 7, 16)] == [2, 2, 4, 8, 16]
   assert [batching.bucket_rows(n, 16, multiple=8) for n in (1, 9)] == [8, 16]
   assert batching.bucket_rows(3, 3, multiple=2) == 4
