@@ -177,8 +177,24 @@ def bucket_rows(needed: int, full: int, multiple: int = 1, num_buckets: int = 8)
     return min(max(-(-needed // step) * step, step), max(cap, step))
 
 
+def whole_sequence_rows(rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Shifted rows [M, T] back to whole token sequences [M, T + 1] (the inputs, then the last target in
+    the next column, positions and segment id continued), for models that read a sequence's last token
+    (reward models). Returns (the five `ROW_KEYS`, targets and loss_mask zero; lengths [M])."""
+    m, t = rows["input_ids"].shape
+    n = np.sum(rows["segment_ids"] > 0, axis=1)
+    out = empty_rows(m, t + 1)
+    for k in ("input_ids", "positions", "segment_ids"):
+        out[k][:, :t] = rows[k]
+    real = np.nonzero(n > 0)[0]
+    out["input_ids"][real, n[real]] = rows["targets"][real, n[real] - 1]
+    out["positions"][real, n[real]] = n[real]
+    out["segment_ids"][real, n[real]] = rows["segment_ids"][real, 0]
+    return out, np.where(n > 0, n + 1, 0)
+
+
 def pack_rows(seq_rows: dict[str, np.ndarray], lengths: np.ndarray, slots: np.ndarray, num_rows: int,
-              pad_id: int = 0) -> dict[str, np.ndarray]:
+              pad_id: int = 0, row_offset: int | None = None) -> dict[str, np.ndarray]:
     """Moves M right-padded sequence rows into `num_rows` rows of the same width (padding-free).
 
     Args:
@@ -186,6 +202,9 @@ def pack_rows(seq_rows: dict[str, np.ndarray], lengths: np.ndarray, slots: np.nd
       lengths: [M] positions used by each row (its number of non-zero segment ids; 0 = empty, skipped).
       slots: [M] the `sequence_ids` value of each sequence.
       num_rows: R >= `rows_needed(lengths, T)`.
+
+      row_offset: with a value, also return ``sequence_last`` [M] int32: the flat index (into the rows
+        flattened to [R·T], the first row counted as `row_offset`) of each sequence's last position.
 
     Returns:
       The five keys [R, T] plus ``sequence_ids`` [R, T] int32 (0 on padding, whose loss_mask is 0).
@@ -197,6 +216,7 @@ def pack_rows(seq_rows: dict[str, np.ndarray], lengths: np.ndarray, slots: np.nd
     out = empty_rows(num_rows, T)
     out["input_ids"][:] = pad_id
     out["sequence_ids"] = np.zeros((num_rows, T), np.int32)
+    last = np.zeros(len(lengths), np.int32)
     for r, members in enumerate(layout):
         col = 0
         for s, i in enumerate(members):
@@ -206,4 +226,7 @@ def pack_rows(seq_rows: dict[str, np.ndarray], lengths: np.ndarray, slots: np.nd
             out["segment_ids"][r, col: col + n] = s + 1
             out["sequence_ids"][r, col: col + n] = slots[i]
             col += n
+            last[i] = ((row_offset or 0) + r) * T + col - 1
+    if row_offset is not None:
+        out["sequence_last"] = last
     return out

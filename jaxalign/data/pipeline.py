@@ -77,6 +77,17 @@ class TokenizedDataset:
     num_truncated: int = 0
     source: Any = None
     padding_free: bool = False
+    whole_sequences: bool = False   # padding-free rows of whole sequences (reward models read the EOS)
+
+    @property
+    def packed_width(self) -> int:
+        """Row width of padding-free batches: T, or T + 1 for whole sequences."""
+        return self.max_length + int(self.whole_sequences)
+
+    def packed_lengths(self, indices: np.ndarray) -> np.ndarray:
+        """[len(indices)·k] positions each sequence takes in padding-free rows, example-major."""
+        n = self.sequence_lengths(indices).reshape(-1)
+        return np.where(n > 0, n + 1, 0) if self.whole_sequences else n
 
     @property
     def sequence_prefixes(self) -> tuple[str, ...]:
@@ -97,16 +108,19 @@ class TokenizedDataset:
                 for p in self.sequence_prefixes}
 
     def pack_batch(self, batch: dict[str, Any], indices: np.ndarray, offset: int, num_rows: int,
-                   pad_id: int = 0) -> dict[str, Any]:
+                   pad_id: int = 0, row_offset: int = 0) -> dict[str, Any]:
         """A `take` batch of examples `indices` made padding-free (see module docstring); `offset` is the
-        global index of its first example."""
+        global index of its first example, `row_offset` the global index of its first row."""
         prefixes = self.sequence_prefixes
         k = len(prefixes)
         seq_rows = {key: np.stack([batch.pop(p + key) for p in prefixes], axis=1).reshape(-1, self.max_length)
                     for key in batching.ROW_KEYS}                                # [B·k, T], example-major
-        lengths = self.sequence_lengths(indices).reshape(-1)                     # [B·k], example-major
+        lengths = self.packed_lengths(indices)                                   # [B·k], example-major
+        if self.whole_sequences:
+            seq_rows, _ = batching.whole_sequence_rows(seq_rows)
         slots = (k * offset + np.arange(len(lengths))).astype(np.int32)
-        batch.update(batching.pack_rows(seq_rows, lengths, slots, num_rows, pad_id))
+        batch.update(batching.pack_rows(seq_rows, lengths, slots, num_rows, pad_id,
+                                        row_offset=row_offset if self.whole_sequences else None))
         return batch
 
     def __len__(self) -> int:
@@ -152,7 +166,8 @@ def _tokenize_rows(source, adapt, encode, name: str) -> list:
 
 def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", split: str = "train",
                   max_length: int, max_prompt_length: int | None = None, assistant_only_loss: bool = True,
-                  packing: bool = False, data_dir: str | None = None) -> TokenizedDataset:
+                  packing: bool = False, data_dir: str | None = None,
+                  whole_sequences: bool = False) -> TokenizedDataset:
     """Loads, adapts, tokenizes and pads a dataset (see the module docstring).
 
     Args:
@@ -168,6 +183,8 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
         trains on the whole conversation.
       packing: pack clm/sft sequences into rows with segment ids; make preference/kto batches
         padding-free (see module docstring).
+      whole_sequences: padding-free rows hold whole sequences (width T + 1, the last token included) and
+        batches carry ``sequence_last`` (reward models).
       data_dir: TFDS data directory.
     """
     if kind not in KINDS:
@@ -241,7 +258,8 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
         logging.info("%s: %d of %d examples truncated (max_length=%d, max_prompt_length=%s)",
                      getattr(source, "name", kind), truncated, len(encoded), T, P)
     return TokenizedDataset(kind, arrays, host, T, P, int(truncated), source,
-                            padding_free=packing and kind in ("preference", "kto"))
+                            padding_free=packing and kind in ("preference", "kto"),
+                            whole_sequences=whole_sequences)
 
 
 class BatchIterator:
@@ -325,11 +343,12 @@ class BatchIterator:
         if not self.repeat:
             batch["weight"] = (mine >= 0).astype(np.float32)
         if self.dataset.padding_free:
-            ds, T = self.dataset, self.dataset.max_length
-            needed = max(batching.rows_needed(ds.sequence_lengths(idx[h * b: (h + 1) * b]).reshape(-1), T)
+            ds = self.dataset
+            needed = max(batching.rows_needed(ds.packed_lengths(idx[h * b: (h + 1) * b]), ds.packed_width)
                          for h in range(self.process_count))
             rows = batching.bucket_rows(needed, b * len(ds.sequence_prefixes), self.row_multiple)
-            batch = ds.pack_batch(batch, mine, self.process_index * b, rows, self.pad_id)
+            batch = ds.pack_batch(batch, mine, self.process_index * b, rows, self.pad_id,
+                                  row_offset=self.process_index * rows)
         return batch
 
     __next__ = next

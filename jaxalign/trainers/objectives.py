@@ -90,12 +90,18 @@ def make_reward_loss(model, hp):
   EOS of the completion (as transformers' *ForSequenceClassification and TRL's RewardTrainer read it)."""
   def loss_fn(params, ref_params, batch):
     del ref_params
-    both = _pair(batch)
-    ids, pos, seg = full_sequences(both)
-    scores = model.apply({"params": params}, ids, pos, seg)
-    rewards = last_token_scores(scores, seg)                              # [2B]
-    b = rewards.shape[0] // 2
-    return losses.reward_bt_loss(rewards[:b], rewards[b:], center_coef=hp.get("center_coef", 0.0))
+    if "sequence_last" in batch:    # padding-free rows of whole sequences: read each one's last token
+      scores = model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
+      pair = scores.reshape(-1)[batch["sequence_last"]].reshape(-1, 2)    # [B, 2]
+      chosen, rejected = pair[:, 0], pair[:, 1]
+    else:
+      both = _pair(batch)
+      ids, pos, seg = full_sequences(both)
+      scores = model.apply({"params": params}, ids, pos, seg)
+      rewards = last_token_scores(scores, seg)                            # [2B]
+      b = rewards.shape[0] // 2
+      chosen, rejected = rewards[:b], rewards[b:]
+    return losses.reward_bt_loss(chosen, rejected, center_coef=hp.get("center_coef", 0.0))
   return loss_fn
 
 
@@ -185,8 +191,8 @@ OBJECTIVES = {
 }
 
 # Objectives whose loss reads packed rows (`data.packing`): CLM/SFT documents, or padding-free pairs and
-# KTO examples. The reward model reads each sequence's last token from unshifted rows: not yet.
-PACKABLE = ("clm", "sft", "dpo", "orpo", "simpo", "kto")
+# KTO examples, or (the reward model) whole sequences whose last token is read.
+PACKABLE = ("clm", "sft", "reward", "dpo", "orpo", "simpo", "kto")
 
 
 def hparams(config):

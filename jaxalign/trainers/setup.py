@@ -90,7 +90,7 @@ def build_run(config, mesh):
   d = config.data
   common = dict(kind=kind, tokenizer=tokenizer, format=d.format, max_length=d.max_length,
                 max_prompt_length=d.max_prompt_length, assistant_only_loss=d.assistant_only_loss,
-                packing=d.packing)
+                packing=d.packing, whole_sequences=head == "score")
   train_ds = pipeline.build_dataset(data_paths(d.train), split="train", **common)
   precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
   if precompute:

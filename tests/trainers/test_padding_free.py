@@ -93,6 +93,37 @@ def test_packed_equals_padded_losses_and_gradients(tok, model_and_params, object
       np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
 
 
+def test_packed_equals_padded_reward_model(tok):
+  """The reward model reads each whole sequence's last token (the EOS) from padding-free rows."""
+  cfg = models.ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                           head_dim=8, intermediate_size=64)
+  model = models.ScalarHeadModel(cfg)
+  params = models.init_params(cfg, jax.random.key(2), model)
+  path = common.asset("preference_train.jsonl")
+  ds = _dataset(tok, "preference", path)
+  padded = dataclasses.replace(ds, padding_free=False)
+  whole = dataclasses.replace(ds, padding_free=True, whole_sequences=True)
+  loss_fn = objectives.make_reward_loss(model, dict(center_coef=0.01))
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  for h in range(2):                           # host 1 of 2: global slots and row offsets
+    a, b = (next(pipeline.BatchIterator(d, 16, seed=5, process_index=h, process_count=2,
+                                        pad_id=tok.pad_token_id)) for d in (padded, whole))
+    assert b["input_ids"].shape[1] == T + 1 and b["input_ids"].shape[0] < 16
+    # Each sequence's last position holds its EOS, the last target of the padded row.
+    eos = np.asarray(a["chosen_targets"])[np.arange(8), np.sum(a["chosen_segment_ids"] > 0, 1) - 1]
+    rows = b["input_ids"].shape[0]
+    local_last = b["sequence_last"] - h * rows * (T + 1)
+    np.testing.assert_array_equal(b["input_ids"].reshape(-1)[local_last[0::2]], eos)
+    if h == 0:
+      (la, ma), ga = grad_fn(params, None, _device(a))
+      (lb, mb), gb = grad_fn(params, None, _device(b))
+      np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
+      for k in ma:
+        np.testing.assert_allclose(mb[k], ma[k], rtol=1e-5, atol=1e-5, err_msg=k)
+      for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
 def test_hosts_pack_their_slices_to_one_row_count_and_global_slots(tok):
   path = common.asset("preference_train.jsonl")
   rows, slots = [], []
