@@ -47,7 +47,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import importlib
-  from jaxalign.trainers.validate import ConfigError
+  from jaxalign.errors import UserError
   if not flags.FLAGS["verbosity"].present:   # orbax and jax log a lot at INFO; --verbosity=0 shows it.
     logging.set_verbosity(logging.WARNING)
   try:
@@ -65,7 +65,7 @@ def main(argv):
   module, fn = RUNNERS[config.objective].split(":")
   try:
     getattr(importlib.import_module(module), fn)(config, workdir)
-  except ConfigError as e:
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

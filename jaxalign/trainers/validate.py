@@ -3,11 +3,8 @@ import math
 import os
 import re
 
+from jaxalign.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
 from jaxalign.trainers.objectives import OBJECTIVES, PACKABLE
-
-
-class ConfigError(ValueError):
-  """A config field has a bad value; the message starts with `config.<field>=<value>`."""
 
 
 def _fail(field, value, why):
