@@ -1,10 +1,17 @@
 """Errors a user can cause and fix: bad data, config values, checkpoints, tokenizers.
 
 Each is a `UserError`; the command-line entry points print ``error: <message>`` on one line and exit with
-code 2 (no traceback unless ``--verbosity`` is given). Messages name where the problem is, as
+code 2 (no traceback unless ``--verbosity=1`` is given). Messages name where the problem is, as
 ``<file> line <N>: <what is wrong and what was expected>`` (1-based lines; ``item N`` in JSON arrays) or
 ``config.<field>=<value>: <why>``. Internal bugs are any other exception and keep their traceback.
+
+Programs run their body with `run_main` (absl programs) or `user_errors_exit` (others), which print
+the line, the traceback first with ``--verbosity=1``.
 """
+import contextlib
+import re
+import sys
+import traceback
 
 
 class UserError(ValueError):
@@ -21,3 +28,130 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint or tokenizer is missing, corrupt or of another model type; the message names its path."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# Command-line entry points: one line and exit code 2 for what the user can fix.
+# ------------------------------------------------------------------------------------------------------
+EXIT_CODE = 2
+
+
+def one_line(message):
+  """`message` with its line breaks (and the indentation after them) folded into single spaces."""
+  return re.sub(r"\s*\n\s*", " ", str(message).strip())
+
+
+def verbose(argv=None):
+  """True when the command line asks for tracebacks: ``--verbosity=N`` / ``-v=N`` with N >= 1.
+
+  Read from argv (not absl's parsed flags) so that it also works when flag parsing itself failed.
+  """
+  argv = sys.argv if argv is None else argv
+  level = None
+  for i, a in enumerate(argv):
+    name, eq, value = a.partition("=")
+    if name in ("--verbosity", "-v"):
+      value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+      try:
+        level = int(value)
+      except ValueError:
+        pass
+  return level is not None and level >= 1
+
+
+def exit_with(message, exc=None, argv=None):
+  """Prints ``error: <message>`` as one line on stderr (after `exc`'s traceback when `verbose`) and
+  exits with code 2."""
+  if exc is not None and verbose(argv):
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+  sys.stderr.write(f"error: {one_line(message)}\n")
+  sys.stderr.flush()
+  sys.exit(EXIT_CODE)
+
+
+@contextlib.contextmanager
+def user_errors_exit(argv=None):
+  """Around a program's body: a `UserError` ends it with one line and exit code 2; any other exception
+  (a bug) keeps its traceback."""
+  try:
+    yield
+  except UserError as e:
+    exit_with(e, e, argv)
+
+
+_PARSE_WHY = ((r"invalid literal for int\(\)", "expected an integer"),
+              (r"could not convert string to float", "expected a number"),
+              (r"Non-boolean argument", "expected true or false"))
+
+
+def _unknown_field(flag_values, argv):
+  """The first ``--<flag>.<field>=<value>`` override of a ConfigDict flag whose field does not exist:
+  (``<flag>.<field>``, value, why) or None."""
+  import difflib
+  for a in argv[1:]:
+    name, _, value = a[2:].partition("=") if a.startswith("--") else ("", "", "")
+    root, dot, path = name.partition(".")
+    if not dot or root not in flag_values:
+      continue
+    node = flag_values[root].value
+    if node is None and hasattr(flag_values[root].parser, "parse"):   # the file flag failed before storing
+      files = [b.partition("=")[2] for b in argv[1:] if b.startswith(f"--{root}=")]
+      node = flag_values[root].parser.parse(files[-1]) if files else None
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+      keys = list(node.keys()) if hasattr(node, "keys") else None
+      if keys is None or "[" in part:
+        break
+      if part not in keys:
+        where = ".".join([root, *parts[:depth]])
+        close = difflib.get_close_matches(part, keys, n=1)
+        hint = f'did you mean "{close[0]}"?' if close else f"it has {', '.join(sorted(keys))}"
+        return name, value, f"{where} has no field {part!r}; {hint}"
+      node = node[part]
+  return None
+
+
+def flag_error_message(exc, argv, flag_values=None):
+  """A flag-parsing failure as one line: ``<flag>=<value>: <why>``."""
+  if flag_values is None:
+    from absl import flags
+    flag_values = flags.FLAGS
+  try:
+    unknown = _unknown_field(flag_values, argv)
+  except Exception:  # the config file itself did not load: no fields to look at
+    unknown = None
+  if unknown is not None:
+    field, value, why = unknown
+    return f"{field}={value}: {why}"
+  if isinstance(exc, SyntaxError):   # in a config file
+    return f"{exc.filename} line {exc.lineno}: {exc.msg}"
+  text = one_line(exc.args[0] if isinstance(exc, (KeyError, AttributeError)) and exc.args else exc)
+  m = re.match(r"flag --([^=\s]+)=(.*?): (.*)$", text)
+  if m:
+    name, value, why = m.groups()
+    for pattern, expected in _PARSE_WHY:
+      if re.search(pattern, why):
+        why = expected
+    return f"{name}={value}: {why}"
+  return text
+
+
+def parse_flags(argv):
+  """An absl `flags_parser`: a bad or unknown flag (or ``--config.<field>``) is one line and exit 2."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # absl's flags.Error, ml_collections' KeyError / AttributeError / IOError
+    exit_with(flag_error_message(e, argv), e, argv)
+
+
+def run_main(main):
+  """`absl.app.run(main)` for a jaxalign program: flag errors and `UserError`s end with
+  ``error: <one line>`` on stderr and exit code 2; ``--verbosity=1`` prints the traceback first."""
+  from absl import app
+
+  def wrapped(argv):
+    with user_errors_exit():
+      return main(argv)
+
+  app.run(wrapped, flags_parser=parse_flags)

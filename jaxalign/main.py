@@ -6,6 +6,10 @@
 `--config` is a Python file with `get_config()` (see configs/); every field can be overridden with
 `--config.<field>=<value>`, and a misspelt field is an error. `--workdir` receives checkpoints (resumed
 from automatically), metrics.jsonl, TensorBoard events and the final Hugging Face export.
+
+Bad input (a flag, config value, data file, checkpoint or tokenizer) ends the run with exit code 2 and one
+line on stderr, `error: <where>: <what is wrong>`, before anything is written to the workdir;
+`--verbosity=1` prints the traceback too.
 """
 import os
 import sys
@@ -47,7 +51,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import importlib
-  from jaxalign.errors import UserError
+  from jaxalign.errors import ConfigError, UserError
   if not flags.FLAGS["verbosity"].present:   # orbax and jax log a lot at INFO; --verbosity=0 shows it.
     logging.set_verbosity(logging.WARNING)
   try:
@@ -57,19 +61,21 @@ def main(argv):
   except ImportError:
     pass
   config = _CONFIG.value
+  try:
+    config.objective
+  except OSError as e:   # ml_collections defers a config file's load error to the first access
+    path = flags.FLAGS["config"].config_filename
+    why = "no such file" if not os.path.isfile(path) else f"cannot load it ({e})"
+    raise UserError(f"--config={path}: {why}; expected a Python file with get_config()") from e
   workdir = _WORKDIR.value or os.path.join("runs", config.objective)
   if config.objective not in RUNNERS:
-    print(f"error: config.objective={config.objective!r}: unknown objective; expected one of "
-          f"{sorted(RUNNERS)}", file=sys.stderr)
-    sys.exit(2)
+    raise ConfigError(f"config.objective={config.objective!r}: unknown objective; expected one of "
+                      f"{sorted(RUNNERS)}")
   module, fn = RUNNERS[config.objective].split(":")
-  try:
-    getattr(importlib.import_module(module), fn)(config, workdir)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  getattr(importlib.import_module(module), fn)(config, workdir)
 
 
 if __name__ == "__main__":
+  from jaxalign.errors import run_main
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  run_main(main)   # a bad flag, config value, data file or checkpoint: `error: <one line>`, exit code 2
