@@ -42,6 +42,7 @@ def data_config(train, eval_=""):
   d.train = train                  # Local json/jsonl/parquet file or directory, or a datasets hub name.
   d.eval = eval_                   # Held-out split, same format; "" = no evaluation.
   d.format = "auto"                # auto | text | prompt_completion | messages | preference | kto | prompt.
+  d.chat_template = ""             # Jinja chat template (file or text) replacing the tokenizer's; "" = its own.
   d.max_length = 64                # Tokens per sequence (prompt + completion), after truncation.
   d.max_prompt_length = 32         # Prompt tokens kept (from the left) before the completion is cut.
   d.assistant_only_loss = True     # SFT: learn assistant turns only (False = whole conversation).

@@ -76,10 +76,11 @@ VOCAB_SIZE = 384
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ '<|user|>' + message['content'] }}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>' + message['content'] }}"
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>' }}"
     "{% generation %}{{ message['content'] }}{% if loop.last %}{{ eos_token }}{% endif %}{% endgeneration %}"
-    "{% else %}{{ raise_exception('only user and assistant roles are supported') }}"
+    "{% else %}{{ raise_exception('only system, user and assistant roles are supported') }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"

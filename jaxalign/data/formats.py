@@ -1,89 +1,176 @@
-"""Format adapters: the row layouts users already have (TRL-style) to one normalized example per kind.
+"""Format adapters: the row layouts users already have (TRL-style and others) to one example per kind.
 
-Formats (``format="auto"`` picks one from the first row's keys, in this order):
+Formats (``format="auto"`` picks, from the first row's keys, the first format in this order that the
+dataset kind accepts; it then holds for every row):
 
-  =====================  ===================================  ==========================================
-  format                 row keys                             normalized example
-  =====================  ===================================  ==========================================
-  preference             prompt, chosen, rejected             {prompt, chosen, rejected}
-  preference_implicit    chosen, rejected (full transcripts    the same, prompt extracted (see below)
-                         or message lists sharing a prompt)
-  kto                    prompt, completion, label (bool)     {prompt, completion, label}
-  messages               messages (list of {role, content})   {messages}
-  prompt_completion      prompt, completion                   {prompt, completion}
-  text                   text                                 {text}
-  prompt                 prompt (+ optional answer)           {prompt, answer}
-  =====================  ===================================  ==========================================
+  ===================  ========================================  ========================================
+  format               row keys                                  normalized example
+  ===================  ========================================  ========================================
+  preference           prompt, chosen, rejected                  {prompt, chosen, rejected}
+  preference_implicit  chosen, rejected (full transcripts or     the same, prompt extracted (see below)
+                       message lists sharing a prompt)
+  kto                  prompt, completion, label (bool)          {prompt, completion, label}
+  messages             messages (list of {role, content})        {messages}
+  sharegpt             conversations (list of {from, value})     {messages}
+  alpaca               instruction, output (+ input, system)     {prompt, completion} as messages
+  prompt_completion    prompt, completion                        {prompt, completion}
+  text                 text                                      {text}
+  prompt               prompt (+ optional answer)                {prompt, answer}
+  ===================  ========================================  ========================================
+
+These cover TRL's standard and conversational dataset types: language modeling (text / messages),
+prompt-only, prompt-completion, preference with an explicit or implicit prompt, and unpaired preference
+(KTO's prompt/completion/label).
 
 Every prompt/completion/chosen/rejected is either a string (plain text, no chat template) or a list of
-messages (conversational; the tokenizer's chat template renders it); within one row they must agree.
+messages (conversational; the tokenizer's chat template renders it); within one row they must agree, with
+one exception: a string ``prompt`` with ``chosen``/``rejected`` message lists. When the lists repeat the
+prompt turns (UltraFeedback-binarized) the shared turns become the prompt, as TRL's
+``maybe_extract_prompt``; when they hold only the assistant's answer the string becomes one user turn.
 
-Which formats each dataset `kind` accepts: clm: text · sft: messages, prompt_completion, text ·
-preference: preference, preference_implicit · kto: kto · prompt: prompt, messages (the trailing assistant
-turn is dropped), prompt_completion, preference (the prompt part), kto.
+Messages: ``role`` is system, user or assistant and ``content`` a string. ShareGPT's ``{"from",
+"value"}`` is accepted in both ``messages`` and ``conversations`` (from: system, human/user,
+gpt/assistant/model). Alpaca rows become a user turn (``instruction``, then a blank line and ``input``
+when it is not empty), preceded by a system turn when the row has ``system``, and an assistant turn
+(``output``).
 
-Implicit prompts (`extract_prompt`), as TRL's ``extract_prompt``: for strings such as Anthropic HH
+Which formats each dataset `kind` accepts: clm: text · sft: messages, sharegpt, alpaca,
+prompt_completion, text · preference: preference, preference_implicit · kto: kto · prompt: prompt,
+messages, sharegpt, alpaca (the trailing assistant turn is dropped), prompt_completion, preference,
+preference_implicit (the prompt part), kto.
+
+Implicit prompts (`extract_prompt`), as TRL's ``extract_prompt``: for transcripts such as Anthropic HH
 (``"\\n\\nHuman: ... \\n\\nAssistant: ..."``) the prompt is the longest common prefix of chosen and
-rejected, cut just after its last ``Assistant:``; without that marker, the common prefix backed off to a
-word boundary. For message lists (UltraFeedback-binarized style) it is the longest common run of
-messages, backed off so that it ends on a non-assistant turn.
+rejected, cut just after its last ``Assistant:``, and each side's remainder must be one assistant answer
+(no ``Human:`` turn: the two sides must share every human turn). Strings without those markers: the common
+prefix backed off to a word boundary. For message lists (UltraFeedback-binarized style) it is the longest
+common run of messages, backed off so that it ends on a non-assistant turn; what follows must be assistant
+turns only.
 
-A bad row raises ``ValueError("<file> line <n>: <what is wrong>")``.
+A bad row raises ``jaxalign.errors.DataError("<file> line <n>: <what is wrong and what was expected>")``.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-FORMATS = ("preference", "preference_implicit", "kto", "messages", "prompt_completion", "text", "prompt")
+from jaxalign.errors import ConfigError, DataError
+
+FORMATS = ("preference", "preference_implicit", "kto", "messages", "sharegpt", "alpaca", "prompt_completion",
+           "text", "prompt")
 KIND_FORMATS = {
     "clm": ("text",),
-    "sft": ("messages", "prompt_completion", "text"),
+    "sft": ("messages", "sharegpt", "alpaca", "prompt_completion", "text"),
     "preference": ("preference", "preference_implicit"),
     "kto": ("kto",),
-    "prompt": ("prompt", "messages", "prompt_completion", "preference", "kto"),
+    "prompt": ("prompt", "messages", "sharegpt", "alpaca", "prompt_completion", "preference",
+               "preference_implicit", "kto"),
 }
 ROLES = ("system", "user", "assistant")
+# ShareGPT-style speaker names -> roles.
+SPEAKERS = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+            "model": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
+# What each format's rows look like, for messages about missing keys.
+SHAPES = {
+    "preference": "'prompt', 'chosen' and 'rejected'",
+    "preference_implicit": "'chosen' and 'rejected' sharing their prompt",
+    "kto": "'prompt', 'completion' and 'label'",
+    "messages": "'messages': [{'role', 'content'}, ...]",
+    "sharegpt": "'conversations': [{'from', 'value'}, ...]",
+    "alpaca": "'instruction', 'output' and optionally 'input'",
+    "prompt_completion": "'prompt' and 'completion'",
+    "text": "'text'",
+    "prompt": "'prompt'",
+}
+_KIND_NEEDS = {"clm": "'text'", "sft": "'messages', 'conversations', 'prompt'+'completion', "
+               "'instruction'+'output' or 'text'", "preference": "'chosen' and 'rejected'",
+               "kto": "'prompt', 'completion' and 'label'", "prompt": "'prompt', 'messages' or 'instruction'"}
+
+
+def candidate_formats(row: dict) -> list[str]:
+    """Every format `row`'s keys fit, most specific first (None values count as missing)."""
+    keys = {k for k, v in row.items() if v is not None}
+    out = []
+    if {"chosen", "rejected"} <= keys:
+        out.append("preference" if "prompt" in keys else "preference_implicit")
+    if {"completion", "label"} <= keys:
+        out.append("kto")
+    if "messages" in keys:
+        out.append("messages")
+    if "conversations" in keys:
+        out.append("sharegpt")
+    if "instruction" in keys:
+        out.append("alpaca")
+    if {"prompt", "completion"} <= keys:
+        out.append("prompt_completion")
+    if "text" in keys:
+        out.append("text")
+    if "prompt" in keys:
+        out.append("prompt")
+    return out
 
 
 def detect_format(row: dict) -> str:
-    """The format of `row` from its keys (None values count as missing)."""
-    keys = {k for k, v in row.items() if v is not None}
-    if {"chosen", "rejected"} <= keys:
-        fmt = "preference" if "prompt" in keys else "preference_implicit"
-    elif {"completion", "label"} <= keys:
-        fmt = "kto"
-    elif "messages" in keys:
-        fmt = "messages"
-    elif {"prompt", "completion"} <= keys:
-        fmt = "prompt_completion"
-    elif "text" in keys:
-        fmt = "text"
-    elif "prompt" in keys:
-        fmt = "prompt"
-    else:
+    """The most specific format of `row` from its keys."""
+    found = candidate_formats(row)
+    if not found:
         raise ValueError(f"cannot tell the format from keys {sorted(row)}; expected one of: "
-                         "text | messages | prompt+completion | prompt+chosen+rejected | chosen+rejected"
-                         " | prompt+completion+label | prompt")
-    return fmt
+                         "text | messages | conversations | instruction+output | prompt+completion | "
+                         "prompt+chosen+rejected | chosen+rejected | prompt+completion+label | prompt")
+    return found[0]
+
+
+def resolve_format(kind: str, row: dict) -> str:
+    """The format ``format="auto"`` picks for `kind` from the first `row` (ValueError if none fits)."""
+    found = candidate_formats(row)
+    for f in found:
+        if f in KIND_FORMATS[kind]:
+            return f
+    if kind in ("clm", "kto", "preference"):
+        # One obvious format for the kind: validating against it names the missing key.
+        return {"clm": "text", "kto": "kto"}.get(
+            kind, "preference" if row.get("prompt") is not None else "preference_implicit")
+    if not found:
+        detect_format(row)  # raises: nothing recognisable
+    raise ValueError(f"looks like {found[0]!r} (keys {sorted(row)}) but kind {kind!r} needs "
+                     f"{_KIND_NEEDS[kind]}")
+
+
+def _type_name(x: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(x), type(x).__name__)
 
 
 def _is_messages(x: Any) -> bool:
     return isinstance(x, list)
 
 
+def _message(m: Any, where: str) -> dict:
+    """One message as {role, content}; ShareGPT's {from, value} is translated."""
+    if not isinstance(m, dict):
+        raise ValueError(f"{where} must be an object with 'role' and 'content', got {_type_name(m)}")
+    if "role" in m or "content" in m:
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise ValueError(f"{where} has role {role!r}; expected one of {ROLES}")
+    elif "from" in m or "value" in m:
+        speaker, content = m.get("from"), m.get("value")
+        role = SPEAKERS.get(str(speaker).lower())
+        if role is None:
+            raise ValueError(f"{where} is from {speaker!r}; expected one of "
+                             f"{tuple(dict.fromkeys(SPEAKERS))}")
+    else:
+        raise ValueError(f"{where} must have 'role' and 'content' (or ShareGPT's 'from' and 'value'), "
+                         f"got keys {sorted(m)}")
+    if not isinstance(content, str):
+        raise ValueError(f"{where} content must be a string, got {_type_name(content)}")
+    return {"role": role, "content": content}
+
+
 def _check_messages(x: Any, field: str) -> list[dict]:
     if not isinstance(x, list) or not x:
-        raise ValueError(f"'{field}' must be a non-empty list of messages, got {type(x).__name__}")
-    out = []
-    for j, m in enumerate(x):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"'{field}'[{j}] must be a dict with 'role' and 'content', got {m!r}")
-        if m["role"] not in ROLES:
-            raise ValueError(f"'{field}'[{j}] has role {m['role']!r}; expected one of {ROLES}")
-        if not isinstance(m["content"], str):
-            raise ValueError(f"'{field}'[{j}] content must be a string, got {type(m['content']).__name__}")
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+        what = "an empty list" if isinstance(x, list) else _type_name(x)
+        raise ValueError(f"'{field}' must be a non-empty list of messages, got {what}")
+    return [_message(m, f"'{field}'[{j}]") for j, m in enumerate(x)]
 
 
 def _get(row: dict, field: str) -> Any:
@@ -99,6 +186,8 @@ def _text_or_messages(row: dict, field: str, allow_empty: bool = False) -> str |
         if not value and not allow_empty:
             raise ValueError(f"'{field}' is empty")
         return value
+    if not isinstance(value, list):
+        raise ValueError(f"'{field}' must be a string or a list of messages, got {_type_name(value)}")
     return _check_messages(value, field)
 
 
@@ -106,7 +195,57 @@ def _same_type(row: dict, fields: tuple[str, ...]) -> None:
     kinds = {f: _is_messages(row[f]) for f in fields}
     if len(set(kinds.values())) > 1:
         desc = ", ".join(f"'{f}' is {'messages' if m else 'a string'}" for f, m in kinds.items())
-        raise ValueError(f"mixes plain text and messages: {desc}")
+        raise ValueError(f"mixes plain text and messages: {desc}; expected all strings or all message lists")
+
+
+def _common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _extract_text_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
+    n = _common_prefix(chosen, rejected)
+    transcript = "Human:" in chosen and "Assistant:" in chosen
+    cut = chosen[:n].rfind("Assistant:")
+    if cut >= 0:
+        n = cut + len("Assistant:")
+    elif transcript:
+        raise ValueError("'chosen' and 'rejected' are Human/Assistant transcripts whose human turns differ "
+                         f"(first difference at character {n + 1}); expected both to repeat the same "
+                         "conversation up to a final 'Assistant:' and differ only in the answer")
+    else:
+        while n > 0 and not chosen[n - 1].isspace() and n < len(chosen):
+            n -= 1
+    if chosen[n:] == rejected[n:]:
+        raise ValueError("'chosen' and 'rejected' are identical")
+    if n == 0:
+        raise ValueError("'chosen' and 'rejected' share no prompt")
+    if transcript and ("Human:" in chosen[n:] or "Human:" in rejected[n:]):
+        raise ValueError("'chosen' and 'rejected' are Human/Assistant transcripts that differ before their "
+                         "last human turn; expected both to repeat the same conversation up to a final "
+                         "'Assistant:' and differ only in the answer")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _extract_message_prompt(chosen: list[dict], rejected: list[dict]) -> tuple[list, list, list]:
+    k = _common_prefix(chosen, rejected)
+    while k > 0 and chosen[k - 1]["role"] == "assistant":
+        k -= 1
+    if k == 0:
+        raise ValueError("'chosen' and 'rejected' share no prompt turns; expected both to start with the "
+                         "same user turns (or give 'prompt' separately)")
+    if chosen[k:] == rejected[k:]:
+        raise ValueError("'chosen' and 'rejected' are identical")
+    for field, rest in (("chosen", chosen[k:]), ("rejected", rejected[k:])):
+        if any(m["role"] != "assistant" for m in rest):
+            raise ValueError(f"'chosen' and 'rejected' differ before their last user turn ('{field}' has a "
+                             f"{next(m['role'] for m in rest if m['role'] != 'assistant')} turn after the "
+                             "shared prompt); expected the same turns up to the answer")
+    return chosen[:k], chosen[k:], rejected[k:]
 
 
 def extract_prompt(chosen: str | list[dict], rejected: str | list[dict]) -> tuple[Any, Any, Any]:
@@ -114,123 +253,133 @@ def extract_prompt(chosen: str | list[dict], rejected: str | list[dict]) -> tupl
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise ValueError("'chosen' and 'rejected' mix plain text and messages")
     if isinstance(chosen, str):
-        n = 0
-        for a, b in zip(chosen, rejected):
-            if a != b:
-                break
-            n += 1
-        common = chosen[:n]
-        cut = common.rfind("Assistant:")
-        if cut >= 0:
-            n = cut + len("Assistant:")
-        else:
-            while n > 0 and not chosen[n - 1].isspace() and n < len(chosen):
-                n -= 1
-        if chosen[n:] == rejected[n:]:
-            raise ValueError("'chosen' and 'rejected' are identical")
-        if n == 0:
-            raise ValueError("'chosen' and 'rejected' share no prompt")
-        return chosen[:n], chosen[n:], rejected[n:]
-    k = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        k += 1
-    while k > 0 and chosen[k - 1]["role"] == "assistant":
-        k -= 1
-    if k == 0:
-        raise ValueError("'chosen' and 'rejected' share no prompt turns")
-    if chosen[k:] == rejected[k:]:
-        raise ValueError("'chosen' and 'rejected' are identical")
-    return chosen[:k], chosen[k:], rejected[k:]
+        return _extract_text_prompt(chosen, rejected)
+    return _extract_message_prompt(chosen, rejected)
 
 
 def _label(row: dict) -> bool:
     value = _get(row, "label")
-    if isinstance(value, bool) or value in (0, 1):
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
         return bool(value)
-    raise ValueError(f"'label' must be a bool (True = desirable), got {value!r}")
+    raise ValueError(f"'label' must be a boolean (true = desirable), got {value!r}")
+
+
+def _alpaca_messages(row: dict) -> tuple[list[dict], str | None]:
+    """(prompt messages, output or None) of an Alpaca row."""
+    fields = {}
+    for f in ("instruction", "input", "output", "system"):
+        value = row.get(f)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"'{f}' must be a string, got {_type_name(value)}")
+        fields[f] = value or ""
+    if not fields["instruction"]:
+        raise ValueError("'instruction' is empty")
+    user = fields["instruction"] + (f"\n\n{fields['input']}" if fields["input"] else "")
+    prompt = ([{"role": "system", "content": fields["system"]}] if fields["system"] else []) + \
+        [{"role": "user", "content": user}]
+    return prompt, row.get("output")
+
+
+def _conversation(row: dict, fmt: str, kind: str) -> dict:
+    """messages / sharegpt rows."""
+    field = "messages" if fmt == "messages" else "conversations"
+    messages = _check_messages(_get(row, field), field)
+    if kind == "prompt":
+        while messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        if not messages:
+            raise ValueError(f"'{field}' has no turns before the assistant's")
+        return {"prompt": messages, "answer": row.get("answer")}
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError(f"'{field}' has no assistant turn; expected at least one to train on")
+    return {"messages": messages}
+
+
+def _preference(row: dict) -> dict:
+    prompt = _text_or_messages(row, "prompt", allow_empty=True)
+    chosen = _text_or_messages(row, "chosen")
+    rejected = _text_or_messages(row, "rejected")
+    if isinstance(prompt, str) and _is_messages(chosen) and _is_messages(rejected):
+        if chosen[0]["role"] != "assistant" or rejected[0]["role"] != "assistant":
+            prompt, chosen, rejected = _extract_message_prompt(chosen, rejected)  # UltraFeedback-binarized
+        else:
+            prompt = [{"role": "user", "content": prompt}]
+    ex = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    _same_type(ex, ("prompt", "chosen", "rejected"))
+    return ex
 
 
 def _normalize(row: dict, fmt: str, kind: str) -> dict:
     if fmt == "text":
         text = _get(row, "text")
         if not isinstance(text, str) or not text:
-            raise ValueError("'text' must be a non-empty string")
+            raise ValueError(f"'text' must be a non-empty string, got {_type_name(text) if text else 'empty'}")
         return {"text": text}
-    if fmt == "messages":
-        messages = _check_messages(_get(row, "messages"), "messages")
+    if fmt in ("messages", "sharegpt"):
+        return _conversation(row, fmt, kind)
+    if fmt == "alpaca":
+        prompt, output = _alpaca_messages(row)
         if kind == "prompt":
-            while messages and messages[-1]["role"] == "assistant":
-                messages = messages[:-1]
-            if not messages:
-                raise ValueError("'messages' has no turns before the assistant's")
-            return {"prompt": messages, "answer": row.get("answer")}
-        if not any(m["role"] == "assistant" for m in messages):
-            raise ValueError("'messages' has no assistant turn")
-        return {"messages": messages}
+            return {"prompt": prompt, "answer": row.get("answer")}
+        if not output:
+            raise ValueError("'output' is missing or empty")
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": output}]}
     if fmt == "prompt":
         return {"prompt": _text_or_messages(row, "prompt"), "answer": row.get("answer")}
+    if fmt == "preference_implicit":
+        prompt, chosen, rejected = extract_prompt(_text_or_messages(row, "chosen"),
+                                                  _text_or_messages(row, "rejected"))
+        if kind == "prompt":
+            return {"prompt": prompt, "answer": row.get("answer")}
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if fmt in ("prompt_completion", "kto", "preference") and kind == "prompt":
         return {"prompt": _text_or_messages(row, "prompt"), "answer": row.get("answer")}
-    if fmt == "prompt_completion":
+    if fmt in ("prompt_completion", "kto"):
         ex = {"prompt": _text_or_messages(row, "prompt", allow_empty=True),
               "completion": _text_or_messages(row, "completion")}
         _same_type(ex, ("prompt", "completion"))
-        return ex
-    if fmt == "kto":
-        ex = {"prompt": _text_or_messages(row, "prompt", allow_empty=True),
-              "completion": _text_or_messages(row, "completion")}
-        _same_type(ex, ("prompt", "completion"))
-        ex["label"] = _label(row)
+        if fmt == "kto":
+            ex["label"] = _label(row)
         return ex
     if fmt == "preference":
-        ex = {f: _text_or_messages(row, f, allow_empty=f == "prompt") for f in ("prompt", "chosen", "rejected")}
-        _same_type(ex, ("prompt", "chosen", "rejected"))
-        return ex
-    if fmt == "preference_implicit":
-        chosen = _text_or_messages(row, "chosen")
-        rejected = _text_or_messages(row, "rejected")
-        prompt, chosen, rejected = extract_prompt(chosen, rejected)
-        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        return _preference(row)
     raise ValueError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
 
 
-def make_adapter(kind: str, fmt: str = "auto") -> Callable[[dict, str], dict]:
-    """Returns ``adapt(row, where) -> example`` for dataset `kind` and row format `fmt`.
+class Adapter:
+    """``adapter(row, where) -> example`` for one dataset kind and row format.
 
-    With ``fmt="auto"`` the format is detected from the keys of the first row adapted and then holds for
-    every row (so a later row missing a key is reported as missing). Errors are raised as
-    ``ValueError(f"{where}: ...")``.
+    With ``fmt="auto"`` the format is resolved (`resolve_format`) from the first row adapted and then holds
+    for every row, so a later row missing a key is reported as missing. ``format`` is the resolved format
+    (None before the first row). Errors raise ``DataError(f"{where}: ...")``.
     """
-    if kind not in KIND_FORMATS:
-        raise ValueError(f"kind {kind!r}: expected one of {sorted(KIND_FORMATS)}")
-    if fmt != "auto" and fmt not in KIND_FORMATS[kind]:
-        raise ValueError(f"format {fmt!r} does not fit kind {kind!r}; it accepts {KIND_FORMATS[kind]}")
 
-    resolved = [None if fmt == "auto" else fmt]
+    def __init__(self, kind: str, fmt: str = "auto"):
+        if kind not in KIND_FORMATS:
+            raise ValueError(f"kind {kind!r}: expected one of {sorted(KIND_FORMATS)}")
+        if fmt != "auto" and fmt not in KIND_FORMATS[kind]:
+            raise ConfigError(f"config.data.format={fmt!r}: does not fit kind {kind!r}; it accepts 'auto' or "
+                              f"{KIND_FORMATS[kind]}")
+        self.kind = kind
+        self.format = None if fmt == "auto" else fmt
 
-    def adapt(row: dict, where: str) -> dict:
+    def __call__(self, row: dict, where: str) -> dict:
         try:
             if not isinstance(row, dict):
-                raise ValueError(f"a row must be a JSON object, got {type(row).__name__}")
-            f = resolved[0]
-            if f is None:
-                f = detect_format(row)
-                if f not in KIND_FORMATS[kind] and kind in ("clm", "kto", "preference"):
-                    # One obvious format for the kind: validating against it names the missing key.
-                    f = {"clm": "text", "kto": "kto"}.get(
-                        kind, "preference" if row.get("prompt") is not None else "preference_implicit")
-                if f not in KIND_FORMATS[kind]:
-                    expected = {"clm": "'text'", "sft": "'messages', 'prompt'+'completion' or 'text'",
-                                "preference": "'chosen' and 'rejected'",
-                                "kto": "'prompt', 'completion' and 'label'",
-                                "prompt": "'prompt' or 'messages'"}[kind]
-                    raise ValueError(f"looks like {f!r} (keys {sorted(row)}) but kind {kind!r} needs "
-                                     f"{expected}")
-                resolved[0] = f
-            return _normalize(row, f, kind)
+                raise ValueError(f"a row must be a JSON object, got {_type_name(row)}")
+            fmt = self.format or resolve_format(self.kind, row)
+            try:
+                example = _normalize(row, fmt, self.kind)
+            except ValueError as e:
+                if str(e).endswith("is missing"):
+                    raise ValueError(f"{e}; expected {fmt} rows with {SHAPES[fmt]}") from None
+                raise
+            self.format = fmt
+            return example
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            raise DataError(f"{where}: {e}") from None
 
-    return adapt
+
+def make_adapter(kind: str, fmt: str = "auto") -> Callable[[dict, str], dict]:
+    """An `Adapter` for dataset `kind` and row format `fmt` ("auto" or one of `FORMATS`)."""
+    return Adapter(kind, fmt)

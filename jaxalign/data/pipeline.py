@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from jaxalign.data import batching, formats, sources, templates
+from jaxalign.errors import DataError
 
 KINDS = tuple(formats.KIND_FORMATS)
 _PROGRESS_EVERY = 5000
@@ -158,7 +159,7 @@ def _tokenize_rows(source, adapt, encode, name: str) -> list:
         try:
             out.append(encode(example))
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            raise DataError(f"{where}: {e}") from None
         if n >= _PROGRESS_EVERY and (i + 1) % _PROGRESS_EVERY == 0:
             logging.info("tokenizing %s: %d/%d rows (%.0fs)", name, i + 1, n, time.time() - start)
     return out
@@ -197,7 +198,7 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     source = sources.load_rows(path, split, data_dir=data_dir)
     if len(source) == 0:
-        raise ValueError(f"{source.name}: no rows")
+        raise DataError(f"{source.name}: no rows")
     adapt = formats.make_adapter(kind, format)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     T, P = max_length, max_prompt_length

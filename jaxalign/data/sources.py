@@ -1,13 +1,18 @@
 """Where rows come from: local json/jsonl/parquet files or directories, the HF hub, TFDS, or memory.
 
 `load_rows(source, split)` returns a `RowSource`: random access to plain-dict rows plus `locate(i)`, which
-names the file and line (or row) a row came from, so that a format error can say
-``"train.jsonl line 17: 'chosen' is missing"``.
+names the file and place a row came from, so that a format error can say
+``"data/train.jsonl line 17: 'chosen' is missing"``.
+
+Places are 1-based everywhere: ``line N`` in a ``.jsonl`` file (blank lines are skipped but counted, so N
+is the line an editor shows), ``item N`` in a ``.json`` array, ``row N`` in a parquet file, a hub or TFDS
+split or an in-memory list.
 
 Sources:
-  * a ``.jsonl`` / ``.json`` / ``.parquet`` file, or a list of them: loaded with HF ``datasets`` one file
-    at a time (so each row's file is known). For jsonl, ``line = index in file + 1`` (blank lines are not
-    expected); for json arrays and parquet the message says ``row N`` (0-based).
+  * a ``.jsonl`` / ``.json`` / ``.parquet`` file, or a list of them. JSON files are parsed here (not by
+    ``datasets``) so that every problem names its line: invalid JSON, invalid UTF-8, a line that is not a
+    JSON object, an empty file. A ``.json`` file holds an array of objects, or JSON Lines (as ``datasets``
+    reads them). Parquet is read with pyarrow.
   * a directory: its supported files for `split` - names like ``train.jsonl``, ``sft_train.jsonl``,
     ``train-00000-of-00002.parquet`` or files under a ``train/`` sub-directory; with no such match, every
     supported file in it (sorted).
@@ -15,15 +20,21 @@ Sources:
     bytes are decoded to str. Optional: imported only when used. ``data_dir`` selects the TFDS directory.
   * any other string: a dataset name on the HF hub (``datasets.load_dataset(name, split=split)``).
   * a list of dicts, or a ``datasets.Dataset``: used as they are (tests, programmatic use).
+
+Every problem with the data itself raises `jaxalign.errors.DataError` naming the file (and line).
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-SUPPORTED = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+from jaxalign.errors import DataError
+
+SUPPORTED = (".jsonl", ".json", ".parquet")
 
 
 @dataclasses.dataclass
@@ -33,7 +44,7 @@ class RowSource:
     Attributes:
       rows: a sequence of dict rows (list, ``datasets.Dataset`` or a TFDS data source).
       name: a short description for messages.
-      locate: index -> ``"file line N"`` / ``"file row N"`` / ``"row N"``.
+      locate: index -> ``"file line N"`` / ``"file item N"`` / ``"file row N"`` / ``"row N"`` (1-based).
     """
 
     rows: Sequence[Any]
@@ -60,10 +71,16 @@ def _plain(row: Any) -> dict:
     return row
 
 
+def _type_name(x: Any) -> str:
+    """How a JSON value is called in messages."""
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(x), type(x).__name__)
+
+
 def _split_files(directory: Path, split: str) -> list[Path]:
     files = sorted(p for p in directory.rglob("*") if p.suffix in SUPPORTED and p.is_file())
     if not files:
-        raise FileNotFoundError(f"{directory}: no .jsonl, .json or .parquet files")
+        raise DataError(f"{directory}: no .jsonl, .json or .parquet files in this directory")
 
     def matches(p: Path) -> bool:
         stem = p.name.split(".")[0]
@@ -75,28 +92,106 @@ def _split_files(directory: Path, split: str) -> list[Path]:
         return chosen
     if split == "train":
         return files
-    raise FileNotFoundError(f"{directory}: no files for split {split!r} among {[p.name for p in files]}")
+    raise DataError(f"{directory}: no files for split {split!r} among {[p.name for p in files]}")
+
+
+def _read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (a BOM is dropped); bad bytes are reported by line and column."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path} line {line}: invalid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+                        "expected UTF-8 text (re-save the file as UTF-8)") from None
+
+
+def _no_rows(path: Path, text: str) -> DataError:
+    why = "the file is empty" if not text else "only blank lines" if not text.strip() else "an empty array"
+    return DataError(f"{path}: no rows ({why}); expected at least one JSON object")
+
+
+def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
+    """Rows and their 1-based line numbers; blank lines are skipped."""
+    rows, lines = [], []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            hint = ("; this looks like a JSON array: name the file .json" if not rows and line.strip() == "["
+                    else "")
+            raise DataError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno}); expected one JSON "
+                            f"object per line{hint}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {n}: expected a JSON object {{...}} per line, got {_type_name(row)}")
+        rows.append(row)
+        lines.append(n)
+    if not rows:
+        raise _no_rows(path, text)
+    return rows, lines
+
+
+def _parse_json_array(path: Path, text: str) -> list[dict]:
+    """A JSON array of objects; its items are numbered from 1."""
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno}); expected an "
+                        "array of JSON objects") from None
+    if not items:
+        raise _no_rows(path, text)
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(f"{path} item {i + 1}: expected a JSON object {{...}}, got {_type_name(item)}")
+    return items
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        rows = pq.read_table(str(path)).to_pylist()
+    except (pyarrow.ArrowException, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: not a readable parquet file ({first})") from None
+    if not rows:
+        raise DataError(f"{path}: no rows (an empty parquet table)")
+    return rows
+
+
+def _read_file(path: Path) -> tuple[list[dict], Callable[[int], str]]:
+    """One file's rows and its ``locate``."""
+    if path.suffix == ".parquet":
+        return _read_parquet(path), lambda i: f"{path} row {i + 1}"
+    text = _read_text(path)
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return _parse_json_array(path, text), lambda i: f"{path} item {i + 1}"
+    rows, lines = _parse_jsonl(path, text)  # .jsonl, or JSON Lines in a .json file
+    return rows, lambda i: f"{path} line {lines[i]}"
 
 
 def _load_files(files: list[Path]) -> RowSource:
-    import datasets
-
-    parts, offsets, names = [], [], []
-    total = 0
+    rows, offsets, locates = [], [], []
     for path in files:
-        ds = datasets.load_dataset(SUPPORTED[path.suffix], data_files=str(path), split="train")
-        parts.append(ds)
-        offsets.append(total)
-        names.append(path)
-        total += len(ds)
-    rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        part, locate = _read_file(path)
+        offsets.append(len(rows))
+        locates.append(locate)
+        rows.extend(part)
 
     def locate(i: int) -> str:
-        k = max(j for j, off in enumerate(offsets) if off <= i)
-        local = i - offsets[k]
-        path = names[k]
-        where = f"line {local + 1}" if path.suffix == ".jsonl" else f"row {local}"
-        return f"{path.name} {where}"
+        k = bisect.bisect_right(offsets, i) - 1
+        return locates[k](i - offsets[k])
 
     name = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} files)"
     return RowSource(rows, name, locate)
@@ -109,7 +204,20 @@ def _load_tfds(spec: str, split: str, data_dir: str | None) -> RowSource:
         raise ImportError("tfds: sources need `pip install tensorflow-datasets` (jaxalign[tfds])") from e
     name = spec[len("tfds:"):]
     source = tfds.data_source(name, split=split, data_dir=data_dir)
-    return RowSource(source, f"tfds {name} [{split}]", lambda i: f"tfds {name}[{split}] row {i}")
+    return RowSource(source, f"tfds {name} [{split}]", lambda i: f"tfds {name}[{split}] row {i + 1}")
+
+
+def _load_hub(spec: str, split: str) -> RowSource:
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(spec, split=split)
+    except Exception as e:  # noqa: BLE001 - not found, offline, no such split: all the user's to fix
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{spec}: not a local file or directory, and loading it from the Hugging Face hub "
+                        f"failed ({first}); expected a .jsonl/.json/.parquet file, a directory of them, or a "
+                        "hub dataset name") from None
+    return RowSource(rows, f"{spec} [{split}]", lambda i: f"{spec}[{split}] row {i + 1}")
 
 
 def load_rows(source: Any, split: str = "train", *, data_dir: str | None = None) -> RowSource:
@@ -117,11 +225,11 @@ def load_rows(source: Any, split: str = "train", *, data_dir: str | None = None)
     if isinstance(source, RowSource):
         return source
     if isinstance(source, (list, tuple)) and (not source or isinstance(source[0], dict)):
-        return RowSource(list(source), "rows", lambda i: f"row {i}")
+        return RowSource(list(source), "rows", lambda i: f"row {i + 1}")
     if isinstance(source, (list, tuple)):
         return _load_files([Path(p) for p in source])
     if not isinstance(source, (str, os.PathLike)):  # a datasets.Dataset or similar sequence of dicts
-        return RowSource(source, "dataset", lambda i: f"row {i}")
+        return RowSource(source, "dataset", lambda i: f"row {i + 1}")
     spec = str(source)
     if spec.startswith("tfds:"):
         return _load_tfds(spec, split, data_dir)
@@ -129,12 +237,8 @@ def load_rows(source: Any, split: str = "train", *, data_dir: str | None = None)
     if path.is_dir():
         return _load_files(_split_files(path, split))
     if path.suffix in SUPPORTED:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file")
         return _load_files([path])
     if path.exists():
-        raise ValueError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
-    import datasets  # a hub dataset name
-
-    rows = datasets.load_dataset(spec, split=split)
-    return RowSource(rows, f"{spec} [{split}]", lambda i: f"{spec}[{split}] row {i}")
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r}; expected .jsonl, "
+                        ".json or .parquet")
+    return _load_hub(spec, split)

@@ -45,11 +45,29 @@ def has_generation_marks(tokenizer) -> bool:
     return bool(template) and bool(_GENERATION.search(template))
 
 
-def _render(tokenizer, messages, add_generation_prompt=False) -> str:
+NO_TEMPLATE = ("conversational rows (lists of messages) need a chat template and the tokenizer has none "
+               "(tokenizer.chat_template is empty); set config.data.chat_template to a Jinja template file "
+               "(or its text), or config.model.tokenizer to a tokenizer that has one")
+
+
+def _apply_template(tokenizer, messages, **kwargs):
+    """``tokenizer.apply_chat_template`` with the template's own errors (a Jinja ``raise_exception``, e.g.
+    for a role it does not know) turned into a ValueError that says what to change."""
     if not has_chat_template(tokenizer):
-        raise ValueError("conversational rows need a tokenizer with a chat template "
-                         "(tokenizer.chat_template is empty)")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        raise ValueError(NO_TEMPLATE)
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(messages, **kwargs)
+    except jinja2.TemplateError as e:
+        roles = ", ".join(dict.fromkeys(m["role"] for m in messages))
+        raise ValueError(f"the tokenizer's chat template rejects this conversation (roles: {roles}): {e}; "
+                         "expected a conversation the template accepts, or set config.data.chat_template to "
+                         "a template that renders these roles") from None
+
+
+def _render(tokenizer, messages, add_generation_prompt=False) -> str:
+    return _apply_template(tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def _ids(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
@@ -75,8 +93,8 @@ def encode_messages(tokenizer, messages: list[dict], assistant_only_loss: bool =
         ids = _ids(tokenizer, _render(tokenizer, messages), False)
         return np.asarray(ids, np.int32), np.ones(len(ids), np.int32)
     if has_generation_marks(tokenizer):
-        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+        out = _apply_template(tokenizer, messages, tokenize=True, return_dict=True,
+                              return_assistant_tokens_mask=True)
         ids = np.asarray(out["input_ids"], np.int32)
         mask = np.asarray(out["assistant_masks"], np.int32)
         eos = tokenizer.eos_token_id

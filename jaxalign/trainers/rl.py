@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxalign import checkpoints, models, sampling, sharding
 from jaxalign.checkpoints.orbax_state import StateCheckpointer, abstract_like
+from jaxalign import data
 from jaxalign.data import pipeline
 from jaxalign.trainers import distributed, grpo, ppo, rewards, setup
 from jaxalign.trainers.metrics_writer import MetricsWriter
@@ -178,11 +179,11 @@ def build(config, mesh):
     reward_model = models.ScalarHeadModel(rcfg)
 
   common = dict(kind="prompt", tokenizer=tok, format=d.format, max_length=d.max_length,
-                max_prompt_length=d.max_prompt_length)
-  train_ds = pipeline.build_dataset(d.train, split="train", **common)
+                max_prompt_length=d.max_prompt_length, chat_template=d.chat_template)
+  train_ds = data.load(d.train, split="train", **common)
   train_iter = pipeline.BatchIterator(train_ds, config.train.batch_size, seed=d.shuffle_seed,
                                       process_index=jax.process_index(), process_count=jax.process_count())
-  eval_ds = pipeline.build_dataset(d.eval, split="eval", **common) if d.eval else None
+  eval_ds = data.load(d.eval, split="eval", **common) if d.eval else None
 
   total_updates = config.train.num_steps * updates_per_step(config)
   ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())

@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxalign import models, sharding
 from jaxalign import checkpoints
+from jaxalign import data
 from jaxalign.data import pipeline
 from jaxalign.trainers import reference_cache
 from jaxalign.trainers.objectives import OBJECTIVES, hparams, make_reference_fn
@@ -68,6 +69,10 @@ def load_model(config, mesh, head):
 def build_run(config, mesh):
   _, kind, needs_ref, head = OBJECTIVES[config.objective]
   m = config.model
+  d = config.data
+  # Every row is read and checked first: bad data fails here (DataError), before anything loads.
+  train_rows = data.read(data_paths(d.train), kind=kind, format=d.format, split="train")
+  eval_rows = data.read(data_paths(d.eval), kind=kind, format=d.format, split="eval") if d.eval else None
   tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
   mcfg, params = load_model(config, mesh, head)
   model = make_model(mcfg, head)
@@ -90,8 +95,8 @@ def build_run(config, mesh):
   d = config.data
   common = dict(kind=kind, tokenizer=tokenizer, format=d.format, max_length=d.max_length,
                 max_prompt_length=d.max_prompt_length, assistant_only_loss=d.assistant_only_loss,
-                packing=d.packing, whole_sequences=head == "score")
-  train_ds = pipeline.build_dataset(data_paths(d.train), split="train", **common)
+                packing=d.packing, whole_sequences=head == "score", chat_template=d.chat_template)
+  train_ds = data.load(train_rows, split="train", **common)
   precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
   if precompute:
     hp = hparams(config)
@@ -108,7 +113,7 @@ def build_run(config, mesh):
                                       process_count=jax.process_count(), **rows)
   eval_iter_fn = None
   if d.eval:
-    eval_ds = pipeline.build_dataset(data_paths(d.eval), split="eval", **common)
+    eval_ds = data.load(eval_rows, split="eval", **common)
     if precompute:
       precompute_reference(ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh, tokenizer, cache)
     def eval_iter_fn():

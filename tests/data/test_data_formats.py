@@ -1,10 +1,12 @@
 """Format adapters: detection, normalization, implicit prompts, and bad rows named by file and line."""
 import json
+import re
 
 import pytest
 
 from jaxalign.data import embedded, formats
 from jaxalign.data.pipeline import build_dataset
+from jaxalign.errors import DataError
 
 U = lambda s: {"role": "user", "content": s}  # noqa: E731
 A = lambda s: {"role": "assistant", "content": s}  # noqa: E731
@@ -105,7 +107,9 @@ def test_bad_row_names_file_and_line(tmp_path):
     rows = [{"prompt": [U("q")], "chosen": [A("a")], "rejected": [A("b")]} for _ in range(20)]
     rows[16] = {"prompt": [U("q")], "rejected": [A("b")]}  # line 17
     _write_jsonl(tmp_path / "train.jsonl", rows)
-    with pytest.raises(ValueError, match=r"^train\.jsonl line 17: 'chosen' is missing$"):
+    with pytest.raises(DataError, match=r"^" + re.escape(str(tmp_path / "train.jsonl")) +
+                       r" line 17: 'chosen' is missing; expected preference rows with 'prompt', 'chosen' and "
+                       r"'rejected'$"):
         build_dataset(str(tmp_path / "train.jsonl"), kind="preference", tokenizer=embedded.load_tokenizer(),
                       max_length=32)
 

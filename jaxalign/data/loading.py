@@ -1,0 +1,104 @@
+"""The public way to load data: `load` (rows -> tokenized dataset) and its first half, `read`.
+
+    from jaxalign import data
+    ds = data.load("train.jsonl", kind="sft", tokenizer=tok, max_length=512)
+    it = data.BatchIterator(ds, global_batch_size=32)
+
+`read(path, kind=...)` opens the rows (`sources`), detects their format and checks every row (`formats`)
+without a tokenizer, so a bad file fails in a fraction of a second, before any model is loaded; the
+trainers call it first and hand its result to `load`. Every problem with the data raises
+`jaxalign.errors.DataError` whose message starts with where it is: ``<file> line <N>:`` (``item N`` in a
+JSON array, ``row N`` in parquet, all 1-based).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jaxalign.data import formats, pipeline, sources
+from jaxalign.errors import ConfigError, DataError
+
+
+class Rows(sources.RowSource):
+    """Checked rows: every row normalized to its kind's example (`formats`). ``format`` is the format that
+    was detected (or given), ``kind`` the dataset kind they were checked for."""
+
+    def __init__(self, examples: list[dict], name: str, locate, kind: str, format: str):
+        super().__init__(examples, name, locate)
+        self.kind, self.format = kind, format
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def read(path: Any, *, kind: str, format: str = "auto", split: str = "train",
+         data_dir: str | None = None) -> Rows:
+    """Opens `path` and checks every row for dataset `kind`; no tokenizer needed.
+
+    Args:
+      path: a .jsonl/.json/.parquet file, a directory of them, a list of files, a hub dataset name,
+        ``"tfds:name"``, a list of dict rows or a ``datasets.Dataset`` (see `sources`).
+      kind: "clm" | "sft" | "preference" | "kto" | "prompt".
+      format: "auto" (detect from the first row) or a format name from `formats.FORMATS`.
+      split: which split of a directory / hub / TFDS dataset.
+      data_dir: TFDS data directory.
+
+    Raises:
+      DataError: the first bad row or file, as ``<file> line <N>: <what is wrong and what was expected>``.
+    """
+    if isinstance(path, Rows) and path.kind == kind:
+        return path
+    source = sources.load_rows(path, split, data_dir=data_dir)
+    if len(source) == 0:
+        raise DataError(f"{source.name}: no rows")
+    adapt = formats.make_adapter(kind, format)
+    examples = [adapt(source[i], source.locate(i)) for i in range(len(source))]
+    return Rows(examples, source.name, source.locate, kind, adapt.format)
+
+
+def set_chat_template(tokenizer, chat_template: str) -> None:
+    """Gives `tokenizer` the Jinja chat template `chat_template`: a file path or the template text."""
+    if not chat_template:
+        return
+    if "{" not in chat_template:  # a path, not a template
+        if not os.path.isfile(chat_template):
+            raise ConfigError(f"config.data.chat_template={chat_template!r}: no such file; expected a Jinja "
+                              "template file or the template text")
+        with open(chat_template, encoding="utf-8") as f:
+            chat_template = f.read()
+    tokenizer.chat_template = chat_template
+
+
+def load(path: Any, *, kind: str, tokenizer, max_length: int, format: str = "auto", split: str = "train",
+         max_prompt_length: int | None = None, assistant_only_loss: bool = True, packing: bool = False,
+         whole_sequences: bool = False, chat_template: str = "",
+         data_dir: str | None = None) -> pipeline.TokenizedDataset:
+    """Reads, checks, tokenizes and pads a dataset: the one entry point the trainers use.
+
+    Args:
+      path: anything `read` takes, or the `Rows` it returned (not read again).
+      kind: "clm" | "sft" | "preference" | "kto" | "prompt" (which the objective decides: sft -> sft,
+        reward/dpo/orpo/simpo -> preference, kto -> kto, ppo/grpo -> prompt, pretraining -> clm).
+      tokenizer: a transformers tokenizer; conversational rows need its chat template (or `chat_template`).
+      max_length: T, tokens per sequence (prompt + completion) and the batch width.
+      format: "auto" or a format name from `formats.FORMATS`.
+      split: which split of a directory / hub / TFDS dataset.
+      max_prompt_length: prompt tokens kept (from the left of the completion); required for kind="prompt".
+      assistant_only_loss: SFT trains on assistant turns and completions only (False: everything).
+      packing: pack clm rows / make sft, preference and kto batches padding-free (see `pipeline`).
+      whole_sequences: padding-free rows of whole sequences (reward models).
+      chat_template: a Jinja chat template (file path or text) that replaces the tokenizer's.
+      data_dir: TFDS data directory.
+
+    Returns:
+      a `pipeline.TokenizedDataset` for `pipeline.BatchIterator`; ``num_truncated`` counts the examples
+      that lost tokens to `max_length` / `max_prompt_length`.
+
+    Raises:
+      DataError: a bad file or row (see `read`), or a conversation the chat template cannot render.
+    """
+    rows = read(path, kind=kind, format=format, split=split, data_dir=data_dir)
+    set_chat_template(tokenizer, chat_template)
+    return pipeline.build_dataset(rows, kind=kind, tokenizer=tokenizer, split=split, max_length=max_length,
+                                  max_prompt_length=max_prompt_length, assistant_only_loss=assistant_only_loss,
+                                  packing=packing, whole_sequences=whole_sequences)
