@@ -9,6 +9,10 @@ the host never holds more than one full tensor (or one layer group, for `scan_la
 one parameter at a time (`process_allgather` for multi-host arrays) and writes sharded safetensors.
 Only safetensors are read: pickled `pytorch_model.bin` files are refused.
 
+A missing, unreadable or mismatched checkpoint (no directory, no or corrupt config.json, an unsupported
+model type, corrupt safetensors, a tensor missing or of another shape) raises `CheckpointError` naming
+the path and what was expected.
+
 Name mapping (HF Linear weights are [out, in], we store [in, ..., out, ...]; GPT-2's Conv1D weights are
 already [in, out], and its fused `c_attn` [D, 3D] splits into q/k/v):
     Llama-style: model.embed_tokens, model.layers.{i}.{input_layernorm, self_attn.{q,k,v,o}_proj,
@@ -35,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxalign.errors import CheckpointError
 from jaxalign.models.config import ARCHITECTURES, ModelConfig
 from jaxalign.models.heads import ScalarHeadModel
 from jaxalign.models.transformer import Transformer, init_params, param_logical_axes
@@ -107,12 +112,26 @@ def _hf_name(config: ModelConfig, path: tuple[str, ...], layer: int | None) -> t
     return prefix + name, kind
 
 
+def _regroups(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
+    """Whether `src` reshapes to `dst` by only merging or splitting adjacent axes (as HF <-> ours does):
+    same size, and one shape's running products are a subset of the other's."""
+    if math.prod(src) != math.prod(dst):
+        return False
+    a, b = ({math.prod(s[:k]) for k in range(1, len(s) + 1)} for s in (src, dst))
+    return a <= b or b <= a
+
+
 def _to_ours(arr: np.ndarray, kind, shape: tuple[int, ...]) -> np.ndarray:
+    """HF tensor -> our layout; ValueError when its shape does not fit `shape`."""
     if kind == "linear":
         arr = arr.T
     elif isinstance(kind, tuple):  # ("split", j): j-th of 3 equal parts of the last axis
+        if arr.shape[-1] % 3:
+            raise ValueError("the last axis does not split into q, k, v")
         n = arr.shape[-1] // 3
         arr = arr[..., kind[1] * n:(kind[1] + 1) * n]
+    if not _regroups(arr.shape, tuple(shape)):
+        raise ValueError("")
     return arr.reshape(shape)
 
 
@@ -133,47 +152,98 @@ class _SafetensorsReader:
 
     def __init__(self, path: Path):
         index = path / "model.safetensors.index.json"
+        self._handles: dict[Path, Any] = {}
         if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: no \"weight_map\" object (tensor name -> file)")
             self.files = {name: path / fname for name, fname in weight_map.items()}
+            for file in sorted(set(self.files.values())):
+                if not file.is_file():
+                    raise CheckpointError(f"{file}: no such file (listed in {index.name})")
         elif (path / "model.safetensors").exists():
-            with safe_open(path / "model.safetensors", framework="numpy") as f:
-                self.files = {name: path / "model.safetensors" for name in f.keys()}
+            f = self._open(path / "model.safetensors")
+            self.files = {name: path / "model.safetensors" for name in f.keys()}
         else:
             pickled = [p for p in _PICKLE_FILES if (path / p).exists()]
             if pickled:
-                raise ValueError(f"{path} holds only pickled weights ({', '.join(pickled)}); jaxalign reads "
-                                 "safetensors only (pickle can run arbitrary code). Convert with "
-                                 "transformers: model.save_pretrained(dir, safe_serialization=True).")
-            raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
-        self._handles: dict[Path, Any] = {}
+                raise CheckpointError(f"{path} holds only pickled weights ({', '.join(pickled)}); jaxalign "
+                                      "reads safetensors only (pickle can run arbitrary code). Convert with "
+                                      "transformers: model.save_pretrained(dir, safe_serialization=True).")
+            raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+    def _open(self, file: Path):
+        if file not in self._handles:
+            try:
+                self._handles[file] = safe_open(file, framework="numpy")
+            except Exception as e:  # safetensors' SafetensorError (a truncated or corrupt file), OSError
+                raise CheckpointError(f"{file}: not a readable safetensors file ({_first_line(e)}); "
+                                      "is it truncated or corrupt?") from e
+        return self._handles[file]
 
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
     def get(self, name: str) -> np.ndarray:
         file = self.files[name]
-        if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="numpy")
-        return self._handles[file].get_tensor(name)
+        try:
+            return self._open(file).get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as e:  # a header that promises more bytes than the file has, a missing tensor
+            raise CheckpointError(f"{file}: cannot read tensor {name!r} ({_first_line(e)}); is the file "
+                                  "truncated or corrupt?") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{file}: not UTF-8 text (byte {e.start}); expected JSON") from e
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file} line {e.lineno}: not valid JSON ({e.msg})") from e
+    except OSError as e:
+        raise CheckpointError(f"{file}: cannot read it ({e.strerror or e})") from e
 
 
 def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such directory; expected a Hugging Face model directory "
+                              "(config.json + model.safetensors)")
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise FileNotFoundError(f"no config.json in {path}")
-    hf = json.loads(cfg_file.read_text())
+        raise CheckpointError(f"{path}: no config.json; expected a Hugging Face model directory "
+                              "(config.json + model.safetensors)")
+    hf = _read_json(cfg_file)
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in ARCHITECTURES:
-        raise ValueError(f"{path}: model_type={model_type!r} (architectures={hf.get('architectures')}) "
-                         f"is not supported; supported model types: {', '.join(ARCHITECTURES)}")
+        raise CheckpointError(f"{cfg_file}: model_type={model_type!r} (architectures="
+                              f"{hf.get('architectures')}) is not supported; supported model types: "
+                              f"{', '.join(ARCHITECTURES)}")
     causal, seqcls = ARCHITECTURES[model_type]
     base = causal.replace("ForCausalLM", "Model").replace("LMHeadModel", "Model")
     for arch in hf.get("architectures") or ():
         if arch not in (causal, seqcls, base):
-            raise ValueError(f"{path}: architecture {arch!r} is not supported; for model_type "
-                             f"{model_type!r} supported are {causal}, {seqcls}, {base}")
+            raise CheckpointError(f"{cfg_file}: architecture {arch!r} is not supported; for model_type "
+                                  f"{model_type!r} supported are {causal}, {seqcls}, {base}")
     return hf
+
+
+def _model_config(hf: dict[str, Any], cfg_file: Path, **overrides) -> ModelConfig:
+    try:
+        return ModelConfig.from_hf(hf, **overrides)
+    except KeyError as e:
+        raise CheckpointError(f"{cfg_file}: {e.args[0]!r} is missing (needed for model_type="
+                              f"{hf.get('model_type')!r})") from e
+    except (ValueError, TypeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{cfg_file}: {_first_line(e)}") from e
 
 
 def _put(arr: np.ndarray, sharding) -> jax.Array:
@@ -200,9 +270,12 @@ def load_hf_model(path: str | os.PathLike, mesh: Mesh | None = None, dtype: str 
     path = Path(path)
     hf = _read_config(path)
     reader = _SafetensorsReader(path)
-    config = ModelConfig.from_hf(hf, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+    config = _model_config(hf, path / "config.json", dtype=dtype, param_dtype=param_dtype, **config_overrides)
     module = Transformer(config) if head == "lm" else ScalarHeadModel(config)
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0), module))
+    try:
+        shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0), module))
+    except (ValueError, TypeError) as e:  # sizes that make no model (e.g. a head_dim of 0)
+        raise CheckpointError(f"{path / 'config.json'}: its sizes make no model ({_first_line(e)})") from e
     if mesh is None:
         one = SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: one, shapes)
@@ -222,8 +295,16 @@ def load_hf_model(path: str | os.PathLike, mesh: Mesh | None = None, dtype: str 
                             config.initializer_range)
                 rng = np.random.default_rng(0)
                 return (rng.standard_normal(shape) * config.initializer_range).astype(np.float32)
-            raise ValueError(f"{path}: tensor {name!r} (for parameter {'/'.join(ours)}) not found")
-        return _to_ours(reader.get(name), kind, shape)
+            raise CheckpointError(f"{path}: tensor {name!r} (for parameter {'/'.join(ours)}) not found; a "
+                                  f"checkpoint of another model type than config.json's "
+                                  f"{config.model_type!r}?")
+        arr = reader.get(name)
+        try:
+            return _to_ours(arr, kind, shape)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(arr.shape)}, but the model "
+                                  f"its config.json describes has {'/'.join(ours)} of shape {tuple(shape)}"
+                                  f"{f' ({e})' if str(e) else ''}; weights of another size?") from e
 
     np_dtype = jnp.dtype(param_dtype)
     flat_shapes = flax.traverse_util.flatten_dict(shapes)

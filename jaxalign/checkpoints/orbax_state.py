@@ -2,9 +2,12 @@
 
 Saved asynchronously every `train.checkpoint_every` steps and at the end; the last `keep` are kept. A
 checkpoint is only visible once complete (orbax writes to a temporary directory and renames), so a crash
-never leaves a half-written checkpoint to resume from.
+never leaves a half-written checkpoint to resume from; a killed save's temporary directory is deleted when
+the next run opens the directory (tested by killing a run with SIGKILL inside a save:
+tests/trainers/test_preemption.py, through the test-only `JAXALIGN_TEST_KILL_IN_SAVE_AT_STEP`).
 """
 import os
+import signal
 
 import jax
 import orbax.checkpoint as ocp
@@ -15,7 +18,9 @@ class StateCheckpointer:
   def __init__(self, directory, keep=2, async_save=True):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           cleanup_tmp_directories=True)
+    _maybe_kill_in_save()
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self):
@@ -30,10 +35,18 @@ class StateCheckpointer:
   def restore(self, abstract_state, step=None):
     """`abstract_state`: the state's pytree of jax.ShapeDtypeStruct with target shardings."""
     step = self.manager.latest_step() if step is None else step
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=ocp.args.JsonRestore(),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # missing items, truncated files, another run's shapes: orbax raises many kinds
+      from jaxalign.errors import CheckpointError
+      lines = str(e).strip().splitlines()
+      raise CheckpointError(
+          f"{os.path.join(self.directory, str(step))}: cannot resume from this checkpoint ("
+          f"{type(e).__name__}: {lines[0] if lines else 'no message'}); it is incomplete, corrupt or from "
+          "another config: delete it to start over, or use another --workdir") from e
     return out["state"], out["data"], out["meta"]
 
   def wait(self):
@@ -42,6 +55,33 @@ class StateCheckpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+TEST_KILL_ENV = "JAXALIGN_TEST_KILL_IN_SAVE_AT_STEP"
+
+
+def _maybe_kill_in_save():
+  """Test-only: with `JAXALIGN_TEST_KILL_IN_SAVE_AT_STEP=N` the process SIGKILLs itself in the background
+  thread of the asynchronous save of step N, after its files are written and before orbax commits them
+  (renames the temporary directory): the worst moment for a `kill -9`."""
+  step = os.environ.get(TEST_KILL_ENV, "")
+  if not step:
+    return
+  from orbax.checkpoint._src.path import atomicity
+
+  for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
+    original = cls.finalize
+    if getattr(original, "_jaxalign_test_kill", False):
+      continue
+
+    async def finalize(self, *args, _original=original, **kwargs):
+      final = getattr(self, "_final_path", None)
+      if final is not None and os.path.basename(str(final)) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+      return await _original(self, *args, **kwargs)
+
+    finalize._jaxalign_test_kill = True
+    cls.finalize = finalize
 
 
 def abstract_like(tree):

@@ -3,11 +3,33 @@ from __future__ import annotations
 
 import os
 
+from jaxalign.errors import CheckpointError
+
 
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs):
     """`transformers.AutoTokenizer.from_pretrained(path)` for a local directory.
 
-    `trust_remote_code` stays False unless a caller explicitly asks for it.
+    `trust_remote_code` stays False unless a caller explicitly asks for it. A directory that is missing,
+    holds no tokenizer files, or whose files do not load raises `CheckpointError` naming it.
     """
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
+    local = os.path.expanduser(str(path))
+    if not os.path.exists(local) and (os.path.isabs(local) or local.startswith(".")):
+        raise CheckpointError(f"{path}: no such directory; expected a tokenizer directory (tokenizer.json, "
+                              "tokenizer_config.json)")
+    if os.path.exists(local) and not os.path.isdir(local):
+        raise CheckpointError(f"{path}: not a directory; expected a tokenizer directory (tokenizer.json, "
+                              "tokenizer_config.json)")
+    if os.path.isdir(local) and not any(
+            os.path.exists(os.path.join(local, f))
+            for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        raise CheckpointError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json, "
+                              "tokenizer.model or vocab.json)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
+    except ImportError:
+        raise   # a missing package (sentencepiece, ...): the environment, not the files
+    except Exception as e:  # OSError (not found), ValueError, and the tokenizers library's bare Exception
+        lines = str(e).strip().splitlines()
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: "
+                              f"{lines[0] if lines else 'no message'})") from e

@@ -43,6 +43,16 @@ def validate(config, num_devices, process_count=1):
       _fail("dpo.label_smoothing", hp.label_smoothing, "must be in [0, 0.5)")
     if hp.rpo_alpha < 0:
       _fail("dpo.rpo_alpha", hp.rpo_alpha, "must be >= 0")
+  if obj == "simpo" and hp.gamma < 0:
+    _fail("simpo.gamma", hp.gamma, "must be >= 0 (the target reward margin)")
+  if obj == "kto":
+    for f in ("desirable_weight", "undesirable_weight"):
+      if not hp[f] > 0:
+        _fail(f"kto.{f}", hp[f], "must be > 0")
+  if obj == "reward" and hp is not None and hp.get("center_coef", 0.0) < 0:
+    _fail("reward.center_coef", hp.center_coef, "must be >= 0")
+  if obj == "clm" and hp is not None and hp.get("z_loss", 0.0) < 0:
+    _fail("clm.z_loss", hp.z_loss, "must be >= 0")
   reject_other_objectives(config, OBJECTIVES)
   return validate_common(config, num_devices, process_count)
 
@@ -54,12 +64,41 @@ def reject_other_objectives(config, known):
       _fail(other, "...", f"does not apply to objective {config.objective!r}; remove it")
 
 
+def _check_lora(lo):
+  """`config.lora` (enabled): every field, and target modules that name projections that exist."""
+  from jaxalign import lora
+  from jaxalign.lora.config import ALL_PROJECTIONS
+  targets = tuple(lo.target_modules)
+  for t in targets:
+    plain = not t.startswith("re:") and "/" not in t and not any(c in t for c in "*?[")
+    if plain and t not in ALL_PROJECTIONS:
+      several = " (several: --config.lora.target_modules=\"('q_proj', 'v_proj')\")" if "," in t else ""
+      _fail("lora.target_modules", targets, f"unknown module {t!r}; expected names from "
+            f"{', '.join(ALL_PROJECTIONS)}, a path pattern with / or *, or 're:<regex>'{several}")
+    if t.startswith("re:"):
+      try:
+        re.compile(t[3:])
+      except re.error as e:
+        _fail("lora.target_modules", targets, f"{t!r} is not a regular expression ({e})")
+  try:
+    lora.LoraConfig.from_dict({k: (tuple(targets) if k == "target_modules" else v)
+                               for k, v in lo.to_dict().items() if k != "enabled"})
+  except (ValueError, TypeError) as e:
+    m = re.match(r"lora (\w+)=\S+ (.*)", str(e))
+    if m and m.group(1) in lo:
+      _fail(f"lora.{m.group(1)}", lo[m.group(1)], m.group(2))
+    _fail("lora", "...", str(e))
+
+
 def validate_common(config, num_devices, process_count=1):
   """The fields every run has: model, data, optimizer, train, mesh. Returns the mesh shape."""
   obj = config.objective
   m = config.model
   if m.path:
     _check_path("model.path", m.path)
+    if not os.path.isdir(os.path.expanduser(m.path)):   # the loader reads local directories only
+      _fail("model.path", m.path, "no such directory; expected a local Hugging Face model directory "
+            "(config.json + model.safetensors; download hub models first)")
   elif not m.init:
     _fail("model.path", m.path, "set model.path (an HF directory) or model.init (random init)")
   if m.tokenizer or not m.path:
@@ -84,28 +123,44 @@ def validate_common(config, num_devices, process_count=1):
 
   lo = config.get("lora")
   if lo is not None and lo.enabled:
-    from jaxalign import lora
-    try:
-      lora.LoraConfig.from_dict({k: (tuple(v) if k == "target_modules" else v)
-                                 for k, v in lo.to_dict().items() if k != "enabled"})
-    except (ValueError, TypeError) as e:
-      _fail("lora", "...", str(e))
+    _check_lora(lo)
     if obj == "reward":
       _fail("lora.enabled", True, "LoRA reward models are not supported (the score head must train)")
 
   o = config.optimizer
-  if not o.learning_rate > 0:
-    _fail("optimizer.learning_rate", o.learning_rate, "must be > 0")
+  if not o.learning_rate > 0 or not math.isfinite(o.learning_rate):
+    _fail("optimizer.learning_rate", o.learning_rate, "must be a finite number > 0")
   if o.name not in ("adamw", "adam", "sgd"):
     _fail("optimizer.name", o.name, "expected adamw, adam or sgd")
   if o.schedule not in ("cosine", "linear", "constant"):
     _fail("optimizer.schedule", o.schedule, "expected cosine, linear or constant")
+  if o.warmup_steps < 0:
+    _fail("optimizer.warmup_steps", o.warmup_steps, "must be >= 0")
+  if not 0.0 <= o.end_lr_ratio <= 1.0:
+    _fail("optimizer.end_lr_ratio", o.end_lr_ratio, "must be in [0, 1] (final / peak learning rate)")
+  for f in ("b1", "b2"):
+    if not 0.0 <= o[f] < 1.0:
+      _fail(f"optimizer.{f}", o[f], "must be in [0, 1)")
+  if not o.eps > 0:
+    _fail("optimizer.eps", o.eps, "must be > 0")
+  for f in ("weight_decay", "max_grad_norm"):
+    if o[f] < 0:
+      _fail(f"optimizer.{f}", o[f], "must be >= 0 (0 = off)")
 
   t = config.train
   if t.num_steps <= 0:
     _fail("train.num_steps", t.num_steps, "must be > 0")
+  for f in ("batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
+    if t[f] <= 0:
+      _fail(f"train.{f}", t[f], "must be > 0")
+  for f in ("eval_every", "checkpoint_every"):
+    if t[f] < 0:
+      _fail(f"train.{f}", t[f], "must be >= 0 (0 = only at the end)")
   if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
     _fail("train.grad_accum_steps", t.grad_accum_steps, f"must divide train.batch_size={t.batch_size}")
+  for field in ("checkpoint_every", "checkpoint_every_minutes", "max_nonfinite_steps"):
+    if t[field] < 0:
+      _fail(f"train.{field}", t[field], "must be >= 0 (0 = off)")
 
   mesh = config.mesh
   sizes = [mesh.data, mesh.fsdp, mesh.tensor]
