@@ -93,8 +93,13 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
   t.log_every = 10
   t.eval_every = 50                # 0 = only at the end.
   t.eval_batch_size = 64
-  t.checkpoint_every = 0           # Orbax checkpoint period in steps; 0 = only at the end.
+  t.checkpoint_every = 500         # Orbax checkpoint period in steps (and always at the end); 0 = off.
+  t.checkpoint_every_minutes = 30.0  # ... and in wall-clock minutes, agreed by all hosts; 0 = off.
   t.keep_checkpoints = 2
+  # SIGTERM / SIGINT: finish the step, checkpoint, exit with code 75 (rerun the same command to resume).
+  # An update with a non-finite loss or gradient is skipped and counted; this many in a row halt the run
+  # (exit code 3); 0 = never halt. See jaxalign/trainers/preemption.py.
+  t.max_nonfinite_steps = 10
   t.export_hf = True               # Write the final model in HF format to <workdir>/hf.
   t.peak_tflops = 0.0              # Per-device peak for perf/mfu; 0 = by device kind (GPU/TPU), none on CPU.
 

@@ -2,7 +2,9 @@
 
 Flow: validate config → mesh → tokenizer, model, parameters (loaded onto the mesh) → data → jitted,
 sharded, donated step → loop with progress, metrics, periodic evaluation and orbax checkpoints → HF
-export. Resumes from the latest checkpoint in `<workdir>/checkpoints` if there is one.
+export. Resumes from the latest checkpoint in `<workdir>/checkpoints` if there is one. SIGTERM / SIGINT
+stop it after the current step with a checkpoint and exit code 75; non-finite updates are skipped
+(`preemption`).
 """
 import os
 import time
@@ -15,7 +17,7 @@ from absl import logging
 from jaxalign import sharding
 from jaxalign.models.attention import CAUSAL_CHUNK
 from jaxalign.checkpoints.orbax_state import StateCheckpointer
-from jaxalign.trainers import distributed, flops, setup
+from jaxalign.trainers import distributed, flops, preemption, setup
 from jaxalign.trainers.metrics_writer import MetricsWriter
 from jaxalign.trainers.optim import make_optimizer
 from jaxalign.trainers.state import TrainState
@@ -115,8 +117,9 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
 
     ckpt = StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints) \
         if workdir else None
+    meta = {}
     if ckpt and ckpt.latest_step() is not None:
-      state, data_state, _ = ckpt.restore(jax.tree.map(
+      state, data_state, meta = ckpt.restore(jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
       run.train_iter.set_state(data_state)
       print(f"Resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
@@ -135,34 +138,38 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     if run.eval_iter_fn and start == 0:    # The starting point, to compare the end against.
       final["eval"] = writer.write(0, evaluate(eval_step, state.params, ref_params, run.eval_iter_fn,
                                                batch_sharding), prefix="eval")
-    for step in range(start + 1, num_steps + 1):
-      batch = next(run.train_iter)
-      tokens += _count_tokens(batch) * jax.process_count()
-      step_flops += flops.batch_flops(run.model_config, batch, passes, lm_head=run.head == "lm") * \
-          jax.process_count()
-      state, metrics = train_step(state, _to_global(batch, batch_sharding), ref_params)
-      pending.append(metrics)
-      if step % config.train.log_every == 0 or step == num_steps:
-        final["train"] = writer.write(step, _mean_metrics(jax.device_get(pending)), tokens=tokens,
-                                      flops=step_flops, peak_flops=peak)
-        pending, tokens, step_flops = [], 0, 0.0
-      if run.eval_iter_fn and (step == num_steps or (config.train.eval_every and
-                                                     step % config.train.eval_every == 0)):
-        final["eval"] = writer.write(step, evaluate(eval_step, state.params, ref_params, run.eval_iter_fn,
-                                                    batch_sharding), prefix="eval")
-      if ckpt and (step == num_steps or (config.train.checkpoint_every and
-                                         step % config.train.checkpoint_every == 0)):
-        ckpt.save(step, state, run.train_iter.get_state(), {"objective": config.objective})
-      if stop_after is not None and step >= stop_after:
-        writer.close()
-        if ckpt:
-          ckpt.close()
-        return final
-    if ckpt:
-      ckpt.close()
+    guard = preemption.Guard(config.train, meta=meta, is_chief=is_chief)
+    try:
+      for step in range(start + 1, num_steps + 1):
+        batch = next(run.train_iter)
+        tokens += _count_tokens(batch) * jax.process_count()
+        step_flops += flops.batch_flops(run.model_config, batch, passes, lm_head=run.head == "lm") * \
+            jax.process_count()
+        state, metrics = train_step(state, _to_global(batch, batch_sharding), ref_params)
+        pending.append(metrics)
+        decision = guard.after_step(step, metrics["nonfinite"])
+        stop = decision.stop and step < num_steps      # at the last step the run ends anyway
+        if step % config.train.log_every == 0 or step == num_steps or (stop and pending):
+          final["train"] = writer.write(step, {**_mean_metrics(jax.device_get(pending)), **guard.counts()},
+                                        tokens=tokens, flops=step_flops, peak_flops=peak)
+          pending, tokens, step_flops = [], 0, 0.0
+        if run.eval_iter_fn and not stop and (step == num_steps or (config.train.eval_every and
+                                                                    step % config.train.eval_every == 0)):
+          final["eval"] = writer.write(step, evaluate(eval_step, state.params, ref_params, run.eval_iter_fn,
+                                                      batch_sharding), prefix="eval")
+        if step == num_steps or decision.save:
+          guard.save(ckpt, step, state, run.train_iter.get_state(), {"objective": config.objective})
+        if stop:
+          guard.stop(ckpt, step)                       # raises Preempted: exit code 75
+        if stop_after is not None and step >= stop_after:
+          return final
+    finally:
+      guard.close()
+      writer.close()
+      if ckpt:
+        ckpt.close()
     if workdir and config.train.export_hf:
       path = os.path.join(workdir, "hf")
       setup.export(run, state.params, path)
       print(f"Exported Hugging Face checkpoint to {path}", flush=True)
-    writer.close()
   return final

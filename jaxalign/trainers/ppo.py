@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxalign import losses
+from jaxalign.trainers import preemption
 from jaxalign.trainers.rewards import (completion_logprobs, completion_values, rollout_metrics,
                                        token_entropy)
 from jaxalign.trainers.validate import _fail
@@ -61,7 +62,8 @@ def minibatch_updates(loss_fn, tx, params, opt_state, data, key, *, epochs, num_
   R / num_minibatches rows; one optimiser update per minibatch, in a `lax.scan` (one compiled body).
 
   `loss_fn(params, minibatch) -> (loss, metrics)`. Returns (params, opt_state, metrics averaged over
-  the updates, plus `loss/total`, `optim/grad_norm`, `optim/update_norm`).
+  the updates, plus `loss/total`, `optim/grad_norm`, `optim/update_norm`, `optim/nonfinite`: the fraction
+  of updates skipped because their loss or gradient norm was not finite).
   """
   rows = data["mask"].shape[0]
   perms = jnp.stack([jax.random.permutation(jax.random.fold_in(key, e), rows) for e in range(epochs)])
@@ -74,10 +76,14 @@ def minibatch_updates(loss_fn, tx, params, opt_state, data, key, *, epochs, num_
     if batch_sharding is not None:   # keep the minibatch split over the batch axes, as the rollout is
       mb = jax.lax.with_sharding_constraint(mb, jax.tree.map(lambda _: batch_sharding, mb))
     (loss, metrics), grads = grad_fn(params, mb)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = {**metrics, "loss/total": loss, "optim/grad_norm": optax.global_norm(grads),
-               "optim/update_norm": optax.global_norm(updates)}
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)     # else skip this update (see preemption)
+    params, opt_state = preemption.keep_if_finite(
+        finite, (optax.apply_updates(params, updates), new_opt_state), (params, opt_state))
+    metrics = {**metrics, "loss/total": loss, "optim/grad_norm": grad_norm,
+               "optim/update_norm": optax.global_norm(updates),
+               "optim/nonfinite": 1.0 - finite.astype(jnp.float32)}
     return (params, opt_state), metrics
 
   (params, opt_state), stacked = jax.lax.scan(body, (params, opt_state), idx)

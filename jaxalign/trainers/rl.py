@@ -17,6 +17,8 @@ Around it: console / JSONL / TensorBoard metrics, a greedy evaluation on the hel
 (`data.eval`) at step 0, every `train.eval_every` steps and at the end (env reward, accuracy, stop rate,
 length, KL to the reference, reward-model score), orbax checkpoints of the train state (incl. β and the
 rng) + the data position, resumed from automatically, and the policy exported in HF format at the end.
+SIGTERM / SIGINT stop it after the current step with a checkpoint (exit code 75), and minibatch updates
+with a non-finite loss or gradient are skipped, as in the offline loop (`preemption`).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from jaxalign import checkpoints, models, sampling, sharding
 from jaxalign.checkpoints.orbax_state import StateCheckpointer, abstract_like
 from jaxalign import data
 from jaxalign.data import pipeline
-from jaxalign.trainers import distributed, grpo, ppo, rewards, setup
+from jaxalign.trainers import distributed, grpo, ppo, preemption, rewards, setup
 from jaxalign.trainers.metrics_writer import MetricsWriter
 from jaxalign.trainers.objectives import OBJECTIVES
 from jaxalign.trainers.optim import make_optimizer
@@ -207,6 +209,13 @@ def build(config, mesh):
     update_fn = ppo.make_update_fn(policy, value_model, tx, hp, schedule=schedule, batch_sharding=bs)
   else:
     update_fn = grpo.make_update_fn(policy, tx, hp, schedule=schedule, batch_sharding=bs)
+  nan_steps = preemption.injected_nan_steps()
+  if nan_steps:     # test-only: a NaN sequence reward at those steps, as a broken reward function gives
+    inner = update_fn
+
+    def update_fn(state, rollout):
+      return inner(state, {**rollout, "score": rollout["score"] * preemption.nan_factor(state.step + 1,
+                                                                                        nan_steps)})
   update = jax.jit(update_fn, in_shardings=(state_sh, bs), out_shardings=(state_sh, None), donate_argnums=0)
   run = RLRun(
       config=config, mesh=mesh, tokenizer=tok, model_config=mcfg, ref_params=ref_params, rm_params=rm_params,
@@ -348,8 +357,9 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
   with jax.set_mesh(mesh):
     ckpt = (StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints) if workdir
             else None)
+    meta = {}
     if ckpt and ckpt.latest_step() is not None:
-      state, data_state, _ = ckpt.restore(abstract_like(state))
+      state, data_state, meta = ckpt.restore(abstract_like(state))
       run.train_iter.set_state(data_state)
       print(f"Resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
     writer = MetricsWriter(workdir if is_chief else "", t.num_steps)
@@ -361,25 +371,35 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     if run.eval_ds is not None and start == 0:     # the starting point, to compare the end against
       final["eval_start"] = final["eval"] = writer.write(0, evaluate(run, state.params), prefix="eval")
     pending, tokens = [], 0
-    for step in range(start + 1, t.num_steps + 1):
-      state, metrics, n = train_step(run, state, next(run.train_iter))
-      pending.append(metrics)
-      tokens += n
-      if step % t.log_every == 0 or step == t.num_steps:
-        final["train"] = writer.write(step, _mean_metrics(jax.device_get(pending)), tokens=tokens)
-        pending, tokens = [], 0
-      if run.eval_ds is not None and (step == t.num_steps or (t.eval_every and step % t.eval_every == 0)):
-        final["eval"] = writer.write(step, evaluate(run, state.params), prefix="eval")
-      if ckpt and (step == t.num_steps or (t.checkpoint_every and step % t.checkpoint_every == 0)):
-        ckpt.save(step, state, run.train_iter.get_state(), {"objective": config.objective})
-      if stop_after is not None and step >= stop_after:
-        break
-    else:
-      if workdir and t.export_hf:   # every process calls it, as loop.py does (gathers sharded params)
-        path = os.path.join(workdir, "hf")
-        checkpoints.save_hf_model(path, run.model_config, state.params["policy"], tokenizer=run.tokenizer)
-        print(f"Exported Hugging Face checkpoint to {path}", flush=True)
-    if ckpt:
-      ckpt.close()
-    writer.close()
+    guard = preemption.Guard(t, meta=meta, is_chief=is_chief)
+    try:
+      for step in range(start + 1, t.num_steps + 1):
+        state, metrics, n = train_step(run, state, next(run.train_iter))
+        pending.append(metrics)
+        tokens += n
+        decision = guard.after_step(step, metrics["optim/nonfinite"])
+        stop = decision.stop and step < t.num_steps     # at the last step the run ends anyway
+        if step % t.log_every == 0 or step == t.num_steps or (stop and pending):
+          final["train"] = writer.write(step, {**_mean_metrics(jax.device_get(pending)), **guard.counts()},
+                                        tokens=tokens)
+          pending, tokens = [], 0
+        if run.eval_ds is not None and not stop and (step == t.num_steps or
+                                                     (t.eval_every and step % t.eval_every == 0)):
+          final["eval"] = writer.write(step, evaluate(run, state.params), prefix="eval")
+        if step == t.num_steps or decision.save:
+          guard.save(ckpt, step, state, run.train_iter.get_state(), {"objective": config.objective})
+        if stop:
+          guard.stop(ckpt, step)                          # raises Preempted: exit code 75
+        if stop_after is not None and step >= stop_after:
+          break
+      else:
+        if workdir and t.export_hf:   # every process calls it, as loop.py does (gathers sharded params)
+          path = os.path.join(workdir, "hf")
+          checkpoints.save_hf_model(path, run.model_config, state.params["policy"], tokenizer=run.tokenizer)
+          print(f"Exported Hugging Face checkpoint to {path}", flush=True)
+    finally:
+      guard.close()
+      if ckpt:
+        ckpt.close()
+      writer.close()
   return final

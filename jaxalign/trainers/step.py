@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxalign.trainers import preemption
 from jaxalign.trainers.objectives import OBJECTIVES, hparams
 from jaxalign.trainers.state import TrainState
 
@@ -37,12 +38,16 @@ def make_train_step(model, tx, config, schedule=None):
   With `train.grad_accum_steps = n > 1` the batch is split into n micro-batches whose gradients are
   averaged in a `lax.scan` (the loss reported is the mean of the micro-batch losses).
   Metrics also carry the gradient, parameter and update global norms, and the learning rate.
+  An update whose loss or gradient norm is not finite is skipped (parameters and optimiser state kept,
+  `nonfinite` = 1 in the metrics; see `preemption`).
   """
   loss_fn = make_loss_fn(model, config)
   n_micro = int(config.train.grad_accum_steps)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  nan_steps = preemption.injected_nan_steps()     # test-only, empty otherwise
 
   def train_step(state, batch, ref_params):
+    grad_fn = jax.value_and_grad(preemption.with_injected_nan(loss_fn, state.step + 1, nan_steps),
+                                 has_aux=True)
     if n_micro == 1:
       (loss, metrics), grads = grad_fn(state.params, ref_params, batch)
     else:
@@ -56,9 +61,13 @@ def make_train_step(model, tx, config, schedule=None):
       loss, metrics, grads = jax.tree.map(lambda x: x / n_micro, (loss, metrics, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = preemption.keep_if_finite(finite, (params, opt_state), (state.params, state.opt_state))
     metrics = dict(metrics)
     metrics["loss"] = loss
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    metrics["grad_norm"] = grad_norm
     metrics["param_norm"] = optax.global_norm(params)
     metrics["update_norm"] = optax.global_norm(updates)
     if schedule is not None:
