@@ -97,10 +97,12 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+import cli_runner
+from cli_runner import loadavg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,13 +117,6 @@ WORKLOADS = {
     "var": (512, 256),
 }
 UNIFORM_PROMPT, UNIFORM_COMPLETION = 64, 64   # tokens, BOS and EOS included
-
-
-def loadavg():
-  try:
-    return os.getloadavg()[0]
-  except OSError:
-    return float("nan")
 
 
 # --------------------------------------------------------------------------------------------- assets
@@ -275,36 +270,10 @@ def run_jaxalign(args, model_dir, data_path, workload, workdir):
          f"--config.dpo.beta={BETA}", "--config.dpo.loss_type=sigmoid", "--config.dpo.rpo_alpha=0",
          "--config.model.dtype=float32", "--config.model.param_dtype=float32"]
   cmd += shlex.split(args.jax_args)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join([args.jaxalign_root] + [x for x in [env.get("PYTHONPATH")] if x])
-  print("  $ " + " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
-  la0, t0 = loadavg(), time.time()
-  with open(os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + ".log"), "w") as log:
-    rc = subprocess.call(cmd, cwd=args.jaxalign_root, env=env, stdout=log, stderr=subprocess.STDOUT)
-  wall, la1 = time.time() - t0, loadavg()
-  if rc != 0:
-    with open(log.name) as f:
-      tail = f.read()[-4000:]
-    raise RuntimeError(f"jaxalign exited with {rc}; log {log.name}:\n{tail}")
-  with open(log.name) as f:
-    describe = next((line.strip() for line in f if line.startswith("Training ")), "")
-  recs = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if "perf/step_time_s" in r:
-        recs.append(r)
-  timed = recs[1:]                               # the first record includes compilation
-  if not timed:
-    raise RuntimeError(f"no train record after the first one in {workdir}/metrics.jsonl: use "
-                       f"--steps >= 2 * --log_every")
-  times = [r["perf/step_time_s"] for r in timed]
-  logps = [r["train/logps/chosen"] for r in recs if "train/logps/chosen" in r]
-  return {"step_s": statistics.median(times), "mean_step_s": statistics.fmean(times),
-          "logps_chosen": statistics.fmean(logps) if logps else float("nan"),
-          "records": [(r["step"], r["perf/step_time_s"]) for r in recs],
-          "first_record_s": recs[0]["perf/step_time_s"], "timed_steps": f"{recs[0]['step'] + 1}-{recs[-1]['step']}",
-          "wall_s": wall, "load_start": la0, "load_end": la1, "log": log.name, "describe": describe}
+  out = cli_runner.run_jaxalign(cmd[1:], workdir, args.jaxalign_root)
+  logps = [r["train/logps/chosen"] for r in out["recs"] if "train/logps/chosen" in r]
+  out["logps_chosen"] = statistics.fmean(logps) if logps else float("nan")
+  return out
 
 
 # ----------------------------------------------------------------------------------------------- TRL
@@ -314,7 +283,7 @@ def run_trl_side(args):
   import transformers
   import trl
   from datasets import Dataset
-  from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+  from transformers import AutoModelForCausalLM, AutoTokenizer
 
   la0 = loadavg()
   max_length, _ = WORKLOADS[args.workload]
@@ -332,19 +301,7 @@ def run_trl_side(args):
       dataloader_num_workers=0, report_to="none", save_strategy="no", eval_strategy="no",
       logging_strategy="no", disable_tqdm=True, seed=args.seed)
 
-  class StepTimer(TrainerCallback):
-    def __init__(self):
-      self.step, self.ends, self.t0 = [], [], None
-
-    def on_step_begin(self, a, state, control, **kw):
-      self.t0 = time.perf_counter()
-
-    def on_step_end(self, a, state, control, **kw):
-      now = time.perf_counter()
-      self.step.append(now - self.t0)
-      self.ends.append(now)
-
-  timer = StepTimer()
+  timer = cli_runner.StepTimer.make()
   trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=config, processing_class=tok,
                            train_dataset=Dataset.from_list(rows), callbacks=[timer])
 
@@ -376,40 +333,20 @@ def run_trl_side(args):
   trainer.train()
   wall = time.time() - t0
   logged = trainer.state.log_history[-1] if trainer.state.log_history else {}
-  skip = args.log_every                          # the same steps as jaxalign's post-warm-up records
-  steps = timer.step[skip:]
-  intervals = [b - a for a, b in zip(timer.ends[skip - 1:], timer.ends[skip:])] if skip >= 1 else []
-  result = {"step_s": statistics.median(steps), "mean_step_s": statistics.fmean(steps),
-            "interval_s": statistics.median(intervals) if intervals else float("nan"),
-            "first_steps_s": timer.step[:skip], "timed_steps": f"{skip + 1}-{len(timer.step)}",
-            "num_steps": len(timer.step), "wall_s": wall, "load_start": la0, "load_end": loadavg(),
+  result = {**timer.summary(args.log_every),   # the same steps as jaxalign's post-warm-up records
+            "wall_s": wall, "load_start": la0, "load_end": loadavg(),
             "torch_threads": torch.get_num_threads(), "trl": trl.__version__,
             "transformers": transformers.__version__, "torch": torch.__version__,
-            "logps_chosen": float(logged.get("logps/chosen", float("nan"))), "identical_pairs": same, "checked_pairs": n_check, "first_diff": first_diff}
+            "logps_chosen": float(logged.get("logps/chosen", float("nan"))), "identical_pairs": same,
+            "checked_pairs": n_check, "first_diff": first_diff}
   with open(args.result, "w") as f:
     json.dump(result, f)
 
 
 def run_trl(args, model_dir, data_path, expect_path, workload, workdir):
-  os.makedirs(workdir, exist_ok=True)
-  result = os.path.join(workdir, "result.json")
-  cmd = [sys.executable, os.path.abspath(__file__), "--side=trl", f"--workload={workload}",
-         f"--model_dir={model_dir}", f"--data={data_path}", f"--expect={expect_path}",
-         f"--workdir={workdir}", f"--result={result}", f"--steps={args.steps}",
-         f"--log_every={args.log_every}", f"--seed={args.seed}"]
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
-  la0, t0 = loadavg(), time.time()
-  with open(workdir + ".log", "w") as log:
-    rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-  wall, la1 = time.time() - t0, loadavg()
-  if rc != 0:
-    with open(log.name) as f:
-      tail = f.read()[-4000:]
-    raise RuntimeError(f"TRL side exited with {rc}; log {log.name}:\n{tail}")
-  with open(result) as f:
-    r = json.load(f)
-  r.update(load_start=la0, load_end=la1, process_wall_s=wall, log=log.name)
-  return r
+  return cli_runner.run_trl(os.path.abspath(__file__), [
+      f"--workload={workload}", f"--model_dir={model_dir}", f"--data={data_path}", f"--expect={expect_path}",
+      f"--steps={args.steps}", f"--log_every={args.log_every}", f"--seed={args.seed}"], workdir, REPO)
 
 
 # ---------------------------------------------------------------------------------------------- main

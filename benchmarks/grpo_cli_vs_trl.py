@@ -94,7 +94,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -102,7 +101,8 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
-import dpo_cli_vs_trl as dpo  # noqa: E402  (model, tokenizer, lexicon, load average)
+import cli_runner  # noqa: E402
+import dpo_cli_vs_trl as dpo  # noqa: E402  (model, tokenizer, lexicon)
 
 PROMPTS, GROUP = 8, 8                 # prompts per step, samples per prompt
 COMPLETIONS = PROMPTS * GROUP         # 64 completions per step, one optimiser update
@@ -176,37 +176,12 @@ def run_jaxalign(args, model_dir, data_path, workdir):
          "--config.reward.check_fn=", "--config.reward.missing_eos_penalty=0.0",
          "--config.model.dtype=float32", "--config.model.param_dtype=float32"]
   cmd += shlex.split(args.jax_args)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join([args.jaxalign_root, BENCH] + [x for x in [env.get("PYTHONPATH")] if x])
-  print("  $ PYTHONPATH=<jaxalign_root>:benchmarks " + " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
-  la0, t0 = dpo.loadavg(), time.time()
-  with open(workdir + ".log", "w") as log:
-    rc = subprocess.call(cmd, cwd=args.jaxalign_root, env=env, stdout=log, stderr=subprocess.STDOUT)
-  wall, la1 = time.time() - t0, dpo.loadavg()
-  if rc != 0:
-    with open(log.name) as f:
-      tail = f.read()[-4000:]
-    raise RuntimeError(f"jaxalign exited with {rc}; log {log.name}:\n{tail}")
-  with open(log.name) as f:
-    describe = next((line.strip() for line in f if line.startswith("Training ")), "")
-  recs = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if "perf/step_time_s" in r:
-        recs.append(r)
-  timed = recs[1:]                               # the first record includes compilation
-  if not timed:
-    raise RuntimeError(f"no train record after the first one in {workdir}/metrics.jsonl: use "
-                       f"--steps >= 2 * --log_every")
-  times = [r["perf/step_time_s"] for r in timed]
+  out = cli_runner.run_jaxalign(cmd[1:], workdir, args.jaxalign_root, extra_path=[BENCH])
+  recs = out["recs"]
   mean = lambda k: statistics.fmean(r[k] for r in recs) if all(k in r for r in recs) else float("nan")
-  return {"step_s": statistics.median(times), "mean_step_s": statistics.fmean(times),
-          "reward": mean("train/reward/env"), "length": mean("train/completion/length"),
-          "stop_rate": mean("train/completion/stop_rate"), "kl_sequence": mean("train/kl/sequence"),
-          "records": [(r["step"], r["perf/step_time_s"]) for r in recs],
-          "first_record_s": recs[0]["perf/step_time_s"], "timed_steps": f"{recs[0]['step'] + 1}-{recs[-1]['step']}",
-          "wall_s": wall, "load_start": la0, "load_end": la1, "log": log.name, "describe": describe}
+  out.update(reward=mean("train/reward/env"), length=mean("train/completion/length"),
+             stop_rate=mean("train/completion/stop_rate"), kl_sequence=mean("train/kl/sequence"))
+  return out
 
 
 # ----------------------------------------------------------------------------------------------- TRL
@@ -216,9 +191,9 @@ def run_trl_side(args):
   import transformers
   import trl
   from datasets import Dataset
-  from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+  from transformers import AutoModelForCausalLM, AutoTokenizer
 
-  la0 = dpo.loadavg()
+  la0 = cli_runner.loadavg()
   with open(args.data) as f:
     rows = [json.loads(line) for line in f]
   tok = AutoTokenizer.from_pretrained(args.model_dir)
@@ -236,28 +211,17 @@ def run_trl_side(args):
   assert config.steps_per_generation == 1 and config.generation_batch_size == COMPLETIONS, (
       config.steps_per_generation, config.generation_batch_size)
 
-  class StepTimer(TrainerCallback):
-    def __init__(self):
-      self.step, self.ends, self.t0, self.trainer = [], [], None, None
-      self.reward, self.length, self.kl = [], [], []
+  collected = {"reward": [], "length": [], "kl": []}
 
-    def on_step_begin(self, a, state, control, **kw):
-      self.t0 = time.perf_counter()
+  def after_step(timer):
+    m = trainer._metrics["train"]                # collected every step (logging is off: never cleared)
+    last = lambda k: m[k][-1] if m.get(k) else float("nan")
+    for name, key in (("reward", "reward"), ("length", "completions/mean_length"), ("kl", "kl")):
+      collected[name].append(last(key))
 
-    def on_step_end(self, a, state, control, **kw):
-      now = time.perf_counter()
-      self.step.append(now - self.t0)
-      self.ends.append(now)
-      m = self.trainer._metrics["train"]          # collected every step (logging is off: never cleared)
-      last = lambda k: m[k][-1] if m.get(k) else float("nan")
-      self.reward.append(last("reward"))
-      self.length.append(last("completions/mean_length"))
-      self.kl.append(last("kl"))
-
-  timer = StepTimer()
+  timer = cli_runner.StepTimer.make(after_step)
   trainer = trl.GRPOTrainer(model=model, reward_funcs=[trl_reward], args=config, processing_class=tok,
                             train_dataset=Dataset.from_list(rows), callbacks=[timer])
-  timer.trainer = trainer
 
   # Does TRL sample from the prompt ids jaxalign samples from? (TRL's own tokenisation of the rows.)
   same, n_check, first_diff = 0, 0, None
@@ -275,15 +239,11 @@ def run_trl_side(args):
   t0 = time.time()
   trainer.train()
   wall = time.time() - t0
-  skip = args.log_every                          # the same steps as jaxalign's post-warm-up records
-  steps = timer.step[skip:]
-  intervals = [b - a for a, b in zip(timer.ends[skip - 1:], timer.ends[skip:])] if skip >= 1 else []
   nanmean = lambda xs: statistics.fmean(x for x in xs if x == x) if any(x == x for x in xs) else float("nan")
-  result = {"step_s": statistics.median(steps), "mean_step_s": statistics.fmean(steps),
-            "interval_s": statistics.median(intervals) if intervals else float("nan"),
-            "first_steps_s": timer.step[:skip], "timed_steps": f"{skip + 1}-{len(timer.step)}",
-            "num_steps": len(timer.step), "wall_s": wall, "load_start": la0, "load_end": dpo.loadavg(),
-            "reward": nanmean(timer.reward), "length": nanmean(timer.length), "kl_token": nanmean(timer.kl),
+  result = {**timer.summary(args.log_every),   # the same steps as jaxalign's post-warm-up records
+            "wall_s": wall, "load_start": la0, "load_end": cli_runner.loadavg(),
+            "reward": nanmean(collected["reward"]), "length": nanmean(collected["length"]),
+            "kl_token": nanmean(collected["kl"]),
             "torch_threads": torch.get_num_threads(), "trl": trl.__version__,
             "transformers": transformers.__version__, "torch": torch.__version__,
             "identical_prompts": same, "checked_prompts": n_check, "first_diff": first_diff}
@@ -292,24 +252,9 @@ def run_trl_side(args):
 
 
 def run_trl(args, model_dir, data_path, expect_path, workdir):
-  os.makedirs(workdir, exist_ok=True)
-  result = os.path.join(workdir, "result.json")
-  cmd = [sys.executable, os.path.abspath(__file__), "--side=trl", f"--model_dir={model_dir}",
-         f"--data={data_path}", f"--expect={expect_path}", f"--workdir={workdir}", f"--result={result}",
-         f"--steps={args.steps}", f"--log_every={args.log_every}", f"--seed={args.seed}"]
-  env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false")
-  la0, t0 = dpo.loadavg(), time.time()
-  with open(workdir + ".log", "w") as log:
-    rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-  wall, la1 = time.time() - t0, dpo.loadavg()
-  if rc != 0:
-    with open(log.name) as f:
-      tail = f.read()[-4000:]
-    raise RuntimeError(f"TRL side exited with {rc}; log {log.name}:\n{tail}")
-  with open(result) as f:
-    r = json.load(f)
-  r.update(load_start=la0, load_end=la1, process_wall_s=wall, log=log.name)
-  return r
+  return cli_runner.run_trl(os.path.abspath(__file__), [
+      f"--model_dir={model_dir}", f"--data={data_path}", f"--expect={expect_path}", f"--steps={args.steps}",
+      f"--log_every={args.log_every}", f"--seed={args.seed}"], workdir, REPO)
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -15,15 +15,15 @@
   prompt      prompt_ids, prompt_positions, prompt_segment_ids [B, P] (LEFT-padded) + ``answer``: a
               list of B strings kept on the host for reward functions ("" when the row has none)
 with ``T = max_length`` and ``P = max_prompt_length``. Everything is tokenized once, up front, into
-arrays [N, ...] (the datasets this is for fit in host memory); ``packing=True`` (clm, sft) packs the
-sequences into N rows before any shuffling, so an "example" is then a packed row.
+arrays [N, ...] (the datasets this is for fit in host memory); ``packing=True`` with clm packs the
+documents into N rows before any shuffling, so an "example" is then a packed row.
 
-Padding-free preference and KTO batches (``packing=True`` for those kinds): examples are stored and
+Padding-free SFT, preference and KTO batches (``packing=True`` for those kinds): examples are stored and
 shuffled as above, and each batch's sequences are then packed into the fewest rows of width T that
 best-fit-decreasing finds, rounded up to one of at most 8 static row counts (`batching.bucket_rows`, a
 multiple of ``row_multiple``, the batch shards per host; the same count on every host, computed from the
 lengths of the whole global batch). Such a batch holds the five row keys and ``sequence_ids`` [R, T]
-(chosen of global pair j → slot 2j, rejected → 2j + 1; a KTO example j → slot j), ``example_mask`` [B]
+(chosen of global pair j → slot 2j, rejected → 2j + 1; a KTO or SFT example j → slot j), ``example_mask`` [B]
 (1 for a real example) and the per-example columns (``label``, ``ref_*_logps``) [B].
 
 Order and hosts. Epoch ``e`` visits the examples in ``np.random.default_rng([seed, e]).permutation(N)``
@@ -182,7 +182,7 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
       max_prompt_length: prompt tokens kept (from the right); required for kind="prompt", where it is P.
       assistant_only_loss: SFT targets only the assistant turns (and completions, not prompts); False
         trains on the whole conversation.
-      packing: pack clm/sft sequences into rows with segment ids; make preference/kto batches
+      packing: pack clm documents into rows with segment ids; make sft/preference/kto batches
         padding-free (see module docstring).
       whole_sequences: padding-free rows hold whole sequences (width T + 1, the last token included) and
         batches carry ``sequence_last`` (reward models).
@@ -220,8 +220,9 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
         encoded = _tokenize_rows(source, adapt, encode, source.name)
         truncated = sum(cut for _, cut in encoded)
         seqs = [s for chunks, _ in encoded for s in chunks]
-        arrays = batching.pack(seqs, T, pad_id) if packing else batching.pad_rows(seqs, T, pad_id)
-        if packing or kind == "clm":
+        static_pack = packing and kind == "clm"   # SFT packs each batch instead (padding-free batches)
+        arrays = batching.pack(seqs, T, pad_id) if static_pack else batching.pad_rows(seqs, T, pad_id)
+        if static_pack or kind == "clm":
             source = None  # rows no longer map 1:1 to source rows
     elif kind in ("preference", "kto"):
         fields = ("chosen", "rejected") if kind == "preference" else ("completion",)
@@ -259,7 +260,7 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
         logging.info("%s: %d of %d examples truncated (max_length=%d, max_prompt_length=%s)",
                      getattr(source, "name", kind), truncated, len(encoded), T, P)
     return TokenizedDataset(kind, arrays, host, T, P, int(truncated), source,
-                            padding_free=packing and kind in ("preference", "kto"),
+                            padding_free=packing and kind in ("sft", "preference", "kto"),
                             whole_sequences=whole_sequences)
 
 

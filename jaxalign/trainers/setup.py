@@ -107,7 +107,9 @@ def build_run(config, mesh):
                dict(objective=config.objective, average=hp.get("loss_type") == "ipo", dtype=m.dtype,
                     param_dtype=m.param_dtype))
     precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer, cache)
-  rows = dict(row_multiple=row_multiple(mesh), pad_id=tokenizer.pad_token_id or 0)
+  # Padding-free SFT rows split into grad_accum_steps micro-batches (the other objectives refuse it).
+  rows = dict(row_multiple=row_multiple(mesh) * config.train.grad_accum_steps,
+              pad_id=tokenizer.pad_token_id or 0)
   train_iter = pipeline.BatchIterator(train_ds, config.train.batch_size, seed=d.shuffle_seed,
                                       process_index=jax.process_index(),
                                       process_count=jax.process_count(), **rows)

@@ -96,8 +96,13 @@ def test_sft_packing_and_kinds(tok):
     rows = [{"messages": [U(f"what is {i} plus 1?"), A(f"{i} plus 1 is {i + 1}.")]} for i in range(10)]
     plain = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32)
     packed = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32, packing=True)
-    assert len(packed) < len(plain) == 10
-    assert plain.arrays["loss_mask"].sum() == packed.arrays["loss_mask"].sum()
+    assert len(packed) == len(plain) == 10 and packed.padding_free   # packed per batch, not up front
+    batch = next(BatchIterator(packed, 10, shuffle=False, pad_id=tok.pad_token_id))
+    assert batch["input_ids"].shape[0] < 10 and batch["example_mask"].tolist() == [1.0] * 10
+    assert plain.arrays["loss_mask"].sum() == batch["loss_mask"].sum()
+    texts = [{"text": f"{i} plus 1 is {i + 1}."} for i in range(10)]
+    clm = build_dataset(texts, kind="clm", tokenizer=tok, max_length=32, packing=True)
+    assert len(clm) < 10 and not clm.padding_free                          # CLM packs documents up front
     whole = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32, assistant_only_loss=False)
     assert whole.arrays["loss_mask"].sum() > plain.arrays["loss_mask"].sum()
 

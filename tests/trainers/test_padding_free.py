@@ -1,4 +1,4 @@
-"""Padding-free preference and KTO batches: the same losses, metrics and gradients as padded rows.
+"""Padding-free SFT, preference and KTO batches: the same losses, metrics and gradients as padded rows.
 
 Real embedded rows go through the data pipeline twice (`packing=False` / `packing=True`), the iterators
 visit the same examples, and each objective's loss is taken on both batches with one random model.
@@ -68,11 +68,12 @@ def _device(batch):
     ("orpo", dict(beta=0.1)),
     ("simpo", dict(beta=2.0, gamma=1.0)),
     ("kto", dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.5)),
+    ("sft", {}),
 ])
 def test_packed_equals_padded_losses_and_gradients(tok, model_and_params, objective, hp):
   model, params, ref = model_and_params
-  kind = "kto" if objective == "kto" else "preference"
-  path = common.asset("kto_train.jsonl" if kind == "kto" else "preference_train.jsonl")
+  kind = objectives.OBJECTIVES[objective][1]
+  path = common.asset({"kto": "kto_train.jsonl", "sft": "sft_train.jsonl"}.get(kind, "preference_train.jsonl"))
   padded, packed = _batches(tok, kind, path, batch_size=8)
   loss_fn = objectives.OBJECTIVES[objective][0](model, hp)
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
@@ -81,6 +82,7 @@ def test_packed_equals_padded_losses_and_gradients(tok, model_and_params, object
     # Fewer rows than the padded batch's 2B (B for KTO), the same tokens.
     assert b["input_ids"].shape[0] < a[next(k for k in a if k.endswith("input_ids"))].shape[0] * (
         2 if kind == "preference" else 1)
+    assert b["example_mask"].shape == (8,) and b["input_ids"].shape[1] == T
     assert int(np.sum(b["segment_ids"] > 0)) == sum(int(np.sum(v > 0)) for k, v in a.items()
                                                     if k.endswith("segment_ids"))
     (la, ma), ga = grad_fn(params, ref, _device(a))
