@@ -75,5 +75,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from jaxalign.errors import run_main
   flags.mark_flags_as_required(["checkpoint", "prompt"])
-  app.run(main)
+  run_main(main)   # a bad flag or checkpoint: `error: <one line>`, exit code 2 (--verbosity=1: traceback)

@@ -15,13 +15,13 @@ temporary name and renamed at the end, so an interrupted run leaves no half-writ
 import importlib
 import json
 import os
-import sys
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxalign import checkpoints, models
+from jaxalign.errors import DataError, UserError
 from jaxalign.sampling import make_generate_fn, prompts as prompt_lib
 
 
@@ -30,26 +30,38 @@ TIE_TOLERANCE = 1e-5
 
 def load_prompt_rows(path):
   rows = []
-  with open(path) as f:
-    for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {i}: not valid JSON ({e.msg})") from None
-      if "prompt" not in row:
-        raise ValueError(f"{path} line {i}: 'prompt' is missing")
-      rows.append(row)
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file; expected a jsonl file with a 'prompt' per row")
+  with open(path, encoding="utf-8", errors="strict") as f:
+    try:
+      lines = list(f)
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}: not UTF-8 text (byte {e.start}); expected jsonl") from None
+  for i, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path} line {i}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict) or "prompt" not in row:
+      raise DataError(f"{path} line {i}: 'prompt' is missing; expected an object with a 'prompt'")
+    rows.append(row)
   return rows
 
 
 def resolve(name):
   """'package.module:function' -> the function."""
   module, _, fn = name.partition(":")
-  if not fn:
-    raise ValueError(f"reward_fn={name!r}: expected 'module:function'")
-  return getattr(importlib.import_module(module), fn)
+  if not fn or not module:
+    raise UserError(f"reward_fn={name!r}: expected 'module:function'")
+  try:
+    found = getattr(importlib.import_module(module), fn, None)
+  except ImportError as e:
+    raise UserError(f"reward_fn={name!r}: cannot import {module} ({e})") from e
+  if not callable(found):
+    raise UserError(f"reward_fn={name!r}: {module} has no function {fn!r}")
+  return found
 
 
 def make_rm_scorer(rm_dir):
@@ -66,7 +78,7 @@ def synthesize_pairs(policy, prompts_path, out_path, *, n=4, reward_model="", re
                      seed=0, limit=0):
   """Samples `n` completions per prompt from `policy` and writes (best, worst) pairs. Returns stats."""
   if bool(reward_model) == bool(reward_fn):
-    raise ValueError("give exactly one of reward_model (a checkpoint directory) or reward_fn (module:function)")
+    raise UserError("give exactly one of reward_model (a checkpoint directory) or reward_fn (module:function)")
   rows = load_prompt_rows(prompts_path)
   if limit:
     rows = rows[:limit]
@@ -138,17 +150,14 @@ def _define_flags():
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  try:
-    stats = synthesize_pairs(_POLICY.value, _PROMPTS.value, _OUT.value, n=_N.value, reward_model=_RM.value,
-                             reward_fn=_RFN.value, max_new_tokens=_MAX_NEW.value,
-                             temperature=_TEMP.value, seed=_SEED.value, limit=_LIMIT.value)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  stats = synthesize_pairs(_POLICY.value, _PROMPTS.value, _OUT.value, n=_N.value, reward_model=_RM.value,
+                           reward_fn=_RFN.value, max_new_tokens=_MAX_NEW.value,
+                           temperature=_TEMP.value, seed=_SEED.value, limit=_LIMIT.value)
   print(json.dumps(stats))
 
 
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["policy", "prompts", "out"])
-  app.run(main)
+  from jaxalign.errors import run_main
+  run_main(main)   # bad flags, prompts, checkpoints: `error: <one line>`, exit code 2 (--verbosity=1: traceback)

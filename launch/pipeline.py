@@ -383,8 +383,11 @@ def main(argv=None):
   parser.add_argument("--workdir", default="runs/pipeline")
   parser.add_argument("--size", choices=sorted(SIZES), default="ci")
   parser.add_argument("--resume", action="store_true", help="reuse stages whose outputs exist")
+  parser.add_argument("--verbosity", type=int, default=0, help="1: a traceback with an input error")
   args = parser.parse_args(argv)
-  run(args.workdir, args.size, args.resume)
+  from jaxalign.errors import user_errors_exit
+  with user_errors_exit(["pipeline", f"--verbosity={args.verbosity}"]):   # `error: <one line>`, exit 2
+    run(args.workdir, args.size, args.resume)
 
 
 if __name__ == "__main__":

@@ -91,8 +91,11 @@ def _is_reward_checkpoint(path: str) -> bool | None:
   cfg = os.path.join(os.path.expanduser(path), "config.json")
   if not os.path.isfile(cfg):
     return None
-  with open(cfg) as f:
-    archs = json.load(f).get("architectures") or []
+  try:
+    with open(cfg) as f:
+      archs = json.load(f).get("architectures") or []
+  except (ValueError, AttributeError):   # not JSON, or not an object: the loader names the problem
+    return None
   if not archs:
     return None
   return any(a.endswith(("ForSequenceClassification", "ForTokenClassification", "RewardModel"))
@@ -304,8 +307,9 @@ def evaluate_checkpoint(
     policy = _load(path, mesh, "lm", dtype, loaded)
     limit = policy.config.max_position_embeddings
     if max_prompt_length + max_new_tokens > limit:
-      raise ValueError(f"max_prompt_length + max_new_tokens = {max_prompt_length + max_new_tokens} exceeds "
-                       f"the model's max_position_embeddings={limit}")
+      raise ConfigError(f"config.eval.max_new_tokens={max_new_tokens}: eval.max_prompt_length + "
+                        f"max_new_tokens = {max_prompt_length + max_new_tokens} exceeds {path}'s "
+                        f"max_position_embeddings={limit}")
     ref = rm = None
     if reference:
       _same_tokenizer(tok, reference, "reference")
