@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from jaxalign.data.sources import _type_name
 from jaxalign.errors import ConfigError, DataError
 
 FORMATS = ("preference", "preference_implicit", "kto", "messages", "sharegpt", "alpaca", "prompt_completion",
@@ -133,11 +134,6 @@ def resolve_format(kind: str, row: dict) -> str:
         detect_format(row)  # raises: nothing recognisable
     raise ValueError(f"looks like {found[0]!r} (keys {sorted(row)}) but kind {kind!r} needs "
                      f"{_KIND_NEEDS[kind]}")
-
-
-def _type_name(x: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(x), type(x).__name__)
 
 
 def _is_messages(x: Any) -> bool:

@@ -112,6 +112,12 @@ def _read_text(path: Path) -> str:
                         "expected UTF-8 text (re-save the file as UTF-8)") from None
 
 
+def _json_why(e: json.JSONDecodeError) -> str:
+    """``"Expecting value at column 15"`` from the decoder's error."""
+    msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg
+    return f"{msg} at column {e.colno}"
+
+
 def _no_rows(path: Path, text: str) -> DataError:
     why = "the file is empty" if not text else "only blank lines" if not text.strip() else "an empty array"
     return DataError(f"{path}: no rows ({why}); expected at least one JSON object")
@@ -128,7 +134,7 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
         except json.JSONDecodeError as e:
             hint = ("; this looks like a JSON array: name the file .json" if not rows and line.strip() == "["
                     else "")
-            raise DataError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno}); expected one JSON "
+            raise DataError(f"{path} line {n}: invalid JSON ({_json_why(e)}); expected one JSON "
                             f"object per line{hint}") from None
         if not isinstance(row, dict):
             raise DataError(f"{path} line {n}: expected a JSON object {{...}} per line, got {_type_name(row)}")
@@ -144,7 +150,7 @@ def _parse_json_array(path: Path, text: str) -> list[dict]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno}); expected an "
+        raise DataError(f"{path} line {e.lineno}: invalid JSON ({_json_why(e)}); expected an "
                         "array of JSON objects") from None
     if not items:
         raise _no_rows(path, text)
