@@ -134,12 +134,12 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
           f"{f'{peak / 1e12:.0f} TFLOP/s over {len(devices)} devices' if peak else 'unknown (no MFU)'}",
           flush=True)
     final = {}
-    print(f"Training {config.objective} for {num_steps} steps ({run.describe()})", flush=True)
-    if run.eval_iter_fn and start == 0:    # The starting point, to compare the end against.
-      final["eval"] = writer.write(0, evaluate(eval_step, state.params, ref_params, run.eval_iter_fn,
-                                               batch_sharding), prefix="eval")
-    guard = preemption.Guard(config.train, meta=meta, is_chief=is_chief)
+    guard = preemption.Guard(config.train, meta=meta, is_chief=is_chief)   # SIGTERM / SIGINT handlers
     try:
+      print(f"Training {config.objective} for {num_steps} steps ({run.describe()})", flush=True)
+      if run.eval_iter_fn and start == 0:    # The starting point, to compare the end against.
+        final["eval"] = writer.write(0, evaluate(eval_step, state.params, ref_params, run.eval_iter_fn,
+                                                 batch_sharding), prefix="eval")
       for step in range(start + 1, num_steps + 1):
         batch = next(run.train_iter)
         tokens += _count_tokens(batch) * jax.process_count()

@@ -365,14 +365,14 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     writer = MetricsWriter(workdir if is_chief else "", t.num_steps)
     start = int(state.step)
     n_params = sum(x.size for x in jax.tree.leaves(state.params["policy"]))
-    print(f"Training {config.objective} for {t.num_steps} steps ({n_params / 1e6:.2f}M policy parameters, "
-          f"{run.train_iter.num_examples} prompts, {t.batch_size} × {run.group} rollouts per step)",
-          flush=True)
-    if run.eval_ds is not None and start == 0:     # the starting point, to compare the end against
-      final["eval_start"] = final["eval"] = writer.write(0, evaluate(run, state.params), prefix="eval")
     pending, tokens = [], 0
-    guard = preemption.Guard(t, meta=meta, is_chief=is_chief)
+    guard = preemption.Guard(t, meta=meta, is_chief=is_chief)     # SIGTERM / SIGINT handlers
     try:
+      print(f"Training {config.objective} for {t.num_steps} steps ({n_params / 1e6:.2f}M policy parameters, "
+            f"{run.train_iter.num_examples} prompts, {t.batch_size} × {run.group} rollouts per step)",
+            flush=True)
+      if run.eval_ds is not None and start == 0:     # the starting point, to compare the end against
+        final["eval_start"] = final["eval"] = writer.write(0, evaluate(run, state.params), prefix="eval")
       for step in range(start + 1, t.num_steps + 1):
         state, metrics, n = train_step(run, state, next(run.train_iter))
         pending.append(metrics)
