@@ -246,6 +246,19 @@ def _model_config(hf: dict[str, Any], cfg_file: Path, **overrides) -> ModelConfi
         raise CheckpointError(f"{cfg_file}: {_first_line(e)}") from e
 
 
+def check_hf_dir(path: str | os.PathLike) -> dict[str, Any]:
+    """Cheap checks of a HF model directory before anything is loaded: config.json (JSON, a supported
+    model type, the fields the model needs) and every safetensors file's header. Raises CheckpointError
+    naming what is wrong; returns config.json's contents. Tensor shapes are checked when loading."""
+    path = Path(path)
+    hf = _read_config(path)
+    _model_config(hf, path / "config.json")
+    reader = _SafetensorsReader(path)
+    for file in sorted(set(reader.files.values())):
+        reader._open(file)
+    return hf
+
+
 def _put(arr: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
 

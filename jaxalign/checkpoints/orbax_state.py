@@ -35,6 +35,12 @@ class StateCheckpointer:
   def restore(self, abstract_state, step=None):
     """`abstract_state`: the state's pytree of jax.ShapeDtypeStruct with target shardings."""
     step = self.manager.latest_step() if step is None else step
+    where = os.path.join(self.directory, str(step))
+    missing = [item for item in ("state", "data") if not os.path.isdir(os.path.join(where, item))]
+    if missing:   # an interrupted copy or a hand-made directory: orbax would only log warnings first
+      from jaxalign.errors import CheckpointError
+      raise CheckpointError(f"{where}: cannot resume from this checkpoint (no {' or '.join(missing)}/ in it); "
+                            "it is incomplete: delete it to start over, or use another --workdir")
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state),
@@ -44,7 +50,7 @@ class StateCheckpointer:
       from jaxalign.errors import CheckpointError
       lines = str(e).strip().splitlines()
       raise CheckpointError(
-          f"{os.path.join(self.directory, str(step))}: cannot resume from this checkpoint ("
+          f"{where}: cannot resume from this checkpoint ("
           f"{type(e).__name__}: {lines[0] if lines else 'no message'}); it is incomplete, corrupt or from "
           "another config: delete it to start over, or use another --workdir") from e
     return out["state"], out["data"], out["meta"]

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from jaxalign.errors import CheckpointError
 
 
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs):
-    """`transformers.AutoTokenizer.from_pretrained(path)` for a local directory.
-
-    `trust_remote_code` stays False unless a caller explicitly asks for it. A directory that is missing,
-    holds no tokenizer files, or whose files do not load raises `CheckpointError` naming it.
-    """
-    from transformers import AutoTokenizer
+def check_tokenizer_dir(path: str | os.PathLike) -> None:
+    """Cheap checks before transformers is imported: the directory exists, holds tokenizer files, and its
+    JSON files parse. Raises CheckpointError naming the path (a hub name is let through)."""
     local = os.path.expanduser(str(path))
     if not os.path.exists(local) and (os.path.isabs(local) or local.startswith(".")):
         raise CheckpointError(f"{path}: no such directory; expected a tokenizer directory (tokenizer.json, "
@@ -25,6 +22,20 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **k
             for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
         raise CheckpointError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json, "
                               "tokenizer.model or vocab.json)")
+    from jaxalign.checkpoints.hf import _read_json
+    for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):   # transformers reads them:
+        if os.path.isfile(os.path.join(local, name)):                        # name the bad line first
+            _read_json(Path(local) / name)
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs):
+    """`transformers.AutoTokenizer.from_pretrained(path)` for a local directory.
+
+    `trust_remote_code` stays False unless a caller explicitly asks for it. A directory that is missing,
+    holds no tokenizer files, or whose files do not load raises `CheckpointError` naming it.
+    """
+    check_tokenizer_dir(path)
+    from transformers import AutoTokenizer  # (imports torch: seconds)
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
     except ImportError:

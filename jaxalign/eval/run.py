@@ -112,6 +112,9 @@ def validate_config(config, num_devices: int, process_count: int = 1) -> tuple[i
   _check_path("eval.tokenizer", e.tokenizer, required=False)
   _check_path("eval.reference", e.reference, required=False)
   _check_path("eval.reward_model", e.reward_model, required=False)
+  for field in ("checkpoint", "reference", "reward_model"):   # CheckpointError before anything is loaded
+    if e[field] and os.path.isdir(os.path.expanduser(e[field])):
+      checkpoints.hf.check_hf_dir(os.path.expanduser(e[field]))
   if e.reward_model and _is_reward_checkpoint(e.reward_model) is False:
     _fail("eval.reward_model", e.reward_model, "is a causal-LM checkpoint (config.json architectures), not "
           "a reward model (*ForSequenceClassification); its score head would be random")

@@ -99,10 +99,14 @@ def validate_common(config, num_devices, process_count=1):
     if not os.path.isdir(os.path.expanduser(m.path)):   # the loader reads local directories only
       _fail("model.path", m.path, "no such directory; expected a local Hugging Face model directory "
             "(config.json + model.safetensors; download hub models first)")
+    from jaxalign.checkpoints.hf import check_hf_dir
+    check_hf_dir(os.path.expanduser(m.path))   # CheckpointError before anything heavy is loaded
   elif not m.init:
     _fail("model.path", m.path, "set model.path (an HF directory) or model.init (random init)")
   if m.tokenizer or not m.path:
     _check_path("model.tokenizer", m.tokenizer)
+  from jaxalign.checkpoints.tokenizer import check_tokenizer_dir
+  check_tokenizer_dir(m.tokenizer or m.path)
   for f in ("dtype", "param_dtype"):
     if m[f] not in ("float32", "bfloat16"):
       _fail(f"model.{f}", m[f], "expected float32 or bfloat16")
