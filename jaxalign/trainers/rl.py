@@ -102,6 +102,8 @@ def validate(config, num_devices, process_count=1):
   if not rw.model_path and not rw.function:
     _fail("reward.function", rw.function, "set reward.function or reward.model_path (nothing to train on)")
   _check_path("reward.model_path", rw.model_path, required=False)
+  if rw.model_path:
+    checkpoints.hf.check_hf_dir(rw.model_path)     # CheckpointError before the policy is loaded
   for f in ("function", "check_fn"):
     if rw[f]:
       try:
@@ -110,6 +112,8 @@ def validate(config, num_devices, process_count=1):
         _fail(f"reward.{f}", rw[f], str(e))
   if obj == "ppo":
     _check_path("ppo.critic_path", config.ppo.critic_path, required=False)
+    if config.ppo.critic_path:
+      checkpoints.hf.check_hf_dir(config.ppo.critic_path)
 
   shards = mesh_shape[0] * mesh_shape[1]
   rows = config.train.batch_size * group_size(config)
