@@ -201,7 +201,9 @@ class Guard:
              int(self.seconds > 0 and time.monotonic() - self._last_save >= self.seconds))
     if self._agree:      # this step's vote is read at the next step: every process reads the same
       previous, self._pending_vote = self._pending_vote, self._vote(local)
-      stop, due = (int(v) for v in np.asarray(previous)) if previous is not None else (0, 0)
+      # replicated over all processes' devices: read this process's copy
+      stop, due = (int(v) for v in np.asarray(previous.addressable_data(0))) if previous is not None \
+          else (0, 0)
     else:
       stop, due = local
     periodic = self.every > 0 and step % self.every == 0

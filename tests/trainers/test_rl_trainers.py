@@ -285,3 +285,37 @@ def test_cli_end_to_end(config, tmp_path):
   assert [m["step"] for m in evals] == [0, 2]
   assert evals[0]["eval/kl/sequence"] == 0.0
   assert os.path.exists(os.path.join(wd, "hf", "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_grpo_sigterm_resumes_equal_and_nan_reward_steps_are_skipped(tiny, tmp_path, monkeypatch):
+  """GRPO with a NaN reward at step 2 (test-only injection): that step's updates are skipped and counted;
+  SIGTERM after step 2 stops with a finite checkpoint and exit code 75, and the rerun equals the
+  uninterrupted run (jaxalign/trainers/preemption.py; the offline loop's CLI tests are in
+  test_preemption.py)."""
+  from jaxalign.checkpoints.orbax_state import StateCheckpointer
+  from jaxalign.trainers import preemption
+  config = tiny_config(tiny, "grpo", steps=4, **{"reward.function": "jaxalign.data.embedded:reward"})
+  monkeypatch.setenv(preemption.TEST_NAN_ENV, "2")
+  full = str(tmp_path / "full")
+  rl.train_and_evaluate(config, full, devices=jax.devices()[:1])
+  ref = _train_records(full)
+  assert [ref[s]["train/optim/nonfinite"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.0]
+  assert ref[4]["train/skipped_nonfinite"] == 1.0
+
+  wd = str(tmp_path / "run")
+  monkeypatch.setenv(preemption.TEST_SIGNAL_ENV, "2")
+  with pytest.raises(preemption.Preempted) as e:
+    rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+  assert e.value.step == 2 and e.value.code == preemption.EXIT_PREEMPTED
+  ckpt = StateCheckpointer(os.path.join(wd, "checkpoints"))
+  assert ckpt.latest_step() == 2
+  ckpt.close()
+  monkeypatch.delenv(preemption.TEST_SIGNAL_ENV)
+  rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+  again = _train_records(wd)
+  assert sorted(again) == [1, 2, 3, 4]
+  for step in (1, 2, 3, 4):
+    for k in ("train/loss/total", "train/optim/grad_norm", "train/reward/env", "train/optim/nonfinite",
+              "train/skipped_nonfinite"):
+      np.testing.assert_array_equal(again[step][k], ref[step][k], err_msg=f"{step} {k}")
