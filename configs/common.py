@@ -33,6 +33,8 @@ def model_config(path=None):
   m.param_dtype = "float32"
   m.remat = False                  # Recompute each layer's activations in the backward pass (saves memory).
   m.scan_layers = False            # Layers under nn.scan: compile time independent of depth.
+  m.logits_chunk = 0               # Log-probs in chunks of positions, never the whole [B, T, V] logits:
+                                   # 0 = auto (when vocab >= 32768), -1 = never, N = N positions a chunk.
   m.trust_remote_code = False      # Never on unless asked for.
   return m
 

@@ -5,17 +5,30 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.losses._utils import f32, masked_mean, stop
-from jaxalign.losses.logprobs import token_logprobs_and_lse
+from jaxalign.losses.logprobs import TokenStats, token_stats
 
 Array = jax.Array
 
 
-def _nll(logits, targets, mask, z_loss):
-    lp, lse = token_logprobs_and_lse(logits, targets)                             # [B, T] each
+def nll_loss(stats: TokenStats, mask: Array | None = None, z_loss: float = 0.0) -> tuple[Array, dict]:
+    """`clm_loss` from per-token results instead of logits (`logprobs.token_stats`, or
+    `logprobs.chunked_token_stats`, which never holds the [B, T, V] logits):
+
+        L = -sum m log p(y) / max(sum m, 1)  +  z_loss * sum m (log Z)^2 / max(sum m, 1)
+
+    Args:
+      stats: TokenStats (logprobs, lse, is_argmax), each [B, T].
+      mask: [B, T] 0/1 or None (every token counts).
+      z_loss: coefficient of the z-loss.
+
+    Returns:
+      (loss, metrics) as `clm_loss`.
+    """
+    lp, lse = stats.logprobs, stats.lse
     mask = jnp.ones(lp.shape, jnp.float32) if mask is None else f32(mask)
     nll = -masked_mean(lp, mask)
     z_term = z_loss * masked_mean(jnp.square(lse), mask)
-    correct = f32(jnp.argmax(logits, axis=-1) == targets)
+    correct = f32(stats.is_argmax)
     metrics = {
         "nll": nll,
         "perplexity": jnp.exp(nll),
@@ -45,7 +58,7 @@ def clm_loss(logits: Array, targets: Array, mask: Array | None = None,
       (loss, metrics): float32 scalar; metrics `nll`, `perplexity` (= exp(nll)), `mean_token_accuracy`
       (argmax == target over unmasked tokens), `z_loss` (the added term), `num_tokens`.
     """
-    return _nll(logits, targets, mask, z_loss)
+    return nll_loss(token_stats(logits, targets), mask, z_loss)
 
 
 def sft_loss(logits: Array, targets: Array, loss_mask: Array) -> tuple[Array, dict]:
@@ -64,6 +77,6 @@ def sft_loss(logits: Array, targets: Array, loss_mask: Array) -> tuple[Array, di
     Returns:
       (loss, metrics) with the same metrics as `clm_loss`.
     """
-    loss, metrics = _nll(logits, targets, loss_mask, 0.0)
+    loss, metrics = nll_loss(token_stats(logits, targets), loss_mask, 0.0)
     del metrics["z_loss"]
     return loss, metrics

@@ -5,6 +5,8 @@ shape, and a sequence log-prob is the masked sum of its token log-probs.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,6 +97,95 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
     return token_logprobs_and_lse(logits, targets)[0]
 
 
+class TokenStats(NamedTuple):
+    """Per-token results of the LM head, each [B, T]: log p(target) float32, logsumexp float32 (for the
+    z-loss) and whether the target is the argmax (for accuracy metrics)."""
+    logprobs: Array
+    lse: Array
+    is_argmax: Array
+
+
+def token_stats(logits: Array, targets: Array) -> TokenStats:
+    """`TokenStats` from full logits [B, T, V] (see `token_logprobs`)."""
+    lp, lse = token_logprobs_and_lse(logits, targets)
+    return TokenStats(lp, lse, jnp.argmax(logits, axis=-1) == targets)
+
+
+def auto_chunk(batch: int, length: int, vocab: int, budget: int = 1 << 26) -> int:
+    """Tokens per row in one chunk of `chunked_token_stats`: the largest power of two (>= 8, <= length)
+    with batch * chunk * vocab <= budget elements (2^26 float32 = 256 MiB of logits at a time)."""
+    c = 8
+    while c * 2 <= length and batch * c * 2 * vocab <= budget:
+        c *= 2
+    return c
+
+
+def chunked_token_stats(hidden: Array, head: Array, targets: Array, chunk: int,
+                        dtype=None) -> TokenStats:
+    """`TokenStats` of the LM head without ever holding the logits [B, T, V], forward or backward.
+
+        logits[b, t] = hidden[b, t] @ head          (float32 accumulation)
+        log p(y_bt) = logits[b, t, y_bt] - logsumexp_v logits[b, t, v]
+
+    The positions are taken `chunk` at a time along T (the batch axis, usually sharded, stays whole): a
+    `lax.scan` computes each chunk's logits [B, chunk, V], reduces them to the three [B, chunk] results and
+    drops them; `jax.checkpoint` makes the backward pass recompute them chunk by chunk as well, so the
+    peak is one chunk's logits instead of the whole [B, T, V] array (at V = 128k and T = 2048 that is
+    1 GiB per sequence in float32). Equal to `token_stats(hidden @ head, targets)` (tested with gradients).
+
+    Args:
+      hidden: [B, T, D] final-norm hidden states.
+      head: [D, V] output projection (an untied `lm_head` kernel, or the transposed tied embedding).
+      targets: [B, T] int; negative values read token 0 and must be masked by the caller.
+      chunk: positions per chunk (T is padded up to a multiple of it); see `auto_chunk`.
+      dtype: compute dtype of the projection (default: the hidden states' dtype).
+
+    Returns:
+      TokenStats, each [B, T].
+    """
+    b, t, d = hidden.shape
+    dtype = dtype or hidden.dtype
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    x = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))) if pad else hidden
+    y = jnp.pad(targets, ((0, 0), (0, pad))) if pad else targets
+    xs = x.reshape(b, n, chunk, d).swapaxes(0, 1)                                 # [n, B, c, D]
+    ys = y.reshape(b, n, chunk).swapaxes(0, 1)                                    # [n, B, c]
+
+    @jax.checkpoint
+    def one(w, xc, yc):
+        logits = jnp.dot(xc.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+        lp, lse = _logprobs_and_lse(logits, yc)
+        return lp, lse, jnp.argmax(logits, axis=-1) == yc
+
+    def body(carry, inputs):
+        return carry, one(head, *inputs)
+
+    _, out = jax.lax.scan(body, None, (xs, ys))
+    return TokenStats(*(o.swapaxes(0, 1).reshape(b, n * chunk)[:, :t] for o in out))
+
+
+def sequence_sums(token_logps: Array, mask: Array, average: bool = False) -> Array:
+    """[B] masked sums (average=True: means) of token log-probs [B, T]; see `sequence_logprobs`."""
+    total = masked_sum(token_logps, mask, axis=-1)
+    if average:
+        total = total / jnp.maximum(jnp.sum(f32(mask), axis=-1), 1.0)
+    return total
+
+
+def packed_sequence_sums(token_logps: Array, mask: Array, sequence_ids: Array, num_sequences: int,
+                         average: bool = False) -> Array:
+    """[S] per-sequence masked sums (means) of token log-probs [R, T] of packed rows; see
+    `packed_sequence_logprobs`."""
+    m = f32(mask)
+    ids = sequence_ids.reshape(-1)
+    total = jax.ops.segment_sum(jnp.where(m != 0, token_logps, 0.0).reshape(-1) * m.reshape(-1), ids,
+                                num_segments=num_sequences)
+    if average:
+        total = total / jnp.maximum(jax.ops.segment_sum(m.reshape(-1), ids, num_segments=num_sequences), 1.0)
+    return total
+
+
 def sequence_logprobs(logits: Array, targets: Array, mask: Array, average: bool = False) -> Array:
     """Sequence log-probability: the masked sum of token log-probs (or their masked mean).
 
@@ -110,11 +201,7 @@ def sequence_logprobs(logits: Array, targets: Array, mask: Array, average: bool 
     Returns:
       [B] float32.
     """
-    lp = token_logprobs(logits, targets)
-    total = masked_sum(lp, mask, axis=-1)
-    if average:
-        total = total / jnp.maximum(jnp.sum(f32(mask), axis=-1), 1.0)
-    return total
+    return sequence_sums(token_logprobs(logits, targets), mask, average)
 
 
 def packed_sequence_logprobs(logits: Array, targets: Array, mask: Array, sequence_ids: Array,
@@ -139,10 +226,4 @@ def packed_sequence_logprobs(logits: Array, targets: Array, mask: Array, sequenc
     Returns:
       [S] float32.
     """
-    m = f32(mask)
-    lp = token_logprobs(logits, targets) * m
-    ids = sequence_ids.reshape(-1)
-    total = jax.ops.segment_sum(lp.reshape(-1), ids, num_segments=num_sequences)
-    if average:
-        total = total / jnp.maximum(jax.ops.segment_sum(m.reshape(-1), ids, num_segments=num_sequences), 1.0)
-    return total
+    return packed_sequence_sums(token_logprobs(logits, targets), mask, sequence_ids, num_sequences, average)

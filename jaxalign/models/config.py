@@ -77,6 +77,9 @@ class ModelConfig:
     attention_impl: str | None = None  # None: cuDNN flash on GPU (bf16/fp16), causal chunks on CPU, else
                                        # XLA; "xla" | "cudnn" | "chunked" | "reference"
                                        # force one; "reference": the plain einsum version (tests).
+    logits_chunk: int = 0              # log-probs through the LM head: 0 = auto (in chunks of positions,
+                                       # never the whole [B, T, V] logits, when vocab_size >= 32768);
+                                       # -1 = whole logits; N = chunks of N positions
     initializer_range: float = 0.02    # std of the normal init for random parameters
 
     def __post_init__(self):
@@ -99,6 +102,8 @@ class ModelConfig:
                              f"{self.dtype!r}/{self.param_dtype!r}")
         if not hasattr(jax.checkpoint_policies, self.remat_policy):
             raise ValueError(f"remat_policy={self.remat_policy!r} is not a jax.checkpoint_policies name")
+        if self.logits_chunk < -1:
+            raise ValueError(f"logits_chunk={self.logits_chunk} must be -1 (whole), 0 (auto) or > 0")
         if self.attention_impl not in (None, "xla", "cudnn", "chunked", "reference"):
             raise ValueError(f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|chunked|reference")
 

@@ -18,9 +18,35 @@ from jaxalign.models import last_token_scores
 _SEQ_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
 
 
-def _logits(model, params, batch, prefix=""):
-  return model.apply({"params": params}, batch[prefix + "input_ids"], batch[prefix + "positions"],
-                     batch[prefix + "segment_ids"])
+def _logits(model, params, batch):
+  return model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
+
+
+CHUNK_VOCAB = 32768   # logits_chunk=0 (auto): vocabularies this large never hold the whole [B, T, V] logits
+
+
+def _head_matrix(cfg, params):
+  """The LM head as a plain [D, V] matrix, or None where it is not one (an adapted lm_head, say)."""
+  if cfg.tie_word_embeddings:
+    embed = params.get("embed", {})
+    return embed["embedding"].T if set(embed) == {"embedding"} else None
+  head = params.get("lm_head", {})
+  return head["kernel"] if set(head) == {"kernel"} else None
+
+
+def _token_stats(model, params, batch):
+  """`losses.TokenStats` [B, T] of a batch's rows: from the whole logits, or (`logits_chunk`, see
+  `ModelConfig`) from the hidden states a chunk of positions at a time, never holding [B, T, V]."""
+  cfg = model.config
+  chunk = cfg.logits_chunk
+  if chunk == 0:
+    chunk = -1 if cfg.vocab_size < CHUNK_VOCAB else losses.auto_chunk(*batch["targets"].shape, cfg.vocab_size)
+  head = _head_matrix(cfg, params) if chunk > 0 else None
+  if head is None:
+    return losses.token_stats(_logits(model, params, batch), batch["targets"])
+  hidden = model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"],
+                       hidden_only=True)                                   # [B, T, D]
+  return losses.chunked_token_stats(hidden, head, batch["targets"], chunk, dtype=cfg.dtype)
 
 
 def _pair(batch):
@@ -31,9 +57,8 @@ def _pair(batch):
 def _sequence_logps(model, params, batch, average, per_example=1):
   """[B, per_example] sequence log-probs of a padding-free batch (one forward pass over its rows)."""
   n = batch["example_mask"].shape[0] * per_example
-  logits = _logits(model, params, batch)                                  # [R, T, V]
-  logps = losses.packed_sequence_logprobs(logits, batch["targets"], batch["loss_mask"],
-                                          batch["sequence_ids"], n, average=average)
+  lp = _token_stats(model, params, batch).logprobs                         # [R, T]
+  logps = losses.packed_sequence_sums(lp, batch["loss_mask"], batch["sequence_ids"], n, average=average)
   return logps.reshape(-1, per_example)
 
 
@@ -43,8 +68,8 @@ def _pair_logps(model, params, batch, average):
     logps = _sequence_logps(model, params, batch, average, per_example=2)
     return logps[:, 0], logps[:, 1]
   both = _pair(batch)
-  logits = _logits(model, params, both)                                  # [2B, T, V]
-  logps = losses.sequence_logprobs(logits, both["targets"], both["loss_mask"], average=average)
+  lp = _token_stats(model, params, both).logprobs                        # [2B, T]
+  logps = losses.sequence_sums(lp, both["loss_mask"], average=average)
   b = logps.shape[0] // 2
   return logps[:b], logps[b:]
 
@@ -62,8 +87,7 @@ def _chosen_token_counts(batch):
 def make_clm_loss(model, hp):
   def loss_fn(params, ref_params, batch):
     del ref_params
-    logits = _logits(model, params, batch)
-    return losses.clm_loss(logits, batch["targets"], batch["loss_mask"], z_loss=hp.get("z_loss", 0.0))
+    return losses.nll_loss(_token_stats(model, params, batch), batch["loss_mask"], z_loss=hp.get("z_loss", 0.0))
   return loss_fn
 
 
@@ -71,8 +95,9 @@ def make_sft_loss(model, hp):
   del hp
   def loss_fn(params, ref_params, batch):
     del ref_params
-    logits = _logits(model, params, batch)
-    return losses.sft_loss(logits, batch["targets"], batch["loss_mask"])
+    loss, metrics = losses.nll_loss(_token_stats(model, params, batch), batch["loss_mask"])
+    del metrics["z_loss"]                                               # as losses.sft_loss
+    return loss, metrics
   return loss_fn
 
 
@@ -160,8 +185,7 @@ def _kto_logps(model, params, batch):
   """[B] sequence log-probs of KTO completions (padded or padding-free rows)."""
   if "sequence_ids" in batch:
     return _sequence_logps(model, params, batch, average=False)[:, 0]
-  logits = _logits(model, params, batch)
-  return losses.sequence_logprobs(logits, batch["targets"], batch["loss_mask"])
+  return losses.sequence_sums(_token_stats(model, params, batch).logprobs, batch["loss_mask"])
 
 
 def make_kto_loss(model, hp):

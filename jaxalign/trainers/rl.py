@@ -126,7 +126,8 @@ def validate(config, num_devices, process_count=1):
 
 def _overrides(config):
   m = config.model
-  return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, scan_layers=m.scan_layers)
+  return dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, scan_layers=m.scan_layers,
+              logits_chunk=m.logits_chunk)
 
 
 # ----------------------------------------------------------------------------------------------------

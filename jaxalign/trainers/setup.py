@@ -48,7 +48,7 @@ def load_model(config, mesh, head):
   """(ModelConfig, params) from `model.path` (HF directory) or a random init from `model.init`."""
   m = config.model
   overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                   scan_layers=m.scan_layers)
+                   scan_layers=m.scan_layers, logits_chunk=m.logits_chunk)
   if m.path:
     mcfg, params = checkpoints.load_hf_model(m.path, mesh=mesh, head=head, **overrides)
   else:

@@ -184,3 +184,51 @@ def test_no_float32_copy_of_bf16_logits():
         pytest.skip("no memory analysis on this backend")
     assert fwd.temp_size_in_bytes < f32_bytes // 8
     assert grad.temp_size_in_bytes < f32_bytes // 8
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 32])
+def test_chunked_token_stats_equal_whole_logits_with_gradients(chunk):
+    """The chunked LM head (never the whole [B, T, V] logits) gives the same log-probs, logsumexps,
+    argmax hits and gradients (w.r.t. hidden states and head) as the whole logits; T=13 is not a
+    multiple of the chunk, so the padding path is covered."""
+    from jaxalign.losses import chunked_token_stats, nll_loss, token_stats
+    kh, kw, ky, km = jax.random.split(jax.random.key(3), 4)
+    hidden = jax.random.normal(kh, (3, 13, 16))
+    head = jax.random.normal(kw, (16, 50)) * 0.5
+    targets = jax.random.randint(ky, (3, 13), 0, 50)
+    mask = (jax.random.uniform(km, (3, 13)) > 0.3).astype(jnp.float32)
+
+    def whole(h, w):
+        return token_stats(jnp.einsum("btd,dv->btv", h, w), targets)
+
+    def chunked(h, w):
+        return chunked_token_stats(h, w, targets, chunk)
+
+    a, b = whole(hidden, head), chunked(hidden, head)
+    np.testing.assert_allclose(b.logprobs, a.logprobs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.lse, a.lse, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(b.is_argmax, a.is_argmax)
+    loss = lambda f: lambda h, w: nll_loss(f(h, w), mask, z_loss=1e-2)[0]
+    ga = jax.grad(loss(whole), argnums=(0, 1))(hidden, head)
+    gb = jax.jit(jax.grad(loss(chunked), argnums=(0, 1)))(hidden, head)
+    for x, y in zip(ga, gb):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_token_stats_never_hold_the_whole_logits():
+    """Compiled forward + backward of the chunked head: no buffer of the whole [B, T, V] float32 size,
+    while the whole-logits version has one."""
+    from jaxalign.losses import chunked_token_stats, nll_loss, token_stats
+    B, T, D, V = 2, 256, 8, 4096
+    hidden, head = jnp.ones((B, T, D)), jnp.ones((D, V)) * 0.01
+    targets, mask = jnp.zeros((B, T), jnp.int32), jnp.ones((B, T))
+
+    def temp_bytes(stats_fn):
+        f = jax.jit(jax.grad(lambda h, w: nll_loss(stats_fn(h, w), mask)[0], argnums=(0, 1)))
+        return f.lower(hidden, head).compile().memory_analysis().temp_size_in_bytes
+
+    whole = temp_bytes(lambda h, w: token_stats(jnp.einsum("btd,dv->btv", h, w), targets))
+    chunked = temp_bytes(lambda h, w: chunked_token_stats(h, w, targets, 16))
+    logits_bytes = B * T * V * 4
+    assert whole >= logits_bytes
+    assert chunked < logits_bytes / 4, (chunked, logits_bytes)

@@ -160,3 +160,30 @@ def test_eval_pass_pads_the_last_batch_with_empty_examples(tok):
   n = len(ds) - 64 * (len(batches) - 1)
   np.testing.assert_array_equal(last["example_mask"], (np.arange(64) < n).astype(np.float32))
   assert set(np.unique(last["sequence_ids"][last["segment_ids"] > 0]).tolist()) == set(range(2 * n))
+
+
+@pytest.mark.parametrize("objective,hp,tied", [
+    ("dpo", dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0, rpo_alpha=1.0), False),
+    ("sft", {}, True),
+    ("kto", dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.5), False),
+])
+def test_chunked_lm_head_equals_whole_logits(tok, objective, hp, tied):
+  """`logits_chunk=N` (the LM head a chunk of positions at a time, as large vocabularies get by default)
+  gives the whole-logits losses, metrics and gradients, padded and padding-free, tied head or not."""
+  cfg = models.ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                           head_dim=8, intermediate_size=64, tie_word_embeddings=tied, logits_chunk=-1)
+  params, ref = models.init_params(cfg, jax.random.key(0)), models.init_params(cfg, jax.random.key(1))
+  kind = objectives.OBJECTIVES[objective][1]
+  path = common.asset({"kto": "kto_train.jsonl", "sft": "sft_train.jsonl"}.get(kind, "preference_train.jsonl"))
+  padded, packed = _batches(tok, kind, path, batch_size=8)
+  grads = {}
+  for chunk in (-1, 8):
+    model = models.Transformer(dataclasses.replace(cfg, logits_chunk=chunk))
+    fn = jax.jit(jax.value_and_grad(objectives.OBJECTIVES[objective][0](model, hp), has_aux=True))
+    grads[chunk] = [fn(params, ref, _device(b)) for b in (padded[0], packed[0])]
+  for ((la, ma), ga), ((lb, mb), gb) in zip(grads[-1], grads[8]):
+    np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
+    for k in ma:
+      np.testing.assert_allclose(mb[k], ma[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+      np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
