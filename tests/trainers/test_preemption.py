@@ -187,3 +187,16 @@ def test_guard_agrees_one_step_later_saves_by_time_and_counts(monkeypatch):
     assert guard.after_step(1, np.float32(0)) == (True, False)
   finally:
     guard.close()
+
+
+@pytest.mark.parametrize("field", ["checkpoint_every", "checkpoint_every_minutes", "max_nonfinite_steps"])
+def test_negative_periods_are_config_errors(field):
+  import importlib
+  from jaxalign.trainers.validate import ConfigError, validate
+  c = importlib.import_module("configs.sft").get_config()
+  defaults = {"checkpoint_every": 500, "checkpoint_every_minutes": 30.0, "max_nonfinite_steps": 10}
+  assert c.train[field] == defaults[field]
+  with c.unlocked():
+    c.train[field] = -1
+  with pytest.raises(ConfigError, match=rf"config\.train\.{field}=-1(\.0)?: must be >= 0"):
+    validate(c, 8)
