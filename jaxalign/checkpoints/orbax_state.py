@@ -6,6 +6,7 @@ never leaves a half-written checkpoint to resume from; a killed save's temporary
 the next run opens the directory (tested by killing a run with SIGKILL inside a save:
 tests/trainers/test_preemption.py, through the test-only `JAXALIGN_TEST_KILL_IN_SAVE_AT_STEP`).
 """
+import json
 import os
 import signal
 
@@ -17,6 +18,7 @@ class StateCheckpointer:
 
   def __init__(self, directory, keep=2, async_save=True):
     self.directory = os.path.abspath(directory)
+    _check_latest_step(self.directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=True)
@@ -36,11 +38,6 @@ class StateCheckpointer:
     """`abstract_state`: the state's pytree of jax.ShapeDtypeStruct with target shardings."""
     step = self.manager.latest_step() if step is None else step
     where = os.path.join(self.directory, str(step))
-    missing = [item for item in ("state", "data") if not os.path.isdir(os.path.join(where, item))]
-    if missing:   # an interrupted copy or a hand-made directory: orbax would only log warnings first
-      from jaxalign.errors import CheckpointError
-      raise CheckpointError(f"{where}: cannot resume from this checkpoint (no {' or '.join(missing)}/ in it); "
-                            "it is incomplete: delete it to start over, or use another --workdir")
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state),
@@ -88,6 +85,30 @@ def _maybe_kill_in_save():
 
     finalize._jaxalign_test_kill = True
     cls.finalize = finalize
+
+
+def _check_latest_step(directory):
+  """CheckpointError when the newest step directory (orbax names them by step; its temporary ones have
+  a suffix) lacks the state or the data position (copied in part, or made by hand) or its metadata is not
+  JSON. Checked before orbax opens it, which would log warnings and errors about it and fail later."""
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  if not steps:
+    return
+  where = os.path.join(directory, str(max(steps)))
+  missing = [item for item in ("state", "data") if not os.path.isdir(os.path.join(where, item))]
+  from jaxalign.errors import CheckpointError
+  if missing:
+    raise CheckpointError(f"{where}: cannot resume from this checkpoint (no "
+                          f"{' or '.join(m + '/' for m in missing)} in it); it is incomplete: delete it to "
+                          "start over, or use another --workdir")
+  metadata = os.path.join(where, "_CHECKPOINT_METADATA")   # orbax reads it when it opens the directory
+  if os.path.isfile(metadata):
+    try:
+      with open(metadata) as f:
+        json.load(f)
+    except ValueError as e:
+      raise CheckpointError(f"{where}: cannot resume from this checkpoint (_CHECKPOINT_METADATA is not JSON: "
+                            f"{e}); it is corrupt: delete it to start over, or use another --workdir") from e
 
 
 def abstract_like(tree):
