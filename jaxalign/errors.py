@@ -129,10 +129,12 @@ def flag_error_message(exc, argv, flag_values=None):
   m = re.match(r"flag --([^=\s]+)=(.*?): (.*)$", text)
   if m:
     name, value, why = m.groups()
+    if re.match(r"Flag --\S+ must have a value other than None", why):
+      return f"--{name}: is required"
     for pattern, expected in _PARSE_WHY:
       if re.search(pattern, why):
         why = expected
-    return f"{name}={value}: {why}"
+    return f"{'' if '.' in name else '--'}{name}={value}: {why}"   # config.<field>=..., --flag=...
   return text
 
 
