@@ -232,3 +232,22 @@ def test_resume_checkpoint_metadata_not_json(tmp_path):
   (tmp_path / "2" / "_CHECKPOINT_METADATA").write_text('{"item_han')
   with pytest.raises(CheckpointError, match=r"/2: cannot resume .*_CHECKPOINT_METADATA is not JSON"):
     StateCheckpointer(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------ other entry points
+def test_sample_cli_errors(tmp_path):
+  r = run_cli(None, "", "--prompt=hi", module="jaxalign.sample")
+  assert_one_line_error(r, "--checkpoint: is required")
+  r = run_cli(None, "", f"--checkpoint={SFT}", "--prompt=hi", "--max_new_tokens=many", module="jaxalign.sample")
+  assert_one_line_error(r, "--max_new_tokens=many: expected an integer")
+  path = corrupt_copy(tmp_path, "truncated")
+  r = run_cli(None, "", f"--checkpoint={path}", "--prompt=hi", module="jaxalign.sample")
+  assert_one_line_error(r, f"{path}/model.safetensors: not a readable safetensors file")
+
+
+def test_synthesize_cli_errors(tmp_path):
+  out = tmp_path / "pairs.jsonl"
+  r = run_cli(None, "", f"--policy={SFT}", f"--prompts={tmp_path / 'none.jsonl'}", f"--out={out}",
+              "--reward_fn=jaxalign.data.embedded:reward", module="jaxalign.synthesize")
+  assert_one_line_error(r, f"{tmp_path / 'none.jsonl'}: no such file")
+  assert not out.exists()
