@@ -149,7 +149,7 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
         pending.append(metrics)
         decision = guard.after_step(step, metrics["nonfinite"])
         stop = decision.stop and step < num_steps      # at the last step the run ends anyway
-        if step % config.train.log_every == 0 or step == num_steps or (stop and pending):
+        if step % config.train.log_every == 0 or step == num_steps or stop:
           final["train"] = writer.write(step, {**_mean_metrics(jax.device_get(pending)), **guard.counts()},
                                         tokens=tokens, flops=step_flops, peak_flops=peak)
           pending, tokens, step_flops = [], 0, 0.0

@@ -384,7 +384,7 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
         tokens += n
         decision = guard.after_step(step, metrics["optim/nonfinite"])
         stop = decision.stop and step < t.num_steps     # at the last step the run ends anyway
-        if step % t.log_every == 0 or step == t.num_steps or (stop and pending):
+        if step % t.log_every == 0 or step == t.num_steps or stop:
           final["train"] = writer.write(step, {**_mean_metrics(jax.device_get(pending)), **guard.counts()},
                                         tokens=tokens)
           pending, tokens = [], 0
