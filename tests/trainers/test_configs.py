@@ -74,4 +74,4 @@ def test_option_that_does_not_apply():
 def test_bad_lora_rank():
   def m(c):
     c.lora.enabled, c.lora.rank = True, 0
-  _bad(m, r"config\.lora=.*rank")
+  _bad(m, r"config\.lora\.rank=0: must be an integer >= 1")
