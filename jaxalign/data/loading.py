@@ -72,7 +72,7 @@ def set_chat_template(tokenizer, chat_template: str) -> None:
 def load(path: Any, *, kind: str, tokenizer, max_length: int, format: str = "auto", split: str = "train",
          max_prompt_length: int | None = None, assistant_only_loss: bool = True, packing: bool = False,
          whole_sequences: bool = False, chat_template: str = "",
-         data_dir: str | None = None) -> pipeline.TokenizedDataset:
+         data_dir: str | None = None, lazy: bool | None = None) -> pipeline.TokenizedDataset:
     """Reads, checks, tokenizes and pads a dataset: the one entry point the trainers use.
 
     Args:
@@ -89,6 +89,9 @@ def load(path: Any, *, kind: str, tokenizer, max_length: int, format: str = "aut
       whole_sequences: padding-free rows of whole sequences (reward models).
       chat_template: a Jinja chat template (file path or text) that replaces the tokenizer's.
       data_dir: TFDS data directory.
+      lazy: tokenize each batch's examples when the batch is made instead of all up front (True), up
+        front (False), or lazily for sft/preference/kto data of at least `pipeline.LAZY_MIN_ROWS` rows
+        (None; the trainers' `data.tokenize=auto`).
 
     Returns:
       a `pipeline.TokenizedDataset` for `pipeline.BatchIterator`; ``num_truncated`` counts the examples
@@ -101,4 +104,4 @@ def load(path: Any, *, kind: str, tokenizer, max_length: int, format: str = "aut
     set_chat_template(tokenizer, chat_template)
     return pipeline.build_dataset(rows, kind=kind, tokenizer=tokenizer, split=split, max_length=max_length,
                                   max_prompt_length=max_prompt_length, assistant_only_loss=assistant_only_loss,
-                                  packing=packing, whole_sequences=whole_sequences)
+                                  packing=packing, whole_sequences=whole_sequences, lazy=lazy)

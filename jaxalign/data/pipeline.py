@@ -42,9 +42,14 @@ rewards) must weight by ``weight``.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
+import queue
+import threading
 import time
 from typing import Any
 
@@ -127,6 +132,17 @@ class TokenizedDataset:
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
 
+    def content_digest(self) -> bytes:
+        """sha256 of what the examples' tokens are (every row array except precomputed ``ref_*``)."""
+        h = hashlib.sha256()
+        for name in sorted(self.arrays):
+            if name.startswith("ref_"):
+                continue
+            a = np.ascontiguousarray(self.arrays[name])
+            h.update(f"{name}:{a.dtype}:{a.shape};".encode())
+            h.update(a.tobytes())
+        return h.digest()
+
     @property
     def num_examples(self) -> int:
         return len(self)
@@ -149,6 +165,81 @@ class TokenizedDataset:
         return batch
 
 
+LAZY_KINDS = ("sft", "preference", "kto")
+LAZY_MIN_ROWS = 50_000      # build_dataset(lazy=None): datasets this large are tokenized batch by batch
+_LAZY_CACHE = 8192          # encoded examples a LazyTokenizedDataset keeps (a few global batches' worth)
+
+
+@dataclasses.dataclass
+class LazyTokenizedDataset(TokenizedDataset):
+    """A `TokenizedDataset` whose examples are tokenized when a batch first asks for them.
+
+    Training starts after the rows are read and checked, whatever their number (up-front tokenization
+    of a million rows takes minutes); each batch then tokenizes its own examples (the global batch's, for
+    the padding-free row count), which the `Prefetcher` overlaps with the device step. Batches are
+    identical to those of the eager dataset built from the same rows (tested). ``arrays`` holds only the
+    per-example columns (``label``, precomputed ``ref_*``); ``num_truncated`` is not known up front (0).
+    A chat template that fails on some row raises its `DataError` when that row's batch is built.
+    """
+
+    examples: list | None = None
+    encode: Any = None
+    pad_id: int = 0
+    digest_settings: bytes = b""
+
+    def __post_init__(self):
+        self._cache: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def _encoded(self, i: int):
+        with self._lock:
+            hit = self._cache.get(i)
+            if hit is not None:
+                self._cache.move_to_end(i)
+                return hit
+        try:
+            hit = self.encode(self.examples[i])
+        except ValueError as e:
+            where = self.source.locate(i) if self.source is not None else f"example {i + 1}"
+            raise DataError(f"{where}: {e}") from None
+        with self._lock:
+            self._cache[i] = hit
+            if len(self._cache) > _LAZY_CACHE:
+                self._cache.popitem(last=False)
+        return hit
+
+    def sequence_lengths(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, np.int64)
+        out = np.zeros((len(indices), len(self.sequence_prefixes)), np.int64)
+        for r, i in enumerate(indices):
+            if i >= 0:
+                out[r] = [max(len(ids) - 1, 0) for ids, _ in self._encoded(int(i))[0]]
+        return out
+
+    def take(self, indices: np.ndarray) -> dict[str, Any]:
+        indices = np.asarray(indices, np.int64)
+        valid = indices >= 0
+        safe = np.where(valid, indices, 0)
+        batch: dict[str, Any] = _example_arrays(self.kind, [self._encoded(int(i)) for i in safe],
+                                                self.max_length, self.pad_id)
+        batch.update({k: v[safe] for k, v in self.arrays.items()})
+        if not valid.all():
+            for x in batch.values():
+                x[~valid] = 0
+        if self.padding_free:
+            batch["example_mask"] = valid.astype(np.float32)
+        return batch
+
+    def content_digest(self) -> bytes:
+        h = hashlib.sha256(self.digest_settings)
+        for ex in self.examples:
+            h.update(json.dumps(ex, sort_keys=True, default=str).encode())
+        return h.digest()
+
+
 def _tokenize_rows(source, adapt, encode, name: str) -> list:
     n = len(source)
     out = []
@@ -165,10 +256,64 @@ def _tokenize_rows(source, adapt, encode, name: str) -> list:
     return out
 
 
+def _encoder(kind: str, tokenizer, T: int, P: int | None, assistant_only_loss: bool):
+    """`encode(example)` for one adapted example: clm/sft -> (sequences, cut); preference/kto ->
+    (sequences, cut, label), each sequence an (ids, target mask) pair before padding."""
+    if kind in ("clm", "sft"):
+        def encode(ex):
+            if "prompt" in ex:  # prompt/completion: left-truncate the prompt, then the completion
+                p, c, cm = templates.encode_prompt_completion(tokenizer, ex["prompt"], ex["completion"])
+                p, c, cm, cut = batching.truncate_prompt_completion(p, c, cm, T, P)
+                pm = np.full(len(p), 0 if assistant_only_loss else 1, np.int32)
+                return [(np.concatenate([p, c]), np.concatenate([pm, cm]))], cut
+            ids, mask = templates.encode_example(tokenizer, ex, assistant_only_loss)
+            if kind == "clm":
+                return batching.split_chunks(ids, mask, T), False
+            return [(ids[:T], mask[:T])], len(ids) > T
+        return encode
+    fields = ("chosen", "rejected") if kind == "preference" else ("completion",)
+
+    def encode(ex):
+        out, cut_any = [], False
+        for f in fields:
+            p, c, cm = templates.encode_prompt_completion(tokenizer, ex["prompt"], ex[f])
+            p, c, cm, cut = batching.truncate_prompt_completion(p, c, cm, T, P)
+            out.append((np.concatenate([p, c]), np.concatenate([np.zeros(len(p), np.int32), cm])))
+            cut_any |= cut
+        return out, cut_any, ex.get("label")
+    return encode
+
+
+def _example_arrays(kind: str, encoded: list, T: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Padded row arrays [N, T] of encoded sft / preference / kto examples (one row per sequence)."""
+    if kind == "sft":
+        return batching.pad_rows([seqs[0] for seqs, _ in encoded], T, pad_id)
+    if kind == "preference":
+        arrays = {}
+        for j, f in enumerate(("chosen", "rejected")):
+            rows = batching.pad_rows([e[0][j] for e in encoded], T, pad_id)
+            arrays.update({f"{f}_{k}": v for k, v in rows.items()})
+        return arrays
+    arrays = batching.pad_rows([e[0][0] for e in encoded], T, pad_id)
+    arrays["label"] = np.asarray([float(e[2]) for e in encoded], np.float32)
+    return arrays
+
+
+def _digest_settings(tokenizer, kind, T, P, assistant_only_loss) -> bytes:
+    """What, besides the rows, decides a lazy dataset's tokens: the tokenizer (its vocabulary and merges,
+    special tokens and chat template) and the tokenization settings."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = {"class": type(tokenizer).__name__, "chat_template": getattr(tokenizer, "chat_template", None),
+             "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()}, "kind": kind, "T": T,
+             "P": P, "assistant_only_loss": assistant_only_loss}
+    return hashlib.sha256(vocab.encode() + json.dumps(extra, sort_keys=True, default=str).encode()).digest()
+
+
 def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", split: str = "train",
                   max_length: int, max_prompt_length: int | None = None, assistant_only_loss: bool = True,
                   packing: bool = False, data_dir: str | None = None,
-                  whole_sequences: bool = False) -> TokenizedDataset:
+                  whole_sequences: bool = False, lazy: bool | None = None) -> TokenizedDataset:
     """Loads, adapts, tokenizes and pads a dataset (see the module docstring).
 
     Args:
@@ -187,6 +332,8 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
       whole_sequences: padding-free rows hold whole sequences (width T + 1, the last token included) and
         batches carry ``sequence_last`` (reward models).
       data_dir: TFDS data directory.
+      lazy: tokenize each example when a batch first needs it (`LazyTokenizedDataset`) instead of all
+        of them up front; None = lazy for sft/preference/kto datasets of at least `LAZY_MIN_ROWS` rows.
     """
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: expected one of {KINDS}")
@@ -205,19 +352,26 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
     truncated = 0
     host: dict[str, np.ndarray] = {}
 
+    if lazy is None:
+        lazy = len(source) >= LAZY_MIN_ROWS and kind in LAZY_KINDS and not (packing and kind == "clm")
+    if lazy:
+        if kind not in LAZY_KINDS:
+            raise ValueError(f"lazy tokenization applies to kinds {LAZY_KINDS}, not {kind!r}")
+        encode = _encoder(kind, tokenizer, T, P, assistant_only_loss)
+        if getattr(source, "kind", None) == kind and hasattr(source, "rows"):    # `data.read` checked them
+            adapted = list(source.rows)
+        else:
+            adapted = [adapt(source[i], source.locate(i)) for i in range(len(source))]
+        arrays = {}
+        if kind == "kto":
+            arrays["label"] = np.asarray([float(ex.get("label")) for ex in adapted], np.float32)
+        return LazyTokenizedDataset(kind, arrays, host, T, P, 0, source,
+                                    padding_free=packing and kind in ("sft", "preference", "kto"),
+                                    whole_sequences=whole_sequences, examples=adapted, encode=encode,
+                                    pad_id=pad_id, digest_settings=_digest_settings(tokenizer, kind, T, P,
+                                                                                    assistant_only_loss))
     if kind in ("clm", "sft"):
-        def encode(ex):
-            if "prompt" in ex:  # prompt/completion: left-truncate the prompt, then the completion
-                p, c, cm = templates.encode_prompt_completion(tokenizer, ex["prompt"], ex["completion"])
-                p, c, cm, cut = batching.truncate_prompt_completion(p, c, cm, T, P)
-                pm = np.full(len(p), 0 if assistant_only_loss else 1, np.int32)
-                return [(np.concatenate([p, c]), np.concatenate([pm, cm]))], cut
-            ids, mask = templates.encode_example(tokenizer, ex, assistant_only_loss)
-            if kind == "clm":
-                return batching.split_chunks(ids, mask, T), False
-            return [(ids[:T], mask[:T])], len(ids) > T
-
-        encoded = _tokenize_rows(source, adapt, encode, source.name)
+        encoded = _tokenize_rows(source, adapt, _encoder(kind, tokenizer, T, P, assistant_only_loss), source.name)
         truncated = sum(cut for _, cut in encoded)
         seqs = [s for chunks, _ in encoded for s in chunks]
         static_pack = packing and kind == "clm"   # SFT packs each batch instead (padding-free batches)
@@ -225,27 +379,9 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
         if static_pack or kind == "clm":
             source = None  # rows no longer map 1:1 to source rows
     elif kind in ("preference", "kto"):
-        fields = ("chosen", "rejected") if kind == "preference" else ("completion",)
-
-        def encode(ex):
-            out, cut_any = [], False
-            for f in fields:
-                p, c, cm = templates.encode_prompt_completion(tokenizer, ex["prompt"], ex[f])
-                p, c, cm, cut = batching.truncate_prompt_completion(p, c, cm, T, P)
-                out.append((np.concatenate([p, c]), np.concatenate([np.zeros(len(p), np.int32), cm])))
-                cut_any |= cut
-            return out, cut_any, ex.get("label")
-
-        encoded = _tokenize_rows(source, adapt, encode, source.name)
+        encoded = _tokenize_rows(source, adapt, _encoder(kind, tokenizer, T, P, assistant_only_loss), source.name)
         truncated = sum(cut for _, cut, _ in encoded)
-        if kind == "preference":
-            arrays = {}
-            for j, f in enumerate(fields):
-                rows = batching.pad_rows([seqs[j] for seqs, _, _ in encoded], T, pad_id)
-                arrays.update({f"{f}_{k}": v for k, v in rows.items()})
-        else:
-            arrays = batching.pad_rows([seqs[0] for seqs, _, _ in encoded], T, pad_id)
-            arrays["label"] = np.asarray([float(lab) for _, _, lab in encoded], np.float32)
+        arrays = _example_arrays(kind, encoded, T, pad_id)
     else:  # prompt
         def encode(ex):
             p = templates.encode_prompt(tokenizer, ex["prompt"])
@@ -369,3 +505,80 @@ class BatchIterator:
             raise ValueError(f"data state {state} is for another dataset or seed (this one: seed={self.seed},"
                              f" num_examples={self.num_examples})")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class Prefetcher:
+    """Prepares the next batches of an iterator in a background thread while the device runs.
+
+    `next()` returns exactly the batches `iterator.next()` would, in order (one thread calls it), up to
+    `depth` of them made ahead; `get_state()` is the iterator's state after the last batch handed out
+    (not after the ones made ahead), so a checkpoint resumes at the right example. `set_state` stops the
+    thread, moves the iterator and starts again on the next `next()`. An exception raised while making a
+    batch (StopIteration, a `DataError` of a lazily tokenized row) is raised by the `next()` that would
+    have returned that batch. Other attributes are the iterator's.
+    """
+
+    def __init__(self, iterator, depth: int = 2):
+        self.iterator, self.depth = iterator, int(depth)
+        self._state = iterator.get_state()
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+
+    def _run(self, q: queue.Queue, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                item = (self.iterator.next(), self.iterator.get_state(), None)
+            except BaseException as e:  # noqa: BLE001 (handed to the consumer, raised there)
+                item = (None, None, e)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=max(self.depth, 1))
+        self._thread = threading.Thread(target=self._run, args=(self._queue, self._stop), daemon=True,
+                                        name="jaxalign-prefetch")
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stops the background thread (the iterator is then ahead of `get_state()`: call `set_state`
+        before using it again)."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def next(self) -> dict[str, Any]:
+        if self._thread is None:
+            self._start()
+        batch, state, error = self._queue.get()
+        if error is not None:
+            self._thread.join()
+            self._thread = None
+            self.iterator.set_state(self._state)   # back to where the consumer is
+            raise error
+        self._state = state
+        return batch
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    def get_state(self) -> dict[str, int]:
+        return dict(self._state)
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.close()
+        self.iterator.set_state(state)
+        self._state = self.iterator.get_state()
+
+    def __getattr__(self, name):
+        return getattr(self.iterator, name)

@@ -166,6 +166,7 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     finally:
       guard.close()
       writer.close()
+      getattr(run.train_iter, "close", lambda: None)()     # the batch prefetch thread
       if ckpt:
         ckpt.close()
     if workdir and config.train.export_hf:

@@ -1,11 +1,11 @@
 """Reference log-probs computed once and kept on disk, for `precompute_ref` (DPO, KTO).
 
-  key = sha256(tokenized rows of the dataset, the reference checkpoint, the log-prob settings)
+  key = sha256(the dataset's tokens, the reference checkpoint, the log-prob settings)
   <cache_dir>/<key>.safetensors = {"ref_chosen_logps": [N], "ref_rejected_logps": [N]} (or "ref_logps")
 
 The key covers everything the numbers depend on: the token ids, targets, masks, positions and segment
 ids of every example (so the data file, the tokenizer, the chat template and the truncation settings are
-all in it), the reference checkpoint (its config.json, and for each safetensors file its size and a hash
+all in it; a lazily tokenized dataset hashes its checked rows, the tokenizer and those settings instead), the reference checkpoint (its config.json, and for each safetensors file its size and a hash
 of its first and last MiB, which hold the header and the tensor bytes at both ends), the compute dtypes,
 and whether the loss reads length-averaged log-probs (IPO). A later run, another epoch, or a rerun with
 other hyper-parameters (beta, learning rate, steps) finds the file and skips the pass.
@@ -54,13 +54,7 @@ def checkpoint_identity(m: Any, seed: int) -> dict:
 
 def fingerprint(dataset, reference: dict, settings: dict) -> str:
   """The cache key of `dataset`'s reference log-probs (see module docstring)."""
-  h = hashlib.sha256()
-  for name in sorted(dataset.arrays):
-    if name.startswith("ref_"):
-      continue
-    a = np.ascontiguousarray(dataset.arrays[name])
-    h.update(f"{name}:{a.dtype}:{a.shape};".encode())
-    h.update(a.tobytes())
+  h = hashlib.sha256(dataset.content_digest())
   h.update(json.dumps({"reference": reference, "settings": settings}, sort_keys=True, default=str).encode())
   return h.hexdigest()
 

@@ -96,7 +96,8 @@ def build_run(config, mesh):
   common = dict(kind=kind, tokenizer=tokenizer, format=d.format, max_length=d.max_length,
                 max_prompt_length=d.max_prompt_length, assistant_only_loss=d.assistant_only_loss,
                 packing=d.packing, whole_sequences=head == "score", chat_template=d.chat_template)
-  train_ds = data.load(train_rows, split="train", **common)
+  lazy = {"auto": None, "upfront": False, "lazy": True}[d.tokenize]
+  train_ds = data.load(train_rows, split="train", lazy=lazy, **common)
   precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
   if precompute:
     hp = hparams(config)
@@ -110,9 +111,10 @@ def build_run(config, mesh):
   # Padding-free SFT rows split into grad_accum_steps micro-batches (the other objectives refuse it).
   rows = dict(row_multiple=row_multiple(mesh) * config.train.grad_accum_steps,
               pad_id=tokenizer.pad_token_id or 0)
-  train_iter = pipeline.BatchIterator(train_ds, config.train.batch_size, seed=d.shuffle_seed,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count(), **rows)
+  # Batches are made (and lazily tokenized) in a background thread while the device runs the step.
+  train_iter = pipeline.Prefetcher(pipeline.BatchIterator(train_ds, config.train.batch_size,
+                                                          seed=d.shuffle_seed, process_index=jax.process_index(),
+                                                          process_count=jax.process_count(), **rows))
   eval_iter_fn = None
   if d.eval:
     eval_ds = data.load(eval_rows, split="eval", **common)

@@ -124,6 +124,11 @@ def validate_common(config, num_devices, process_count=1):
   if d.packing and obj not in ("clm", "sft") and config.train.grad_accum_steps > 1:
     _fail("data.packing", d.packing, f"padding-free {obj} batches do not split into micro-batches: "
           "set train.grad_accum_steps=1 or data.packing=False")
+  if "tokenize" in d:
+    if d.tokenize not in ("auto", "upfront", "lazy"):
+      _fail("data.tokenize", d.tokenize, "expected auto, upfront or lazy")
+    if d.tokenize == "lazy" and obj == "clm":
+      _fail("data.tokenize", d.tokenize, "pretraining text is split and packed up front; use auto or upfront")
 
   lo = config.get("lora")
   if lo is not None and lo.enabled:

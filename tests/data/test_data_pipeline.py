@@ -131,3 +131,59 @@ def test_prompt_batch_left_padded(tok):
     assert b["answer"] == [r["answer"] for r in [ds.source[i] for i in range(4)]]
     text = tok.decode(b["prompt_ids"][0][b["prompt_segment_ids"][0] == 1].tolist())
     assert text.startswith("<|bos|><|user|>") and text.endswith("<|assistant|>")
+
+
+def _same_batches(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize("kind,name", [("sft", "sft_train"), ("preference", "preference_train"),
+                                       ("kto", "kto_train")])
+@pytest.mark.parametrize("packing", [False, True])
+def test_lazy_tokenization_gives_the_eager_batches(tok, kind, name, packing):
+    """Tokenized batch by batch (`lazy=True`, what datasets of LAZY_MIN_ROWS rows or more get) or up
+    front: the same batches, on one host and on two, for training and for one evaluation pass; the
+    Prefetcher hands out the same batches again, and its state resumes where the consumer stopped."""
+    import json
+    from jaxalign.data.pipeline import LazyTokenizedDataset, Prefetcher
+    with open(embedded.embedded_path(*name.split("_"))) as f:
+        rows = [json.loads(line) for line in f.readlines()[:70]]
+    kw = dict(kind=kind, tokenizer=tok, max_length=48, max_prompt_length=24, packing=packing)
+    eager, lazy = build_dataset(rows, lazy=False, **kw), build_dataset(rows, lazy=True, **kw)
+    assert isinstance(lazy, LazyTokenizedDataset) and not isinstance(eager, LazyTokenizedDataset)
+    assert len(lazy) == len(eager) == 70
+    for host in range(2):
+        its = [BatchIterator(d, 16, seed=1, process_index=host, process_count=2, pad_id=tok.pad_token_id)
+               for d in (eager, lazy)]
+        for _ in range(6):                                   # 96 examples: wraps into the second epoch
+            _same_batches(next(its[0]), next(its[1]))
+    evals = [list(BatchIterator(d, 32, shuffle=False, repeat=False, pad_id=tok.pad_token_id))
+             for d in (eager, lazy)]
+    assert len(evals[0]) == len(evals[1]) == 3                # the last one padded
+    for a, b in zip(*evals):
+        _same_batches(a, b)
+
+    plain = BatchIterator(eager, 16, seed=1, pad_id=tok.pad_token_id)
+    ahead = Prefetcher(BatchIterator(lazy, 16, seed=1, pad_id=tok.pad_token_id), depth=3)
+    for _ in range(3):
+        _same_batches(next(plain), next(ahead))
+    state = ahead.get_state()
+    assert state == plain.get_state()                        # not the state of the batches made ahead
+    expected = next(plain)
+    resumed = Prefetcher(BatchIterator(lazy, 16, seed=1, pad_id=tok.pad_token_id))
+    resumed.set_state(state)
+    _same_batches(expected, next(resumed))
+    ahead.close(), resumed.close()
+
+
+def test_prefetcher_raises_where_the_iterator_would(tok):
+    from jaxalign.data.pipeline import Prefetcher
+    rows = [{"messages": [U(f"what is {i} plus 1?"), A(f"{i} plus 1 is {i + 1}.")]} for i in range(10)]
+    ds = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32)
+    it = Prefetcher(BatchIterator(ds, 4, shuffle=False, repeat=False))
+    assert [b["weight"].tolist() for b in it] == [[1.0] * 4, [1.0] * 4, [1.0, 1.0, 0.0, 0.0]]
