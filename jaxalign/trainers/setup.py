@@ -110,7 +110,7 @@ def build_run(config, mesh):
     precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer, cache)
   # Padding-free SFT rows split into grad_accum_steps micro-batches (the other objectives refuse it).
   rows = dict(row_multiple=row_multiple(mesh) * config.train.grad_accum_steps,
-              pad_id=tokenizer.pad_token_id or 0)
+              pad_id=tokenizer.pad_token_id or 0, length_buckets=d.length_buckets)
   # Batches are made (and lazily tokenized) in a background thread while the device runs the step.
   train_iter = pipeline.Prefetcher(pipeline.BatchIterator(train_ds, config.train.batch_size,
                                                           seed=d.shuffle_seed, process_index=jax.process_index(),

@@ -124,6 +124,8 @@ def validate_common(config, num_devices, process_count=1):
   if d.packing and obj not in ("clm", "sft") and config.train.grad_accum_steps > 1:
     _fail("data.packing", d.packing, f"padding-free {obj} batches do not split into micro-batches: "
           "set train.grad_accum_steps=1 or data.packing=False")
+  if "length_buckets" in d and not 1 <= d.length_buckets <= 16:
+    _fail("data.length_buckets", d.length_buckets, "must be in [1, 16] (1 = every batch max_length wide)")
   if "tokenize" in d:
     if d.tokenize not in ("auto", "upfront", "lazy"):
       _fail("data.tokenize", d.tokenize, "expected auto, upfront or lazy")

@@ -187,3 +187,27 @@ def test_prefetcher_raises_where_the_iterator_would(tok):
     ds = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32)
     it = Prefetcher(BatchIterator(ds, 4, shuffle=False, repeat=False))
     assert [b["weight"].tolist() for b in it] == [[1.0] * 4, [1.0] * 4, [1.0, 1.0, 0.0, 0.0]]
+
+
+def test_length_buckets_cut_padded_batches_to_a_few_widths(tok):
+    """packing=False with length_buckets: each batch is the full-width batch cut to the narrowest of
+    T, T/2, T/4, T/8 that keeps every sequence of the global batch plus one padding column."""
+    import json
+    from jaxalign.data.pipeline import bucket_width
+    assert [bucket_width(n, 512, 4) for n in (1, 64, 65, 129, 300, 512, 600)] == [64, 64, 128, 256, 512, 512, 512]
+    with open(embedded.embedded_path("preference", "train")) as f:
+        rows = [json.loads(line) for line in f.readlines()[:64]]
+    ds = build_dataset(rows, kind="preference", tokenizer=tok, max_length=256, max_prompt_length=128)
+    widths = set()
+    for host in range(2):
+        full = BatchIterator(ds, 16, seed=2, process_index=host, process_count=2)
+        cut = BatchIterator(ds, 16, seed=2, process_index=host, process_count=2, length_buckets=4)
+        for _ in range(4):
+            a, b = next(full), next(cut)
+            w = b["chosen_input_ids"].shape[1]
+            widths.add(w)
+            assert w in (32, 64, 128, 256)
+            for k in a:
+                np.testing.assert_array_equal(a[k][:, :w], b[k], err_msg=k)
+                assert not a[k][:, w - 1:].any() if k.endswith("segment_ids") else True, k
+    assert max(widths) < 256                 # the embedded pairs are short: never the full width
