@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxalign import losses, models  # noqa: E402
+from jaxalign import losses, models, registry  # noqa: E402
 from jaxalign.trainers import objectives  # noqa: E402
 
 
@@ -48,11 +48,11 @@ def main():
         f"{logits_gib:.2f} GiB; auto chunk = {losses.auto_chunk(2 * args.batch, args.length, args.vocab)} positions")
   print(f"{'objective':9} {'logits_chunk':>12} {'temp GiB':>9} {'args GiB':>9} {'loss':>10}")
   for objective, hp in (("dpo", dict(beta=0.1, loss_type="sigmoid")), ("sft", {})):
-    b = batch(objectives.OBJECTIVES[objective][1], args.batch, args.length, args.vocab)
+    b = batch(registry.get(objective).data, args.batch, args.length, args.vocab)
     seen = []
     for chunk in (-1, 0):
       model = models.Transformer(dataclasses.replace(cfg, logits_chunk=chunk))
-      fn = jax.jit(jax.value_and_grad(objectives.OBJECTIVES[objective][0](model, hp), has_aux=True))
+      fn = jax.jit(jax.value_and_grad(getattr(objectives, registry.get(objective).loss)(model, hp), has_aux=True))
       mem = fn.lower(params, params, b).compile().memory_analysis()
       (loss, _), _ = fn(params, params, b)
       seen.append(float(loss))

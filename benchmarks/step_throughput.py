@@ -40,7 +40,7 @@ def main(argv):
   import numpy as np
   from jaxalign import sharding
   from jaxalign.trainers import loop, setup
-  from jaxalign.trainers.objectives import OBJECTIVES
+  from jaxalign import registry
   from jaxalign.trainers.optim import make_optimizer
   from jaxalign.trainers.state import TrainState
   from jaxalign.trainers.step import make_train_step
@@ -78,7 +78,7 @@ def main(argv):
   t_len = b0[seq_keys[0]].shape[1]
   attn = 12 * mc.num_layers * t_len * mc.hidden_size
   per_token = 6 * (n_params - (0 if mc.tie_word_embeddings else n_embed)) + attn
-  if OBJECTIVES[config.objective][2]:                                   # reference forward
+  if registry.get(config.objective).reference:                                   # reference forward
     per_token += (2 * (n_params - (0 if mc.tie_word_embeddings else n_embed)) + attn // 3)
   peak = measure_peak_flops() * jax.device_count()
   flops = per_token * tokens / dt

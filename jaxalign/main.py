@@ -37,20 +37,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_
 _WORKDIR = flags.DEFINE_string("workdir", "", "Checkpoints, logs and exports; default runs/<objective>.")
 
 
-# objective -> "module:function(config, workdir)" that runs it. Offline objectives share one loop.
-RUNNERS = {
-    **{k: "jaxalign.trainers.loop:train_and_evaluate"
-       for k in ("clm", "sft", "reward", "dpo", "orpo", "simpo", "kto")},
-    "ppo": "jaxalign.trainers.rl:train_and_evaluate",
-    "grpo": "jaxalign.trainers.rl:train_and_evaluate",
-    "eval": "jaxalign.eval.run:evaluate_and_report",
-}
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import importlib
+  from jaxalign import registry
   from jaxalign.errors import ConfigError, UserError
   if not flags.FLAGS["verbosity"].present:   # orbax and jax log a lot at INFO; --verbosity=0 shows it.
     logging.set_verbosity(logging.WARNING)
@@ -65,10 +56,11 @@ def main(argv):
     why = "no such file" if not os.path.isfile(path) else f"cannot load it ({e})"
     raise UserError(f"--config={path}: {why}; expected a Python file with get_config()") from e
   workdir = _WORKDIR.value or os.path.join("runs", config.objective)
-  if config.objective not in RUNNERS:
+  if config.objective not in registry.OBJECTIVES:
     raise ConfigError(f"config.objective={config.objective!r}: unknown objective; expected one of "
-                      f"{sorted(RUNNERS)}")
-  module, fn = RUNNERS[config.objective].split(":")
+                      f"{registry.names()}")
+  # The objective's trainer (jaxalign/registry.py): the offline loop, the RL loop or the evaluator.
+  module, fn = registry.TRAINERS[registry.get(config.objective).trainer].split(":")
   getattr(importlib.import_module(module), fn)(config, workdir)
 
 

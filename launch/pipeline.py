@@ -94,12 +94,10 @@ class Pipeline:
     config = load_config(config_name, **overrides)
     start = time.time()
     print(f"[pipeline] {name}: training configs/{config_name}.py", flush=True)
-    if config.objective in ("ppo", "grpo"):
-      from jaxalign.trainers import rl
-      rl.train_and_evaluate(config, self.path(name))
-    else:
-      from jaxalign.trainers import loop
-      loop.train_and_evaluate(config, self.path(name))
+    import importlib
+    from jaxalign import registry
+    module, fn = registry.TRAINERS[registry.get(config.objective).trainer].split(":")
+    getattr(importlib.import_module(module), fn)(config, self.path(name))
     self.timings[name] = time.time() - start
     with open(timing, "w") as f:
       json.dump({"train_s": self.timings[name]}, f)

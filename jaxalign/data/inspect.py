@@ -33,9 +33,6 @@ from jaxalign.data import loading, templates  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().", lock_config=True)
 
-# objective -> (dataset kind, reward-model head); as trainers.objectives.OBJECTIVES, without importing JAX.
-KINDS = {"clm": "clm", "sft": "sft", "reward": "preference", "dpo": "preference", "orpo": "preference",
-         "simpo": "preference", "kto": "kto", "ppo": "prompt", "grpo": "prompt"}
 
 
 def marked(tokenizer, ids, trained) -> str:
@@ -101,11 +98,13 @@ def report(config, which: str = "train", out=sys.stdout) -> None:
     from jaxalign import checkpoints
 
     d, m = config.data, config.model
-    kind = KINDS.get(config.objective)
-    if kind is None:
+    from jaxalign import registry
+    with_data = [n for n, o in registry.OBJECTIVES.items() if o.data]
+    if config.objective not in with_data:
         from jaxalign.errors import ConfigError
         raise ConfigError(f"config.objective={config.objective!r}: has no training data to inspect; expected "
-                          f"one of {sorted(KINDS)}")
+                          f"one of {sorted(with_data)}")
+    kind = registry.get(config.objective).data
     rows = loading.read(data_paths(d[which]), kind=kind, format=d.format, split=which)
     tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     loading.set_chat_template(tokenizer, d.chat_template)

@@ -7,7 +7,6 @@ stop it after the current step with a checkpoint and exit code 75; non-finite up
 (`preemption`).
 """
 import os
-import time
 
 import jax
 import jax.numpy as jnp

@@ -2,7 +2,7 @@
 
 Each objective is a builder `make_<name>_loss(model, hparams) -> loss_fn(params, ref_params, batch)`
 returning `(loss, metrics)`. `hparams` is a plain dict read from the config outside of any trace.
-`OBJECTIVES` is the one table the step factory and config validation read.
+Which builder an objective uses, its data, head and reference are in `jaxalign/registry.py`.
 
 Preference objectives run chosen and rejected through one forward pass: the two halves are concatenated
 along the batch axis ([2B, T]) and split after the log-probs are taken. A padding-free batch (it has
@@ -201,22 +201,6 @@ def make_kto_loss(model, hp):
                            desirable_weight=hp["desirable_weight"],
                            undesirable_weight=hp["undesirable_weight"])
   return loss_fn
-
-
-# objective -> (loss builder, data kind, needs a reference model, model head)
-OBJECTIVES = {
-    "clm": (make_clm_loss, "clm", False, "lm"),
-    "sft": (make_sft_loss, "sft", False, "lm"),
-    "reward": (make_reward_loss, "preference", False, "score"),
-    "dpo": (make_dpo_loss, "preference", True, "lm"),
-    "orpo": (make_orpo_loss, "preference", False, "lm"),
-    "simpo": (make_simpo_loss, "preference", False, "lm"),
-    "kto": (make_kto_loss, "kto", True, "lm"),
-}
-
-# Objectives whose loss reads packed rows (`data.packing`): CLM/SFT documents, or padding-free pairs and
-# KTO examples, or (the reward model) whole sequences whose last token is read.
-PACKABLE = ("clm", "sft", "reward", "dpo", "orpo", "simpo", "kto")
 
 
 def hparams(config):

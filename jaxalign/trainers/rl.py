@@ -32,13 +32,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxalign import checkpoints, models, sampling, sharding
+from jaxalign import checkpoints, models, registry, sampling, sharding
 from jaxalign.checkpoints.orbax_state import StateCheckpointer, abstract_like
 from jaxalign import data
 from jaxalign.data import pipeline
 from jaxalign.trainers import distributed, grpo, ppo, preemption, rewards, setup
 from jaxalign.trainers.metrics_writer import MetricsWriter
-from jaxalign.trainers.objectives import OBJECTIVES
 from jaxalign.trainers.optim import make_optimizer
 from jaxalign.trainers.validate import (ConfigError, _check_path, _fail, reject_other_objectives,
                                        validate_common)
@@ -74,7 +73,7 @@ def validate(config, num_devices, process_count=1):
   if obj not in config:
     _fail(obj, None, "missing sub-config")
   # `config.reward` here is where rewards come from (not the reward-model objective's sub-config).
-  reject_other_objectives(config, [k for k in (*OBJECTIVES, *RL_OBJECTIVES) if k != "reward"])
+  reject_other_objectives(config, [k for k in registry.names() if k != "reward"])
   mesh_shape = validate_common(config, num_devices, process_count)
   RL_OBJECTIVES[obj].validate(config.get(obj))
   if config.lora.enabled:

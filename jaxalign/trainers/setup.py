@@ -7,12 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign import models, sharding
-from jaxalign import checkpoints
-from jaxalign import data
+from jaxalign import checkpoints, data, models, registry, sharding
 from jaxalign.data import pipeline
 from jaxalign.trainers import reference_cache
-from jaxalign.trainers.objectives import OBJECTIVES, hparams, make_reference_fn
+from jaxalign.trainers.objectives import hparams, make_reference_fn
 
 
 @dataclasses.dataclass
@@ -67,7 +65,8 @@ def load_model(config, mesh, head):
 
 
 def build_run(config, mesh):
-  _, kind, needs_ref, head = OBJECTIVES[config.objective]
+  spec = registry.get(config.objective)
+  kind, needs_ref, head = spec.data, spec.reference, spec.head
   m = config.model
   d = config.data
   # Every row is read and checked first: bad data fails here (DataError), before anything loads.

@@ -12,14 +12,16 @@ import jax.numpy as jnp
 import optax
 
 from jaxalign.trainers import preemption
-from jaxalign.trainers.objectives import OBJECTIVES, hparams
+from jaxalign import registry
+from jaxalign.trainers import objectives
+from jaxalign.trainers.objectives import hparams
 from jaxalign.trainers.state import TrainState
 
 
 def make_loss_fn(model, config):
   """The objective's `loss_fn(params, ref_params, batch)`. With LoRA (`model` is a `lora.LoraModel`),
   `params` are the adapters and `ref_params` the frozen base, which is also the reference policy."""
-  builder = OBJECTIVES[config.objective][0]
+  builder = getattr(objectives, registry.get(config.objective).loss)   # make_<objective>_loss
   loss_fn = builder(model, hparams(config))
   if "lora" in config and config.lora.enabled:
     from jaxalign import lora

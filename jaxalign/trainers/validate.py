@@ -3,8 +3,8 @@ import math
 import os
 import re
 
+from jaxalign import registry
 from jaxalign.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
-from jaxalign.trainers.objectives import OBJECTIVES, PACKABLE
 
 
 def _fail(field, value, why):
@@ -25,36 +25,30 @@ def _check_path(field, path, required=True):
 
 def validate(config, num_devices, process_count=1):
   """Raises ConfigError on the first bad field. Returns the resolved mesh shape (data, fsdp, tensor)."""
-  from jaxalign import losses  # Late import: the loss tables are the source of truth.
-
-  if config.objective not in OBJECTIVES:
-    _fail("objective", config.objective, f"unknown objective; expected one of {sorted(OBJECTIVES)}")
-  obj = config.objective
-  hp = config.get(obj)
-  if obj in ("dpo", "orpo", "simpo", "kto"):
-    if hp is None:
-      _fail(obj, None, "missing sub-config")
-    if not hp.beta > 0:
-      _fail(f"{obj}.beta", hp.beta, "must be > 0")
-  if obj == "dpo":
-    if hp.loss_type not in losses.DPO_LOSS_TYPES:
-      _fail("dpo.loss_type", hp.loss_type, f"expected one of {list(losses.DPO_LOSS_TYPES)}")
-    if not 0.0 <= hp.label_smoothing < 0.5:
-      _fail("dpo.label_smoothing", hp.label_smoothing, "must be in [0, 0.5)")
-    if hp.rpo_alpha < 0:
-      _fail("dpo.rpo_alpha", hp.rpo_alpha, "must be >= 0")
-  if obj == "simpo" and hp.gamma < 0:
-    _fail("simpo.gamma", hp.gamma, "must be >= 0 (the target reward margin)")
-  if obj == "kto":
-    for f in ("desirable_weight", "undesirable_weight"):
-      if not hp[f] > 0:
-        _fail(f"kto.{f}", hp[f], "must be > 0")
-  if obj == "reward" and hp is not None and hp.get("center_coef", 0.0) < 0:
-    _fail("reward.center_coef", hp.center_coef, "must be >= 0")
-  if obj == "clm" and hp is not None and hp.get("z_loss", 0.0) < 0:
-    _fail("clm.z_loss", hp.z_loss, "must be >= 0")
-  reject_other_objectives(config, OBJECTIVES)
+  offline = registry.names("offline")
+  if config.objective not in offline:
+    _fail("objective", config.objective, f"unknown objective; expected one of {offline}")
+  check_objective(config)
+  reject_other_objectives(config, offline)
   return validate_common(config, num_devices, process_count)
+
+
+def check_objective(config):
+  """The objective's own sub-config checks, from its `registry.Objective.checks`."""
+  obj = config.objective
+  checks = registry.get(obj).checks
+  hp = config.get(obj)
+  if hp is None:
+    if any(not c.optional for c in checks):
+      _fail(obj, None, "missing sub-config")
+    return
+  for c in checks:
+    if c.field not in hp:
+      if not c.optional:
+        _fail(f"{obj}.{c.field}", None, "is missing")
+      continue
+    if not c.ok(hp[c.field]):
+      _fail(f"{obj}.{c.field}", hp[c.field], c.message())
 
 
 def reject_other_objectives(config, known):
@@ -119,9 +113,11 @@ def validate_common(config, num_devices, process_count=1):
     _fail("data.max_length", d.max_length, "must be > 1")
   if not 0 < d.max_prompt_length < d.max_length:
     _fail("data.max_prompt_length", d.max_prompt_length, f"must be in (0, data.max_length={d.max_length})")
-  if d.packing and obj not in PACKABLE:
-    _fail("data.packing", d.packing, f"packing applies to {', '.join(PACKABLE)}, not {obj!r}")
-  if d.packing and obj not in ("clm", "sft") and config.train.grad_accum_steps > 1:
+  spec = registry.get(obj)
+  if d.packing and not spec.packable:
+    packable = [n for n, o in registry.OBJECTIVES.items() if o.packable]
+    _fail("data.packing", d.packing, f"packing applies to {', '.join(packable)}, not {obj!r}")
+  if d.packing and not spec.accumulate_packed and config.train.grad_accum_steps > 1:
     _fail("data.packing", d.packing, f"padding-free {obj} batches do not split into micro-batches: "
           "set train.grad_accum_steps=1 or data.packing=False")
   if "length_buckets" in d and not 1 <= d.length_buckets <= 16:
@@ -129,13 +125,13 @@ def validate_common(config, num_devices, process_count=1):
   if "tokenize" in d:
     if d.tokenize not in ("auto", "upfront", "lazy"):
       _fail("data.tokenize", d.tokenize, "expected auto, upfront or lazy")
-    if d.tokenize == "lazy" and obj == "clm":
+    if d.tokenize == "lazy" and spec.data == "clm":
       _fail("data.tokenize", d.tokenize, "pretraining text is split and packed up front; use auto or upfront")
 
   lo = config.get("lora")
   if lo is not None and lo.enabled:
     _check_lora(lo)
-    if obj == "reward":
+    if spec.head == "score":
       _fail("lora.enabled", True, "LoRA reward models are not supported (the score head must train)")
 
   o = config.optimizer

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxalign import models
+from jaxalign import models, registry
 from jaxalign.data import batching, embedded, pipeline
 from jaxalign.trainers import objectives
 
@@ -72,10 +72,10 @@ def _device(batch):
 ])
 def test_packed_equals_padded_losses_and_gradients(tok, model_and_params, objective, hp):
   model, params, ref = model_and_params
-  kind = objectives.OBJECTIVES[objective][1]
+  kind = registry.get(objective).data
   path = common.asset({"kto": "kto_train.jsonl", "sft": "sft_train.jsonl"}.get(kind, "preference_train.jsonl"))
   padded, packed = _batches(tok, kind, path, batch_size=8)
-  loss_fn = objectives.OBJECTIVES[objective][0](model, hp)
+  loss_fn = getattr(objectives, registry.get(objective).loss)(model, hp)
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   for a, b in zip(padded, packed):
     assert "sequence_ids" in b and "sequence_ids" not in a
@@ -173,13 +173,13 @@ def test_chunked_lm_head_equals_whole_logits(tok, objective, hp, tied):
   cfg = models.ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                            head_dim=8, intermediate_size=64, tie_word_embeddings=tied, logits_chunk=-1)
   params, ref = models.init_params(cfg, jax.random.key(0)), models.init_params(cfg, jax.random.key(1))
-  kind = objectives.OBJECTIVES[objective][1]
+  kind = registry.get(objective).data
   path = common.asset({"kto": "kto_train.jsonl", "sft": "sft_train.jsonl"}.get(kind, "preference_train.jsonl"))
   padded, packed = _batches(tok, kind, path, batch_size=8)
   grads = {}
   for chunk in (-1, 8):
     model = models.Transformer(dataclasses.replace(cfg, logits_chunk=chunk))
-    fn = jax.jit(jax.value_and_grad(objectives.OBJECTIVES[objective][0](model, hp), has_aux=True))
+    fn = jax.jit(jax.value_and_grad(getattr(objectives, registry.get(objective).loss)(model, hp), has_aux=True))
     grads[chunk] = [fn(params, ref, _device(b)) for b in (padded[0], packed[0])]
   for ((la, ma), ga), ((lb, mb), gb) in zip(grads[-1], grads[8]):
     np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,116 @@
+"""The objectives jaxalign trains: one record each, the one table every part reads.
+
+    from jaxalign import registry
+    spec = registry.get("dpo")      # Objective(name="dpo", data="preference", head="lm", reference=True, ...)
+
+`main` picks the trainer from it, `configs/common.py` the padding-free default, validation the config
+checks and what packing allows, `trainers/setup.py` the dataset kind, the head and whether a frozen
+reference exists, `trainers/step.py` the loss builder, `data/inspect.py` the dataset kind, and the
+pipeline the trainer. Adding an offline objective = a loss in `losses/`, its glue
+`make_<name>_loss(model, hp)` in `trainers/objectives.py`, and one entry here.
+
+This module imports nothing heavy (no JAX): configs and the data inspector read it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+# trainer -> "module:function(config, workdir)" that runs a config of that objective.
+TRAINERS = {
+    "offline": "jaxalign.trainers.loop:train_and_evaluate",
+    "rl": "jaxalign.trainers.rl:train_and_evaluate",
+    "eval": "jaxalign.eval.run:evaluate_and_report",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A config check of one field of the objective's sub-config: `ok(value)` or the run stops with
+    ``config.<objective>.<field>=<value>: <why>`` (`why` may be a function giving the text). `optional`:
+    a missing field is not checked."""
+    field: str
+    ok: Callable[[object], bool]
+    why: str | Callable[[], str]
+    optional: bool = False
+
+    def message(self) -> str:
+        return self.why() if callable(self.why) else self.why
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What one objective is, for every part of jaxalign that needs to know.
+
+    Attributes:
+      name: the config's ``objective`` (and the name of its sub-config).
+      trainer: "offline" (one batch -> one update), "rl" (sample, score, update) or "eval".
+      data: the dataset kind of its batches ("clm", "sft", "preference", "kto", "prompt"; "" for eval).
+      head: "lm" (next-token logits) or "score" (a scalar per token, reward models).
+      reference: a frozen reference policy is part of the loss (precomputable when `precompute_ref`).
+      packing: padding-free batches by default (`data.packing`); `packable`: allowed at all.
+      accumulate_packed: padding-free batches may be split into `train.grad_accum_steps` micro-batches.
+      loss: name of the loss builder in `jaxalign.trainers.objectives` (offline objectives).
+      checks: the sub-config's value checks.
+    """
+    name: str
+    trainer: str = "offline"
+    data: str = ""
+    head: str = "lm"
+    reference: bool = False
+    packing: bool = False
+    packable: bool = False
+    accumulate_packed: bool = False
+    loss: str = ""
+    checks: tuple[Check, ...] = ()
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _non_negative(v) -> bool:
+    return v >= 0
+
+
+def _dpo_loss_types() -> tuple[str, ...]:
+    from jaxalign import losses   # the loss table is the source of truth (imported only when checked)
+    return tuple(losses.DPO_LOSS_TYPES)
+
+
+_BETA = Check("beta", _positive, "must be > 0")
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("clm", data="clm", packable=True, accumulate_packed=True, loss="make_clm_loss",
+              checks=(Check("z_loss", _non_negative, "must be >= 0", optional=True),)),
+    Objective("sft", data="sft", packing=True, packable=True, accumulate_packed=True, loss="make_sft_loss"),
+    Objective("reward", data="preference", head="score", packing=True, packable=True, loss="make_reward_loss",
+              checks=(Check("center_coef", _non_negative, "must be >= 0", optional=True),)),
+    Objective("dpo", data="preference", reference=True, packing=True, packable=True, loss="make_dpo_loss",
+              checks=(_BETA, Check("loss_type", lambda v: v in _dpo_loss_types(),
+                                                  lambda: f"expected one of {list(_dpo_loss_types())}"),
+                      Check("label_smoothing", lambda v: 0.0 <= v < 0.5, "must be in [0, 0.5)"),
+                      Check("rpo_alpha", _non_negative, "must be >= 0"))),
+    Objective("orpo", data="preference", packing=True, packable=True, loss="make_orpo_loss", checks=(_BETA,)),
+    Objective("simpo", data="preference", packing=True, packable=True, loss="make_simpo_loss",
+              checks=(_BETA, Check("gamma", _non_negative, "must be >= 0 (the target reward margin)"))),
+    Objective("kto", data="kto", reference=True, packing=True, packable=True, loss="make_kto_loss",
+              checks=(_BETA, Check("desirable_weight", _positive, "must be > 0"),
+                      Check("undesirable_weight", _positive, "must be > 0"))),
+    Objective("ppo", trainer="rl", data="prompt", reference=True),
+    Objective("grpo", trainer="rl", data="prompt", reference=True),
+    Objective("eval", trainer="eval"),
+)}
+
+
+def get(name: str) -> Objective:
+    """The record of objective `name`; KeyError names the known ones."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise KeyError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}") from None
+
+
+def names(trainer: str | None = None) -> list[str]:
+    """The objective names (of one trainer), sorted."""
+    return sorted(n for n, o in OBJECTIVES.items() if trainer is None or o.trainer == trainer)
