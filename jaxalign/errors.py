@@ -9,6 +9,7 @@ Programs run their body with `run_main` (absl programs) or `user_errors_exit` (o
 the line, the traceback first with ``--verbosity=1``.
 """
 import contextlib
+import os
 import re
 import sys
 import traceback
@@ -157,3 +158,21 @@ def run_main(main):
       return main(argv)
 
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def config_fail(field, value, why):
+  """Raises ``ConfigError("config.<field>=<value>: <why>")``."""
+  raise ConfigError(f"config.{field}={value!r}: {why}")
+
+
+def check_path(field, path, required=True):
+  """A config field naming a file or directory: it must exist (a hub name, ``org/name``, is let through);
+  empty is an error only when `required`."""
+  if not path:
+    if required:
+      config_fail(field, path, "is required")
+    return
+  if os.path.exists(os.path.expanduser(path)):
+    return
+  if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) or path.startswith("."):
+    config_fail(field, path, "no such file or directory")

@@ -12,7 +12,6 @@ Writes rows in the conversational preference format the DPO trainer reads ({"pro
 Prompts whose n samples all score the same give no pair and are skipped. The file is written to a
 temporary name and renamed at the end, so an interrupted run leaves no half-written file.
 """
-import importlib
 import json
 import os
 
@@ -22,6 +21,7 @@ from absl import flags, logging
 
 from jaxalign import checkpoints, models
 from jaxalign.errors import DataError, UserError
+from jaxalign.plugins import resolve_fn
 from jaxalign.sampling import make_generate_fn, prompts as prompt_lib
 
 
@@ -51,17 +51,11 @@ def load_prompt_rows(path):
 
 
 def resolve(name):
-  """'package.module:function' -> the function."""
-  module, _, fn = name.partition(":")
-  if not fn or not module:
-    raise UserError(f"reward_fn={name!r}: expected 'module:function'")
+  """'package.module:function' -> the function (UserError naming what is wrong)."""
   try:
-    found = getattr(importlib.import_module(module), fn, None)
-  except ImportError as e:
-    raise UserError(f"reward_fn={name!r}: cannot import {module} ({e})") from e
-  if not callable(found):
-    raise UserError(f"reward_fn={name!r}: {module} has no function {fn!r}")
-  return found
+    return resolve_fn(name)
+  except ValueError as e:
+    raise UserError(f"--reward_fn={e}") from e
 
 
 def make_rm_scorer(rm_dir):

@@ -22,12 +22,11 @@ every host computes the same numbers and process 0 writes the files.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
 import types
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -36,7 +35,8 @@ from jaxalign import checkpoints, models, sampling, sharding
 from jaxalign.data import pipeline, sources
 from jaxalign.eval import metrics, report
 from jaxalign.eval.scoring import make_completion_logprobs_fn, make_nll_fn, make_reward_fn
-from jaxalign.trainers.validate import ConfigError, _check_path, _fail
+from jaxalign.errors import ConfigError, check_path as _check_path, config_fail as _fail
+from jaxalign.plugins import resolve_fn
 
 DEFAULT_CHECK_FN = "jaxalign.data.embedded:check_answer"
 DEFAULT_REFUSAL_FN = "jaxalign.data.embedded:is_refusal"
@@ -50,19 +50,6 @@ SET_METRICS = (
     "win_rate", "refusal/rate", "refusal/over_rate",
 )
 PROMPT_KEYS = ("prompt_ids", "prompt_segment_ids")
-
-
-def resolve_fn(spec: str | Callable) -> Callable:
-  """A callable, or "package.module:function" imported."""
-  if callable(spec):
-    return spec
-  module, sep, name = str(spec).partition(":")
-  if not sep or not module or not name:
-    raise ValueError(f"{spec!r}: expected 'package.module:function'")
-  fn = getattr(importlib.import_module(module), name, None)
-  if not callable(fn):
-    raise ValueError(f"{spec!r}: {module} has no function {name!r}")
-  return fn
 
 
 def _split_paths(paths: str | Sequence[str]) -> list[str]:

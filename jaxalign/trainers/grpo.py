@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxalign import losses
 from jaxalign.trainers.ppo import minibatch_updates
 from jaxalign.trainers.rewards import completion_logprobs, rollout_metrics, token_entropy
-from jaxalign.trainers.validate import _fail
+from jaxalign.errors import config_fail as _fail
 
 ADVANTAGES = ("grpo", "rloo")
 

@@ -26,7 +26,7 @@ from jaxalign import losses
 from jaxalign.trainers import preemption
 from jaxalign.trainers.rewards import (completion_logprobs, completion_values, rollout_metrics,
                                        token_entropy)
-from jaxalign.trainers.validate import _fail
+from jaxalign.errors import config_fail as _fail
 
 
 def validate(hp):

@@ -28,12 +28,6 @@ from jaxalign.models import last_token_scores
 from jaxalign.sampling import decode_completions, prompt_positions
 
 
-def resolve_fn(spec):
-  """A callable, or "package.module:function" imported (ValueError naming what is missing)."""
-  from jaxalign.eval.run import resolve_fn as _resolve   # one implementation for eval and training
-  return _resolve(spec)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Device side.
 # ----------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxalign import checkpoints, models, registry, sampling, sharding
+from jaxalign import checkpoints, models, plugins, registry, sampling, sharding
 from jaxalign.checkpoints.orbax_state import StateCheckpointer, abstract_like
 from jaxalign import data
 from jaxalign.data import pipeline
@@ -106,8 +106,8 @@ def validate(config, num_devices, process_count=1):
   for f in ("function", "check_fn"):
     if rw[f]:
       try:
-        rewards.resolve_fn(rw[f])
-      except (ValueError, ImportError) as e:
+        plugins.resolve_fn(rw[f])
+      except ValueError as e:
         _fail(f"reward.{f}", rw[f], str(e))
   if obj == "ppo":
     _check_path("ppo.critic_path", config.ppo.critic_path, required=False)
@@ -231,8 +231,8 @@ def build(config, mesh):
       eval_logprobs=jax.jit(lambda p, ro: rewards.completion_logprobs(policy, p, ro)[0], out_shardings=bs),
       eval_rm=(jax.jit(lambda p, ro: rewards.reward_model_scores(reward_model, p, ro), out_shardings=bs)
                if reward_model is not None else None),
-      reward_fn=rewards.resolve_fn(rw.function) if rw.function else None,
-      check_fn=rewards.resolve_fn(rw.check_fn) if rw.check_fn else None,
+      reward_fn=plugins.resolve_fn(rw.function) if rw.function else None,
+      check_fn=plugins.resolve_fn(rw.check_fn) if rw.check_fn else None,
       group=group_size(config), eos_ids=eos_ids)
   return run, state
 

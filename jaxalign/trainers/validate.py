@@ -4,23 +4,11 @@ import os
 import re
 
 from jaxalign import registry
-from jaxalign.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here)
+from jaxalign.errors import ConfigError, check_path, config_fail  # noqa: F401  (ConfigError re-exported)
 
 
-def _fail(field, value, why):
-  raise ConfigError(f"config.{field}={value!r}: {why}")
-
-
-def _check_path(field, path, required=True):
-  if not path:
-    if required:
-      _fail(field, path, "is required")
-    return
-  if os.path.exists(os.path.expanduser(path)):
-    return
-  # A hub name ("org/name" or "name") is let through; anything that looks like a path must exist.
-  if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) or path.startswith("."):
-    _fail(field, path, "no such file or directory")
+_fail = config_fail
+_check_path = check_path
 
 
 def validate(config, num_devices, process_count=1):
