@@ -62,3 +62,17 @@ def kto_loss(policy_logps: Array, ref_logps: Array, labels: Array, kl: Array, be
         "count/rejected": n_r,
     }
     return jnp.mean(losses), stop(metrics)
+
+
+def kto_reference_point(policy_logps: Array, ref_logps: Array) -> Array:
+    """The batch's own KTO reference point (the `kl` argument of `kto_loss`):
+
+        z0 = max(stop_gradient(mean_i (log π(y_i|x_i) - log π_ref(y_i|x_i))), 0)
+
+    Args:
+      policy_logps, ref_logps: [B] summed sequence log-probs.
+
+    Returns:
+      float32 scalar, detached.
+    """
+    return jnp.maximum(jax.lax.stop_gradient(jnp.mean(f32(policy_logps) - f32(ref_logps))), 0.0)

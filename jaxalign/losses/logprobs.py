@@ -227,3 +227,40 @@ def packed_sequence_logprobs(logits: Array, targets: Array, mask: Array, sequenc
       [S] float32.
     """
     return packed_sequence_sums(token_logprobs(logits, targets), mask, sequence_ids, num_sequences, average)
+
+
+def token_entropy(logits: Array) -> Array:
+    """Entropy of each position's next-token distribution, in nats, float32, no gradient:
+
+        H_t = -sum_v p_v log p_v,   p = softmax(logits[t])
+
+    Args:
+      logits: [B, T, V].
+
+    Returns:
+      [B, T] float32 (a metric: the gradient is stopped).
+    """
+    logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def token_mean_nll(sequence_logps: Array, num_tokens: Array, average: bool = False) -> Array:
+    """Token-mean negative log-likelihood over a batch of sequences, from their sequence log-probs:
+
+        NLL = -sum_i S_i / max(sum_i n_i, 1),   S_i = log p(y_i)          (average=False: summed)
+                                                S_i = n_i · avg log p(y_i) (average=True: length-averaged)
+
+    (the RPO term of DPO and ORPO's SFT term, on the chosen completions).
+
+    Args:
+      sequence_logps: [B] sequence log-probs, summed or (average=True) length-averaged.
+      num_tokens: [B] completion tokens of each sequence.
+      average: whether `sequence_logps` are length-averaged.
+
+    Returns:
+      float32 scalar.
+    """
+    n = f32(num_tokens)
+    total = f32(sequence_logps) * n if average else f32(sequence_logps)
+    return -jnp.sum(total) / jnp.maximum(jnp.sum(n), 1.0)

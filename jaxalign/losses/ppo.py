@@ -145,3 +145,41 @@ def whiten(x: Array, mask: Array, shift_mean: bool = True, eps: float = 1e-8) ->
     var = masked_mean(jnp.square(x - mean), m) * n / jnp.maximum(n - 1.0, 1.0)
     out = (x - mean) * jax.lax.rsqrt(var + eps)
     return out if shift_mean else out + mean
+
+
+def explained_variance(pred: Array, target: Array, mask: Array) -> Array:
+    """How much of the returns' variance the critic explains, over the masked entries:
+
+        EV = 1 - Var(target - pred) / Var(target)       (1 = perfect critic, <= 0 = useless)
+
+    Args:
+      pred, target, mask: [B, T] (values, returns, 0/1 mask).
+
+    Returns:
+      float32 scalar (Var(target) is floored at 1e-8).
+    """
+    def var(x):
+        mean = masked_mean(x, mask)
+        return masked_mean(jnp.square(x - mean), mask)
+    return 1.0 - var(f32(target) - f32(pred)) / jnp.maximum(var(f32(target)), 1e-8)
+
+
+def token_rewards(score: Array, kl: Array, mask: Array, beta) -> Array:
+    """Per-token PPO rewards for RLHF (Ziegler et al. 2019; Ouyang et al. 2022): a KL penalty at every
+    generated token and the reward model's score at the last one,
+
+        r_t = -beta · kl_t + [t = last generated token] · score
+
+    Args:
+      score: [B] sequence scores.
+      kl: [B, T] per-token KL estimates (policy vs reference).
+      mask: [B, T] 0/1 generated tokens (a row's last 1 receives the score; an empty row none).
+      beta: the KL coefficient (scalar).
+
+    Returns:
+      [B, T] float32.
+    """
+    m = mask != 0
+    lengths = jnp.sum(m, axis=-1)
+    last = ((jnp.arange(mask.shape[1])[None, :] == (lengths - 1)[:, None]) & m).astype(jnp.float32)
+    return -beta * f32(kl) + last * f32(score)[:, None]

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.trainers.ppo import minibatch_updates
-from jaxalign.trainers.rewards import completion_logprobs, rollout_metrics, token_entropy
+from jaxalign.trainers.rewards import completion_logprobs, rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
 ADVANTAGES = ("grpo", "rloo")
@@ -80,7 +80,7 @@ def make_update_fn(policy_model, tx, hp, *, schedule=None, batch_sharding=None):
                                      mb["advantages"], mask, clip_eps=hp["clip_eps"], beta=beta,
                                      reduction=hp["loss_reduction"], clip_eps_high=clip_high)
     metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()}
-    metrics["policy/entropy"] = losses.masked_mean(token_entropy(logits), mask)
+    metrics["policy/entropy"] = losses.masked_mean(losses.token_entropy(logits), mask)
     if "old_logprobs" not in mb and beta > 0:   # KL of the sampling policy to the reference, Σ_t per completion
       metrics["kl/sequence"] = jnp.mean(jnp.sum((old - mb["ref_logprobs"]) * mask, -1))
     return loss, metrics

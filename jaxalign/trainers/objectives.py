@@ -159,9 +159,7 @@ def make_dpo_loss(model, hp):
 
 def _chosen_nll(chosen_logps, batch, average):
   """Token-mean NLL of the chosen completions over the batch, from their sequence log-probs."""
-  n = _chosen_token_counts(batch)                                        # [B]
-  total = chosen_logps * n if average else chosen_logps
-  return -jnp.sum(total) / jnp.maximum(jnp.sum(n), 1.0)
+  return losses.token_mean_nll(chosen_logps, _chosen_token_counts(batch), average)
 
 
 def make_orpo_loss(model, hp):
@@ -196,8 +194,7 @@ def make_kto_loss(model, hp):
       ref = batch["ref_logps"]
     else:
       ref = _kto_logps(model, jax.lax.stop_gradient(ref_params), batch)
-    kl = jax.lax.stop_gradient(jnp.maximum(jnp.mean(pol - ref), 0.0))
-    return losses.kto_loss(pol, ref, batch["label"], kl, beta=hp["beta"],
+    return losses.kto_loss(pol, ref, batch["label"], losses.kto_reference_point(pol, ref), beta=hp["beta"],
                            desirable_weight=hp["desirable_weight"],
                            undesirable_weight=hp["undesirable_weight"])
   return loss_fn

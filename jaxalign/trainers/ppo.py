@@ -24,8 +24,7 @@ import optax
 
 from jaxalign import losses
 from jaxalign.trainers import preemption
-from jaxalign.trainers.rewards import (completion_logprobs, completion_values, rollout_metrics,
-                                       token_entropy)
+from jaxalign.trainers.rewards import completion_logprobs, completion_values, rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
 
@@ -90,22 +89,6 @@ def minibatch_updates(loss_fn, tx, params, opt_state, data, key, *, epochs, num_
   return params, opt_state, jax.tree.map(lambda x: jnp.mean(x, axis=0), stacked)
 
 
-def last_token(mask):
-  """[R, N] 0/1 mask -> [R, N] float32 one-hot of each row's last generated token (0 for empty rows)."""
-  m = (mask != 0)
-  n = mask.shape[1]
-  lengths = jnp.sum(m, axis=-1)
-  return ((jnp.arange(n)[None, :] == (lengths - 1)[:, None]) & m).astype(jnp.float32)
-
-
-def explained_variance(pred, target, mask):
-  """1 - Var(target - pred) / Var(target) over the masked entries (1 = perfect critic, ≤ 0 = useless)."""
-  def var(x):
-    mean = losses.masked_mean(x, mask)
-    return losses.masked_mean(jnp.square(x - mean), mask)
-  return 1.0 - var(target - pred) / jnp.maximum(var(target), 1e-8)
-
-
 def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sharding=None):
   """Returns `update(state, rollout) -> (state, metrics)`, to be jitted with the state donated.
 
@@ -125,7 +108,7 @@ def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sh
                                                clip_eps=clip_eps)
     values = completion_values(value_model, params["value"], mb)
     vf_loss, vf_metrics = losses.value_loss(values, mb["values"], mb["returns"], mask, clip_eps=value_clip_eps)
-    entropy = losses.masked_mean(token_entropy(logits), mask)
+    entropy = losses.masked_mean(losses.token_entropy(logits), mask)
     return pg_loss + vf_coef * vf_loss, {**pg_metrics, **vf_metrics, "policy/entropy": entropy}
 
   def update(state, rollout):
@@ -133,7 +116,7 @@ def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sh
     kl = losses.kl_penalty(rollout["old_logprobs"], rollout["ref_logprobs"], kind) * mask
     score = rollout["score"] - penalty * (1.0 - rollout["stopped"])               # [R]
     beta = state.kl_coef
-    rewards = -beta * kl + last_token(mask) * score[:, None]                      # [R, N]
+    rewards = losses.token_rewards(score, kl, mask, beta)                          # [R, N]
     advantages, returns = losses.gae(rewards, rollout["values"], mask, gamma=gamma, lam=lam)
     if hp["whiten_advantages"]:
       advantages = losses.whiten(advantages, mask) * mask
@@ -154,7 +137,7 @@ def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sh
         "reward/rlhf": jnp.mean(score - beta * seq_kl),            # what PPO maximises: score - β KL
         "kl/sequence": mean_kl,                                    # mean over completions of Σ_t kl_t
         "kl/coef": beta,
-        "val/explained_variance": explained_variance(rollout["values"], returns, mask),
+        "val/explained_variance": losses.explained_variance(rollout["values"], returns, mask),
         **rollout_metrics(rollout),
     })
     if schedule is not None:

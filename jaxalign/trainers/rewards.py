@@ -59,13 +59,6 @@ def completion_logprobs(model, params, rollout):
   return losses.token_logprobs(logits, rollout["tokens"]) * mask, logits
 
 
-def token_entropy(logits):
-  """[R, N, V] logits -> [R, N] entropy of the (untempered) policy in nats, float32, no gradient."""
-  logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-
-
 def completion_values(value_model, params, rollout):
   """[R, N] float32 critic values V(prompt, tokens_<n), 0 where mask is 0 (a `ScalarHeadModel`)."""
   p = rollout["prompt_ids"].shape[1]

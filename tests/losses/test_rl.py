@@ -401,3 +401,32 @@ def test_grpo_and_ppo_masked_out_row_changes_nothing(reduction):
     extra = ppo_clip_loss(pad(new, -1.0), pad(old, -3.0), pad(adv, 5.0), pad(mask, 0.0), reduction=reduction)
     for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(extra)):
         _close(a, b, 1e-6)
+
+
+def test_rl_helpers_moved_into_losses_match_their_formulas():
+    """token_rewards (KL penalty + score at the last generated token), explained_variance, token_entropy,
+    token_mean_nll and kto_reference_point on hand-checkable values."""
+    from jaxalign import losses
+    mask = jnp.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], jnp.float32)
+    kl = jnp.full((3, 4), 0.5) * mask
+    r = losses.token_rewards(jnp.array([2.0, -1.0, 7.0]), kl, mask, 0.1)
+    np.testing.assert_allclose(r, [[-0.05, -0.05, 1.95, 0.0], [-1.05, 0, 0, 0], [0, 0, 0, 0]], atol=1e-6)
+
+    target = jnp.array([[1.0, 2.0, 3.0, 9.0]])
+    m = jnp.array([[1.0, 1.0, 1.0, 0.0]])
+    assert float(losses.explained_variance(target, target, m)) == pytest.approx(1.0)
+    # pred = mean: residual variance = Var(target) -> 0
+    assert float(losses.explained_variance(jnp.full((1, 4), 2.0), target, m)) == pytest.approx(0.0, abs=1e-6)
+
+    uniform = jnp.zeros((1, 2, 8))
+    np.testing.assert_allclose(losses.token_entropy(uniform), np.log(8.0) * np.ones((1, 2)), rtol=1e-6)
+
+    # summed: -(-3 - 5) / (2 + 3); averaged: -(-1.5*2 + -5/3*3) / 5
+    assert float(losses.token_mean_nll(jnp.array([-3.0, -5.0]), jnp.array([2, 3]))) == pytest.approx(1.6)
+    assert float(losses.token_mean_nll(jnp.array([-1.5, -5 / 3]), jnp.array([2, 3]), average=True)) == \
+        pytest.approx(1.6, rel=1e-6)
+
+    assert float(losses.kto_reference_point(jnp.array([-1.0, -2.0]), jnp.array([-2.0, -2.0]))) == pytest.approx(0.5)
+    assert float(losses.kto_reference_point(jnp.array([-3.0]), jnp.array([-1.0]))) == 0.0
+    g = jax.grad(lambda p: losses.kto_reference_point(p, jnp.zeros(2)))(jnp.ones(2))
+    np.testing.assert_array_equal(g, 0.0)
