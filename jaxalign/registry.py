@@ -51,6 +51,8 @@ class Objective:
       packing: padding-free batches by default (`data.packing`); `packable`: allowed at all.
       accumulate_packed: padding-free batches may be split into `train.grad_accum_steps` micro-batches.
       loss: name of the loss builder in `jaxalign.trainers.objectives` (offline objectives).
+      reference_fn: name of the builder there of the reference log-probs that `precompute_ref` puts in
+        the data ("" = cannot be precomputed).
       checks: the sub-config's value checks.
     """
     name: str
@@ -62,6 +64,7 @@ class Objective:
     packable: bool = False
     accumulate_packed: bool = False
     loss: str = ""
+    reference_fn: str = ""
     checks: tuple[Check, ...] = ()
 
 
@@ -87,6 +90,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("reward", data="preference", head="score", packing=True, packable=True, loss="make_reward_loss",
               checks=(Check("center_coef", _non_negative, "must be >= 0", optional=True),)),
     Objective("dpo", data="preference", reference=True, packing=True, packable=True, loss="make_dpo_loss",
+              reference_fn="make_dpo_reference",
               checks=(_BETA, Check("loss_type", lambda v: v in _dpo_loss_types(),
                                                   lambda: f"expected one of {list(_dpo_loss_types())}"),
                       Check("label_smoothing", lambda v: 0.0 <= v < 0.5, "must be in [0, 0.5)"),
@@ -95,6 +99,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective("simpo", data="preference", packing=True, packable=True, loss="make_simpo_loss",
               checks=(_BETA, Check("gamma", _non_negative, "must be >= 0 (the target reward margin)"))),
     Objective("kto", data="kto", reference=True, packing=True, packable=True, loss="make_kto_loss",
+              reference_fn="make_kto_reference",
               checks=(_BETA, Check("desirable_weight", _positive, "must be > 0"),
                       Check("undesirable_weight", _positive, "must be > 0"))),
     Objective("ppo", trainer="rl", data="prompt", reference=True),

@@ -12,7 +12,7 @@ log-probs are summed per sequence slot (chosen of pair j = 2j, rejected = 2j + 1
 import jax
 import jax.numpy as jnp
 
-from jaxalign import losses
+from jaxalign import losses, registry
 from jaxalign.models import last_token_scores
 
 _SEQ_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
@@ -139,8 +139,7 @@ def _reference_logps(model, ref_params, batch, average):
 
 
 def make_dpo_loss(model, hp):
-  # IPO is defined on length-averaged log-probs (as in TRL); the other types on summed log-probs.
-  average = hp["loss_type"] == "ipo"
+  average = averages_logps(hp)
   def loss_fn(params, ref_params, batch):
     pol_c, pol_r = _pair_logps(model, params, batch, average)
     ref_c, ref_r = _reference_logps(model, ref_params, batch, average)
@@ -206,17 +205,31 @@ def hparams(config):
   return dict(sub.to_dict()) if sub is not None else {}
 
 
+def averages_logps(hp):
+  """Whether the loss reads length-averaged sequence log-probs: IPO (as in TRL); every other DPO type,
+  and KTO, reads summed ones."""
+  return hp.get("loss_type") == "ipo"
+
+
+def make_dpo_reference(model, hp):
+  def fn(ref_params, batch):
+    c, r = _pair_logps(model, ref_params, batch, averages_logps(hp))
+    return {"ref_chosen_logps": c, "ref_rejected_logps": r}
+  return fn
+
+
+def make_kto_reference(model, hp):
+  del hp
+  def fn(ref_params, batch):
+    return {"ref_logps": _kto_logps(model, ref_params, batch)}
+  return fn
+
+
 def make_reference_fn(model, objective, hp):
   """For `precompute_ref`: `fn(ref_params, batch) -> {key: [B]}`, the reference log-probs that the loss
-  reads from the batch instead of running the reference model (`ref_chosen_logps`, ... or `ref_logps`)."""
-  if objective == "dpo":
-    average = hp["loss_type"] == "ipo"
-    def fn(ref_params, batch):
-      c, r = _pair_logps(model, ref_params, batch, average)
-      return {"ref_chosen_logps": c, "ref_rejected_logps": r}
-  elif objective == "kto":
-    def fn(ref_params, batch):
-      return {"ref_logps": _kto_logps(model, ref_params, batch)}
-  else:
+  reads from the batch instead of running the reference model (`ref_chosen_logps`, ... or `ref_logps`);
+  the builder is the objective's `registry.Objective.reference_fn`."""
+  name = registry.get(objective).reference_fn
+  if not name:
     raise ValueError(f"objective {objective!r} has no reference model to precompute")
-  return fn
+  return globals()[name](model, hp)

@@ -10,7 +10,7 @@ import numpy as np
 from jaxalign import checkpoints, data, models, registry, sharding
 from jaxalign.data import pipeline
 from jaxalign.trainers import reference_cache
-from jaxalign.trainers.objectives import hparams, make_reference_fn
+from jaxalign.trainers.objectives import averages_logps, hparams, make_reference_fn
 
 
 @dataclasses.dataclass
@@ -104,7 +104,7 @@ def build_run(config, mesh):
     cache = None
     if hp.get("ref_cache_dir"):
       cache = (hp["ref_cache_dir"], reference_cache.checkpoint_identity(m, config.seed),
-               dict(objective=config.objective, average=hp.get("loss_type") == "ipo", dtype=m.dtype,
+               dict(objective=config.objective, average=averages_logps(hp), dtype=m.dtype,
                     param_dtype=m.param_dtype))
     precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer, cache)
   # Padding-free SFT rows split into grad_accum_steps micro-batches (the other objectives refuse it).
