@@ -53,6 +53,34 @@ def on_policy(hp):
   return int(hp["num_iterations"]) * int(hp["num_minibatches"]) == 1
 
 
+# What the RL loop asks of an algorithm (`trainers/rl.py`; the same functions in `ppo.py`).
+CRITIC = False                                   # no value model
+
+
+def group_size(hp):
+  """Samples per prompt."""
+  return int(hp["group_size"])
+
+
+def updates_per_step(hp):
+  """Optimiser updates per rollout batch."""
+  return int(hp["num_minibatches"]) * int(hp["num_iterations"])
+
+
+def kl_coef(hp):
+  """The initial KL coefficient (beta; 0 = no reference model)."""
+  return float(hp["beta"])
+
+
+def uses_reference(hp):
+  return float(hp["beta"]) > 0
+
+
+def needs_old_logprobs(hp):
+  """A separate pass for the sampling policy's log-probs (not when old = current)."""
+  return not on_policy(hp)
+
+
 def advantages_of(score, hp):
   """[R] sequence scores -> [R] advantages (see the module docstring)."""
   g = int(hp["group_size"])
@@ -61,12 +89,13 @@ def advantages_of(score, hp):
   return losses.group_advantages(score, g, normalize_std=bool(hp["scale_rewards"]))
 
 
-def make_update_fn(policy_model, tx, hp, *, schedule=None, batch_sharding=None):
+def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sharding=None):
   """Returns `update(state, rollout) -> (state, metrics)`, to be jitted with the state donated.
 
   `hp`: `config.grpo` as a plain dict. `rollout`: prompt_ids, prompt_segment_ids, tokens, mask, and from
   the score step old_logprobs, stopped, ref_logprobs (when beta > 0), plus `score` [R].
   """
+  del value_model                                                          # CRITIC = False
   iters, num_mb, g = int(hp["num_iterations"]), int(hp["num_minibatches"]), int(hp["group_size"])
   beta, penalty = float(hp["beta"]), float(hp["missing_eos_penalty"])
   clip_high = hp["clip_eps_high"] or None

@@ -28,6 +28,35 @@ from jaxalign.trainers.rewards import completion_logprobs, completion_values, ro
 from jaxalign.errors import config_fail as _fail
 
 
+# What the RL loop asks of an algorithm (`trainers/rl.py`; the same functions in `grpo.py`).
+CRITIC = True                                    # a value model, trained with the policy
+
+
+def group_size(hp):
+  del hp
+  return 1
+
+
+def updates_per_step(hp):
+  """Optimiser updates per rollout batch."""
+  return int(hp["num_minibatches"]) * int(hp["ppo_epochs"])
+
+
+def kl_coef(hp):
+  """The initial KL coefficient of the reward's KL penalty."""
+  return float(hp["kl_coef"])
+
+
+def uses_reference(hp):
+  del hp
+  return True
+
+
+def needs_old_logprobs(hp):
+  del hp
+  return True
+
+
 def validate(hp):
   """`config.ppo` checks (ConfigError naming the field)."""
   if hp.ppo_epochs < 1:

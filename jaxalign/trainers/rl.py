@@ -56,13 +56,18 @@ class RLState(NamedTuple):
 # ----------------------------------------------------------------------------------------------------
 # Config.
 # ----------------------------------------------------------------------------------------------------
+def algorithm(config):
+  """The RL objective's module (`ppo` or `grpo`): its checks, update function and the few numbers the
+  loop needs (group_size, updates_per_step, kl_coef, uses_reference, needs_old_logprobs, CRITIC)."""
+  return RL_OBJECTIVES[config.objective]
+
+
 def group_size(config):
-  return int(config.grpo.group_size) if config.objective == "grpo" else 1
+  return algorithm(config).group_size(config.get(config.objective))
 
 
 def updates_per_step(config):
-  hp = config.get(config.objective)
-  return int(hp.num_minibatches) * int(hp.ppo_epochs if config.objective == "ppo" else hp.num_iterations)
+  return algorithm(config).updates_per_step(config.get(config.objective))
 
 
 def validate(config, num_devices, process_count=1):
@@ -109,7 +114,7 @@ def validate(config, num_devices, process_count=1):
         plugins.resolve_fn(rw[f])
       except ValueError as e:
         _fail(f"reward.{f}", rw[f], str(e))
-  if obj == "ppo":
+  if algorithm(config).CRITIC:
     _check_path("ppo.critic_path", config.ppo.critic_path, required=False)
     if config.ppo.critic_path:
       checkpoints.hf.check_hf_dir(config.ppo.critic_path)
@@ -170,7 +175,8 @@ def build(config, mesh):
   # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
   ref_params = jax.tree.map(jnp.copy, policy_params)
   value_model = reward_model = rm_params = None
-  if obj == "ppo":
+  algo = algorithm(config)
+  if algo.CRITIC:
     critic = hp["critic_path"] or rw.model_path or m.path
     if critic:
       vcfg, params["value"] = checkpoints.load_hf_model(critic, mesh=mesh, head="score", **_overrides(config))
@@ -199,20 +205,17 @@ def build(config, mesh):
   with jax.set_mesh(mesh):
     state = RLState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params),
                     rng=jax.random.key_data(jax.random.key(config.seed)),
-                    kl_coef=jnp.asarray(hp["kl_coef"] if obj == "ppo" else hp["beta"], jnp.float32))
+                    kl_coef=jnp.asarray(algo.kl_coef(hp), jnp.float32))
   state_sh = jax.tree.map(lambda x: x.sharding, state)
 
   eos_ids = sampling.eos_ids_of(tok, _extra_eos(mcfg))
   gen = dict(max_new_tokens=r.max_new_tokens, eos_ids=eos_ids, pad_id=sampling.pad_id_of(tok), mesh=mesh,
              param_shardings=state_sh.params["policy"], cache_buckets=r.cache_buckets)
-  use_ref = obj == "ppo" or hp["beta"] > 0
+  use_ref = algo.uses_reference(hp)
   score_fn = rewards.make_score_fn(policy, eos_ids, value_model=value_model, reward_model=reward_model,
-                                   old_logprobs=obj == "ppo" or not grpo.on_policy(hp))
+                                   old_logprobs=algo.needs_old_logprobs(hp))
   score = jax.jit(lambda p, ref, rm, ro: score_fn(p, ref if use_ref else None, rm, ro), out_shardings=bs)
-  if obj == "ppo":
-    update_fn = ppo.make_update_fn(policy, value_model, tx, hp, schedule=schedule, batch_sharding=bs)
-  else:
-    update_fn = grpo.make_update_fn(policy, tx, hp, schedule=schedule, batch_sharding=bs)
+  update_fn = algo.make_update_fn(policy, value_model, tx, hp, schedule=schedule, batch_sharding=bs)
   nan_steps = preemption.injected_nan_steps()
   if nan_steps:     # test-only: a NaN sequence reward at those steps, as a broken reward function gives
     inner = update_fn
