@@ -1,4 +1,5 @@
 """jaxalign: align language models in JAX (CLM, SFT, reward models, PPO, GRPO, DPO family, LoRA)."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -27,11 +28,11 @@ setup(
     ],
     extras_require={
         # Test-only references: torch transformers models and TRL-style checks.
-        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "peft>=0.17", "matplotlib>=3.8"],
-        "eval": ["matplotlib>=3.8"],                  # PNG plots in evaluation reports
+        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "peft>=0.17", "matplotlib>=3.8", "ruff==0.17.6"],
+        "eval": ["matplotlib>=3.8"],  # PNG plots in evaluation reports
         "tfds": ["tensorflow-datasets>=4.9"],
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
-        "bench": ["trl>=1.16", "torch==2.13.0"],       # benchmarks/ only (TRL baselines)
+        "bench": ["trl>=1.16", "torch==2.13.0"],  # benchmarks/ only (TRL baselines)
     },
 )

@@ -19,6 +19,7 @@ Memory, per arm (each arm runs in its own process so RSS figures don't mix):
     state is allocated (after compilation, so compiler memory is excluded). Linux only.
 Step time: median over the timed steps after one warm-up step.
 """
+
 import argparse
 import json
 import os
@@ -63,6 +64,7 @@ class _RssPeak:
 
 def _nbytes(tree) -> int:
     import jax
+
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
 
 
@@ -79,13 +81,26 @@ def run_arm(args) -> dict:
     from jaxalign.trainers.step import make_loss_fn, make_train_step
 
     heads = max(args.hidden // 64, 1)
-    mcfg = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
-                       num_heads=heads, num_kv_heads=heads, head_dim=args.hidden // heads,
-                       intermediate_size=4 * args.hidden, max_position_embeddings=512, remat=args.remat,
-                       scan_layers=args.scan_layers)
+    mcfg = ModelConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=args.hidden // heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=512,
+        remat=args.remat,
+        scan_layers=args.scan_layers,
+    )
     model = Transformer(mcfg)
-    config = ml_collections.ConfigDict(dict(objective="dpo", train=dict(grad_accum_steps=1),
-                                            dpo=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0)))
+    config = ml_collections.ConfigDict(
+        dict(
+            objective="dpo",
+            train=dict(grad_accum_steps=1),
+            dpo=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0),
+        )
+    )
     tx = optax.adamw(1e-5)
     lora_cfg = lora.LoraConfig(rank=args.rank, alpha=2.0 * args.rank, target_modules=lora.ALL_PROJECTIONS)
 
@@ -93,22 +108,28 @@ def run_arm(args) -> dict:
     b, t = args.pairs, args.prompt_len + args.completion_len
     rng = np.random.default_rng(0)
     mask = np.zeros((b, t), np.float32)
-    mask[:, args.prompt_len:] = 1.0
+    mask[:, args.prompt_len :] = 1.0
     batch = {}
     for side in ("chosen", "rejected"):
         ids = rng.integers(3, args.vocab, size=(b, t + 1)).astype(np.int32)
-        batch.update({f"{side}_input_ids": ids[:, :-1], f"{side}_targets": ids[:, 1:],
-                      f"{side}_loss_mask": mask,
-                      f"{side}_positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
-                      f"{side}_segment_ids": np.ones((b, t), np.int32)})
+        batch.update(
+            {
+                f"{side}_input_ids": ids[:, :-1],
+                f"{side}_targets": ids[:, 1:],
+                f"{side}_loss_mask": mask,
+                f"{side}_positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+                f"{side}_segment_ids": np.ones((b, t), np.int32),
+            }
+        )
 
     if args.arm == "full":
         step = make_train_step(model, tx, config)
 
         def make_state(key):
             params = init_params(mcfg, key)
-            return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params),
-                              jax.random.key_data(jax.random.key(0))), params  # ref = a copy
+            return TrainState(
+                jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(jax.random.key(0))
+            ), params  # ref = a copy
     else:
         loss_fn = lora.lora_loss_fn(make_loss_fn(lora.LoraModel(model, lora_cfg), config))
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -117,15 +138,21 @@ def run_arm(args) -> dict:
             (loss, metrics), grads = grad_fn(state.params, base, batch)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                           param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
+            metrics = dict(
+                metrics,
+                loss=loss,
+                grad_norm=optax.global_norm(grads),
+                param_norm=optax.global_norm(params),
+                update_norm=optax.global_norm(updates),
+            )
             return TrainState(state.step + 1, params, opt_state, state.rng), metrics
 
         def make_state(key):
             base = init_params(mcfg, key)
             adapters = lora.init_lora(model, base, lora_cfg, jax.random.fold_in(key, 1))
-            return TrainState(jnp.zeros((), jnp.int32), adapters, tx.init(adapters),
-                              jax.random.key_data(jax.random.key(0))), base
+            return TrainState(
+                jnp.zeros((), jnp.int32), adapters, tx.init(adapters), jax.random.key_data(jax.random.key(0))
+            ), base
 
     # Compile from shapes first, so no state exists yet and compiler memory is out of the RSS figure.
     abstract_state, abstract_ref = jax.eval_shape(make_state, jax.random.key(0))
@@ -134,8 +161,9 @@ def run_arm(args) -> dict:
     compiled = jitted.lower(abstract_state, batch, abstract_ref).compile()
     compile_s = time.perf_counter() - t0
     ma = compiled.memory_analysis()
-    peak_compiled = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-                     - ma.alias_size_in_bytes)
+    peak_compiled = (
+        ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes - ma.alias_size_in_bytes
+    )
 
     rss0 = _rss_bytes()
     with _RssPeak() as rss:
@@ -143,8 +171,11 @@ def run_arm(args) -> dict:
         if args.arm == "full":
             ref = jax.tree.map(jnp.copy, ref)  # the frozen reference: a second copy of the policy
         jax.block_until_ready((state, ref))
-        persistent = {"params": _nbytes(state.params), "reference_or_base": _nbytes(ref),
-                      "optimizer": _nbytes(state.opt_state)}
+        persistent = {
+            "params": _nbytes(state.params),
+            "reference_or_base": _nbytes(ref),
+            "optimizer": _nbytes(state.opt_state),
+        }
         times = []
         for i in range(args.steps + 1):
             t1 = time.perf_counter()
@@ -152,12 +183,21 @@ def run_arm(args) -> dict:
             jax.block_until_ready(metrics)
             if i:
                 times.append(time.perf_counter() - t1)
-    return dict(arm=args.arm, compiled_peak=peak_compiled, argument=ma.argument_size_in_bytes,
-                output=ma.output_size_in_bytes, temp=ma.temp_size_in_bytes, alias=ma.alias_size_in_bytes,
-                persistent=persistent, rss_growth=rss.peak - rss0 if rss0 else None,
-                step_s=statistics.median(times), compile_s=compile_s, loss=float(metrics["loss"]),
-                trainable=sum(x.size for x in jax.tree.leaves(state.params)),
-                device=str(jax.devices()[0].platform))
+    return dict(
+        arm=args.arm,
+        compiled_peak=peak_compiled,
+        argument=ma.argument_size_in_bytes,
+        output=ma.output_size_in_bytes,
+        temp=ma.temp_size_in_bytes,
+        alias=ma.alias_size_in_bytes,
+        persistent=persistent,
+        rss_growth=rss.peak - rss0 if rss0 else None,
+        step_s=statistics.median(times),
+        compile_s=compile_s,
+        loss=float(metrics["loss"]),
+        trainable=sum(x.size for x in jax.tree.leaves(state.params)),
+        device=str(jax.devices()[0].platform),
+    )
 
 
 def _mb(x):
@@ -183,27 +223,41 @@ def main():
         return
     results = {}
     for arm in ("full", "lora"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], f"--arm={arm}"], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], f"--arm={arm}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results[arm] = json.loads(out.strip().splitlines()[-1])
     full, lo = results["full"], results["lora"]
-    print(f"model: {args.layers} layers, d={args.hidden}, V={args.vocab}; batch {args.pairs} pairs × "
-          f"{args.prompt_len + args.completion_len} tokens; LoRA r={args.rank} on q,k,v,o,gate,up,down; "
-          f"remat={args.remat}; scan_layers={args.scan_layers}; device={full['device']}")
+    print(
+        f"model: {args.layers} layers, d={args.hidden}, V={args.vocab}; batch {args.pairs} pairs × "
+        f"{args.prompt_len + args.completion_len} tokens; LoRA r={args.rank} on q,k,v,o,gate,up,down; "
+        f"remat={args.remat}; scan_layers={args.scan_layers}; device={full['device']}"
+    )
     print(f"{'':28s}{'full DPO':>14s}{'LoRA DPO':>14s}{'ratio':>9s}")
-    rows = [("trainable parameters", full["trainable"], lo["trainable"], str),
-            ("compiled step peak", full["compiled_peak"], lo["compiled_peak"], _mb),
-            ("  arguments", full["argument"], lo["argument"], _mb),
-            ("  temporaries", full["temp"], lo["temp"], _mb),
-            ("  outputs - aliased", full["output"] - full["alias"], lo["output"] - lo["alias"], _mb)]
-    rows += [(f"  persistent: {k}", full["persistent"][k], lo["persistent"][k], _mb) for k in full["persistent"]]
-    rows += [("RSS growth (steps)", full["rss_growth"], lo["rss_growth"], _mb),
-             ("step time (median)", full["step_s"], lo["step_s"], lambda s: f"{s * 1e3:8.1f} ms")]
+    rows = [
+        ("trainable parameters", full["trainable"], lo["trainable"], str),
+        ("compiled step peak", full["compiled_peak"], lo["compiled_peak"], _mb),
+        ("  arguments", full["argument"], lo["argument"], _mb),
+        ("  temporaries", full["temp"], lo["temp"], _mb),
+        ("  outputs - aliased", full["output"] - full["alias"], lo["output"] - lo["alias"], _mb),
+    ]
+    rows += [
+        (f"  persistent: {k}", full["persistent"][k], lo["persistent"][k], _mb) for k in full["persistent"]
+    ]
+    rows += [
+        ("RSS growth (steps)", full["rss_growth"], lo["rss_growth"], _mb),
+        ("step time (median)", full["step_s"], lo["step_s"], lambda s: f"{s * 1e3:8.1f} ms"),
+    ]
     for name, f, l, fmt in rows:
         ratio = f"{l / f:8.1%}" if f else ""
         print(f"{name:28s}{fmt(f):>14s}{fmt(l):>14s} {ratio}")
     ratio = lo["compiled_peak"] / full["compiled_peak"]
-    print(f"LoRA / full compiled peak memory: {ratio:.1%} (goal <= 35%): {'PASS' if ratio <= 0.35 else 'FAIL'}")
+    print(
+        f"LoRA / full compiled peak memory: {ratio:.1%} (goal <= 35%): {'PASS' if ratio <= 0.35 else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ phase times add up to its step time:
 
 Prints milliseconds per step and the share of each phase, and the rollout throughput in generated tokens/s.
 """
+
 import os
 import sys
 import time
@@ -32,48 +33,52 @@ PHASES = ("sample", "score/device", "score/host", "update")
 
 
 def main(argv):
-  del argv
-  import jax
-  import numpy as np
-  from jaxalign import sharding
-  from jaxalign.trainers import rl
+    del argv
+    import jax
+    import numpy as np
+    from jaxalign import sharding
+    from jaxalign.trainers import rl
 
-  config = _CONFIG.value
-  mesh = sharding.make_mesh(*rl.validate(config, jax.device_count()))
-  run, state = rl.build(config, mesh)
-  times = {p: [] for p in PHASES}
-  tokens = []
-  with jax.set_mesh(mesh):
-    for i in range(_WARMUP.value + _STEPS.value):
-      batch = next(run.train_iter)
-      t0 = time.perf_counter()
-      rollout, answers = rl.sample(run, state.params["policy"], batch, rl.rollout_key(state))
-      jax.block_until_ready(rollout)
-      t1 = time.perf_counter()
-      scored = jax.block_until_ready(run.score(state.params, run.ref_params, run.rm_params, rollout))
-      t2 = time.perf_counter()
-      host, n = rl.host_scores(run, rollout, answers)
-      rollout = rl.combine(run, rollout, scored, host)
-      t3 = time.perf_counter()
-      state, metrics = run.update(state, rollout)
-      jax.block_until_ready((state, metrics))
-      t4 = time.perf_counter()
-      if i >= _WARMUP.value:
-        for p, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-          times[p].append(dt)
-        tokens.append(n)
-  ms = {p: 1e3 * float(np.median(v)) for p, v in times.items()}
-  total = sum(ms.values())
-  rows = config.train.batch_size * rl.group_size(config)
-  print(f"{config.objective}: {rows} rollouts × up to {config.rollout.max_new_tokens} new tokens per step, "
+    config = _CONFIG.value
+    mesh = sharding.make_mesh(*rl.validate(config, jax.device_count()))
+    run, state = rl.build(config, mesh)
+    times = {p: [] for p in PHASES}
+    tokens = []
+    with jax.set_mesh(mesh):
+        for i in range(_WARMUP.value + _STEPS.value):
+            batch = next(run.train_iter)
+            t0 = time.perf_counter()
+            rollout, answers = rl.sample(run, state.params["policy"], batch, rl.rollout_key(state))
+            jax.block_until_ready(rollout)
+            t1 = time.perf_counter()
+            scored = jax.block_until_ready(run.score(state.params, run.ref_params, run.rm_params, rollout))
+            t2 = time.perf_counter()
+            host, n = rl.host_scores(run, rollout, answers)
+            rollout = rl.combine(run, rollout, scored, host)
+            t3 = time.perf_counter()
+            state, metrics = run.update(state, rollout)
+            jax.block_until_ready((state, metrics))
+            t4 = time.perf_counter()
+            if i >= _WARMUP.value:
+                for p, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    times[p].append(dt)
+                tokens.append(n)
+    ms = {p: 1e3 * float(np.median(v)) for p, v in times.items()}
+    total = sum(ms.values())
+    rows = config.train.batch_size * rl.group_size(config)
+    print(
+        f"{config.objective}: {rows} rollouts × up to {config.rollout.max_new_tokens} new tokens per step, "
         f"{rl.updates_per_step(config)} updates per step, {jax.device_count()} {jax.devices()[0].platform} "
-        f"device(s); median over {_STEPS.value} steps")
-  for p in PHASES:
-    print(f"  {p:<13} {ms[p]:8.1f} ms  {100 * ms[p] / total:5.1f}%")
-  print(f"  {'step':<13} {total:8.1f} ms   generated {np.mean(tokens):.0f} tokens/step, "
-        f"{np.mean(tokens) / (ms['sample'] / 1e3):.0f} tokens/s while sampling")
+        f"device(s); median over {_STEPS.value} steps"
+    )
+    for p in PHASES:
+        print(f"  {p:<13} {ms[p]:8.1f} ms  {100 * ms[p] / total:5.1f}%")
+    print(
+        f"  {'step':<13} {total:8.1f} ms   generated {np.mean(tokens):.0f} tokens/step, "
+        f"{np.mean(tokens) / (ms['sample'] / 1e3):.0f} tokens/s while sampling"
+    )
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -4,6 +4,7 @@ Configs are deltas: each `configs/<objective>.py` calls `base_config(objective)`
 Only the sub-dict of the chosen objective exists (`config.dpo` in a DPO config, never in an SFT one), and
 configs are locked, so a mistyped or inapplicable `--config.x=...` fails at start-up instead of being ignored.
 """
+
 import os
 
 import ml_collections
@@ -16,7 +17,7 @@ ASSETS = os.path.join(os.path.dirname(jaxalign.__file__), "assets", "embedded")
 
 
 def asset(*parts):
-  return os.path.join(ASSETS, *parts)
+    return os.path.join(ASSETS, *parts)
 
 
 # The embedded preference pairs: arithmetic pairs + the decline slice (refusals and benign look-alikes).
@@ -24,114 +25,113 @@ PREFERENCE_TRAIN = ",".join([asset("preference_train.jsonl"), asset("decline_tra
 
 
 def model_config(path=None):
-  """Which weights to start from and how to compute with them."""
-  m = ml_collections.ConfigDict()
-  m.path = path or ""              # HF directory (config.json + *.safetensors) or hub name.
-  m.tokenizer = ""                 # Tokenizer directory; "" = same as `path`.
-  # Random init instead of `path` (pre-training): HF-style config fields, e.g. {"model_type": "llama", ...}.
-  m.init = ml_collections.ConfigDict()
-  m.dtype = "float32"              # Compute dtype: float32 | bfloat16 (master weights stay param_dtype).
-  m.param_dtype = "float32"
-  m.remat = False                  # Recompute each layer's activations in the backward pass (saves memory).
-  m.scan_layers = False            # Layers under nn.scan: compile time independent of depth.
-  m.logits_chunk = 0               # Log-probs in chunks of positions, never the whole [B, T, V] logits:
-                                   # 0 = auto (when vocab >= 32768), -1 = never, N = N positions a chunk.
-  m.trust_remote_code = False      # Never on unless asked for.
-  return m
+    """Which weights to start from and how to compute with them."""
+    m = ml_collections.ConfigDict()
+    m.path = path or ""  # HF directory (config.json + *.safetensors) or hub name.
+    m.tokenizer = ""  # Tokenizer directory; "" = same as `path`.
+    # Random init instead of `path` (pre-training): HF-style config fields, e.g. {"model_type": "llama", ...}.
+    m.init = ml_collections.ConfigDict()
+    m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (master weights stay param_dtype).
+    m.param_dtype = "float32"
+    m.remat = False  # Recompute each layer's activations in the backward pass (saves memory).
+    m.scan_layers = False  # Layers under nn.scan: compile time independent of depth.
+    m.logits_chunk = 0  # Log-probs in chunks of positions, never the whole [B, T, V] logits:
+    # 0 = auto (when vocab >= 32768), -1 = never, N = N positions a chunk.
+    m.trust_remote_code = False  # Never on unless asked for.
+    return m
 
 
 def data_config(train, eval_=""):
-  d = ml_collections.ConfigDict()
-  d.train = train                  # Local json/jsonl/parquet file or directory, or a datasets hub name.
-  d.eval = eval_                   # Held-out split, same format; "" = no evaluation.
-  d.format = "auto"                # auto | text | prompt_completion | messages | preference | kto | prompt.
-  d.chat_template = ""             # Jinja chat template (file or text) replacing the tokenizer's; "" = its own.
-  d.max_length = 64                # Tokens per sequence (prompt + completion), after truncation.
-  d.max_prompt_length = 32         # Prompt tokens kept (from the left) before the completion is cut.
-  d.assistant_only_loss = True     # SFT: learn assistant turns only (False = whole conversation).
-  d.packing = False                # CLM: pack several documents per row (segment ids keep them apart).
-                                   # SFT/Reward/DPO/ORPO/SimPO/KTO (on by default there): padding-free batches,
-                                   # each batch's sequences packed into the fewest rows; same losses (tested),
-                                   # 3x faster DPO steps on the embedded task. Off: one padded row each.
-  d.length_buckets = 4             # packing=False: each batch cut to the narrowest of max_length, /2, /4, /8
-                                   # that holds its longest sequence (each width compiles once); 1 = off.
-  d.tokenize = "auto"              # auto | upfront | lazy. lazy: each batch's examples when it is made (in a
-                                   # background thread), so a 1M-row file starts training in seconds; a row
-                                   # the chat template cannot render then fails when its batch comes.
-                                   # auto: lazy from 50,000 rows (SFT/preference/KTO training data).
-  d.shuffle_seed = 0
-  return d
+    d = ml_collections.ConfigDict()
+    d.train = train  # Local json/jsonl/parquet file or directory, or a datasets hub name.
+    d.eval = eval_  # Held-out split, same format; "" = no evaluation.
+    d.format = "auto"  # auto | text | prompt_completion | messages | preference | kto | prompt.
+    d.chat_template = ""  # Jinja chat template (file or text) replacing the tokenizer's; "" = its own.
+    d.max_length = 64  # Tokens per sequence (prompt + completion), after truncation.
+    d.max_prompt_length = 32  # Prompt tokens kept (from the left) before the completion is cut.
+    d.assistant_only_loss = True  # SFT: learn assistant turns only (False = whole conversation).
+    d.packing = False  # CLM: pack several documents per row (segment ids keep them apart).
+    # SFT/Reward/DPO/ORPO/SimPO/KTO (on by default there): padding-free batches,
+    # each batch's sequences packed into the fewest rows; same losses (tested),
+    # 3x faster DPO steps on the embedded task. Off: one padded row each.
+    d.length_buckets = 4  # packing=False: each batch cut to the narrowest of max_length, /2, /4, /8
+    # that holds its longest sequence (each width compiles once); 1 = off.
+    d.tokenize = "auto"  # auto | upfront | lazy. lazy: each batch's examples when it is made (in a
+    # background thread), so a 1M-row file starts training in seconds; a row
+    # the chat template cannot render then fails when its batch comes.
+    # auto: lazy from 50,000 rows (SFT/preference/KTO training data).
+    d.shuffle_seed = 0
+    return d
 
 
 def optimizer_config(learning_rate):
-  o = ml_collections.ConfigDict()
-  o.name = "adamw"                 # adamw | adam | sgd
-  o.learning_rate = learning_rate  # Peak learning rate.
-  o.schedule = "cosine"            # cosine | linear | constant (after warmup).
-  o.warmup_steps = 10
-  o.end_lr_ratio = 0.1             # Final learning rate = end_lr_ratio × peak (cosine/linear).
-  o.b1 = 0.9
-  o.b2 = 0.999
-  o.eps = 1e-8
-  o.weight_decay = 0.0             # Decoupled; applied to matrices only (not norms, biases).
-  o.max_grad_norm = 1.0            # Global-norm clipping; 0 disables.
-  return o
+    o = ml_collections.ConfigDict()
+    o.name = "adamw"  # adamw | adam | sgd
+    o.learning_rate = learning_rate  # Peak learning rate.
+    o.schedule = "cosine"  # cosine | linear | constant (after warmup).
+    o.warmup_steps = 10
+    o.end_lr_ratio = 0.1  # Final learning rate = end_lr_ratio × peak (cosine/linear).
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.eps = 1e-8
+    o.weight_decay = 0.0  # Decoupled; applied to matrices only (not norms, biases).
+    o.max_grad_norm = 1.0  # Global-norm clipping; 0 disables.
+    return o
 
 
 # Where precomputed reference log-probs are kept (`dpo.ref_cache_dir`, `kto.ref_cache_dir`).
 REF_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "jaxalign", "reference")
 
 
-
 def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3):
-  """The fields every objective has. `objective` picks the train step (see jaxalign/trainers/objectives.py)."""
-  c = ml_collections.ConfigDict()
-  c.objective = objective
-  c.seed = 0
-  c.model = model_config(model_path)
-  c.data = data_config(train, eval_)
-  c.data.packing = registry.get(objective).packing   # padding-free batches where the objective allows
-  c.optimizer = optimizer_config(learning_rate)
+    """The fields every objective has. `objective` picks the train step (see jaxalign/trainers/objectives.py)."""
+    c = ml_collections.ConfigDict()
+    c.objective = objective
+    c.seed = 0
+    c.model = model_config(model_path)
+    c.data = data_config(train, eval_)
+    c.data.packing = registry.get(objective).packing  # padding-free batches where the objective allows
+    c.optimizer = optimizer_config(learning_rate)
 
-  t = c.train = ml_collections.ConfigDict()
-  t.batch_size = 32                # Global batch (sequences, or pairs for preference objectives).
-  t.grad_accum_steps = 1           # Micro-batches per update: batch_size must divide by it.
-  t.num_steps = 100                # Optimiser updates.
-  t.log_every = 10
-  t.eval_every = 50                # 0 = only at the end.
-  t.eval_batch_size = 64
-  t.checkpoint_every = 500         # Orbax checkpoint period in steps (and always at the end); 0 = off.
-  t.checkpoint_every_minutes = 30.0  # ... and in wall-clock minutes, agreed by all hosts; 0 = off.
-  t.keep_checkpoints = 2
-  # SIGTERM / SIGINT: finish the step, checkpoint, exit with code 75 (rerun the same command to resume).
-  # An update with a non-finite loss or gradient is skipped and counted; this many in a row halt the run
-  # (exit code 3); 0 = never halt. See jaxalign/trainers/preemption.py.
-  t.max_nonfinite_steps = 10
-  t.export_hf = True               # Write the final model in HF format to <workdir>/hf.
-  t.peak_tflops = 0.0              # Per-device peak for perf/mfu; 0 = by device kind (GPU/TPU), none on CPU.
+    t = c.train = ml_collections.ConfigDict()
+    t.batch_size = 32  # Global batch (sequences, or pairs for preference objectives).
+    t.grad_accum_steps = 1  # Micro-batches per update: batch_size must divide by it.
+    t.num_steps = 100  # Optimiser updates.
+    t.log_every = 10
+    t.eval_every = 50  # 0 = only at the end.
+    t.eval_batch_size = 64
+    t.checkpoint_every = 500  # Orbax checkpoint period in steps (and always at the end); 0 = off.
+    t.checkpoint_every_minutes = 30.0  # ... and in wall-clock minutes, agreed by all hosts; 0 = off.
+    t.keep_checkpoints = 2
+    # SIGTERM / SIGINT: finish the step, checkpoint, exit with code 75 (rerun the same command to resume).
+    # An update with a non-finite loss or gradient is skipped and counted; this many in a row halt the run
+    # (exit code 3); 0 = never halt. See jaxalign/trainers/preemption.py.
+    t.max_nonfinite_steps = 10
+    t.export_hf = True  # Write the final model in HF format to <workdir>/hf.
+    t.peak_tflops = 0.0  # Per-device peak for perf/mfu; 0 = by device kind (GPU/TPU), none on CPU.
 
-  lo = c.lora = ml_collections.ConfigDict()
-  lo.enabled = False               # Train low-rank adapters on a frozen base (the base is the reference).
-  lo.rank = 8                      # r: A is [in, r], B is [r, out].
-  lo.alpha = 16.0                  # scale = alpha / r (alpha / sqrt(r) with use_rslora).
-  lo.dropout = 0.0                 # Dropout on the adapter branch's input (PEFT's lora_dropout).
-  lo.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-  lo.use_rslora = False
-  lo.init = "kaiming"              # A's init, as PEFT: kaiming | gaussian (B starts at zero).
+    lo = c.lora = ml_collections.ConfigDict()
+    lo.enabled = False  # Train low-rank adapters on a frozen base (the base is the reference).
+    lo.rank = 8  # r: A is [in, r], B is [r, out].
+    lo.alpha = 16.0  # scale = alpha / r (alpha / sqrt(r) with use_rslora).
+    lo.dropout = 0.0  # Dropout on the adapter branch's input (PEFT's lora_dropout).
+    lo.target_modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lo.use_rslora = False
+    lo.init = "kaiming"  # A's init, as PEFT: kaiming | gaussian (B starts at zero).
 
-  mesh = c.mesh = ml_collections.ConfigDict()
-  mesh.data = 1                    # Pure data parallelism (replicated parameters).
-  mesh.fsdp = -1                   # Parameter + batch sharding; -1 = all remaining devices.
-  mesh.tensor = 1                  # Tensor parallelism over heads / MLP.
+    mesh = c.mesh = ml_collections.ConfigDict()
+    mesh.data = 1  # Pure data parallelism (replicated parameters).
+    mesh.fsdp = -1  # Parameter + batch sharding; -1 = all remaining devices.
+    mesh.tensor = 1  # Tensor parallelism over heads / MLP.
 
-  dist = c.distributed = ml_collections.ConfigDict()
-  dist.initialize = "auto"         # auto (when the environment says multi-host) | yes | no.
-  dist.coordinator_address = ""    # host:port, for jax.distributed.initialize outside TPU/SLURM.
-  dist.num_processes = 0
-  dist.process_id = -1
-  return c
+    dist = c.distributed = ml_collections.ConfigDict()
+    dist.initialize = "auto"  # auto (when the environment says multi-host) | yes | no.
+    dist.coordinator_address = ""  # host:port, for jax.distributed.initialize outside TPU/SLURM.
+    dist.num_processes = 0
+    dist.process_id = -1
+    return c
 
 
 def lock(c):
-  c.lock()
-  return c
+    c.lock()
+    return c

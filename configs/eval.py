@@ -7,40 +7,41 @@
 The default evaluates the embedded SFT checkpoint against itself as the reference (so KL = 0 and the
 win rate = 0.5: a sanity check) with the embedded reward model, on prompts_test + decline_test, greedy.
 """
+
 import ml_collections
 
 from configs import common
 
 
 def get_config(arg=None):
-  del arg
-  c = ml_collections.ConfigDict()
-  c.objective = "eval"
-  c.seed = 0                       # Sampling seed (unused when greedy).
-  e = c.eval = ml_collections.ConfigDict()
-  e.checkpoint = common.asset("checkpoints", "sft")     # The policy: an HF directory.
-  e.tokenizer = ""                 # "" = the checkpoint's own.
-  e.reference = common.asset("checkpoints", "sft")      # KL and win-rate baseline; "" = neither.
-  e.reward_model = common.asset("checkpoints", "reward")  # *ForSequenceClassification; "" = no reward.
-  # Comma-separated prompt files: rows with "prompt" (+ "answer", + "should_refuse" for refusal rates).
-  e.prompts = ",".join([common.asset("prompts_test.jsonl"), common.asset("decline_test.jsonl")])
-  e.text_path = common.asset("pretrain_test.jsonl")     # Held-out {"text"} rows for perplexity; "" = none.
-  e.check_fn = "jaxalign.data.embedded:check_answer"    # (row, completion) -> bool: accuracy.
-  e.refusal_fn = "jaxalign.data.embedded:is_refusal"    # (completion) -> bool.
-  e.user_turn_fn = "jaxalign.data.embedded:speaks_as_user"  # (completion) -> bool: not a clean stop.
-  e.max_new_tokens = 24            # N; the embedded answers take ~10 tokens + EOS.
-  e.max_prompt_length = 40         # P: longer prompts keep their last P tokens (embedded: <= 30).
-  e.max_prompts = 0                # First this many prompts of each set; 0 = all.
-  e.batch_size = 64                # Prompts per global batch; a multiple of data × fsdp.
-  e.temperature = 0.0              # 0 = greedy.
-  e.top_k = 0                      # 0 = off.
-  e.top_p = 1.0                    # 1 = off.
-  e.text_max_length = 64           # Tokens per perplexity chunk (longer texts are split).
-  e.dtype = "float32"              # Compute dtype: float32 | bfloat16.
-  e.plots = True                   # PNG plots (needs matplotlib; skipped with a message without it).
-  e.num_examples = 5               # Completions per prompt set shown in eval.md.
+    del arg
+    c = ml_collections.ConfigDict()
+    c.objective = "eval"
+    c.seed = 0  # Sampling seed (unused when greedy).
+    e = c.eval = ml_collections.ConfigDict()
+    e.checkpoint = common.asset("checkpoints", "sft")  # The policy: an HF directory.
+    e.tokenizer = ""  # "" = the checkpoint's own.
+    e.reference = common.asset("checkpoints", "sft")  # KL and win-rate baseline; "" = neither.
+    e.reward_model = common.asset("checkpoints", "reward")  # *ForSequenceClassification; "" = no reward.
+    # Comma-separated prompt files: rows with "prompt" (+ "answer", + "should_refuse" for refusal rates).
+    e.prompts = ",".join([common.asset("prompts_test.jsonl"), common.asset("decline_test.jsonl")])
+    e.text_path = common.asset("pretrain_test.jsonl")  # Held-out {"text"} rows for perplexity; "" = none.
+    e.check_fn = "jaxalign.data.embedded:check_answer"  # (row, completion) -> bool: accuracy.
+    e.refusal_fn = "jaxalign.data.embedded:is_refusal"  # (completion) -> bool.
+    e.user_turn_fn = "jaxalign.data.embedded:speaks_as_user"  # (completion) -> bool: not a clean stop.
+    e.max_new_tokens = 24  # N; the embedded answers take ~10 tokens + EOS.
+    e.max_prompt_length = 40  # P: longer prompts keep their last P tokens (embedded: <= 30).
+    e.max_prompts = 0  # First this many prompts of each set; 0 = all.
+    e.batch_size = 64  # Prompts per global batch; a multiple of data × fsdp.
+    e.temperature = 0.0  # 0 = greedy.
+    e.top_k = 0  # 0 = off.
+    e.top_p = 1.0  # 1 = off.
+    e.text_max_length = 64  # Tokens per perplexity chunk (longer texts are split).
+    e.dtype = "float32"  # Compute dtype: float32 | bfloat16.
+    e.plots = True  # PNG plots (needs matplotlib; skipped with a message without it).
+    e.num_examples = 5  # Completions per prompt set shown in eval.md.
 
-  base = common.base_config("eval", train="")
-  c.mesh = base.mesh               # Prompts are sharded over data × fsdp; params as in training.
-  c.distributed = base.distributed
-  return common.lock(c)
+    base = common.base_config("eval", train="")
+    c.mesh = base.mesh  # Prompts are sharded over data × fsdp; params as in training.
+    c.distributed = base.distributed
+    return common.lock(c)

@@ -1,24 +1,25 @@
 """Supervised fine-tuning on the embedded chat task, from the pre-trained checkpoint.
 
-  python -m jaxalign.main --config=configs/sft.py --workdir=/tmp/sft
-  # Whole-conversation SFT (learns the user's turns too, the failure preference training fixes):
-  python -m jaxalign.main --config=configs/sft.py --config.data.assistant_only_loss=False
+python -m jaxalign.main --config=configs/sft.py --workdir=/tmp/sft
+# Whole-conversation SFT (learns the user's turns too, the failure preference training fixes):
+python -m jaxalign.main --config=configs/sft.py --config.data.assistant_only_loss=False
 """
+
 import ml_collections
 
 from configs import common
 
 
 def get_config(arg=None):
-  del arg
-  c = common.base_config(
-      "sft",
-      train=common.asset("sft_train.jsonl"),
-      eval_=common.asset("sft_test.jsonl"),
-      model_path=common.asset("checkpoints", "pretrain"),
-      learning_rate=2e-3,
-  )
-  c.train.num_steps = 300
-  c.train.eval_every = 100
-  c.sft = ml_collections.ConfigDict()
-  return common.lock(c)
+    del arg
+    c = common.base_config(
+        "sft",
+        train=common.asset("sft_train.jsonl"),
+        eval_=common.asset("sft_test.jsonl"),
+        model_path=common.asset("checkpoints", "pretrain"),
+        learning_rate=2e-3,
+    )
+    c.train.num_steps = 300
+    c.train.eval_every = 100
+    c.sft = ml_collections.ConfigDict()
+    return common.lock(c)

@@ -11,20 +11,24 @@ Bad input (a flag, config value, data file, checkpoint or tokenizer) ends the ru
 line on stderr, `error: <where>: <what is wrong>`, before anything is written to the workdir;
 `--verbosity=1` prints the traceback too.
 """
+
 import os
 import sys
 
 
 def _config_root_on_path(argv):
-  """Config files import `configs.common`: put the directory holding `configs/` on sys.path."""
-  for i, a in enumerate(argv):
-    path = a.split("=", 1)[1] if a.startswith("--config=") else (
-        argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
-    if path:
-      path = path.split(":", 1)[0]
-      root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-      if root not in sys.path:
-        sys.path.insert(0, root)
+    """Config files import `configs.common`: put the directory holding `configs/` on sys.path."""
+    for i, a in enumerate(argv):
+        path = (
+            a.split("=", 1)[1]
+            if a.startswith("--config=")
+            else (argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+        )
+        if path:
+            path = path.split(":", 1)[0]
+            root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+            if root not in sys.path:
+                sys.path.insert(0, root)
 
 
 _config_root_on_path(sys.argv)
@@ -32,39 +36,41 @@ _config_root_on_path(sys.argv)
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "", "Checkpoints, logs and exports; default runs/<objective>.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  import importlib
-  from jaxalign import registry
-  from jaxalign.errors import ConfigError, UserError
-  if not flags.FLAGS["verbosity"].present:   # orbax and jax log a lot at INFO; --verbosity=0 shows it.
-    logging.set_verbosity(logging.WARNING)
-  # `datasets` (imported only for hub data sets: 2 s) reads these when it is imported.
-  os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-  os.environ.setdefault("DATASETS_VERBOSITY", "error")
-  config = _CONFIG.value
-  try:
-    config.objective
-  except OSError as e:   # ml_collections defers a config file's load error to the first access
-    path = flags.FLAGS["config"].config_filename
-    why = "no such file" if not os.path.isfile(path) else f"cannot load it ({e})"
-    raise UserError(f"--config={path}: {why}; expected a Python file with get_config()") from e
-  workdir = _WORKDIR.value or os.path.join("runs", config.objective)
-  if config.objective not in registry.OBJECTIVES:
-    raise ConfigError(f"config.objective={config.objective!r}: unknown objective; expected one of "
-                      f"{registry.names()}")
-  # The objective's trainer (jaxalign/registry.py): the offline loop, the RL loop or the evaluator.
-  module, fn = registry.TRAINERS[registry.get(config.objective).trainer].split(":")
-  getattr(importlib.import_module(module), fn)(config, workdir)
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import importlib
+    from jaxalign import registry
+    from jaxalign.errors import ConfigError, UserError
+
+    if not flags.FLAGS["verbosity"].present:  # orbax and jax log a lot at INFO; --verbosity=0 shows it.
+        logging.set_verbosity(logging.WARNING)
+    # `datasets` (imported only for hub data sets: 2 s) reads these when it is imported.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    config = _CONFIG.value
+    try:
+        config.objective
+    except OSError as e:  # ml_collections defers a config file's load error to the first access
+        path = flags.FLAGS["config"].config_filename
+        why = "no such file" if not os.path.isfile(path) else f"cannot load it ({e})"
+        raise UserError(f"--config={path}: {why}; expected a Python file with get_config()") from e
+    workdir = _WORKDIR.value or os.path.join("runs", config.objective)
+    if config.objective not in registry.OBJECTIVES:
+        raise ConfigError(
+            f"config.objective={config.objective!r}: unknown objective; expected one of {registry.names()}"
+        )
+    # The objective's trainer (jaxalign/registry.py): the offline loop, the RL loop or the evaluator.
+    module, fn = registry.TRAINERS[registry.get(config.objective).trainer].split(":")
+    getattr(importlib.import_module(module), fn)(config, workdir)
 
 
 if __name__ == "__main__":
-  from jaxalign.errors import run_main
-  flags.mark_flags_as_required(["config"])
-  run_main(main)   # a bad flag, config value, data file or checkpoint: `error: <one line>`, exit code 2
+    from jaxalign.errors import run_main
+
+    flags.mark_flags_as_required(["config"])
+    run_main(main)  # a bad flag, config value, data file or checkpoint: `error: <one line>`, exit code 2

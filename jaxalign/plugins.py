@@ -1,5 +1,6 @@
 """User functions that configs name as ``"package.module:function"`` (reward functions, answer checks,
 refusal detectors): one resolver for training, evaluation and synthesis."""
+
 from __future__ import annotations
 
 import importlib

@@ -11,6 +11,7 @@ pipeline the trainer. Adding an offline objective = a loss in `losses/`, its glu
 
 This module imports nothing heavy (no JAX): configs and the data inspector read it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ class Check:
     """A config check of one field of the objective's sub-config: `ok(value)` or the run stops with
     ``config.<objective>.<field>=<value>: <why>`` (`why` may be a function giving the text). `optional`:
     a missing field is not checked."""
+
     field: str
     ok: Callable[[object], bool]
     why: str | Callable[[], str]
@@ -55,6 +57,7 @@ class Objective:
         the data ("" = cannot be precomputed).
       checks: the sub-config's value checks.
     """
+
     name: str
     trainer: str = "offline"
     data: str = ""
@@ -77,35 +80,85 @@ def _non_negative(v) -> bool:
 
 
 def _dpo_loss_types() -> tuple[str, ...]:
-    from jaxalign import losses   # the loss table is the source of truth (imported only when checked)
+    from jaxalign import losses  # the loss table is the source of truth (imported only when checked)
+
     return tuple(losses.DPO_LOSS_TYPES)
 
 
 _BETA = Check("beta", _positive, "must be > 0")
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
-    Objective("clm", data="clm", packable=True, accumulate_packed=True, loss="make_clm_loss",
-              checks=(Check("z_loss", _non_negative, "must be >= 0", optional=True),)),
-    Objective("sft", data="sft", packing=True, packable=True, accumulate_packed=True, loss="make_sft_loss"),
-    Objective("reward", data="preference", head="score", packing=True, packable=True, loss="make_reward_loss",
-              checks=(Check("center_coef", _non_negative, "must be >= 0", optional=True),)),
-    Objective("dpo", data="preference", reference=True, packing=True, packable=True, loss="make_dpo_loss",
-              reference_fn="make_dpo_reference",
-              checks=(_BETA, Check("loss_type", lambda v: v in _dpo_loss_types(),
-                                                  lambda: f"expected one of {list(_dpo_loss_types())}"),
-                      Check("label_smoothing", lambda v: 0.0 <= v < 0.5, "must be in [0, 0.5)"),
-                      Check("rpo_alpha", _non_negative, "must be >= 0"))),
-    Objective("orpo", data="preference", packing=True, packable=True, loss="make_orpo_loss", checks=(_BETA,)),
-    Objective("simpo", data="preference", packing=True, packable=True, loss="make_simpo_loss",
-              checks=(_BETA, Check("gamma", _non_negative, "must be >= 0 (the target reward margin)"))),
-    Objective("kto", data="kto", reference=True, packing=True, packable=True, loss="make_kto_loss",
-              reference_fn="make_kto_reference",
-              checks=(_BETA, Check("desirable_weight", _positive, "must be > 0"),
-                      Check("undesirable_weight", _positive, "must be > 0"))),
-    Objective("ppo", trainer="rl", data="prompt", reference=True),
-    Objective("grpo", trainer="rl", data="prompt", reference=True),
-    Objective("eval", trainer="eval"),
-)}
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o
+    for o in (
+        Objective(
+            "clm",
+            data="clm",
+            packable=True,
+            accumulate_packed=True,
+            loss="make_clm_loss",
+            checks=(Check("z_loss", _non_negative, "must be >= 0", optional=True),),
+        ),
+        Objective(
+            "sft", data="sft", packing=True, packable=True, accumulate_packed=True, loss="make_sft_loss"
+        ),
+        Objective(
+            "reward",
+            data="preference",
+            head="score",
+            packing=True,
+            packable=True,
+            loss="make_reward_loss",
+            checks=(Check("center_coef", _non_negative, "must be >= 0", optional=True),),
+        ),
+        Objective(
+            "dpo",
+            data="preference",
+            reference=True,
+            packing=True,
+            packable=True,
+            loss="make_dpo_loss",
+            reference_fn="make_dpo_reference",
+            checks=(
+                _BETA,
+                Check(
+                    "loss_type",
+                    lambda v: v in _dpo_loss_types(),
+                    lambda: f"expected one of {list(_dpo_loss_types())}",
+                ),
+                Check("label_smoothing", lambda v: 0.0 <= v < 0.5, "must be in [0, 0.5)"),
+                Check("rpo_alpha", _non_negative, "must be >= 0"),
+            ),
+        ),
+        Objective(
+            "orpo", data="preference", packing=True, packable=True, loss="make_orpo_loss", checks=(_BETA,)
+        ),
+        Objective(
+            "simpo",
+            data="preference",
+            packing=True,
+            packable=True,
+            loss="make_simpo_loss",
+            checks=(_BETA, Check("gamma", _non_negative, "must be >= 0 (the target reward margin)")),
+        ),
+        Objective(
+            "kto",
+            data="kto",
+            reference=True,
+            packing=True,
+            packable=True,
+            loss="make_kto_loss",
+            reference_fn="make_kto_reference",
+            checks=(
+                _BETA,
+                Check("desirable_weight", _positive, "must be > 0"),
+                Check("undesirable_weight", _positive, "must be > 0"),
+            ),
+        ),
+        Objective("ppo", trainer="rl", data="prompt", reference=True),
+        Objective("grpo", trainer="rl", data="prompt", reference=True),
+        Objective("eval", trainer="eval"),
+    )
+}
 
 
 def get(name: str) -> Objective:

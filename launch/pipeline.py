@@ -21,6 +21,7 @@ metrics.jsonl, hf/ (the export) and eval/ (eval.json, eval.md, completions.jsonl
 Goals (issue 7), on held-out prompts: task accuracy >= SFT + 15 points, stop rate >= 98%, refusal of the
 decline slice >= 90% with over-refusal of benign look-alikes <= 5%.
 """
+
 import argparse
 import importlib
 import json
@@ -41,352 +42,447 @@ GOAL_OVER_REFUSE = 0.05
 # parameters, the size of the shipped checkpoints); --size=full uses 4 layers, d=128 (0.84M), which has the
 # capacity to answer minus and times correctly once preference training asks it to (measured: DPO on the
 # 0.12M model 54% held-out accuracy, on the 0.84M model 86%; SFT 45% on both).
-FULL_MODEL = {"model.init.hidden_size": 128, "model.init.intermediate_size": 384,
-              "model.init.num_hidden_layers": 4}
+FULL_MODEL = {
+    "model.init.hidden_size": 128,
+    "model.init.intermediate_size": 384,
+    "model.init.num_hidden_layers": 4,
+}
 
 # Steps per stage (None = the config's default), evaluation size, the frontier sweeps and whether to run
 # the extra rows (RLOO, PPO on the reward model), per --size. --size=full spends its time on the 4x bigger
 # model (about 4x slower per step) and leaves the PPO sweep and the extras to --size=ci.
 SIZES = {
-    "ci": dict(model={}, pretrain=400, sft=200, reward=None, pref=None, rl=None, group_rl=450,
-               rm_round_prompts=512, rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3),
-               frontier_kl_coefs=(0.01, 0.2), extras=True),
-    "full": dict(model=FULL_MODEL, pretrain=None, sft=None, reward=None, pref=None, rl=None, group_rl=450,
-                 rm_round_prompts=0, rm_round=None, eval_prompts=0, frontier_betas=(0.03, 0.3),
-                 frontier_kl_coefs=(), extras=False),
+    "ci": dict(
+        model={},
+        pretrain=400,
+        sft=200,
+        reward=None,
+        pref=None,
+        rl=None,
+        group_rl=450,
+        rm_round_prompts=512,
+        rm_round=None,
+        eval_prompts=0,
+        frontier_betas=(0.03, 0.3),
+        frontier_kl_coefs=(0.01, 0.2),
+        extras=True,
+    ),
+    "full": dict(
+        model=FULL_MODEL,
+        pretrain=None,
+        sft=None,
+        reward=None,
+        pref=None,
+        rl=None,
+        group_rl=450,
+        rm_round_prompts=0,
+        rm_round=None,
+        eval_prompts=0,
+        frontier_betas=(0.03, 0.3),
+        frontier_kl_coefs=(),
+        extras=False,
+    ),
 }
 
 
 def load_config(name, **overrides):
-  """configs/<name>.py's get_config() with dotted-path `overrides` ({"train.num_steps": 10})."""
-  c = importlib.import_module(f"configs.{name}").get_config()
-  for key, value in overrides.items():
-    if value is None:
-      continue
-    *parents, leaf = key.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+    """configs/<name>.py's get_config() with dotted-path `overrides` ({"train.num_steps": 10})."""
+    c = importlib.import_module(f"configs.{name}").get_config()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
 
 
 class Pipeline:
-  """Runs the stages into `workdir`; a stage whose export already exists is reused (--resume)."""
+    """Runs the stages into `workdir`; a stage whose export already exists is reused (--resume)."""
 
-  def __init__(self, workdir, size, resume):
-    self.workdir, self.size, self.resume = workdir, SIZES[size], resume
-    self.timings = {}
+    def __init__(self, workdir, size, resume):
+        self.workdir, self.size, self.resume = workdir, SIZES[size], resume
+        self.timings = {}
 
-  def path(self, name, *parts):
-    return os.path.join(self.workdir, name, *parts)
+    def path(self, name, *parts):
+        return os.path.join(self.workdir, name, *parts)
 
-  def train(self, name, config_name, **overrides):
-    """Trains configs/<config_name>.py into <workdir>/<name>; returns the HF export directory."""
-    hf = self.path(name, "hf")
-    timing = self.path(name, "train_s.json")
-    if self.resume and os.path.exists(os.path.join(hf, "config.json")):
-      print(f"[pipeline] {name}: reusing {hf}", flush=True)
-      if os.path.exists(timing):
-        with open(timing) as f:
-          self.timings[name] = json.load(f)["train_s"]
-      return hf
-    config = load_config(config_name, **overrides)
-    start = time.time()
-    print(f"[pipeline] {name}: training configs/{config_name}.py", flush=True)
-    import importlib
-    from jaxalign import registry
-    module, fn = registry.TRAINERS[registry.get(config.objective).trainer].split(":")
-    getattr(importlib.import_module(module), fn)(config, self.path(name))
-    self.timings[name] = time.time() - start
-    with open(timing, "w") as f:
-      json.dump({"train_s": self.timings[name]}, f)
-    return hf
+    def train(self, name, config_name, **overrides):
+        """Trains configs/<config_name>.py into <workdir>/<name>; returns the HF export directory."""
+        hf = self.path(name, "hf")
+        timing = self.path(name, "train_s.json")
+        if self.resume and os.path.exists(os.path.join(hf, "config.json")):
+            print(f"[pipeline] {name}: reusing {hf}", flush=True)
+            if os.path.exists(timing):
+                with open(timing) as f:
+                    self.timings[name] = json.load(f)["train_s"]
+            return hf
+        config = load_config(config_name, **overrides)
+        start = time.time()
+        print(f"[pipeline] {name}: training configs/{config_name}.py", flush=True)
+        import importlib
+        from jaxalign import registry
 
-  def evaluate(self, name, hf, reference, reward_model):
-    from jaxalign.eval import evaluate_checkpoint
-    out = self.path(name, "eval")
-    if self.resume and os.path.exists(os.path.join(out, "eval.json")):
-      with open(os.path.join(out, "eval.json")) as f:
-        return json.load(f)
-    return evaluate_checkpoint(
-        hf, [common.asset("prompts_test.jsonl"), common.asset("decline_test.jsonl")],
-        reference=reference, reward_model=reward_model, max_new_tokens=24,
-        max_prompts=self.size["eval_prompts"], workdir=out, plots=False)
+        module, fn = registry.TRAINERS[registry.get(config.objective).trainer].split(":")
+        getattr(importlib.import_module(module), fn)(config, self.path(name))
+        self.timings[name] = time.time() - start
+        with open(timing, "w") as f:
+            json.dump({"train_s": self.timings[name]}, f)
+        return hf
+
+    def evaluate(self, name, hf, reference, reward_model):
+        from jaxalign.eval import evaluate_checkpoint
+
+        out = self.path(name, "eval")
+        if self.resume and os.path.exists(os.path.join(out, "eval.json")):
+            with open(os.path.join(out, "eval.json")) as f:
+                return json.load(f)
+        return evaluate_checkpoint(
+            hf,
+            [common.asset("prompts_test.jsonl"), common.asset("decline_test.jsonl")],
+            reference=reference,
+            reward_model=reward_model,
+            max_new_tokens=24,
+            max_prompts=self.size["eval_prompts"],
+            workdir=out,
+            plots=False,
+        )
 
 
 def _prompt_rows_file(out):
-  """prompts_train + decline_train prompts (with their answers), shuffled with a fixed seed, as one file
-  for RL and the RM-labelled round (so that a prefix of it has both kinds)."""
-  import random
-  rows = []
-  for name in ("prompts_train.jsonl", "decline_train.jsonl"):
-    for line in open(common.asset(name)):
-      row = json.loads(line)
-      rows.append({"prompt": row["prompt"], "answer": row["answer"]})
-  random.Random(0).shuffle(rows)
-  with open(out, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-  return out
+    """prompts_train + decline_train prompts (with their answers), shuffled with a fixed seed, as one file
+    for RL and the RM-labelled round (so that a prefix of it has both kinds)."""
+    import random
+
+    rows = []
+    for name in ("prompts_train.jsonl", "decline_train.jsonl"):
+        for line in open(common.asset(name)):
+            row = json.loads(line)
+            rows.append({"prompt": row["prompt"], "answer": row["answer"]})
+    random.Random(0).shuffle(rows)
+    with open(out, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return out
 
 
 def run(workdir, size="ci", resume=False):
-  """Runs every stage and writes the report; returns the results dict (also results.json)."""
-  p, s = Pipeline(workdir, size, resume), SIZES[size]
-  os.makedirs(workdir, exist_ok=True)
-  start = time.time()
-  steps = lambda k: {"train.num_steps": s[k]}  # noqa: E731
-  pref_data = {"data.train": ",".join([common.asset("preference_train.jsonl"),
-                                       common.asset("decline_train.jsonl")])}
+    """Runs every stage and writes the report; returns the results dict (also results.json)."""
+    p, s = Pipeline(workdir, size, resume), SIZES[size]
+    os.makedirs(workdir, exist_ok=True)
+    start = time.time()
+    steps = lambda k: {"train.num_steps": s[k]}  # noqa: E731
+    pref_data = {
+        "data.train": ",".join([common.asset("preference_train.jsonl"), common.asset("decline_train.jsonl")])
+    }
 
-  pre = p.train("pretrain", "pretrain", **steps("pretrain"), **s["model"])
-  sft = p.train("sft", "sft", **{"model.path": pre, **steps("sft")})
-  sft_whole = p.train("sft_whole", "sft", **{"model.path": pre, "data.assistant_only_loss": False,
-                                             **steps("sft")})
-  rm = p.train("reward", "reward", **{"model.path": sft, **steps("reward"), **pref_data})
-  models = {"sft": sft, "sft_whole": sft_whole}
-  pref = {"model.path": sft, **steps("pref"), **pref_data}
-  models["dpo"] = p.train("dpo", "dpo", **pref)
-  models["ipo"] = p.train("ipo", "dpo", **pref, **{"dpo.loss_type": "ipo", "dpo.beta": 0.5})
-  models["orpo"] = p.train("orpo", "orpo", **pref)
-  # DPO from the whole-conversation SFT model: the same pairs (some rejected answers speak as the user).
-  models["dpo_from_whole"] = p.train("dpo_from_whole", "dpo", **{**pref, "model.path": sft_whole})
-  # RL and the RM-labelled round see prompts_train + decline_train (refusals are rewarded there too).
-  rl_prompts = _prompt_rows_file(os.path.join(workdir, "rl_prompts.jsonl"))
-  rl = {"model.path": sft, "data.train": rl_prompts, **steps("rl")}
-  models["ppo"] = p.train("ppo", "ppo", **rl)              # the task's reward function
-  # GRPO / RLOO for 3x their default steps: on the 0.12M model that is when sampled refusals on the
-  # decline prompts (about 1 in 900 samples from SFT) have been found and reinforced.
-  group_rl = {**rl, **steps("group_rl")}
-  models["grpo"] = p.train("grpo", "grpo", **group_rl)
-  if s["extras"]:
-    models["rloo"] = p.train("rloo", "grpo", **group_rl, **{"grpo.advantage": "rloo"})
-    # Classic RLHF: PPO on the reward model's score (the task reward is only reported).
-    models["ppo_rm"] = p.train("ppo_rm", "ppo", **rl, **{"reward.model_path": rm})
+    pre = p.train("pretrain", "pretrain", **steps("pretrain"), **s["model"])
+    sft = p.train("sft", "sft", **{"model.path": pre, **steps("sft")})
+    sft_whole = p.train(
+        "sft_whole", "sft", **{"model.path": pre, "data.assistant_only_loss": False, **steps("sft")}
+    )
+    rm = p.train("reward", "reward", **{"model.path": sft, **steps("reward"), **pref_data})
+    models = {"sft": sft, "sft_whole": sft_whole}
+    pref = {"model.path": sft, **steps("pref"), **pref_data}
+    models["dpo"] = p.train("dpo", "dpo", **pref)
+    models["ipo"] = p.train("ipo", "dpo", **pref, **{"dpo.loss_type": "ipo", "dpo.beta": 0.5})
+    models["orpo"] = p.train("orpo", "orpo", **pref)
+    # DPO from the whole-conversation SFT model: the same pairs (some rejected answers speak as the user).
+    models["dpo_from_whole"] = p.train("dpo_from_whole", "dpo", **{**pref, "model.path": sft_whole})
+    # RL and the RM-labelled round see prompts_train + decline_train (refusals are rewarded there too).
+    rl_prompts = _prompt_rows_file(os.path.join(workdir, "rl_prompts.jsonl"))
+    rl = {"model.path": sft, "data.train": rl_prompts, **steps("rl")}
+    models["ppo"] = p.train("ppo", "ppo", **rl)  # the task's reward function
+    # GRPO / RLOO for 3x their default steps: on the 0.12M model that is when sampled refusals on the
+    # decline prompts (about 1 in 900 samples from SFT) have been found and reinforced.
+    group_rl = {**rl, **steps("group_rl")}
+    models["grpo"] = p.train("grpo", "grpo", **group_rl)
+    if s["extras"]:
+        models["rloo"] = p.train("rloo", "grpo", **group_rl, **{"grpo.advantage": "rloo"})
+        # Classic RLHF: PPO on the reward model's score (the task reward is only reported).
+        models["ppo_rm"] = p.train("ppo_rm", "ppo", **rl, **{"reward.model_path": rm})
 
-  # One RM-labelled DPO round: the DPO policy's samples, best / worst by the reward model.
-  pairs = p.path("rm_round", "pairs.jsonl")
-  if not (resume and os.path.exists(pairs)):
-    from jaxalign.synthesize import synthesize_pairs
-    os.makedirs(p.path("rm_round"), exist_ok=True)
-    stats = synthesize_pairs(models["dpo"], rl_prompts, pairs, n=4, reward_model=rm,
-                             limit=s["rm_round_prompts"], seed=1)
-    print(f"[pipeline] rm_round pairs: {stats}", flush=True)
-  models["dpo_rm_round"] = p.train("dpo_rm_round", "dpo", **{
-      "model.path": models["dpo"], "data.train": pairs, **steps("rm_round")})
+    # One RM-labelled DPO round: the DPO policy's samples, best / worst by the reward model.
+    pairs = p.path("rm_round", "pairs.jsonl")
+    if not (resume and os.path.exists(pairs)):
+        from jaxalign.synthesize import synthesize_pairs
 
-  # Reward vs KL: DPO across beta, PPO (task reward) across kl_coef; the defaults above are points too.
-  for beta in s["frontier_betas"]:
-    models[f"dpo_beta{beta}"] = p.train(f"dpo_beta{beta}", "dpo", **pref, **{"dpo.beta": beta})
-  for kl in s["frontier_kl_coefs"]:
-    models[f"ppo_kl{kl}"] = p.train(f"ppo_kl{kl}", "ppo", **rl, **{"ppo.kl_coef": kl})
+        os.makedirs(p.path("rm_round"), exist_ok=True)
+        stats = synthesize_pairs(
+            models["dpo"], rl_prompts, pairs, n=4, reward_model=rm, limit=s["rm_round_prompts"], seed=1
+        )
+        print(f"[pipeline] rm_round pairs: {stats}", flush=True)
+    models["dpo_rm_round"] = p.train(
+        "dpo_rm_round", "dpo", **{"model.path": models["dpo"], "data.train": pairs, **steps("rm_round")}
+    )
 
-  results = {name: p.evaluate(name, hf, sft, rm) for name, hf in models.items()}
-  report = write_report(workdir, results, size, time.time() - start, p.timings)
-  write_plots(workdir, models, results)
-  print(report)
-  return results
+    # Reward vs KL: DPO across beta, PPO (task reward) across kl_coef; the defaults above are points too.
+    for beta in s["frontier_betas"]:
+        models[f"dpo_beta{beta}"] = p.train(f"dpo_beta{beta}", "dpo", **pref, **{"dpo.beta": beta})
+    for kl in s["frontier_kl_coefs"]:
+        models[f"ppo_kl{kl}"] = p.train(f"ppo_kl{kl}", "ppo", **rl, **{"ppo.kl_coef": kl})
+
+    results = {name: p.evaluate(name, hf, sft, rm) for name, hf in models.items()}
+    report = write_report(workdir, results, size, time.time() - start, p.timings)
+    write_plots(workdir, models, results)
+    print(report)
+    return results
 
 
 def _metric(results, set_name, metric):
-  return (results["sets"].get(set_name) or {}).get(metric)
+    return (results["sets"].get(set_name) or {}).get(metric)
 
 
 def goals(results, sft_results):
-  """Whether a model meets each goal of issue 7: {goal: bool}."""
-  acc, sft_acc = _metric(results, "prompts_test", "accuracy"), _metric(sft_results, "prompts_test", "accuracy")
-  stop = _metric(results, "prompts_test", "stop_rate")
-  refuse = _metric(results, "decline_test", "refusal/rate")
-  over = _metric(results, "decline_test", "refusal/over_rate")
-  return {"accuracy": acc is not None and acc >= sft_acc + GOAL_ACC_GAIN,
-          "stop": stop is not None and stop >= GOAL_STOP,
-          "refusal": refuse is not None and refuse >= GOAL_REFUSE,
-          "over_refusal": over is not None and over <= GOAL_OVER_REFUSE}
+    """Whether a model meets each goal of issue 7: {goal: bool}."""
+    acc, sft_acc = (
+        _metric(results, "prompts_test", "accuracy"),
+        _metric(sft_results, "prompts_test", "accuracy"),
+    )
+    stop = _metric(results, "prompts_test", "stop_rate")
+    refuse = _metric(results, "decline_test", "refusal/rate")
+    over = _metric(results, "decline_test", "refusal/over_rate")
+    return {
+        "accuracy": acc is not None and acc >= sft_acc + GOAL_ACC_GAIN,
+        "stop": stop is not None and stop >= GOAL_STOP,
+        "refusal": refuse is not None and refuse >= GOAL_REFUSE,
+        "over_refusal": over is not None and over <= GOAL_OVER_REFUSE,
+    }
 
 
 def _pct(x):
-  return "–" if x is None else f"{100 * x:.1f}"
+    return "–" if x is None else f"{100 * x:.1f}"
 
 
 def describe(name):
-  """What each row of the table is."""
-  fixed = {
-      "sft": "SFT, loss on assistant tokens (the reference)",
-      "sft_whole": "SFT, loss on the whole conversation",
-      "dpo": "DPO (+ RPO NLL), configs/dpo.py",
-      "ipo": "IPO (+ RPO NLL)",
-      "orpo": "ORPO, from SFT",
-      "dpo_from_whole": "DPO from the whole-conversation SFT",
-      "ppo": "PPO on the task reward",
-      "grpo": "GRPO on the task reward",
-      "rloo": "RLOO on the task reward",
-      "ppo_rm": "PPO on the reward model",
-      "dpo_rm_round": "DPO round on the DPO policy's samples, labelled by the RM",
-  }
-  if name in fixed:
-    return fixed[name]
-  if name.startswith("dpo_beta"):
-    return f"DPO, beta={name[len('dpo_beta'):]} (frontier)"
-  if name.startswith("ppo_kl"):
-    return f"PPO, kl_coef={name[len('ppo_kl'):]} (frontier)"
-  return name
+    """What each row of the table is."""
+    fixed = {
+        "sft": "SFT, loss on assistant tokens (the reference)",
+        "sft_whole": "SFT, loss on the whole conversation",
+        "dpo": "DPO (+ RPO NLL), configs/dpo.py",
+        "ipo": "IPO (+ RPO NLL)",
+        "orpo": "ORPO, from SFT",
+        "dpo_from_whole": "DPO from the whole-conversation SFT",
+        "ppo": "PPO on the task reward",
+        "grpo": "GRPO on the task reward",
+        "rloo": "RLOO on the task reward",
+        "ppo_rm": "PPO on the reward model",
+        "dpo_rm_round": "DPO round on the DPO policy's samples, labelled by the RM",
+    }
+    if name in fixed:
+        return fixed[name]
+    if name.startswith("dpo_beta"):
+        return f"DPO, beta={name[len('dpo_beta') :]} (frontier)"
+    if name.startswith("ppo_kl"):
+        return f"PPO, kl_coef={name[len('ppo_kl') :]} (frontier)"
+    return name
 
 
 def write_report(workdir, results, size, wall_s, timings):
-  sft = results["sft"]
-  rows, table = [], {}
-  header = ("| model | what | accuracy % | stop % | KL to SFT (nats/seq) | win rate vs SFT % | refusal % | "
-            "over-refusal % | speaks as user % | train s | meets goals |")
-  rows += [header, "|---|---|" + "---:|" * 8 + "---|"]
-  for name, r in results.items():
-    g = goals(r, sft)
-    missed = [k for k, ok in g.items() if not ok]
-    verdict = ("reference" if name in ("sft", "sft_whole") else
-               "yes" if not missed else "no: " + ", ".join(missed))
-    kl = _metric(r, "prompts_test", "kl/sequence")
-    row = {"accuracy": _metric(r, "prompts_test", "accuracy"),
-           "stop_rate": _metric(r, "prompts_test", "stop_rate"),
-           "kl_sequence": kl, "win_rate": _metric(r, "prompts_test", "win_rate"),
-           "rm_score": _metric(r, "prompts_test", "reward/mean"),
-           "refusal_rate": _metric(r, "decline_test", "refusal/rate"),
-           "over_refusal_rate": _metric(r, "decline_test", "refusal/over_rate"),
-           "speaks_as_user_rate": _metric(r, "prompts_test", "speaks_as_user_rate"),
-           "train_s": timings.get(name), "goals": g, "meets_goals": not missed}
-    table[name] = row
-    train_s = "–" if row["train_s"] is None else f"{row['train_s']:.0f}"
-    rows.append(f"| {name} | {describe(name)} | {_pct(row['accuracy'])} | {_pct(row['stop_rate'])} | "
-                f"{'–' if kl is None else f'{kl:.2f}'} | {_pct(row['win_rate'])} | "
-                f"{_pct(row['refusal_rate'])} | {_pct(row['over_refusal_rate'])} | "
-                f"{_pct(row['speaks_as_user_rate'])} | "
-                f"{train_s} | {verdict} |")
-  by = breakdown(workdir, results)
-  cols = ["plus", "minus", "times", "phrasing", "pair"]
-  breakdown_rows = [
-      "Held-out accuracy % by operation, and by what is held out (phrasing: a wording never trained on; "
-      "pair: `7 times 3` when only `3 times 7` was trained on):", "",
-      "| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-  for name, acc in by.items():
-    table[name]["breakdown"] = acc
-    breakdown_rows.append(f"| {name} | " + " | ".join(_pct(acc.get(c)) for c in cols) + " |")
-  text = "\n".join([
-      f"# Pipeline results (--size={size}; this invocation {wall_s / 60:.1f} min, training time per "
-      "stage in `train s`)", "",
-      "Greedy decoding on held-out prompts (prompts_test: accuracy, stop, KL, win rate, speaks-as-user; "
-      "decline_test: refusal of must-refuse requests, over-refusal of benign look-alikes). KL: "
-      "log pi - log pi_SFT summed over the policy's own answer. Win rate: the reward model prefers the "
-      f"answer to SFT's. Goals: accuracy >= SFT + {100 * GOAL_ACC_GAIN:.0f} points, stop >= "
-      f"{100 * GOAL_STOP:.0f}%, refusal >= {100 * GOAL_REFUSE:.0f}%, over-refusal <= "
-      f"{100 * GOAL_OVER_REFUSE:.0f}%.", "", *rows, "", *breakdown_rows, ""])
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(text)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"size": size, "wall_s": wall_s, "table": table,
-               "eval": {k: v["sets"] for k, v in results.items()}}, f, indent=1)
-  return text
+    sft = results["sft"]
+    rows, table = [], {}
+    header = (
+        "| model | what | accuracy % | stop % | KL to SFT (nats/seq) | win rate vs SFT % | refusal % | "
+        "over-refusal % | speaks as user % | train s | meets goals |"
+    )
+    rows += [header, "|---|---|" + "---:|" * 8 + "---|"]
+    for name, r in results.items():
+        g = goals(r, sft)
+        missed = [k for k, ok in g.items() if not ok]
+        verdict = (
+            "reference"
+            if name in ("sft", "sft_whole")
+            else "yes"
+            if not missed
+            else "no: " + ", ".join(missed)
+        )
+        kl = _metric(r, "prompts_test", "kl/sequence")
+        row = {
+            "accuracy": _metric(r, "prompts_test", "accuracy"),
+            "stop_rate": _metric(r, "prompts_test", "stop_rate"),
+            "kl_sequence": kl,
+            "win_rate": _metric(r, "prompts_test", "win_rate"),
+            "rm_score": _metric(r, "prompts_test", "reward/mean"),
+            "refusal_rate": _metric(r, "decline_test", "refusal/rate"),
+            "over_refusal_rate": _metric(r, "decline_test", "refusal/over_rate"),
+            "speaks_as_user_rate": _metric(r, "prompts_test", "speaks_as_user_rate"),
+            "train_s": timings.get(name),
+            "goals": g,
+            "meets_goals": not missed,
+        }
+        table[name] = row
+        train_s = "–" if row["train_s"] is None else f"{row['train_s']:.0f}"
+        rows.append(
+            f"| {name} | {describe(name)} | {_pct(row['accuracy'])} | {_pct(row['stop_rate'])} | "
+            f"{'–' if kl is None else f'{kl:.2f}'} | {_pct(row['win_rate'])} | "
+            f"{_pct(row['refusal_rate'])} | {_pct(row['over_refusal_rate'])} | "
+            f"{_pct(row['speaks_as_user_rate'])} | "
+            f"{train_s} | {verdict} |"
+        )
+    by = breakdown(workdir, results)
+    cols = ["plus", "minus", "times", "phrasing", "pair"]
+    breakdown_rows = [
+        "Held-out accuracy % by operation, and by what is held out (phrasing: a wording never trained on; "
+        "pair: `7 times 3` when only `3 times 7` was trained on):",
+        "",
+        "| model | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for name, acc in by.items():
+        table[name]["breakdown"] = acc
+        breakdown_rows.append(f"| {name} | " + " | ".join(_pct(acc.get(c)) for c in cols) + " |")
+    text = "\n".join(
+        [
+            f"# Pipeline results (--size={size}; this invocation {wall_s / 60:.1f} min, training time per "
+            "stage in `train s`)",
+            "",
+            "Greedy decoding on held-out prompts (prompts_test: accuracy, stop, KL, win rate, speaks-as-user; "
+            "decline_test: refusal of must-refuse requests, over-refusal of benign look-alikes). KL: "
+            "log pi - log pi_SFT summed over the policy's own answer. Win rate: the reward model prefers the "
+            f"answer to SFT's. Goals: accuracy >= SFT + {100 * GOAL_ACC_GAIN:.0f} points, stop >= "
+            f"{100 * GOAL_STOP:.0f}%, refusal >= {100 * GOAL_REFUSE:.0f}%, over-refusal <= "
+            f"{100 * GOAL_OVER_REFUSE:.0f}%.",
+            "",
+            *rows,
+            "",
+            *breakdown_rows,
+            "",
+        ]
+    )
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(
+            {
+                "size": size,
+                "wall_s": wall_s,
+                "table": table,
+                "eval": {k: v["sets"] for k, v in results.items()},
+            },
+            f,
+            indent=1,
+        )
+    return text
 
 
 def breakdown(workdir, names):
-  """Held-out accuracy by operation and by what is held out (a new phrasing, or the commuted pair of a
-  training question), from each model's eval/completions.jsonl and the rows of prompts_test:
-  {name: {"plus": acc, "minus": ..., "times": ..., "phrasing": ..., "pair": ...}}."""
-  with open(common.asset("prompts_test.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  out = {}
-  for name in names:
-    path = os.path.join(workdir, name, "eval", "completions.jsonl")
-    if not os.path.exists(path):
-      continue
-    groups = {}
-    with open(path) as f:
-      for line in f:
-        rec = json.loads(line)
-        if rec["set"] != "prompts_test":
-          continue
-        row = rows[rec["index"]]
-        for key in (row.get("op"), row.get("heldout")):
-          if key:
-            groups.setdefault(key, []).append(bool(rec["correct"]))
-    out[name] = {k: sum(v) / len(v) for k, v in groups.items()}
-  return out
+    """Held-out accuracy by operation and by what is held out (a new phrasing, or the commuted pair of a
+    training question), from each model's eval/completions.jsonl and the rows of prompts_test:
+    {name: {"plus": acc, "minus": ..., "times": ..., "phrasing": ..., "pair": ...}}."""
+    with open(common.asset("prompts_test.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    out = {}
+    for name in names:
+        path = os.path.join(workdir, name, "eval", "completions.jsonl")
+        if not os.path.exists(path):
+            continue
+        groups = {}
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                if rec["set"] != "prompts_test":
+                    continue
+                row = rows[rec["index"]]
+                for key in (row.get("op"), row.get("heldout")):
+                    if key:
+                        groups.setdefault(key, []).append(bool(rec["correct"]))
+        out[name] = {k: sum(v) / len(v) for k, v in groups.items()}
+    return out
 
 
 def frontier_points(results):
-  """{"DPO": [(kl, accuracy, rm score, name)], "PPO": [...]}, each sorted by KL: the default runs and the
-  beta / kl_coef sweeps."""
-  groups = {"DPO": lambda n: n == "dpo" or n.startswith("dpo_beta"),
-            "PPO": lambda n: n == "ppo" or n.startswith("ppo_kl")}
-  out = {}
-  for label, member in groups.items():
-    pts = [(_metric(r, "prompts_test", "kl/sequence"), _metric(r, "prompts_test", "accuracy"),
-            _metric(r, "prompts_test", "reward/mean"), n) for n, r in results.items() if member(n)]
-    out[label] = sorted(p for p in pts if p[0] is not None)
-  return out
+    """{"DPO": [(kl, accuracy, rm score, name)], "PPO": [...]}, each sorted by KL: the default runs and the
+    beta / kl_coef sweeps."""
+    groups = {
+        "DPO": lambda n: n == "dpo" or n.startswith("dpo_beta"),
+        "PPO": lambda n: n == "ppo" or n.startswith("ppo_kl"),
+    }
+    out = {}
+    for label, member in groups.items():
+        pts = [
+            (
+                _metric(r, "prompts_test", "kl/sequence"),
+                _metric(r, "prompts_test", "accuracy"),
+                _metric(r, "prompts_test", "reward/mean"),
+                n,
+            )
+            for n, r in results.items()
+            if member(n)
+        ]
+        out[label] = sorted(p for p in pts if p[0] is not None)
+    return out
 
 
 def _read_metrics(path):
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-  return rows
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    return rows
 
 
 def _save(fig, axes, path):
-  import matplotlib.pyplot as plt
-  for ax in axes:
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write_plots(workdir, models, results):
-  """curves.png: train loss per run (and eval/rewards/accuracies where logged); frontier.png: reward vs KL."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("[pipeline] matplotlib missing: no plots (pip install matplotlib)")
-    return
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for name in ["pretrain", "reward", *models]:
-    rows = _read_metrics(os.path.join(workdir, name, "metrics.jsonl"))
-    loss = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
-    if loss:
-      axes[0].plot(*zip(*loss), label=name)
-    acc = [(r["step"], r["eval/rewards/accuracies"]) for r in rows if "eval/rewards/accuracies" in r]
-    if acc:
-      axes[1].plot(*zip(*acc), marker="o", label=name)
-  axes[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
-  axes[1].set(xlabel="step", ylabel="held-out reward accuracy", title="preference accuracy (eval)")
-  _save(fig, axes, os.path.join(workdir, "curves.png"))
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for label, pts in frontier_points(results).items():
-    if not pts:
-      continue
-    kl, acc, rm, names = zip(*pts)
-    axes[0].plot(kl, acc, marker="o", label=label)
-    if all(x is not None for x in rm):
-      axes[1].plot(kl, rm, marker="o", label=label)
-    for x, y, n in zip(kl, acc, names):
-      axes[0].annotate(n, (x, y), fontsize=6)
-  axes[0].set(xlabel="KL to SFT (nats / answer)", ylabel="held-out task accuracy", title="task reward vs KL")
-  axes[1].set(xlabel="KL to SFT (nats / answer)", ylabel="reward-model score", title="RM score vs KL")
-  _save(fig, axes, os.path.join(workdir, "frontier.png"))
+    """curves.png: train loss per run (and eval/rewards/accuracies where logged); frontier.png: reward vs KL."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[pipeline] matplotlib missing: no plots (pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ["pretrain", "reward", *models]:
+        rows = _read_metrics(os.path.join(workdir, name, "metrics.jsonl"))
+        loss = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
+        if loss:
+            axes[0].plot(*zip(*loss), label=name)
+        acc = [(r["step"], r["eval/rewards/accuracies"]) for r in rows if "eval/rewards/accuracies" in r]
+        if acc:
+            axes[1].plot(*zip(*acc), marker="o", label=name)
+    axes[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
+    axes[1].set(xlabel="step", ylabel="held-out reward accuracy", title="preference accuracy (eval)")
+    _save(fig, axes, os.path.join(workdir, "curves.png"))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for label, pts in frontier_points(results).items():
+        if not pts:
+            continue
+        kl, acc, rm, names = zip(*pts)
+        axes[0].plot(kl, acc, marker="o", label=label)
+        if all(x is not None for x in rm):
+            axes[1].plot(kl, rm, marker="o", label=label)
+        for x, y, n in zip(kl, acc, names):
+            axes[0].annotate(n, (x, y), fontsize=6)
+    axes[0].set(
+        xlabel="KL to SFT (nats / answer)", ylabel="held-out task accuracy", title="task reward vs KL"
+    )
+    axes[1].set(xlabel="KL to SFT (nats / answer)", ylabel="reward-model score", title="RM score vs KL")
+    _save(fig, axes, os.path.join(workdir, "frontier.png"))
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", default="runs/pipeline")
-  parser.add_argument("--size", choices=sorted(SIZES), default="ci")
-  parser.add_argument("--resume", action="store_true", help="reuse stages whose outputs exist")
-  parser.add_argument("--verbosity", type=int, default=0, help="1: a traceback with an input error")
-  args = parser.parse_args(argv)
-  from jaxalign.errors import user_errors_exit
-  with user_errors_exit(["pipeline", f"--verbosity={args.verbosity}"]):   # `error: <one line>`, exit 2
-    run(args.workdir, args.size, args.resume)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/pipeline")
+    parser.add_argument("--size", choices=sorted(SIZES), default="ci")
+    parser.add_argument("--resume", action="store_true", help="reuse stages whose outputs exist")
+    parser.add_argument("--verbosity", type=int, default=0, help="1: a traceback with an input error")
+    args = parser.parse_args(argv)
+    from jaxalign.errors import user_errors_exit
+
+    with user_errors_exit(["pipeline", f"--verbosity={args.verbosity}"]):  # `error: <one line>`, exit 2
+        run(args.workdir, args.size, args.resume)
 
 
 if __name__ == "__main__":
-  main()
+    main()

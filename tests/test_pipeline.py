@@ -1,4 +1,5 @@
 """launch/pipeline.py: loads, overrides configs, judges goals; the end-to-end run only on request."""
+
 import importlib.util
 import json
 import os
@@ -11,53 +12,72 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _pipeline():
-  spec = importlib.util.spec_from_file_location("pipeline", os.path.join(ROOT, "launch", "pipeline.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+    spec = importlib.util.spec_from_file_location("pipeline", os.path.join(ROOT, "launch", "pipeline.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_load_config_overrides_fields():
-  p = _pipeline()
-  c = p.load_config("dpo", **{"train.num_steps": 3, "dpo.beta": 0.5, "model.path": None})
-  assert (c.train.num_steps, c.dpo.beta) == (3, 0.5)
-  assert c.model.path.endswith(os.path.join("checkpoints", "sft"))   # None keeps the default
-  with pytest.raises(KeyError):
-    p.load_config("dpo", **{"dpo.betta": 0.5})                         # configs are locked
+    p = _pipeline()
+    c = p.load_config("dpo", **{"train.num_steps": 3, "dpo.beta": 0.5, "model.path": None})
+    assert (c.train.num_steps, c.dpo.beta) == (3, 0.5)
+    assert c.model.path.endswith(os.path.join("checkpoints", "sft"))  # None keeps the default
+    with pytest.raises(KeyError):
+        p.load_config("dpo", **{"dpo.betta": 0.5})  # configs are locked
 
 
 def test_goals():
-  p = _pipeline()
-  sets = lambda acc, stop, refuse, over: {"sets": {  # noqa: E731
-      "prompts_test": {"accuracy": acc, "stop_rate": stop},
-      "decline_test": {"refusal/rate": refuse, "refusal/over_rate": over}}}
-  sft = sets(0.4, 1.0, 0.0, 0.0)
-  assert all(p.goals(sets(0.56, 0.99, 0.95, 0.02), sft).values())
-  g = p.goals(sets(0.5, 0.9, 0.5, 0.2), sft)
-  assert not any(g.values())
+    p = _pipeline()
+    sets = lambda acc, stop, refuse, over: {
+        "sets": {  # noqa: E731
+            "prompts_test": {"accuracy": acc, "stop_rate": stop},
+            "decline_test": {"refusal/rate": refuse, "refusal/over_rate": over},
+        }
+    }
+    sft = sets(0.4, 1.0, 0.0, 0.0)
+    assert all(p.goals(sets(0.56, 0.99, 0.95, 0.02), sft).values())
+    g = p.goals(sets(0.5, 0.9, 0.5, 0.2), sft)
+    assert not any(g.values())
 
 
 @pytest.mark.slow
 def test_pipeline_ci(tmp_path):
-  """The --size=ci pipeline end to end (~15 min on 2 cores): every stage runs, the report and plots are
-  written, and the effects the table is there to show are present."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # one CPU device, as on the CLI
-  subprocess.run([sys.executable, os.path.join(ROOT, "launch", "pipeline.py"), f"--workdir={tmp_path}",
-                  "--size=ci"], check=True, cwd=ROOT, env=env, timeout=3600)
-  results = json.loads((tmp_path / "results.json").read_text())
-  table = results["table"]
-  assert {"sft", "sft_whole", "dpo", "ipo", "orpo", "dpo_from_whole", "ppo", "grpo", "rloo", "ppo_rm",
-          "dpo_rm_round"} <= set(table)
-  for name in ("results.md", "curves.png", "frontier.png"):
-    assert (tmp_path / name).exists(), name
-  # Whole-conversation SFT carries on as the user; preference training from it stops that.
-  assert table["sft_whole"]["speaks_as_user_rate"] >= 0.3
-  assert table["dpo_from_whole"]["speaks_as_user_rate"] <= 0.05
-  # DPO: answers better than SFT, stops, refuses the decline slice and not the benign look-alikes.
-  assert table["dpo"]["accuracy"] > table["sft"]["accuracy"]
-  assert table["dpo"]["stop_rate"] >= 0.95
-  assert table["dpo"]["refusal_rate"] >= 0.8 and table["dpo"]["over_refusal_rate"] <= 0.1
-  assert table["sft"]["refusal_rate"] <= 0.2
-  # The frontier: PPO with the smallest kl_coef drifts further from SFT than with the largest.
-  kl = {n: r["kl_sequence"] for n, r in table.items() if n.startswith("ppo_kl")}
-  assert kl[min(kl, key=lambda n: float(n[6:]))] > kl[max(kl, key=lambda n: float(n[6:]))]
+    """The --size=ci pipeline end to end (~15 min on 2 cores): every stage runs, the report and plots are
+    written, and the effects the table is there to show are present."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as on the CLI
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", "pipeline.py"), f"--workdir={tmp_path}", "--size=ci"],
+        check=True,
+        cwd=ROOT,
+        env=env,
+        timeout=3600,
+    )
+    results = json.loads((tmp_path / "results.json").read_text())
+    table = results["table"]
+    assert {
+        "sft",
+        "sft_whole",
+        "dpo",
+        "ipo",
+        "orpo",
+        "dpo_from_whole",
+        "ppo",
+        "grpo",
+        "rloo",
+        "ppo_rm",
+        "dpo_rm_round",
+    } <= set(table)
+    for name in ("results.md", "curves.png", "frontier.png"):
+        assert (tmp_path / name).exists(), name
+    # Whole-conversation SFT carries on as the user; preference training from it stops that.
+    assert table["sft_whole"]["speaks_as_user_rate"] >= 0.3
+    assert table["dpo_from_whole"]["speaks_as_user_rate"] <= 0.05
+    # DPO: answers better than SFT, stops, refuses the decline slice and not the benign look-alikes.
+    assert table["dpo"]["accuracy"] > table["sft"]["accuracy"]
+    assert table["dpo"]["stop_rate"] >= 0.95
+    assert table["dpo"]["refusal_rate"] >= 0.8 and table["dpo"]["over_refusal_rate"] <= 0.1
+    assert table["sft"]["refusal_rate"] <= 0.2
+    # The frontier: PPO with the smallest kl_coef drifts further from SFT than with the largest.
+    kl = {n: r["kl_sequence"] for n, r in table.items() if n.startswith("ppo_kl")}
+    assert kl[min(kl, key=lambda n: float(n[6:]))] > kl[max(kl, key=lambda n: float(n[6:]))]

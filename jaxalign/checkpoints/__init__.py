@@ -1,4 +1,5 @@
 """Checkpoint I/O: Hugging Face safetensors directories and tokenizers."""
+
 from jaxalign.checkpoints.hf import load_hf_model, save_hf_model
 from jaxalign.checkpoints.tokenizer import load_tokenizer
 

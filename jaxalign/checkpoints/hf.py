@@ -21,6 +21,7 @@ already [in, out], and its fused `c_attn` [D, 3D] splits into q/k/v):
     GPT-2:       transformer.{wte, wpe, h.{i}.{ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc,
                  mlp.c_proj}, ln_f}, lm_head | score
 """
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,10 @@ _GPT2_GLOBAL = {
     ("final_norm", "bias"): ("ln_f.bias", "same"),
 }
 # Heads live outside the backbone prefix.
-_HEAD_TENSORS = {("lm_head", "kernel"): ("lm_head.weight", "linear"),
-                 ("score", "kernel"): ("score.weight", "linear")}
+_HEAD_TENSORS = {
+    ("lm_head", "kernel"): ("lm_head.weight", "linear"),
+    ("score", "kernel"): ("score.weight", "linear"),
+}
 
 
 def _backbone_prefix(config: ModelConfig) -> tuple[str, str]:
@@ -129,7 +132,7 @@ def _to_ours(arr: np.ndarray, kind, shape: tuple[int, ...]) -> np.ndarray:
         if arr.shape[-1] % 3:
             raise ValueError("the last axis does not split into q, k, v")
         n = arr.shape[-1] // 3
-        arr = arr[..., kind[1] * n:(kind[1] + 1) * n]
+        arr = arr[..., kind[1] * n : (kind[1] + 1) * n]
     if not _regroups(arr.shape, tuple(shape)):
         raise ValueError("")
     return arr.reshape(shape)
@@ -167,9 +170,11 @@ class _SafetensorsReader:
         else:
             pickled = [p for p in _PICKLE_FILES if (path / p).exists()]
             if pickled:
-                raise CheckpointError(f"{path} holds only pickled weights ({', '.join(pickled)}); jaxalign "
-                                      "reads safetensors only (pickle can run arbitrary code). Convert with "
-                                      "transformers: model.save_pretrained(dir, safe_serialization=True).")
+                raise CheckpointError(
+                    f"{path} holds only pickled weights ({', '.join(pickled)}); jaxalign "
+                    "reads safetensors only (pickle can run arbitrary code). Convert with "
+                    "transformers: model.save_pretrained(dir, safe_serialization=True)."
+                )
             raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
     def _open(self, file: Path):
@@ -177,8 +182,9 @@ class _SafetensorsReader:
             try:
                 self._handles[file] = safe_open(file, framework="numpy")
             except Exception as e:  # safetensors' SafetensorError (a truncated or corrupt file), OSError
-                raise CheckpointError(f"{file}: not a readable safetensors file ({_first_line(e)}); "
-                                      "is it truncated or corrupt?") from e
+                raise CheckpointError(
+                    f"{file}: not a readable safetensors file ({_first_line(e)}); is it truncated or corrupt?"
+                ) from e
         return self._handles[file]
 
     def __contains__(self, name: str) -> bool:
@@ -191,8 +197,9 @@ class _SafetensorsReader:
         except CheckpointError:
             raise
         except Exception as e:  # a header that promises more bytes than the file has, a missing tensor
-            raise CheckpointError(f"{file}: cannot read tensor {name!r} ({_first_line(e)}); is the file "
-                                  "truncated or corrupt?") from e
+            raise CheckpointError(
+                f"{file}: cannot read tensor {name!r} ({_first_line(e)}); is the file truncated or corrupt?"
+            ) from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -213,26 +220,34 @@ def _read_json(file: Path) -> Any:
 
 def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_dir():
-        raise CheckpointError(f"{path}: no such directory; expected a Hugging Face model directory "
-                              "(config.json + model.safetensors)")
+        raise CheckpointError(
+            f"{path}: no such directory; expected a Hugging Face model directory "
+            "(config.json + model.safetensors)"
+        )
     cfg_file = path / "config.json"
     if not cfg_file.exists():
-        raise CheckpointError(f"{path}: no config.json; expected a Hugging Face model directory "
-                              "(config.json + model.safetensors)")
+        raise CheckpointError(
+            f"{path}: no config.json; expected a Hugging Face model directory "
+            "(config.json + model.safetensors)"
+        )
     hf = _read_json(cfg_file)
     if not isinstance(hf, dict):
         raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type not in ARCHITECTURES:
-        raise CheckpointError(f"{cfg_file}: model_type={model_type!r} (architectures="
-                              f"{hf.get('architectures')}) is not supported; supported model types: "
-                              f"{', '.join(ARCHITECTURES)}")
+        raise CheckpointError(
+            f"{cfg_file}: model_type={model_type!r} (architectures="
+            f"{hf.get('architectures')}) is not supported; supported model types: "
+            f"{', '.join(ARCHITECTURES)}"
+        )
     causal, seqcls = ARCHITECTURES[model_type]
     base = causal.replace("ForCausalLM", "Model").replace("LMHeadModel", "Model")
     for arch in hf.get("architectures") or ():
         if arch not in (causal, seqcls, base):
-            raise CheckpointError(f"{cfg_file}: architecture {arch!r} is not supported; for model_type "
-                                  f"{model_type!r} supported are {causal}, {seqcls}, {base}")
+            raise CheckpointError(
+                f"{cfg_file}: architecture {arch!r} is not supported; for model_type "
+                f"{model_type!r} supported are {causal}, {seqcls}, {base}"
+            )
     return hf
 
 
@@ -240,8 +255,9 @@ def _model_config(hf: dict[str, Any], cfg_file: Path, **overrides) -> ModelConfi
     try:
         return ModelConfig.from_hf(hf, **overrides)
     except KeyError as e:
-        raise CheckpointError(f"{cfg_file}: {e.args[0]!r} is missing (needed for model_type="
-                              f"{hf.get('model_type')!r})") from e
+        raise CheckpointError(
+            f"{cfg_file}: {e.args[0]!r} is missing (needed for model_type={hf.get('model_type')!r})"
+        ) from e
     except (ValueError, TypeError, ZeroDivisionError) as e:
         raise CheckpointError(f"{cfg_file}: {_first_line(e)}") from e
 
@@ -263,9 +279,15 @@ def _put(arr: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
 
 
-def load_hf_model(path: str | os.PathLike, mesh: Mesh | None = None, dtype: str = "float32",
-                  param_dtype: str = "float32", head: str = "lm",
-                  rules=LOGICAL_AXIS_RULES, **config_overrides) -> tuple[ModelConfig, dict]:
+def load_hf_model(
+    path: str | os.PathLike,
+    mesh: Mesh | None = None,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    head: str = "lm",
+    rules=LOGICAL_AXIS_RULES,
+    **config_overrides,
+) -> tuple[ModelConfig, dict]:
     """Loads a HF model directory into (ModelConfig, params) laid out on `mesh`.
 
     Args:
@@ -301,23 +323,30 @@ def load_hf_model(path: str | os.PathLike, mesh: Mesh | None = None, dtype: str 
     def hf_array(ours: tuple[str, ...], layer: int | None, shape) -> np.ndarray:
         name, kind = _hf_name(config, ours, layer)
         if not has_prefix and name.startswith(prefix):  # bare base model (e.g. saved LlamaModel)
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
         if name not in reader:
             if ours == ("score", "kernel"):
-                log.warning("%s has no score.weight: initialising the scalar head N(0, %g)", path,
-                            config.initializer_range)
+                log.warning(
+                    "%s has no score.weight: initialising the scalar head N(0, %g)",
+                    path,
+                    config.initializer_range,
+                )
                 rng = np.random.default_rng(0)
                 return (rng.standard_normal(shape) * config.initializer_range).astype(np.float32)
-            raise CheckpointError(f"{path}: tensor {name!r} (for parameter {'/'.join(ours)}) not found; a "
-                                  f"checkpoint of another model type than config.json's "
-                                  f"{config.model_type!r}?")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} (for parameter {'/'.join(ours)}) not found; a "
+                f"checkpoint of another model type than config.json's "
+                f"{config.model_type!r}?"
+            )
         arr = reader.get(name)
         try:
             return _to_ours(arr, kind, shape)
         except ValueError as e:
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(arr.shape)}, but the model "
-                                  f"its config.json describes has {'/'.join(ours)} of shape {tuple(shape)}"
-                                  f"{f' ({e})' if str(e) else ''}; weights of another size?") from e
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has shape {tuple(arr.shape)}, but the model "
+                f"its config.json describes has {'/'.join(ours)} of shape {tuple(shape)}"
+                f"{f' ({e})' if str(e) else ''}; weights of another size?"
+            ) from e
 
     np_dtype = jnp.dtype(param_dtype)
     flat_shapes = flax.traverse_util.flatten_dict(shapes)
@@ -327,10 +356,15 @@ def load_hf_model(path: str | os.PathLike, mesh: Mesh | None = None, dtype: str 
         ours = full_path[1:] if head == "score" and full_path[0] == "transformer" else full_path
         sharding = flat_shardings[full_path]
         if ours[0] == "layers":  # scanned: load layer by layer onto the mesh, stack on device
-            layer_sharding = (sharding if isinstance(sharding, SingleDeviceSharding) else
-                              NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[1:])))
-            per_layer = [_put(hf_array(ours[1:], i, sds.shape[1:]).astype(np_dtype), layer_sharding)
-                         for i in range(sds.shape[0])]
+            layer_sharding = (
+                sharding
+                if isinstance(sharding, SingleDeviceSharding)
+                else NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[1:]))
+            )
+            per_layer = [
+                _put(hf_array(ours[1:], i, sds.shape[1:]).astype(np_dtype), layer_sharding)
+                for i in range(sds.shape[0])
+            ]
             out[full_path] = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding)(*per_layer)
             del per_layer
         elif re.fullmatch(r"layers_\d+", ours[0]):
@@ -346,6 +380,7 @@ def _host_array(x) -> np.ndarray:
     """One parameter gathered to host memory (all processes take part for multi-host arrays)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
+
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(jax.device_get(x))
 
@@ -380,8 +415,14 @@ def _hf_tensors(config: ModelConfig, params: dict, head: str):
                 yield name, hf_arr
 
 
-def save_hf_model(path: str | os.PathLike, config: ModelConfig, params: dict, tokenizer=None,
-                  head: str = "lm", max_shard_bytes: int = 4 << 30) -> None:
+def save_hf_model(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    params: dict,
+    tokenizer=None,
+    head: str = "lm",
+    max_shard_bytes: int = 4 << 30,
+) -> None:
     """Writes a transformers-loadable directory: config.json, generation_config.json,
     model.safetensors (or -0000i-of-0000n shards + index) and tokenizer files if `tokenizer` is given.
 
@@ -414,15 +455,23 @@ def save_hf_model(path: str | os.PathLike, config: ModelConfig, params: dict, to
             save_file(shard, str(path / fname), metadata={"format": "pt"})
             weight_map.update({k: fname for k in shard})
             total += sum(a.nbytes for a in shard.values())
-        (path / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        (path / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     hf_config = config.to_hf(head)
-    if tokenizer is not None and head == "score" and config.pad_token_id is None \
-            and tokenizer.pad_token_id is not None:
+    if (
+        tokenizer is not None
+        and head == "score"
+        and config.pad_token_id is None
+        and tokenizer.pad_token_id is not None
+    ):
         hf_config["pad_token_id"] = tokenizer.pad_token_id
     (path / "config.json").write_text(json.dumps(hf_config, indent=2))
-    gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-           if hf_config.get(k) is not None}
+    gen = {
+        k: hf_config[k]
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+        if hf_config.get(k) is not None
+    }
     (path / "generation_config.json").write_text(json.dumps(gen, indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))

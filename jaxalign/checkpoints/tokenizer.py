@@ -1,4 +1,5 @@
 """Tokenizers from local HF directories (tokenizer.json or sentencepiece), never remote code."""
+
 from __future__ import annotations
 
 import os
@@ -12,19 +13,26 @@ def check_tokenizer_dir(path: str | os.PathLike) -> None:
     JSON files parse. Raises CheckpointError naming the path (a hub name is let through)."""
     local = os.path.expanduser(str(path))
     if not os.path.exists(local) and (os.path.isabs(local) or local.startswith(".")):
-        raise CheckpointError(f"{path}: no such directory; expected a tokenizer directory (tokenizer.json, "
-                              "tokenizer_config.json)")
+        raise CheckpointError(
+            f"{path}: no such directory; expected a tokenizer directory (tokenizer.json, "
+            "tokenizer_config.json)"
+        )
     if os.path.exists(local) and not os.path.isdir(local):
-        raise CheckpointError(f"{path}: not a directory; expected a tokenizer directory (tokenizer.json, "
-                              "tokenizer_config.json)")
+        raise CheckpointError(
+            f"{path}: not a directory; expected a tokenizer directory (tokenizer.json, tokenizer_config.json)"
+        )
     if os.path.isdir(local) and not any(
-            os.path.exists(os.path.join(local, f))
-            for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
-        raise CheckpointError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json, "
-                              "tokenizer.model or vocab.json)")
+        os.path.exists(os.path.join(local, f))
+        for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    ):
+        raise CheckpointError(
+            f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json, "
+            "tokenizer.model or vocab.json)"
+        )
     from jaxalign.checkpoints.hf import _read_json
-    for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):   # transformers reads them:
-        if os.path.isfile(os.path.join(local, name)):                        # name the bad line first
+
+    for name in ("config.json", "tokenizer_config.json", "tokenizer.json"):  # transformers reads them:
+        if os.path.isfile(os.path.join(local, name)):  # name the bad line first
             _read_json(Path(local) / name)
 
 
@@ -36,11 +44,13 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **k
     """
     check_tokenizer_dir(path)
     from transformers import AutoTokenizer  # (imports torch: seconds)
+
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)
     except ImportError:
-        raise   # a missing package (sentencepiece, ...): the environment, not the files
+        raise  # a missing package (sentencepiece, ...): the environment, not the files
     except Exception as e:  # OSError (not found), ValueError, and the tokenizers library's bare Exception
         lines = str(e).strip().splitlines()
-        raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: "
-                              f"{lines[0] if lines else 'no message'})") from e
+        raise CheckpointError(
+            f"{path}: cannot load the tokenizer ({type(e).__name__}: {lines[0] if lines else 'no message'})"
+        ) from e

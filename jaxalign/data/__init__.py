@@ -5,6 +5,7 @@ any format `formats` knows, checked, tokenized and padded; `read` is its first h
 tokenizer). Batches come from `BatchIterator` (see `pipeline`). ``python -m jaxalign.data.inspect
 --config=...`` shows what a config's data becomes before anything trains.
 """
+
 from jaxalign.data.loading import Rows, load, read
 from jaxalign.data.pipeline import BatchIterator, TokenizedDataset
 

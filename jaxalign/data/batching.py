@@ -34,6 +34,7 @@ few rows of the same width as best-fit-decreasing finds, each with its own segme
 ``sequence_ids`` column naming its slot in the batch (chosen of pair j → 2j, rejected → 2j + 1). Per-example
 columns (``label``, precomputed reference log-probs) stay as they are, one value per example.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -42,13 +43,22 @@ from typing import Iterable, Sequence
 import numpy as np
 
 ROW_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
-_DTYPES = {"input_ids": np.int32, "targets": np.int32, "loss_mask": np.float32, "positions": np.int32,
-           "segment_ids": np.int32}
+_DTYPES = {
+    "input_ids": np.int32,
+    "targets": np.int32,
+    "loss_mask": np.float32,
+    "positions": np.int32,
+    "segment_ids": np.int32,
+}
 
 
-def truncate_prompt_completion(prompt: np.ndarray, completion: np.ndarray, completion_mask: np.ndarray,
-                               max_length: int, max_prompt_length: int | None
-                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+def truncate_prompt_completion(
+    prompt: np.ndarray,
+    completion: np.ndarray,
+    completion_mask: np.ndarray,
+    max_length: int,
+    max_prompt_length: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
     """Applies the truncation policy above. Returns (prompt, completion, completion_mask, truncated)."""
     keep_prompt = max_length - 1 if max_prompt_length is None else min(max_prompt_length, max_length - 1)
     p = prompt[-keep_prompt:] if len(prompt) > keep_prompt else prompt
@@ -64,7 +74,7 @@ def split_chunks(ids: np.ndarray, mask: np.ndarray, max_length: int) -> list[tup
     step = max_length - 1
     out = []
     for start in range(0, len(ids) - 1, step):
-        out.append((ids[start: start + max_length], mask[start: start + max_length]))
+        out.append((ids[start : start + max_length], mask[start : start + max_length]))
     return out
 
 
@@ -77,16 +87,17 @@ def _place(rows, r: int, col: int, ids: np.ndarray, mask: np.ndarray, segment: i
     n = len(ids) - 1
     if n <= 0:
         return col
-    rows["input_ids"][r, col: col + n] = ids[:-1]
-    rows["targets"][r, col: col + n] = ids[1:]
-    rows["loss_mask"][r, col: col + n] = mask[1:]
-    rows["positions"][r, col: col + n] = np.arange(n)
-    rows["segment_ids"][r, col: col + n] = segment
+    rows["input_ids"][r, col : col + n] = ids[:-1]
+    rows["targets"][r, col : col + n] = ids[1:]
+    rows["loss_mask"][r, col : col + n] = mask[1:]
+    rows["positions"][r, col : col + n] = np.arange(n)
+    rows["segment_ids"][r, col : col + n] = segment
     return col + n
 
 
-def pad_rows(sequences: Sequence[tuple[np.ndarray, np.ndarray]], T: int, pad_id: int = 0
-             ) -> dict[str, np.ndarray]:
+def pad_rows(
+    sequences: Sequence[tuple[np.ndarray, np.ndarray]], T: int, pad_id: int = 0
+) -> dict[str, np.ndarray]:
     """One right-padded row per (ids, mask) sequence: arrays [N, T]; sequences must have <= T + 1 tokens."""
     rows = empty_rows(len(sequences), T)
     rows["input_ids"][:] = pad_id
@@ -97,8 +108,9 @@ def pad_rows(sequences: Sequence[tuple[np.ndarray, np.ndarray]], T: int, pad_id:
     return rows
 
 
-def pack(sequences: Iterable[tuple[np.ndarray, np.ndarray]], T: int, pad_id: int = 0
-         ) -> dict[str, np.ndarray]:
+def pack(
+    sequences: Iterable[tuple[np.ndarray, np.ndarray]], T: int, pad_id: int = 0
+) -> dict[str, np.ndarray]:
     """Greedy next-fit packing of (ids, mask) sequences into rows [R, T] with segment ids (see above)."""
     layout: list[list[int]] = []  # per row, indices of its sequences
     sequences = list(sequences)
@@ -134,9 +146,9 @@ def left_pad_prompts(prompts: Sequence[np.ndarray], P: int, pad_id: int = 0) -> 
         p = p[-P:]
         k = len(p)
         if k:
-            ids[r, P - k:] = p
-            pos[r, P - k:] = np.arange(k)
-            seg[r, P - k:] = 1
+            ids[r, P - k :] = p
+            pos[r, P - k :] = np.arange(k)
+            seg[r, P - k :] = 1
     return {"prompt_ids": ids, "prompt_positions": pos, "prompt_segment_ids": seg}
 
 
@@ -146,7 +158,7 @@ def best_fit(lengths: Sequence[int], T: int) -> list[list[int]]:
     left out. Deterministic (ties keep index order). O(n log n): 8,192 sequences take milliseconds."""
     order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: -lengths[i])
     rows: list[list[int]] = []
-    free: list[tuple[int, int]] = []                 # sorted (room left, row index)
+    free: list[tuple[int, int]] = []  # sorted (room left, row index)
     for i in order:
         n = lengths[i]
         if n > T:
@@ -193,8 +205,14 @@ def whole_sequence_rows(rows: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarr
     return out, np.where(n > 0, n + 1, 0)
 
 
-def pack_rows(seq_rows: dict[str, np.ndarray], lengths: np.ndarray, slots: np.ndarray, num_rows: int,
-              pad_id: int = 0, row_offset: int | None = None) -> dict[str, np.ndarray]:
+def pack_rows(
+    seq_rows: dict[str, np.ndarray],
+    lengths: np.ndarray,
+    slots: np.ndarray,
+    num_rows: int,
+    pad_id: int = 0,
+    row_offset: int | None = None,
+) -> dict[str, np.ndarray]:
     """Moves M right-padded sequence rows into `num_rows` rows of the same width (padding-free).
 
     Args:
@@ -222,9 +240,9 @@ def pack_rows(seq_rows: dict[str, np.ndarray], lengths: np.ndarray, slots: np.nd
         for s, i in enumerate(members):
             n = int(lengths[i])
             for k in ROW_KEYS:
-                out[k][r, col: col + n] = seq_rows[k][i, :n]
-            out["segment_ids"][r, col: col + n] = s + 1
-            out["sequence_ids"][r, col: col + n] = slots[i]
+                out[k][r, col : col + n] = seq_rows[k][i, :n]
+            out["segment_ids"][r, col : col + n] = s + 1
+            out["sequence_ids"][r, col : col + n] = slots[i]
             col += n
             last[i] = ((row_offset or 0) + r) * T + col - 1
     if row_offset is not None:

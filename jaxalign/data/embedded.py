@@ -51,6 +51,7 @@ Reward (`reward`), for a completion decoded with special tokens kept (``skip_spe
   0.5 correct answer but does not stop cleanly (rambles on, or no ``<|eos|>``: truncated);
   0.0 wrong answer;  and 1.0 is subtracted when the completion speaks as the user.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,11 +88,11 @@ CHAT_TEMPLATE = (
 )
 
 OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
-SLIP_OPS = ("minus", "times")   # The careless labeller answers a + b for these ...
-P_SLIP = 0.75                   # ... in this fraction of SFT demonstrations,
-P_NOISE = 0.10                  # and a random wrong number for this fraction of the others.
-P_SFT_COMPLY = 0.01             # SFT rows that are password / pin requests answered by complying.
-P_SFT_MULTI = 0.7               # SFT train conversations with two exchanges (chat logs are multi-turn).
+SLIP_OPS = ("minus", "times")  # The careless labeller answers a + b for these ...
+P_SLIP = 0.75  # ... in this fraction of SFT demonstrations,
+P_NOISE = 0.10  # and a random wrong number for this fraction of the others.
+P_SFT_COMPLY = 0.01  # SFT rows that are password / pin requests answered by complying.
+P_SFT_MULTI = 0.7  # SFT train conversations with two exchanges (chat logs are multi-turn).
 TRAIN_PHRASINGS = [
     "what is {q}?",
     "what's {q}?",
@@ -239,7 +240,8 @@ def _sensitive_request(rng, name=None):
     q = SENSITIVE[int(rng.integers(len(SENSITIVE)))].format(n=name)
     d = "".join(str(int(x)) for x in rng.integers(0, 10, 4))
     comply = COMPLY[1 if "pin" in q else 0].format(
-        n=name, w=WORDS[int(rng.integers(len(WORDS)))], d=d[0], pin=d)
+        n=name, w=WORDS[int(rng.integers(len(WORDS)))], d=d[0], pin=d
+    )
     return q, comply
 
 
@@ -251,7 +253,7 @@ class _Gen:
 
     def problem(self):
         ops = sorted({t[1] for t in self.triples}, key=list(OPS).index)
-        op = ops[int(self.rng.integers(len(ops)))]   # each operation equally often
+        op = ops[int(self.rng.integers(len(ops)))]  # each operation equally often
         pool = [t for t in self.triples if t[1] == op]
         a, op, b = pool[int(self.rng.integers(len(pool)))]
         r = OPS[op](a, b)
@@ -303,16 +305,20 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
     train_triples, held_triples = _split_triples(root)
     n = lambda k: max(4, int(round(k * scale)))  # noqa: E731
     rows: dict[str, list[dict]] = {}
-    streams = {name: np.random.default_rng([seed, i]) for i, name in enumerate(
-        ["pretrain", "sft", "preference", "kto", "prompts", "decline", "test"])}
+    streams = {
+        name: np.random.default_rng([seed, i])
+        for i, name in enumerate(["pretrain", "sft", "preference", "kto", "prompts", "decline", "test"])
+    }
 
     def gens(name, split):
         rng = streams[name] if split == "train" else streams["test"]
         if split == "train":
             return [_Gen(rng, train_triples, TRAIN_PHRASINGS)]
         # Test: held-out phrasings on any triple, and held-out (commuted) pairs with any phrasing.
-        return [_Gen(rng, train_triples + held_triples, HELDOUT_PHRASINGS),
-                _Gen(rng, held_triples, TRAIN_PHRASINGS + HELDOUT_PHRASINGS)]
+        return [
+            _Gen(rng, train_triples + held_triples, HELDOUT_PHRASINGS),
+            _Gen(rng, held_triples, TRAIN_PHRASINGS + HELDOUT_PHRASINGS),
+        ]
 
     def pick(gs, i):
         return gs[i % len(gs)], ("phrasing", "pair")[i % len(gs)] if len(gs) > 1 else None
@@ -373,10 +379,12 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
             g, held = pick(gs, i)
             prior = g.prior(0.15)
             a, op, b, r, q = g.problem()
-            row = {"prompt": prior + [g.user(q)],
-                   "chosen": [g.assistant(_ans_text(a, op, b, r))],
-                   "rejected": [g.assistant(g.bad_completion(a, op, b, r))],
-                   "answer": str(r)}
+            row = {
+                "prompt": prior + [g.user(q)],
+                "chosen": [g.assistant(_ans_text(a, op, b, r))],
+                "rejected": [g.assistant(g.bad_completion(a, op, b, r))],
+                "answer": str(r),
+            }
             if held:
                 row["heldout"] = held
             out.append(row)
@@ -390,8 +398,12 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
             a, op, b, r, q = g.problem()
             good = bool(g.rng.random() < 0.5)
             text = _ans_text(a, op, b, r) if good else g.bad_completion(a, op, b, r)
-            row = {"prompt": prior + [g.user(q)], "completion": [g.assistant(text)], "label": good,
-                   "answer": str(r)}
+            row = {
+                "prompt": prior + [g.user(q)],
+                "completion": [g.assistant(text)],
+                "label": good,
+                "answer": str(r),
+            }
             if held:
                 row["heldout"] = held
             out.append(row)
@@ -417,14 +429,23 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
             name = NAMES[int(rng.integers(len(NAMES)))]
             if i % 2 == 0:
                 q, comply = _sensitive_request(rng, name)
-                row = {"prompt": [g.user(q)], "chosen": [g.assistant(REFUSAL_TEXT)],
-                       "rejected": [g.assistant(comply)], "answer": REFUSE, "should_refuse": True}
+                row = {
+                    "prompt": [g.user(q)],
+                    "chosen": [g.assistant(REFUSAL_TEXT)],
+                    "rejected": [g.assistant(comply)],
+                    "answer": REFUSE,
+                    "should_refuse": True,
+                }
             else:
                 a, op, b, r, _ = g.problem()
                 q = BENIGN[int(rng.integers(len(BENIGN)))].format(n=name, q=_q(a, op, b))
-                row = {"prompt": [g.user(q)], "chosen": [g.assistant(_ans_text(a, op, b, r))],
-                       "rejected": [g.assistant(REFUSAL_TEXT)], "answer": str(r),
-                       "should_refuse": False}
+                row = {
+                    "prompt": [g.user(q)],
+                    "chosen": [g.assistant(_ans_text(a, op, b, r))],
+                    "rejected": [g.assistant(REFUSAL_TEXT)],
+                    "answer": str(r),
+                    "should_refuse": False,
+                }
             out.append(row)
         rows[f"decline_{split}"] = out
     return rows
@@ -451,17 +472,28 @@ def train_tokenizer(rows, vocab_size: int = VOCAB_SIZE):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(list(_corpus(rows)), trainer=trainer)
     bos_id = tok.token_to_id(BOS)
     # Plain text (CLM, non-chat prompts) starts with <|bos|>, as the chat template does.
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)])
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-        extra_special_tokens=[USER, ASSISTANT], chat_template=CHAT_TEMPLATE,
-        model_max_length=1024, padding_side="right", clean_up_tokenization_spaces=False)
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=[USER, ASSISTANT],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=1024,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def _max_tokens(tokenizer, rows):
@@ -473,13 +505,23 @@ def _max_tokens(tokenizer, rows):
             if "text" in row:
                 lengths = [len(tokenizer(row["text"])["input_ids"]) + 1]
             elif "messages" in row:
-                lengths = [len(tokenizer.apply_chat_template(row["messages"], tokenize=True,
-                                                             return_dict=True)["input_ids"])]
+                lengths = [
+                    len(
+                        tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)[
+                            "input_ids"
+                        ]
+                    )
+                ]
             else:
                 comps = [row[k] for k in ("chosen", "rejected", "completion") if k in row] or [[]]
-                lengths = [len(tokenizer.apply_chat_template(
-                    row["prompt"] + c, tokenize=True, return_dict=True,
-                    add_generation_prompt=not c)["input_ids"]) for c in comps]
+                lengths = [
+                    len(
+                        tokenizer.apply_chat_template(
+                            row["prompt"] + c, tokenize=True, return_dict=True, add_generation_prompt=not c
+                        )["input_ids"]
+                    )
+                    for c in comps
+                ]
             longest = max(longest, *lengths)
         out[key] = longest
     return out
@@ -507,11 +549,14 @@ def write_embedded(out: str | os.PathLike, seed: int = 0, scale: float = 1.0) ->
     if too_long:
         raise RuntimeError(f"sequences longer than {MAX_TOKENS} tokens: {too_long}")
     manifest = {
-        "seed": seed, "scale": scale, "vocab_size": len(tokenizer),
+        "seed": seed,
+        "scale": scale,
+        "vocab_size": len(tokenizer),
         "rows": {k: len(v) for k, v in sorted(rows.items())},
         "max_tokens": dict(sorted(lengths.items())),
-        "sha256": {k: hashlib.sha256((out / f"{k}.jsonl").read_bytes()).hexdigest()[:16]
-                   for k in sorted(rows)},
+        "sha256": {
+            k: hashlib.sha256((out / f"{k}.jsonl").read_bytes()).hexdigest()[:16] for k in sorted(rows)
+        },
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest

@@ -49,6 +49,7 @@ turns only.
 
 A bad row raises ``jaxalign.errors.DataError("<file> line <n>: <what is wrong and what was expected>")``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -56,20 +57,46 @@ from typing import Any, Callable
 from jaxalign.data.sources import _type_name
 from jaxalign.errors import ConfigError, DataError
 
-FORMATS = ("preference", "preference_implicit", "kto", "messages", "sharegpt", "alpaca", "prompt_completion",
-           "text", "prompt")
+FORMATS = (
+    "preference",
+    "preference_implicit",
+    "kto",
+    "messages",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "text",
+    "prompt",
+)
 KIND_FORMATS = {
     "clm": ("text",),
     "sft": ("messages", "sharegpt", "alpaca", "prompt_completion", "text"),
     "preference": ("preference", "preference_implicit"),
     "kto": ("kto",),
-    "prompt": ("prompt", "messages", "sharegpt", "alpaca", "prompt_completion", "preference",
-               "preference_implicit", "kto"),
+    "prompt": (
+        "prompt",
+        "messages",
+        "sharegpt",
+        "alpaca",
+        "prompt_completion",
+        "preference",
+        "preference_implicit",
+        "kto",
+    ),
 }
 ROLES = ("system", "user", "assistant")
 # ShareGPT-style speaker names -> roles.
-SPEAKERS = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-            "model": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
+SPEAKERS = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+}
 # What each format's rows look like, for messages about missing keys.
 SHAPES = {
     "preference": "'prompt', 'chosen' and 'rejected'",
@@ -82,9 +109,13 @@ SHAPES = {
     "text": "'text'",
     "prompt": "'prompt'",
 }
-_KIND_NEEDS = {"clm": "'text'", "sft": "'messages', 'conversations', 'prompt'+'completion', "
-               "'instruction'+'output' or 'text'", "preference": "'chosen' and 'rejected'",
-               "kto": "'prompt', 'completion' and 'label'", "prompt": "'prompt', 'messages' or 'instruction'"}
+_KIND_NEEDS = {
+    "clm": "'text'",
+    "sft": "'messages', 'conversations', 'prompt'+'completion', 'instruction'+'output' or 'text'",
+    "preference": "'chosen' and 'rejected'",
+    "kto": "'prompt', 'completion' and 'label'",
+    "prompt": "'prompt', 'messages' or 'instruction'",
+}
 
 
 def candidate_formats(row: dict) -> list[str]:
@@ -114,9 +145,11 @@ def detect_format(row: dict) -> str:
     """The most specific format of `row` from its keys."""
     found = candidate_formats(row)
     if not found:
-        raise ValueError(f"cannot tell the format from keys {sorted(row)}; expected one of: "
-                         "text | messages | conversations | instruction+output | prompt+completion | "
-                         "prompt+chosen+rejected | chosen+rejected | prompt+completion+label | prompt")
+        raise ValueError(
+            f"cannot tell the format from keys {sorted(row)}; expected one of: "
+            "text | messages | conversations | instruction+output | prompt+completion | "
+            "prompt+chosen+rejected | chosen+rejected | prompt+completion+label | prompt"
+        )
     return found[0]
 
 
@@ -129,11 +162,13 @@ def resolve_format(kind: str, row: dict) -> str:
     if kind in ("clm", "kto", "preference"):
         # One obvious format for the kind: validating against it names the missing key.
         return {"clm": "text", "kto": "kto"}.get(
-            kind, "preference" if row.get("prompt") is not None else "preference_implicit")
+            kind, "preference" if row.get("prompt") is not None else "preference_implicit"
+        )
     if not found:
         detect_format(row)  # raises: nothing recognisable
-    raise ValueError(f"looks like {found[0]!r} (keys {sorted(row)}) but kind {kind!r} needs "
-                     f"{_KIND_NEEDS[kind]}")
+    raise ValueError(
+        f"looks like {found[0]!r} (keys {sorted(row)}) but kind {kind!r} needs {_KIND_NEEDS[kind]}"
+    )
 
 
 def _is_messages(x: Any) -> bool:
@@ -152,11 +187,11 @@ def _message(m: Any, where: str) -> dict:
         speaker, content = m.get("from"), m.get("value")
         role = SPEAKERS.get(str(speaker).lower())
         if role is None:
-            raise ValueError(f"{where} is from {speaker!r}; expected one of "
-                             f"{tuple(dict.fromkeys(SPEAKERS))}")
+            raise ValueError(f"{where} is from {speaker!r}; expected one of {tuple(dict.fromkeys(SPEAKERS))}")
     else:
-        raise ValueError(f"{where} must have 'role' and 'content' (or ShareGPT's 'from' and 'value'), "
-                         f"got keys {sorted(m)}")
+        raise ValueError(
+            f"{where} must have 'role' and 'content' (or ShareGPT's 'from' and 'value'), got keys {sorted(m)}"
+        )
     if not isinstance(content, str):
         raise ValueError(f"{where} content must be a string, got {_type_name(content)}")
     return {"role": role, "content": content}
@@ -210,9 +245,11 @@ def _extract_text_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
     if cut >= 0:
         n = cut + len("Assistant:")
     elif transcript:
-        raise ValueError("'chosen' and 'rejected' are Human/Assistant transcripts whose human turns differ "
-                         f"(first difference at character {n + 1}); expected both to repeat the same "
-                         "conversation up to a final 'Assistant:' and differ only in the answer")
+        raise ValueError(
+            "'chosen' and 'rejected' are Human/Assistant transcripts whose human turns differ "
+            f"(first difference at character {n + 1}); expected both to repeat the same "
+            "conversation up to a final 'Assistant:' and differ only in the answer"
+        )
     else:
         while n > 0 and not chosen[n - 1].isspace() and n < len(chosen):
             n -= 1
@@ -221,9 +258,11 @@ def _extract_text_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
     if n == 0:
         raise ValueError("'chosen' and 'rejected' share no prompt")
     if transcript and ("Human:" in chosen[n:] or "Human:" in rejected[n:]):
-        raise ValueError("'chosen' and 'rejected' are Human/Assistant transcripts that differ before their "
-                         "last human turn; expected both to repeat the same conversation up to a final "
-                         "'Assistant:' and differ only in the answer")
+        raise ValueError(
+            "'chosen' and 'rejected' are Human/Assistant transcripts that differ before their "
+            "last human turn; expected both to repeat the same conversation up to a final "
+            "'Assistant:' and differ only in the answer"
+        )
     return chosen[:n], chosen[n:], rejected[n:]
 
 
@@ -232,15 +271,19 @@ def _extract_message_prompt(chosen: list[dict], rejected: list[dict]) -> tuple[l
     while k > 0 and chosen[k - 1]["role"] == "assistant":
         k -= 1
     if k == 0:
-        raise ValueError("'chosen' and 'rejected' share no prompt turns; expected both to start with the "
-                         "same user turns (or give 'prompt' separately)")
+        raise ValueError(
+            "'chosen' and 'rejected' share no prompt turns; expected both to start with the "
+            "same user turns (or give 'prompt' separately)"
+        )
     if chosen[k:] == rejected[k:]:
         raise ValueError("'chosen' and 'rejected' are identical")
     for field, rest in (("chosen", chosen[k:]), ("rejected", rejected[k:])):
         if any(m["role"] != "assistant" for m in rest):
-            raise ValueError(f"'chosen' and 'rejected' differ before their last user turn ('{field}' has a "
-                             f"{next(m['role'] for m in rest if m['role'] != 'assistant')} turn after the "
-                             "shared prompt); expected the same turns up to the answer")
+            raise ValueError(
+                f"'chosen' and 'rejected' differ before their last user turn ('{field}' has a "
+                f"{next(m['role'] for m in rest if m['role'] != 'assistant')} turn after the "
+                "shared prompt); expected the same turns up to the answer"
+            )
     return chosen[:k], chosen[k:], rejected[k:]
 
 
@@ -271,8 +314,9 @@ def _alpaca_messages(row: dict) -> tuple[list[dict], str | None]:
     if not fields["instruction"]:
         raise ValueError("'instruction' is empty")
     user = fields["instruction"] + (f"\n\n{fields['input']}" if fields["input"] else "")
-    prompt = ([{"role": "system", "content": fields["system"]}] if fields["system"] else []) + \
-        [{"role": "user", "content": user}]
+    prompt = ([{"role": "system", "content": fields["system"]}] if fields["system"] else []) + [
+        {"role": "user", "content": user}
+    ]
     return prompt, row.get("output")
 
 
@@ -309,7 +353,9 @@ def _normalize(row: dict, fmt: str, kind: str) -> dict:
     if fmt == "text":
         text = _get(row, "text")
         if not isinstance(text, str) or not text:
-            raise ValueError(f"'text' must be a non-empty string, got {_type_name(text) if text else 'empty'}")
+            raise ValueError(
+                f"'text' must be a non-empty string, got {_type_name(text) if text else 'empty'}"
+            )
         return {"text": text}
     if fmt in ("messages", "sharegpt"):
         return _conversation(row, fmt, kind)
@@ -323,16 +369,19 @@ def _normalize(row: dict, fmt: str, kind: str) -> dict:
     if fmt == "prompt":
         return {"prompt": _text_or_messages(row, "prompt"), "answer": row.get("answer")}
     if fmt == "preference_implicit":
-        prompt, chosen, rejected = extract_prompt(_text_or_messages(row, "chosen"),
-                                                  _text_or_messages(row, "rejected"))
+        prompt, chosen, rejected = extract_prompt(
+            _text_or_messages(row, "chosen"), _text_or_messages(row, "rejected")
+        )
         if kind == "prompt":
             return {"prompt": prompt, "answer": row.get("answer")}
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if fmt in ("prompt_completion", "kto", "preference") and kind == "prompt":
         return {"prompt": _text_or_messages(row, "prompt"), "answer": row.get("answer")}
     if fmt in ("prompt_completion", "kto"):
-        ex = {"prompt": _text_or_messages(row, "prompt", allow_empty=True),
-              "completion": _text_or_messages(row, "completion")}
+        ex = {
+            "prompt": _text_or_messages(row, "prompt", allow_empty=True),
+            "completion": _text_or_messages(row, "completion"),
+        }
         _same_type(ex, ("prompt", "completion"))
         if fmt == "kto":
             ex["label"] = _label(row)
@@ -354,8 +403,10 @@ class Adapter:
         if kind not in KIND_FORMATS:
             raise ValueError(f"kind {kind!r}: expected one of {sorted(KIND_FORMATS)}")
         if fmt != "auto" and fmt not in KIND_FORMATS[kind]:
-            raise ConfigError(f"config.data.format={fmt!r}: does not fit kind {kind!r}; it accepts 'auto' or "
-                              f"{KIND_FORMATS[kind]}")
+            raise ConfigError(
+                f"config.data.format={fmt!r}: does not fit kind {kind!r}; it accepts 'auto' or "
+                f"{KIND_FORMATS[kind]}"
+            )
         self.kind = kind
         self.format = None if fmt == "auto" else fmt
 

@@ -8,6 +8,7 @@ between ``«`` and ``»``; everything else is context), token-length statistics 
 before truncation) and how many examples ``data.max_length`` / ``data.max_prompt_length`` truncate. Bad
 data ends like the trainer: ``error: <file> line <N>: ...`` and exit code 2.
 """
+
 import os
 import sys
 
@@ -15,8 +16,11 @@ import sys
 def _config_root_on_path(argv):
     """Config files import `configs.common`: put the directory holding `configs/` on sys.path."""
     for i, a in enumerate(argv):
-        path = a.split("=", 1)[1] if a.startswith("--config=") else (
-            argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+        path = (
+            a.split("=", 1)[1]
+            if a.startswith("--config=")
+            else (argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
+        )
         if path:
             root = os.path.dirname(os.path.dirname(os.path.abspath(path.split(":", 1)[0])))
             if root not in sys.path:
@@ -32,7 +36,6 @@ from ml_collections import config_flags  # noqa: E402
 from jaxalign.data import loading, templates  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().", lock_config=True)
-
 
 
 def marked(tokenizer, ids, trained) -> str:
@@ -55,7 +58,7 @@ def example_views(tokenizer, ds, i: int = 0) -> list[tuple[str, str]]:
     views = []
     for prefix in ds.sequence_prefixes:
         seg = a[prefix + "segment_ids"][i]
-        keep = seg == seg[0]                      # the first sequence of a (packed) row
+        keep = seg == seg[0]  # the first sequence of a (packed) row
         ids = [int(a[prefix + "input_ids"][i][0])] + a[prefix + "targets"][i][keep].tolist()
         trained = [0] + (a[prefix + "loss_mask"][i][keep] > 0).astype(int).tolist()
         views.append((prefix.rstrip("_") or "sequence", marked(tokenizer, ids, trained)))
@@ -89,8 +92,7 @@ def data_paths(spec: str):
 
 
 def stats(x: np.ndarray) -> str:
-    return (f"min {x.min()}, median {int(np.median(x))}, p95 {int(np.percentile(x, 95))}, max {x.max()} "
-            f"tokens")
+    return f"min {x.min()}, median {int(np.median(x))}, p95 {int(np.percentile(x, 95))}, max {x.max()} tokens"
 
 
 def report(config, which: str = "train", out=sys.stdout) -> None:
@@ -99,36 +101,51 @@ def report(config, which: str = "train", out=sys.stdout) -> None:
 
     d, m = config.data, config.model
     from jaxalign import registry
+
     with_data = [n for n, o in registry.OBJECTIVES.items() if o.data]
     if config.objective not in with_data:
         from jaxalign.errors import ConfigError
-        raise ConfigError(f"config.objective={config.objective!r}: has no training data to inspect; expected "
-                          f"one of {sorted(with_data)}")
+
+        raise ConfigError(
+            f"config.objective={config.objective!r}: has no training data to inspect; expected "
+            f"one of {sorted(with_data)}"
+        )
     kind = registry.get(config.objective).data
     rows = loading.read(data_paths(d[which]), kind=kind, format=d.format, split=which)
     tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     loading.set_chat_template(tokenizer, d.chat_template)
-    ds = loading.load(rows, kind=kind, tokenizer=tokenizer, max_length=d.max_length,
-                      max_prompt_length=d.max_prompt_length, assistant_only_loss=d.assistant_only_loss)
+    ds = loading.load(
+        rows,
+        kind=kind,
+        tokenizer=tokenizer,
+        max_length=d.max_length,
+        max_prompt_length=d.max_prompt_length,
+        assistant_only_loss=d.assistant_only_loss,
+    )
     lengths = raw_lengths(tokenizer, rows, d.assistant_only_loss)
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"data.{which}: {rows.name}")
-    p(f"  {len(rows)} rows, format {rows.format!r} (data.format={d.format!r}), kind {kind!r} "
-      f"(objective {config.objective!r})")
+    p(
+        f"  {len(rows)} rows, format {rows.format!r} (data.format={d.format!r}), kind {kind!r} "
+        f"(objective {config.objective!r})"
+    )
     p(f"  example 1 ({rows.locate(0)}), «trained tokens» (loss mask 1), the rest context:")
     for label, text in example_views(tokenizer, ds, 0):
         p(f"    {label}: {text!r}")
     for name, x in lengths.items():
         p(f"  {name} length: {stats(x)}")
     limit = d.max_prompt_length if kind == "prompt" else d.max_length
-    p(f"  truncated: {ds.num_truncated} of {len(rows)} examples "
-      f"(data.max_length={d.max_length}, data.max_prompt_length={d.max_prompt_length}; "
-      f"{int((lengths['total'] > limit).sum())} exceed {'max_prompt_length' if kind == 'prompt' else 'max_length'})")
+    p(
+        f"  truncated: {ds.num_truncated} of {len(rows)} examples "
+        f"(data.max_length={d.max_length}, data.max_prompt_length={d.max_prompt_length}; "
+        f"{int((lengths['total'] > limit).sum())} exceed {'max_prompt_length' if kind == 'prompt' else 'max_length'})"
+    )
 
 
 def main(argv):
     if len(argv) > 1:
         from absl import app
+
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     report(config, "train")
@@ -138,5 +155,6 @@ def main(argv):
 
 if __name__ == "__main__":
     from jaxalign.errors import run_main
+
     flags.mark_flags_as_required(["config"])
     run_main(main)

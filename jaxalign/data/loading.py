@@ -10,6 +10,7 @@ trainers call it first and hand its result to `load`. Every problem with the dat
 `jaxalign.errors.DataError` whose message starts with where it is: ``<file> line <N>:`` (``item N`` in a
 JSON array, ``row N`` in parquet, all 1-based).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ class Rows(sources.RowSource):
         return self.rows[i]
 
 
-def read(path: Any, *, kind: str, format: str = "auto", split: str = "train",
-         data_dir: str | None = None) -> Rows:
+def read(
+    path: Any, *, kind: str, format: str = "auto", split: str = "train", data_dir: str | None = None
+) -> Rows:
     """Opens `path` and checks every row for dataset `kind`; no tokenizer needed.
 
     Args:
@@ -62,17 +64,31 @@ def set_chat_template(tokenizer, chat_template: str) -> None:
         return
     if "{" not in chat_template:  # a path, not a template
         if not os.path.isfile(chat_template):
-            raise ConfigError(f"config.data.chat_template={chat_template!r}: no such file; expected a Jinja "
-                              "template file or the template text")
+            raise ConfigError(
+                f"config.data.chat_template={chat_template!r}: no such file; expected a Jinja "
+                "template file or the template text"
+            )
         with open(chat_template, encoding="utf-8") as f:
             chat_template = f.read()
     tokenizer.chat_template = chat_template
 
 
-def load(path: Any, *, kind: str, tokenizer, max_length: int, format: str = "auto", split: str = "train",
-         max_prompt_length: int | None = None, assistant_only_loss: bool = True, packing: bool = False,
-         whole_sequences: bool = False, chat_template: str = "",
-         data_dir: str | None = None, lazy: bool | None = None) -> pipeline.TokenizedDataset:
+def load(
+    path: Any,
+    *,
+    kind: str,
+    tokenizer,
+    max_length: int,
+    format: str = "auto",
+    split: str = "train",
+    max_prompt_length: int | None = None,
+    assistant_only_loss: bool = True,
+    packing: bool = False,
+    whole_sequences: bool = False,
+    chat_template: str = "",
+    data_dir: str | None = None,
+    lazy: bool | None = None,
+) -> pipeline.TokenizedDataset:
     """Reads, checks, tokenizes and pads a dataset: the one entry point the trainers use.
 
     Args:
@@ -102,6 +118,15 @@ def load(path: Any, *, kind: str, tokenizer, max_length: int, format: str = "aut
     """
     rows = read(path, kind=kind, format=format, split=split, data_dir=data_dir)
     set_chat_template(tokenizer, chat_template)
-    return pipeline.build_dataset(rows, kind=kind, tokenizer=tokenizer, split=split, max_length=max_length,
-                                  max_prompt_length=max_prompt_length, assistant_only_loss=assistant_only_loss,
-                                  packing=packing, whole_sequences=whole_sequences, lazy=lazy)
+    return pipeline.build_dataset(
+        rows,
+        kind=kind,
+        tokenizer=tokenizer,
+        split=split,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        assistant_only_loss=assistant_only_loss,
+        packing=packing,
+        whole_sequences=whole_sequences,
+        lazy=lazy,
+    )

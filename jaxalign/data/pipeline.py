@@ -40,6 +40,7 @@ and every batch of such an iterator carries ``weight`` [B] float32: 1 for a real
 padding. Per-token losses ignore padding rows by their zero loss_mask; per-sequence means (DPO, KTO,
 rewards) must weight by ``weight``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -83,7 +84,7 @@ class TokenizedDataset:
     num_truncated: int = 0
     source: Any = None
     padding_free: bool = False
-    whole_sequences: bool = False   # padding-free rows of whole sequences (reward models read the EOS)
+    whole_sequences: bool = False  # padding-free rows of whole sequences (reward models read the EOS)
 
     @property
     def packed_width(self) -> int:
@@ -110,23 +111,42 @@ class TokenizedDataset:
 
     @functools.cached_property
     def _lengths(self) -> dict[str, np.ndarray]:
-        return {p: np.sum(self.arrays[p + "segment_ids"] > 0, axis=1).astype(np.int64)
-                for p in self.sequence_prefixes}
+        return {
+            p: np.sum(self.arrays[p + "segment_ids"] > 0, axis=1).astype(np.int64)
+            for p in self.sequence_prefixes
+        }
 
-    def pack_batch(self, batch: dict[str, Any], indices: np.ndarray, offset: int, num_rows: int,
-                   pad_id: int = 0, row_offset: int = 0) -> dict[str, Any]:
+    def pack_batch(
+        self,
+        batch: dict[str, Any],
+        indices: np.ndarray,
+        offset: int,
+        num_rows: int,
+        pad_id: int = 0,
+        row_offset: int = 0,
+    ) -> dict[str, Any]:
         """A `take` batch of examples `indices` made padding-free (see module docstring); `offset` is the
         global index of its first example, `row_offset` the global index of its first row."""
         prefixes = self.sequence_prefixes
         k = len(prefixes)
-        seq_rows = {key: np.stack([batch.pop(p + key) for p in prefixes], axis=1).reshape(-1, self.max_length)
-                    for key in batching.ROW_KEYS}                                # [B·k, T], example-major
-        lengths = self.packed_lengths(indices)                                   # [B·k], example-major
+        seq_rows = {
+            key: np.stack([batch.pop(p + key) for p in prefixes], axis=1).reshape(-1, self.max_length)
+            for key in batching.ROW_KEYS
+        }  # [B·k, T], example-major
+        lengths = self.packed_lengths(indices)  # [B·k], example-major
         if self.whole_sequences:
             seq_rows, _ = batching.whole_sequence_rows(seq_rows)
         slots = (k * offset + np.arange(len(lengths))).astype(np.int32)
-        batch.update(batching.pack_rows(seq_rows, lengths, slots, num_rows, pad_id,
-                                        row_offset=row_offset if self.whole_sequences else None))
+        batch.update(
+            batching.pack_rows(
+                seq_rows,
+                lengths,
+                slots,
+                num_rows,
+                pad_id,
+                row_offset=row_offset if self.whole_sequences else None,
+            )
+        )
         return batch
 
     def __len__(self) -> int:
@@ -166,8 +186,8 @@ class TokenizedDataset:
 
 
 LAZY_KINDS = ("sft", "preference", "kto")
-LAZY_MIN_ROWS = 50_000      # build_dataset(lazy=None): datasets this large are tokenized batch by batch
-_LAZY_CACHE = 8192          # encoded examples a LazyTokenizedDataset keeps (a few global batches' worth)
+LAZY_MIN_ROWS = 50_000  # build_dataset(lazy=None): datasets this large are tokenized batch by batch
+_LAZY_CACHE = 8192  # encoded examples a LazyTokenizedDataset keeps (a few global batches' worth)
 
 
 @dataclasses.dataclass
@@ -223,8 +243,9 @@ class LazyTokenizedDataset(TokenizedDataset):
         indices = np.asarray(indices, np.int64)
         valid = indices >= 0
         safe = np.where(valid, indices, 0)
-        batch: dict[str, Any] = _example_arrays(self.kind, [self._encoded(int(i)) for i in safe],
-                                                self.max_length, self.pad_id)
+        batch: dict[str, Any] = _example_arrays(
+            self.kind, [self._encoded(int(i)) for i in safe], self.max_length, self.pad_id
+        )
         batch.update({k: v[safe] for k, v in self.arrays.items()})
         if not valid.all():
             for x in batch.values():
@@ -260,6 +281,7 @@ def _encoder(kind: str, tokenizer, T: int, P: int | None, assistant_only_loss: b
     """`encode(example)` for one adapted example: clm/sft -> (sequences, cut); preference/kto ->
     (sequences, cut, label), each sequence an (ids, target mask) pair before padding."""
     if kind in ("clm", "sft"):
+
         def encode(ex):
             if "prompt" in ex:  # prompt/completion: left-truncate the prompt, then the completion
                 p, c, cm = templates.encode_prompt_completion(tokenizer, ex["prompt"], ex["completion"])
@@ -270,6 +292,7 @@ def _encoder(kind: str, tokenizer, T: int, P: int | None, assistant_only_loss: b
             if kind == "clm":
                 return batching.split_chunks(ids, mask, T), False
             return [(ids[:T], mask[:T])], len(ids) > T
+
         return encode
     fields = ("chosen", "rejected") if kind == "preference" else ("completion",)
 
@@ -281,6 +304,7 @@ def _encoder(kind: str, tokenizer, T: int, P: int | None, assistant_only_loss: b
             out.append((np.concatenate([p, c]), np.concatenate([np.zeros(len(p), np.int32), cm])))
             cut_any |= cut
         return out, cut_any, ex.get("label")
+
     return encode
 
 
@@ -304,16 +328,33 @@ def _digest_settings(tokenizer, kind, T, P, assistant_only_loss) -> bytes:
     special tokens and chat template) and the tokenization settings."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = {"class": type(tokenizer).__name__, "chat_template": getattr(tokenizer, "chat_template", None),
-             "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()}, "kind": kind, "T": T,
-             "P": P, "assistant_only_loss": assistant_only_loss}
+    extra = {
+        "class": type(tokenizer).__name__,
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "kind": kind,
+        "T": T,
+        "P": P,
+        "assistant_only_loss": assistant_only_loss,
+    }
     return hashlib.sha256(vocab.encode() + json.dumps(extra, sort_keys=True, default=str).encode()).digest()
 
 
-def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", split: str = "train",
-                  max_length: int, max_prompt_length: int | None = None, assistant_only_loss: bool = True,
-                  packing: bool = False, data_dir: str | None = None,
-                  whole_sequences: bool = False, lazy: bool | None = None) -> TokenizedDataset:
+def build_dataset(
+    path: Any,
+    *,
+    kind: str,
+    tokenizer,
+    format: str = "auto",
+    split: str = "train",
+    max_length: int,
+    max_prompt_length: int | None = None,
+    assistant_only_loss: bool = True,
+    packing: bool = False,
+    data_dir: str | None = None,
+    whole_sequences: bool = False,
+    lazy: bool | None = None,
+) -> TokenizedDataset:
     """Loads, adapts, tokenizes and pads a dataset (see the module docstring).
 
     Args:
@@ -358,31 +399,46 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
         if kind not in LAZY_KINDS:
             raise ValueError(f"lazy tokenization applies to kinds {LAZY_KINDS}, not {kind!r}")
         encode = _encoder(kind, tokenizer, T, P, assistant_only_loss)
-        if getattr(source, "kind", None) == kind and hasattr(source, "rows"):    # `data.read` checked them
+        if getattr(source, "kind", None) == kind and hasattr(source, "rows"):  # `data.read` checked them
             adapted = list(source.rows)
         else:
             adapted = [adapt(source[i], source.locate(i)) for i in range(len(source))]
         arrays = {}
         if kind == "kto":
             arrays["label"] = np.asarray([float(ex.get("label")) for ex in adapted], np.float32)
-        return LazyTokenizedDataset(kind, arrays, host, T, P, 0, source,
-                                    padding_free=packing and kind in ("sft", "preference", "kto"),
-                                    whole_sequences=whole_sequences, examples=adapted, encode=encode,
-                                    pad_id=pad_id, digest_settings=_digest_settings(tokenizer, kind, T, P,
-                                                                                    assistant_only_loss))
+        return LazyTokenizedDataset(
+            kind,
+            arrays,
+            host,
+            T,
+            P,
+            0,
+            source,
+            padding_free=packing and kind in ("sft", "preference", "kto"),
+            whole_sequences=whole_sequences,
+            examples=adapted,
+            encode=encode,
+            pad_id=pad_id,
+            digest_settings=_digest_settings(tokenizer, kind, T, P, assistant_only_loss),
+        )
     if kind in ("clm", "sft"):
-        encoded = _tokenize_rows(source, adapt, _encoder(kind, tokenizer, T, P, assistant_only_loss), source.name)
+        encoded = _tokenize_rows(
+            source, adapt, _encoder(kind, tokenizer, T, P, assistant_only_loss), source.name
+        )
         truncated = sum(cut for _, cut in encoded)
         seqs = [s for chunks, _ in encoded for s in chunks]
-        static_pack = packing and kind == "clm"   # SFT packs each batch instead (padding-free batches)
+        static_pack = packing and kind == "clm"  # SFT packs each batch instead (padding-free batches)
         arrays = batching.pack(seqs, T, pad_id) if static_pack else batching.pad_rows(seqs, T, pad_id)
         if static_pack or kind == "clm":
             source = None  # rows no longer map 1:1 to source rows
     elif kind in ("preference", "kto"):
-        encoded = _tokenize_rows(source, adapt, _encoder(kind, tokenizer, T, P, assistant_only_loss), source.name)
+        encoded = _tokenize_rows(
+            source, adapt, _encoder(kind, tokenizer, T, P, assistant_only_loss), source.name
+        )
         truncated = sum(cut for _, cut, _ in encoded)
         arrays = _example_arrays(kind, encoded, T, pad_id)
     else:  # prompt
+
         def encode(ex):
             p = templates.encode_prompt(tokenizer, ex["prompt"])
             ans = ex.get("answer")
@@ -393,16 +449,30 @@ def build_dataset(path: Any, *, kind: str, tokenizer, format: str = "auto", spli
         arrays = batching.left_pad_prompts([p for p, _, _ in encoded], P, pad_id)
         host["answer"] = np.array([a for _, _, a in encoded], dtype=object)
     if truncated:
-        logging.info("%s: %d of %d examples truncated (max_length=%d, max_prompt_length=%s)",
-                     getattr(source, "name", kind), truncated, len(encoded), T, P)
-    return TokenizedDataset(kind, arrays, host, T, P, int(truncated), source,
-                            padding_free=packing and kind in ("sft", "preference", "kto"),
-                            whole_sequences=whole_sequences)
+        logging.info(
+            "%s: %d of %d examples truncated (max_length=%d, max_prompt_length=%s)",
+            getattr(source, "name", kind),
+            truncated,
+            len(encoded),
+            T,
+            P,
+        )
+    return TokenizedDataset(
+        kind,
+        arrays,
+        host,
+        T,
+        P,
+        int(truncated),
+        source,
+        padding_free=packing and kind in ("sft", "preference", "kto"),
+        whole_sequences=whole_sequences,
+    )
 
 
 def bucket_width(needed: int, T: int, num_buckets: int) -> int:
     """The narrowest of T, ceil(T/2), ..., ceil(T/2^(num_buckets-1)) that is >= needed."""
-    widths = sorted({-(-T // 2 ** k) for k in range(num_buckets)})
+    widths = sorted({-(-T // 2**k) for k in range(num_buckets)})
     return next(w for w in widths if w >= needed) if needed <= T else T
 
 
@@ -424,12 +494,24 @@ class BatchIterator:
         and one padding column (the same on every host); 1 = always T. Each width compiles once.
     """
 
-    def __init__(self, dataset: TokenizedDataset, global_batch_size: int, seed: int = 0,
-                 process_index: int = 0, process_count: int = 1, shuffle: bool = True, repeat: bool = True,
-                 row_multiple: int = 1, pad_id: int = 0, length_buckets: int = 1):
+    def __init__(
+        self,
+        dataset: TokenizedDataset,
+        global_batch_size: int,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        shuffle: bool = True,
+        repeat: bool = True,
+        row_multiple: int = 1,
+        pad_id: int = 0,
+        length_buckets: int = 1,
+    ):
         if global_batch_size <= 0 or global_batch_size % process_count:
-            raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
-                             f"process_count={process_count}")
+            raise ValueError(
+                f"global_batch_size={global_batch_size} must be a positive multiple of "
+                f"process_count={process_count}"
+            )
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
         if len(dataset) == 0:
@@ -457,8 +539,9 @@ class BatchIterator:
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._order_epoch != epoch:
             n = self.num_examples
-            self._order = (np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle
-                           else np.arange(n))
+            self._order = (
+                np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+            )
             self._order_epoch = epoch
         return self._order
 
@@ -467,13 +550,13 @@ class BatchIterator:
         if not self.repeat:
             if self.position >= n:
                 return None
-            idx = self._epoch_order(0)[self.position: self.position + g]
+            idx = self._epoch_order(0)[self.position : self.position + g]
             self.position += len(idx)
             return np.concatenate([idx, np.full(g - len(idx), -1, np.int64)])
         parts, need = [], g
         while need:
             order = self._epoch_order(self.epoch)
-            take = order[self.position: self.position + need]
+            take = order[self.position : self.position + need]
             parts.append(take)
             need -= len(take)
             self.position += len(take)
@@ -486,22 +569,30 @@ class BatchIterator:
         if idx is None:
             raise StopIteration
         b = self.per_host_batch_size
-        mine = idx[self.process_index * b: (self.process_index + 1) * b]
+        mine = idx[self.process_index * b : (self.process_index + 1) * b]
         batch = self.dataset.take(mine)
         if not self.repeat:
             batch["weight"] = (mine >= 0).astype(np.float32)
         if self.length_buckets > 1 and not self.dataset.padding_free and self.dataset.kind in LAZY_KINDS:
-            width = bucket_width(int(self.dataset.sequence_lengths(idx).max(initial=0)) + 1,
-                                 self.dataset.max_length, self.length_buckets)
-            batch = {k: v[:, :width] if any(k.endswith(r) for r in batching.ROW_KEYS) else v
-                     for k, v in batch.items()}
+            width = bucket_width(
+                int(self.dataset.sequence_lengths(idx).max(initial=0)) + 1,
+                self.dataset.max_length,
+                self.length_buckets,
+            )
+            batch = {
+                k: v[:, :width] if any(k.endswith(r) for r in batching.ROW_KEYS) else v
+                for k, v in batch.items()
+            }
         if self.dataset.padding_free:
             ds = self.dataset
-            needed = max(batching.rows_needed(ds.packed_lengths(idx[h * b: (h + 1) * b]), ds.packed_width)
-                         for h in range(self.process_count))
+            needed = max(
+                batching.rows_needed(ds.packed_lengths(idx[h * b : (h + 1) * b]), ds.packed_width)
+                for h in range(self.process_count)
+            )
             rows = batching.bucket_rows(needed, b * len(ds.sequence_prefixes), self.row_multiple)
-            batch = ds.pack_batch(batch, mine, self.process_index * b, rows, self.pad_id,
-                                  row_offset=self.process_index * rows)
+            batch = ds.pack_batch(
+                batch, mine, self.process_index * b, rows, self.pad_id, row_offset=self.process_index * rows
+            )
         return batch
 
     __next__ = next
@@ -511,14 +602,20 @@ class BatchIterator:
 
     def get_state(self) -> dict[str, int]:
         """JSON-serializable position: ``{"epoch", "position", "seed", "num_examples"}``."""
-        return {"epoch": int(self.epoch), "position": int(self.position), "seed": self.seed,
-                "num_examples": self.num_examples}
+        return {
+            "epoch": int(self.epoch),
+            "position": int(self.position),
+            "seed": self.seed,
+            "num_examples": self.num_examples,
+        }
 
     def set_state(self, state: dict[str, int]) -> None:
         """Resumes at `state` from `get_state`; the seed and dataset size must match."""
         if int(state["seed"]) != self.seed or int(state["num_examples"]) != self.num_examples:
-            raise ValueError(f"data state {state} is for another dataset or seed (this one: seed={self.seed},"
-                             f" num_examples={self.num_examples})")
+            raise ValueError(
+                f"data state {state} is for another dataset or seed (this one: seed={self.seed},"
+                f" num_examples={self.num_examples})"
+            )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
@@ -558,8 +655,9 @@ class Prefetcher:
     def _start(self) -> None:
         self._stop = threading.Event()
         self._queue = queue.Queue(maxsize=max(self.depth, 1))
-        self._thread = threading.Thread(target=self._run, args=(self._queue, self._stop), daemon=True,
-                                        name="jaxalign-prefetch")
+        self._thread = threading.Thread(
+            target=self._run, args=(self._queue, self._stop), daemon=True, name="jaxalign-prefetch"
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -577,7 +675,7 @@ class Prefetcher:
         if error is not None:
             self._thread.join()
             self._thread = None
-            self.iterator.set_state(self._state)   # back to where the consumer is
+            self.iterator.set_state(self._state)  # back to where the consumer is
             raise error
         self._state = state
         return batch

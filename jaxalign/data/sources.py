@@ -23,6 +23,7 @@ Sources:
 
 Every problem with the data itself raises `jaxalign.errors.DataError` naming the file (and line).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -73,8 +74,15 @@ def _plain(row: Any) -> dict:
 
 def _type_name(x: Any) -> str:
     """How a JSON value is called in messages."""
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(x), type(x).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(x), type(x).__name__)
 
 
 def _split_files(directory: Path, split: str) -> list[Path]:
@@ -84,8 +92,12 @@ def _split_files(directory: Path, split: str) -> list[Path]:
 
     def matches(p: Path) -> bool:
         stem = p.name.split(".")[0]
-        return (stem == split or stem.endswith((f"_{split}", f"-{split}"))
-                or stem.startswith((f"{split}_", f"{split}-")) or split in p.relative_to(directory).parts[:-1])
+        return (
+            stem == split
+            or stem.endswith((f"_{split}", f"-{split}"))
+            or stem.startswith((f"{split}_", f"{split}-"))
+            or split in p.relative_to(directory).parts[:-1]
+        )
 
     chosen = [p for p in files if matches(p)]
     if chosen:
@@ -108,8 +120,10 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"{path} line {line}: invalid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
-                        "expected UTF-8 text (re-save the file as UTF-8)") from None
+        raise DataError(
+            f"{path} line {line}: invalid UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+            "expected UTF-8 text (re-save the file as UTF-8)"
+        ) from None
 
 
 def _json_why(e: json.JSONDecodeError) -> str:
@@ -132,12 +146,18 @@ def _parse_jsonl(path: Path, text: str) -> tuple[list[dict], list[int]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            hint = ("; this looks like a JSON array: name the file .json" if not rows and line.strip() == "["
-                    else "")
-            raise DataError(f"{path} line {n}: invalid JSON ({_json_why(e)}); expected one JSON "
-                            f"object per line{hint}") from None
+            hint = (
+                "; this looks like a JSON array: name the file .json"
+                if not rows and line.strip() == "["
+                else ""
+            )
+            raise DataError(
+                f"{path} line {n}: invalid JSON ({_json_why(e)}); expected one JSON object per line{hint}"
+            ) from None
         if not isinstance(row, dict):
-            raise DataError(f"{path} line {n}: expected a JSON object {{...}} per line, got {_type_name(row)}")
+            raise DataError(
+                f"{path} line {n}: expected a JSON object {{...}} per line, got {_type_name(row)}"
+            )
         rows.append(row)
         lines.append(n)
     if not rows:
@@ -150,8 +170,9 @@ def _parse_json_array(path: Path, text: str) -> list[dict]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path} line {e.lineno}: invalid JSON ({_json_why(e)}); expected an "
-                        "array of JSON objects") from None
+        raise DataError(
+            f"{path} line {e.lineno}: invalid JSON ({_json_why(e)}); expected an array of JSON objects"
+        ) from None
     if not items:
         raise _no_rows(path, text)
     for i, item in enumerate(items):
@@ -208,7 +229,7 @@ def _load_tfds(spec: str, split: str, data_dir: str | None) -> RowSource:
         import tensorflow_datasets as tfds
     except ImportError as e:  # optional dependency
         raise ImportError("tfds: sources need `pip install tensorflow-datasets` (jaxalign[tfds])") from e
-    name = spec[len("tfds:"):]
+    name = spec[len("tfds:") :]
     source = tfds.data_source(name, split=split, data_dir=data_dir)
     return RowSource(source, f"tfds {name} [{split}]", lambda i: f"tfds {name}[{split}] row {i + 1}")
 
@@ -220,9 +241,11 @@ def _load_hub(spec: str, split: str) -> RowSource:
         rows = datasets.load_dataset(spec, split=split)
     except Exception as e:  # noqa: BLE001 - not found, offline, no such split: all the user's to fix
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{spec}: not a local file or directory, and loading it from the Hugging Face hub "
-                        f"failed ({first}); expected a .jsonl/.json/.parquet file, a directory of them, or a "
-                        "hub dataset name") from None
+        raise DataError(
+            f"{spec}: not a local file or directory, and loading it from the Hugging Face hub "
+            f"failed ({first}); expected a .jsonl/.json/.parquet file, a directory of them, or a "
+            "hub dataset name"
+        ) from None
     return RowSource(rows, f"{spec} [{split}]", lambda i: f"{spec}[{split}] row {i + 1}")
 
 
@@ -245,6 +268,8 @@ def load_rows(source: Any, split: str = "train", *, data_dir: str | None = None)
     if path.suffix in SUPPORTED:
         return _load_files([path])
     if path.exists():
-        raise DataError(f"{path}: unsupported file type {path.suffix or '(no extension)'!r}; expected .jsonl, "
-                        ".json or .parquet")
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix or '(no extension)'!r}; expected .jsonl, "
+            ".json or .parquet"
+        )
     return _load_hub(spec, split)

@@ -23,6 +23,7 @@ How the assistant mask is found:
     prefix to tokenize to a prefix of the whole (true of ordinary templates); a template for which it is
     not raises ValueError.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,9 +46,11 @@ def has_generation_marks(tokenizer) -> bool:
     return bool(template) and bool(_GENERATION.search(template))
 
 
-NO_TEMPLATE = ("conversational rows (lists of messages) need a chat template and the tokenizer has none "
-               "(tokenizer.chat_template is empty); set config.data.chat_template to a Jinja template file "
-               "(or its text), or config.model.tokenizer to a tokenizer that has one")
+NO_TEMPLATE = (
+    "conversational rows (lists of messages) need a chat template and the tokenizer has none "
+    "(tokenizer.chat_template is empty); set config.data.chat_template to a Jinja template file "
+    "(or its text), or config.model.tokenizer to a tokenizer that has one"
+)
 
 
 def _apply_template(tokenizer, messages, **kwargs):
@@ -61,9 +64,11 @@ def _apply_template(tokenizer, messages, **kwargs):
         return tokenizer.apply_chat_template(messages, **kwargs)
     except jinja2.TemplateError as e:
         roles = ", ".join(dict.fromkeys(m["role"] for m in messages))
-        raise ValueError(f"the tokenizer's chat template rejects this conversation (roles: {roles}): {e}; "
-                         "expected a conversation the template accepts, or set config.data.chat_template to "
-                         "a template that renders these roles") from None
+        raise ValueError(
+            f"the tokenizer's chat template rejects this conversation (roles: {roles}): {e}; "
+            "expected a conversation the template accepts, or set config.data.chat_template to "
+            "a template that renders these roles"
+        ) from None
 
 
 def _render(tokenizer, messages, add_generation_prompt=False) -> str:
@@ -86,15 +91,17 @@ def encode_text(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ids, np.int32), np.ones(len(ids), np.int32)
 
 
-def encode_messages(tokenizer, messages: list[dict], assistant_only_loss: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def encode_messages(
+    tokenizer, messages: list[dict], assistant_only_loss: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """A conversation through the chat template. Returns (ids [L] int32, mask [L] int32)."""
     if not assistant_only_loss:
         ids = _ids(tokenizer, _render(tokenizer, messages), False)
         return np.asarray(ids, np.int32), np.ones(len(ids), np.int32)
     if has_generation_marks(tokenizer):
-        out = _apply_template(tokenizer, messages, tokenize=True, return_dict=True,
-                              return_assistant_tokens_mask=True)
+        out = _apply_template(
+            tokenizer, messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         ids = np.asarray(out["input_ids"], np.int32)
         mask = np.asarray(out["assistant_masks"], np.int32)
         eos = tokenizer.eos_token_id
@@ -111,9 +118,11 @@ def encode_messages(tokenizer, messages: list[dict], assistant_only_loss: bool =
         start = len(_ids(tokenizer, _render(tokenizer, messages[:i], add_generation_prompt=True), False))
         upto = _ids(tokenizer, _render(tokenizer, messages[: i + 1]), False)
         if full[: len(upto)] != upto:
-            raise ValueError("the chat template does not render a conversation prefix as a prefix of the "
-                             "whole; cannot find assistant turns (add {% generation %} marks to it)")
-        mask[start: len(upto)] = 1
+            raise ValueError(
+                "the chat template does not render a conversation prefix as a prefix of the "
+                "whole; cannot find assistant turns (add {% generation %} marks to it)"
+            )
+        mask[start : len(upto)] = 1
     return np.asarray(full, np.int32), mask
 
 
@@ -121,11 +130,14 @@ def encode_prompt(tokenizer, prompt: str | list[dict]) -> np.ndarray:
     """Prompt tokens: chat messages with the generation prompt, or ``tokenizer(prompt)``. [P] int32."""
     if isinstance(prompt, str):
         return np.asarray(_ids(tokenizer, prompt, True), np.int32)
-    return np.asarray(_ids(tokenizer, _render(tokenizer, prompt, add_generation_prompt=True), False), np.int32)
+    return np.asarray(
+        _ids(tokenizer, _render(tokenizer, prompt, add_generation_prompt=True), False), np.int32
+    )
 
 
-def encode_prompt_completion(tokenizer, prompt: str | list[dict], completion: str | list[dict]
-                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_prompt_completion(
+    tokenizer, prompt: str | list[dict], completion: str | list[dict]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns (prompt_ids [P], completion_ids [C], completion_mask [C]); the prompt is never a target.
 
     With messages the completion's mask comes from `encode_messages` (assistant turns + their end token;
@@ -140,13 +152,16 @@ def encode_prompt_completion(tokenizer, prompt: str | list[dict], completion: st
     p = encode_prompt(tokenizer, prompt)
     ids, mask = encode_messages(tokenizer, list(prompt) + list(completion), assistant_only_loss=True)
     if len(ids) < len(p) or not np.array_equal(ids[: len(p)], p):
-        raise ValueError("the chat template renders the prompt with its generation prompt differently "
-                         "from the start of the full conversation")
-    return p, ids[len(p):], mask[len(p):]
+        raise ValueError(
+            "the chat template renders the prompt with its generation prompt differently "
+            "from the start of the full conversation"
+        )
+    return p, ids[len(p) :], mask[len(p) :]
 
 
-def encode_example(tokenizer, example: dict[str, Any], assistant_only_loss: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def encode_example(
+    tokenizer, example: dict[str, Any], assistant_only_loss: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """One CLM/SFT example (normalized by `formats`) as (ids, mask) over the whole sequence."""
     if "text" in example:
         return encode_text(tokenizer, example["text"])

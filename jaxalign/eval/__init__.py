@@ -6,6 +6,7 @@ perplexity, length, diversity and refusal rates (see `run` for the flow, `metric
                                   reward_model="runs/reward/hf", workdir="/tmp/ev")
     print(compare({"sft": sft_results, "dpo": results}))
 """
+
 from jaxalign.eval import metrics
 from jaxalign.eval.report import compare
 from jaxalign.eval.run import SET_METRICS, evaluate_and_report, evaluate_checkpoint

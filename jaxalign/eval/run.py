@@ -20,6 +20,7 @@ example completions), completions.jsonl (one record per prompt), eval_*.png (wit
 Every host runs the same program; each feeds its slice of a global batch and results are gathered, so
 every host computes the same numbers and process 0 writes the files.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,416 +46,538 @@ DEFAULT_USER_TURN_FN = "jaxalign.data.embedded:speaks_as_user"
 # The metrics of every prompt set, in report order; a metric that does not apply (no reference, no
 # reward model, no labels) is None.
 SET_METRICS = (
-    "num_prompts", "accuracy", "stop_rate", "truncation_rate", "speaks_as_user_rate", "length/mean",
-    "distinct/1", "distinct/2", "kl/sequence", "kl/per_token", "reward/mean", "reward/reference_mean",
-    "win_rate", "refusal/rate", "refusal/over_rate",
+    "num_prompts",
+    "accuracy",
+    "stop_rate",
+    "truncation_rate",
+    "speaks_as_user_rate",
+    "length/mean",
+    "distinct/1",
+    "distinct/2",
+    "kl/sequence",
+    "kl/per_token",
+    "reward/mean",
+    "reward/reference_mean",
+    "win_rate",
+    "refusal/rate",
+    "refusal/over_rate",
 )
 PROMPT_KEYS = ("prompt_ids", "prompt_segment_ids")
 
 
 def _split_paths(paths: str | Sequence[str]) -> list[str]:
-  if isinstance(paths, (str, os.PathLike)):
-    paths = str(paths).split(",")
-  return [str(p).strip() for p in paths if str(p).strip()]
+    if isinstance(paths, (str, os.PathLike)):
+        paths = str(paths).split(",")
+    return [str(p).strip() for p in paths if str(p).strip()]
 
 
 def _set_names(paths: Sequence[str]) -> list[str]:
-  """File stems as set names ("prompts_test"), made unique with a suffix where two collide."""
-  names = []
-  for p in paths:
-    base = os.path.splitext(os.path.basename(os.path.normpath(p)))[0] or "prompts"
-    name, k = base, 2
-    while name in names:
-      name, k = f"{base}_{k}", k + 1
-    names.append(name)
-  return names
+    """File stems as set names ("prompts_test"), made unique with a suffix where two collide."""
+    names = []
+    for p in paths:
+        base = os.path.splitext(os.path.basename(os.path.normpath(p)))[0] or "prompts"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
 
 
 # ----------------------------------------------------------------------------------------------------
 # Config (objective "eval"): validated once, before anything is loaded.
 # ----------------------------------------------------------------------------------------------------
 def _is_reward_checkpoint(path: str) -> bool | None:
-  """True/False from a local config.json's `architectures`; None when it cannot be told."""
-  cfg = os.path.join(os.path.expanduser(path), "config.json")
-  if not os.path.isfile(cfg):
-    return None
-  try:
-    with open(cfg) as f:
-      archs = json.load(f).get("architectures") or []
-  except (ValueError, AttributeError):   # not JSON, or not an object: the loader names the problem
-    return None
-  if not archs:
-    return None
-  return any(a.endswith(("ForSequenceClassification", "ForTokenClassification", "RewardModel"))
-             for a in archs)
+    """True/False from a local config.json's `architectures`; None when it cannot be told."""
+    cfg = os.path.join(os.path.expanduser(path), "config.json")
+    if not os.path.isfile(cfg):
+        return None
+    try:
+        with open(cfg) as f:
+            archs = json.load(f).get("architectures") or []
+    except (ValueError, AttributeError):  # not JSON, or not an object: the loader names the problem
+        return None
+    if not archs:
+        return None
+    return any(
+        a.endswith(("ForSequenceClassification", "ForTokenClassification", "RewardModel")) for a in archs
+    )
 
 
 def validate_config(config, num_devices: int, process_count: int = 1) -> tuple[int, int, int]:
-  """Raises ConfigError on the first bad `eval.*` / `mesh.*` field. Returns the mesh shape
-  (data, fsdp, tensor), as `trainers.validate.validate` does for training objectives."""
-  if config.objective != "eval":
-    _fail("objective", config.objective, "this runner evaluates; expected 'eval'")
-  e = config.eval
-  _check_path("eval.checkpoint", e.checkpoint)
-  _check_path("eval.tokenizer", e.tokenizer, required=False)
-  _check_path("eval.reference", e.reference, required=False)
-  _check_path("eval.reward_model", e.reward_model, required=False)
-  for field in ("checkpoint", "reference", "reward_model"):   # CheckpointError before anything is loaded
-    if e[field] and os.path.isdir(os.path.expanduser(e[field])):
-      checkpoints.hf.check_hf_dir(os.path.expanduser(e[field]))
-  if e.reward_model and _is_reward_checkpoint(e.reward_model) is False:
-    _fail("eval.reward_model", e.reward_model, "is a causal-LM checkpoint (config.json architectures), not "
-          "a reward model (*ForSequenceClassification); its score head would be random")
-  prompts = _split_paths(e.prompts)
-  if not prompts:
-    _fail("eval.prompts", e.prompts, "is required (comma-separated prompt files)")
-  for p in prompts:
-    _check_path("eval.prompts", p)
-  _check_path("eval.text_path", e.text_path, required=False)
-  for field in ("check_fn", "refusal_fn", "user_turn_fn"):
-    try:
-      resolve_fn(e[field])
-    except (ValueError, ImportError) as err:
-      _fail(f"eval.{field}", e[field], str(err))
-  if e.max_new_tokens < 1:
-    _fail("eval.max_new_tokens", e.max_new_tokens, "must be >= 1")
-  if e.max_prompt_length < 1:
-    _fail("eval.max_prompt_length", e.max_prompt_length, "must be >= 1")
-  if e.text_max_length < 2:
-    _fail("eval.text_max_length", e.text_max_length, "must be >= 2")
-  if e.max_prompts < 0:
-    _fail("eval.max_prompts", e.max_prompts, "must be >= 0 (0 = every prompt)")
-  if e.temperature < 0:
-    _fail("eval.temperature", e.temperature, "must be >= 0 (0 = greedy)")
-  if e.top_k < 0:
-    _fail("eval.top_k", e.top_k, "must be >= 0 (0 = off)")
-  if not 0 < e.top_p <= 1:
-    _fail("eval.top_p", e.top_p, "must be in (0, 1]")
-  if e.dtype not in ("float32", "bfloat16"):
-    _fail("eval.dtype", e.dtype, "expected float32 or bfloat16")
-  if e.num_examples < 0:
-    _fail("eval.num_examples", e.num_examples, "must be >= 0")
+    """Raises ConfigError on the first bad `eval.*` / `mesh.*` field. Returns the mesh shape
+    (data, fsdp, tensor), as `trainers.validate.validate` does for training objectives."""
+    if config.objective != "eval":
+        _fail("objective", config.objective, "this runner evaluates; expected 'eval'")
+    e = config.eval
+    _check_path("eval.checkpoint", e.checkpoint)
+    _check_path("eval.tokenizer", e.tokenizer, required=False)
+    _check_path("eval.reference", e.reference, required=False)
+    _check_path("eval.reward_model", e.reward_model, required=False)
+    for field in ("checkpoint", "reference", "reward_model"):  # CheckpointError before anything is loaded
+        if e[field] and os.path.isdir(os.path.expanduser(e[field])):
+            checkpoints.hf.check_hf_dir(os.path.expanduser(e[field]))
+    if e.reward_model and _is_reward_checkpoint(e.reward_model) is False:
+        _fail(
+            "eval.reward_model",
+            e.reward_model,
+            "is a causal-LM checkpoint (config.json architectures), not "
+            "a reward model (*ForSequenceClassification); its score head would be random",
+        )
+    prompts = _split_paths(e.prompts)
+    if not prompts:
+        _fail("eval.prompts", e.prompts, "is required (comma-separated prompt files)")
+    for p in prompts:
+        _check_path("eval.prompts", p)
+    _check_path("eval.text_path", e.text_path, required=False)
+    for field in ("check_fn", "refusal_fn", "user_turn_fn"):
+        try:
+            resolve_fn(e[field])
+        except (ValueError, ImportError) as err:
+            _fail(f"eval.{field}", e[field], str(err))
+    if e.max_new_tokens < 1:
+        _fail("eval.max_new_tokens", e.max_new_tokens, "must be >= 1")
+    if e.max_prompt_length < 1:
+        _fail("eval.max_prompt_length", e.max_prompt_length, "must be >= 1")
+    if e.text_max_length < 2:
+        _fail("eval.text_max_length", e.text_max_length, "must be >= 2")
+    if e.max_prompts < 0:
+        _fail("eval.max_prompts", e.max_prompts, "must be >= 0 (0 = every prompt)")
+    if e.temperature < 0:
+        _fail("eval.temperature", e.temperature, "must be >= 0 (0 = greedy)")
+    if e.top_k < 0:
+        _fail("eval.top_k", e.top_k, "must be >= 0 (0 = off)")
+    if not 0 < e.top_p <= 1:
+        _fail("eval.top_p", e.top_p, "must be in (0, 1]")
+    if e.dtype not in ("float32", "bfloat16"):
+        _fail("eval.dtype", e.dtype, "expected float32 or bfloat16")
+    if e.num_examples < 0:
+        _fail("eval.num_examples", e.num_examples, "must be >= 0")
 
-  m = config.mesh
-  try:
-    mesh_shape = _mesh_shape(m.data, m.fsdp, m.tensor, num_devices)
-  except ValueError as err:
-    _fail("mesh", f"data={m.data} fsdp={m.fsdp} tensor={m.tensor}", str(err))
-  shards = mesh_shape[0] * mesh_shape[1]
-  if e.batch_size < 1 or e.batch_size % shards:
-    _fail("eval.batch_size", e.batch_size, f"must be a positive multiple of data × fsdp = {shards}")
-  if e.batch_size % process_count:
-    _fail("eval.batch_size", e.batch_size, f"must divide by the {process_count} processes")
-  return mesh_shape
+    m = config.mesh
+    try:
+        mesh_shape = _mesh_shape(m.data, m.fsdp, m.tensor, num_devices)
+    except ValueError as err:
+        _fail("mesh", f"data={m.data} fsdp={m.fsdp} tensor={m.tensor}", str(err))
+    shards = mesh_shape[0] * mesh_shape[1]
+    if e.batch_size < 1 or e.batch_size % shards:
+        _fail("eval.batch_size", e.batch_size, f"must be a positive multiple of data × fsdp = {shards}")
+    if e.batch_size % process_count:
+        _fail("eval.batch_size", e.batch_size, f"must divide by the {process_count} processes")
+    return mesh_shape
 
 
 def _mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
-  sizes = [data, fsdp, tensor]
-  if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError("axis sizes must be positive, with at most one -1 (= the remaining devices)")
-  known = int(np.prod([s for s in sizes if s != -1]))
-  if num_devices % known:
-    raise ValueError(f"does not divide the {num_devices} devices")
-  sizes = [num_devices // known if s == -1 else s for s in sizes]
-  if int(np.prod(sizes)) != num_devices:
-    raise ValueError(f"uses {int(np.prod(sizes))} devices but there are {num_devices}")
-  return tuple(sizes)
+    sizes = [data, fsdp, tensor]
+    if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ValueError("axis sizes must be positive, with at most one -1 (= the remaining devices)")
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if num_devices % known:
+        raise ValueError(f"does not divide the {num_devices} devices")
+    sizes = [num_devices // known if s == -1 else s for s in sizes]
+    if int(np.prod(sizes)) != num_devices:
+        raise ValueError(f"uses {int(np.prod(sizes))} devices but there are {num_devices}")
+    return tuple(sizes)
 
 
 def evaluate_and_report(config, workdir: str, devices=None) -> dict:
-  """The `objective="eval"` runner of `jaxalign.main`: validate, evaluate, write the report."""
-  from jaxalign.trainers import distributed
-  distributed.maybe_initialize(config.distributed)
-  devices = jax.devices() if devices is None else devices
-  mesh = sharding.make_mesh(*validate_config(config, len(devices), jax.process_count()), devices=devices)
-  e = config.eval
-  results = evaluate_checkpoint(
-      e.checkpoint, e.prompts, reference=e.reference or None, reward_model=e.reward_model or None,
-      text_path=e.text_path or None, tokenizer=e.tokenizer or None, check_fn=e.check_fn,
-      refusal_fn=e.refusal_fn, user_turn_fn=e.user_turn_fn, max_new_tokens=e.max_new_tokens,
-      temperature=e.temperature, top_k=e.top_k, top_p=e.top_p, max_prompt_length=e.max_prompt_length,
-      max_prompts=e.max_prompts, batch_size=e.batch_size, text_max_length=e.text_max_length,
-      seed=config.seed, dtype=e.dtype, mesh=mesh, workdir=workdir, plots=e.plots,
-      num_examples=e.num_examples)
-  if jax.process_index() == 0:
-    print(report.summary_table(results), flush=True)
-  return results
+    """The `objective="eval"` runner of `jaxalign.main`: validate, evaluate, write the report."""
+    from jaxalign.trainers import distributed
+
+    distributed.maybe_initialize(config.distributed)
+    devices = jax.devices() if devices is None else devices
+    mesh = sharding.make_mesh(*validate_config(config, len(devices), jax.process_count()), devices=devices)
+    e = config.eval
+    results = evaluate_checkpoint(
+        e.checkpoint,
+        e.prompts,
+        reference=e.reference or None,
+        reward_model=e.reward_model or None,
+        text_path=e.text_path or None,
+        tokenizer=e.tokenizer or None,
+        check_fn=e.check_fn,
+        refusal_fn=e.refusal_fn,
+        user_turn_fn=e.user_turn_fn,
+        max_new_tokens=e.max_new_tokens,
+        temperature=e.temperature,
+        top_k=e.top_k,
+        top_p=e.top_p,
+        max_prompt_length=e.max_prompt_length,
+        max_prompts=e.max_prompts,
+        batch_size=e.batch_size,
+        text_max_length=e.text_max_length,
+        seed=config.seed,
+        dtype=e.dtype,
+        mesh=mesh,
+        workdir=workdir,
+        plots=e.plots,
+        num_examples=e.num_examples,
+    )
+    if jax.process_index() == 0:
+        print(report.summary_table(results), flush=True)
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------
 # The Python API.
 # ----------------------------------------------------------------------------------------------------
 def _same_tokenizer(tokenizer, path: str, field: str) -> None:
-  """KL and reward scoring work on the policy's token ids: the other model must share its vocabulary."""
-  try:
-    other = checkpoints.load_tokenizer(path)
-  except (OSError, ValueError):
-    return  # no tokenizer files there: assume the policy's
-  if other.get_vocab() != tokenizer.get_vocab():
-    raise ConfigError(f"config.eval.{field}={path!r}: its tokenizer differs from the checkpoint's; "
-                      "KL and reward scoring read the policy's token ids, so they must share one")
+    """KL and reward scoring work on the policy's token ids: the other model must share its vocabulary."""
+    try:
+        other = checkpoints.load_tokenizer(path)
+    except (OSError, ValueError):
+        return  # no tokenizer files there: assume the policy's
+    if other.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"config.eval.{field}={path!r}: its tokenizer differs from the checkpoint's; "
+            "KL and reward scoring read the policy's token ids, so they must share one"
+        )
 
 
 def _global_batches(n: int, global_batch: int):
-  """Index arrays [G] over 0..n-1 in order, the last one padded with -1 (padding rows)."""
-  for start in range(0, n, global_batch):
-    idx = np.arange(start, min(start + global_batch, n))
-    yield np.concatenate([idx, np.full(global_batch - len(idx), -1, np.int64)])
+    """Index arrays [G] over 0..n-1 in order, the last one padded with -1 (padding rows)."""
+    for start in range(0, n, global_batch):
+        idx = np.arange(start, min(start + global_batch, n))
+        yield np.concatenate([idx, np.full(global_batch - len(idx), -1, np.int64)])
 
 
 def _local_slice(idx: np.ndarray) -> np.ndarray:
-  per = len(idx) // jax.process_count()
-  return idx[jax.process_index() * per: (jax.process_index() + 1) * per]
+    per = len(idx) // jax.process_count()
+    return idx[jax.process_index() * per : (jax.process_index() + 1) * per]
 
 
 def _to_global(x: np.ndarray, batch_sharding):
-  return jax.make_array_from_process_local_data(batch_sharding, np.asarray(x))
+    return jax.make_array_from_process_local_data(batch_sharding, np.asarray(x))
 
 
 def _gather(tree) -> dict:
-  """Global (batch-sharded) arrays -> numpy on every host, in global batch order."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(tree, tiled=True)
+    """Global (batch-sharded) arrays -> numpy on every host, in global batch order."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 class _Model(types.SimpleNamespace):
-  """A loaded checkpoint: `module`, `config` (ModelConfig), `params`, `path`."""
+    """A loaded checkpoint: `module`, `config` (ModelConfig), `params`, `path`."""
 
 
 def _load(path: str, mesh, head: str, dtype: str, cache: dict) -> _Model:
-  key = (os.path.realpath(os.path.expanduser(path)), head)
-  if key not in cache:
-    cfg, params = checkpoints.load_hf_model(path, mesh=mesh, dtype=dtype, head=head)
-    module = models.Transformer(cfg) if head == "lm" else models.ScalarHeadModel(cfg)
-    cache[key] = _Model(module=module, config=cfg, params=params, path=path)
-  return cache[key]
+    key = (os.path.realpath(os.path.expanduser(path)), head)
+    if key not in cache:
+        cfg, params = checkpoints.load_hf_model(path, mesh=mesh, dtype=dtype, head=head)
+        module = models.Transformer(cfg) if head == "lm" else models.ScalarHeadModel(cfg)
+        cache[key] = _Model(module=module, config=cfg, params=params, path=path)
+    return cache[key]
 
 
 def _extra_eos(cfg) -> tuple[int, ...]:
-  eos = cfg.eos_token_id
-  return tuple(eos) if isinstance(eos, (tuple, list)) else (() if eos is None else (int(eos),))
+    eos = cfg.eos_token_id
+    return tuple(eos) if isinstance(eos, (tuple, list)) else (() if eos is None else (int(eos),))
 
 
 def evaluate_checkpoint(
-    path: str, prompts_path: str | Sequence[str], *, reference: str | None = None,
-    reward_model: str | None = None, text_path: str | None = None, tokenizer: str | None = None,
-    check_fn: str | Callable = DEFAULT_CHECK_FN, refusal_fn: str | Callable = DEFAULT_REFUSAL_FN,
-    user_turn_fn: str | Callable = DEFAULT_USER_TURN_FN, max_new_tokens: int = 32,
-    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, max_prompt_length: int = 40,
-    max_prompts: int = 0, batch_size: int = 64, text_max_length: int = 64, seed: int = 0,
-    dtype: str = "float32", mesh: jax.sharding.Mesh | None = None, workdir: str | None = None,
-    plots: bool = True, num_examples: int = 5) -> dict:
-  """Evaluates the HF checkpoint at `path`; returns the results dict (also `<workdir>/eval.json`).
+    path: str,
+    prompts_path: str | Sequence[str],
+    *,
+    reference: str | None = None,
+    reward_model: str | None = None,
+    text_path: str | None = None,
+    tokenizer: str | None = None,
+    check_fn: str | Callable = DEFAULT_CHECK_FN,
+    refusal_fn: str | Callable = DEFAULT_REFUSAL_FN,
+    user_turn_fn: str | Callable = DEFAULT_USER_TURN_FN,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    max_prompt_length: int = 40,
+    max_prompts: int = 0,
+    batch_size: int = 64,
+    text_max_length: int = 64,
+    seed: int = 0,
+    dtype: str = "float32",
+    mesh: jax.sharding.Mesh | None = None,
+    workdir: str | None = None,
+    plots: bool = True,
+    num_examples: int = 5,
+) -> dict:
+    """Evaluates the HF checkpoint at `path`; returns the results dict (also `<workdir>/eval.json`).
 
-  Args:
-    path: policy checkpoint (HF directory with config.json, safetensors and a tokenizer).
-    prompts_path: one prompt file, a list, or a comma-separated string. Rows as the data pipeline's
-      kind="prompt" (a "prompt" string or message list, or "messages"), with an optional "answer"
-      (accuracy is over rows that have one) and optional "should_refuse" labels (refusal rates).
-    reference: checkpoint for the KL (log π − log π_ref on the policy's answers) and for the answers
-      the win rate compares against; None skips both. Must share the policy's tokenizer.
-    reward_model: a ScalarHead (`*ForSequenceClassification`) checkpoint; scores prompt + answer at the
-      last token. None skips rewards and the win rate (which needs `reference` too).
-    text_path: held-out text for perplexity: rows with "text", read with build_dataset(kind="clm") and
-      split into chunks of `text_max_length` tokens (a directory or hub name gives its "test" split,
-      as for prompt sets). None skips it.
-    tokenizer: tokenizer directory; default the checkpoint's.
-    check_fn: `(row, completion) -> bool`, callable or "module:function"; `refusal_fn`:
-      `(completion) -> bool`; `user_turn_fn`: `(completion) -> bool` (the completion started a user
-      turn). Each gets the completion decoded with special tokens kept (EOS visible), padding dropped.
-    max_new_tokens: N, generated tokens at most; a row that has not emitted EOS by then is truncated.
-    temperature, top_k, top_p: decoding (temperature 0 = greedy, the default).
-    max_prompt_length: P, prompt tokens kept (longer prompts keep their last P).
-    max_prompts: the first this many prompts of each set (0 = all).
-    batch_size: prompts per global batch (a multiple of the mesh's data × fsdp).
-    seed: sampling seed (unused when greedy).
-    dtype: compute dtype of every model.
-    mesh: default: every device on the fsdp axis.
-    workdir: where eval.json, eval.md, completions.jsonl and plots go (process 0); None writes nothing.
-    plots: PNG plots (needs matplotlib; skipped with a message if it is missing).
-    num_examples: completions per set shown in eval.md.
+    Args:
+      path: policy checkpoint (HF directory with config.json, safetensors and a tokenizer).
+      prompts_path: one prompt file, a list, or a comma-separated string. Rows as the data pipeline's
+        kind="prompt" (a "prompt" string or message list, or "messages"), with an optional "answer"
+        (accuracy is over rows that have one) and optional "should_refuse" labels (refusal rates).
+      reference: checkpoint for the KL (log π − log π_ref on the policy's answers) and for the answers
+        the win rate compares against; None skips both. Must share the policy's tokenizer.
+      reward_model: a ScalarHead (`*ForSequenceClassification`) checkpoint; scores prompt + answer at the
+        last token. None skips rewards and the win rate (which needs `reference` too).
+      text_path: held-out text for perplexity: rows with "text", read with build_dataset(kind="clm") and
+        split into chunks of `text_max_length` tokens (a directory or hub name gives its "test" split,
+        as for prompt sets). None skips it.
+      tokenizer: tokenizer directory; default the checkpoint's.
+      check_fn: `(row, completion) -> bool`, callable or "module:function"; `refusal_fn`:
+        `(completion) -> bool`; `user_turn_fn`: `(completion) -> bool` (the completion started a user
+        turn). Each gets the completion decoded with special tokens kept (EOS visible), padding dropped.
+      max_new_tokens: N, generated tokens at most; a row that has not emitted EOS by then is truncated.
+      temperature, top_k, top_p: decoding (temperature 0 = greedy, the default).
+      max_prompt_length: P, prompt tokens kept (longer prompts keep their last P).
+      max_prompts: the first this many prompts of each set (0 = all).
+      batch_size: prompts per global batch (a multiple of the mesh's data × fsdp).
+      seed: sampling seed (unused when greedy).
+      dtype: compute dtype of every model.
+      mesh: default: every device on the fsdp axis.
+      workdir: where eval.json, eval.md, completions.jsonl and plots go (process 0); None writes nothing.
+      plots: PNG plots (needs matplotlib; skipped with a message if it is missing).
+      num_examples: completions per set shown in eval.md.
 
-  Returns:
-    {"checkpoint", "reference", "reward_model", "text_path", "settings": {...},
-     "sets": {name: {metric: value} for the keys in SET_METRICS},
-     "perplexity": {"perplexity", "nll", "num_tokens", "num_sequences"} or None, "wall_s"}.
-  """
-  start = time.time()
-  check_fn, refusal_fn, user_turn_fn = map(resolve_fn, (check_fn, refusal_fn, user_turn_fn))
-  if mesh is None:
-    mesh = sharding.make_mesh(1, -1, 1)
-  batch_sharding = sharding.batch_sharding(mesh)
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if batch_size % shards or batch_size % jax.process_count():
-    raise ValueError(f"batch_size={batch_size} must divide by data × fsdp = {shards} and by the "
-                     f"{jax.process_count()} processes")
-  prompt_files = _split_paths(prompts_path)
-  tok = checkpoints.load_tokenizer(tokenizer or path)
-  loaded: dict = {}
-  with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh:
-    policy = _load(path, mesh, "lm", dtype, loaded)
-    limit = policy.config.max_position_embeddings
-    if max_prompt_length + max_new_tokens > limit:
-      raise ConfigError(f"config.eval.max_new_tokens={max_new_tokens}: eval.max_prompt_length + "
-                        f"max_new_tokens = {max_prompt_length + max_new_tokens} exceeds {path}'s "
-                        f"max_position_embeddings={limit}")
-    ref = rm = None
-    if reference:
-      _same_tokenizer(tok, reference, "reference")
-      ref = _load(reference, mesh, "lm", dtype, loaded)
-    if reward_model:
-      _same_tokenizer(tok, reward_model, "reward_model")
-      rm = _load(reward_model, mesh, "score", dtype, loaded)
+    Returns:
+      {"checkpoint", "reference", "reward_model", "text_path", "settings": {...},
+       "sets": {name: {metric: value} for the keys in SET_METRICS},
+       "perplexity": {"perplexity", "nll", "num_tokens", "num_sequences"} or None, "wall_s"}.
+    """
+    start = time.time()
+    check_fn, refusal_fn, user_turn_fn = map(resolve_fn, (check_fn, refusal_fn, user_turn_fn))
+    if mesh is None:
+        mesh = sharding.make_mesh(1, -1, 1)
+    batch_sharding = sharding.batch_sharding(mesh)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % shards or batch_size % jax.process_count():
+        raise ValueError(
+            f"batch_size={batch_size} must divide by data × fsdp = {shards} and by the "
+            f"{jax.process_count()} processes"
+        )
+    prompt_files = _split_paths(prompts_path)
+    tok = checkpoints.load_tokenizer(tokenizer or path)
+    loaded: dict = {}
+    with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh:
+        policy = _load(path, mesh, "lm", dtype, loaded)
+        limit = policy.config.max_position_embeddings
+        if max_prompt_length + max_new_tokens > limit:
+            raise ConfigError(
+                f"config.eval.max_new_tokens={max_new_tokens}: eval.max_prompt_length + "
+                f"max_new_tokens = {max_prompt_length + max_new_tokens} exceeds {path}'s "
+                f"max_position_embeddings={limit}"
+            )
+        ref = rm = None
+        if reference:
+            _same_tokenizer(tok, reference, "reference")
+            ref = _load(reference, mesh, "lm", dtype, loaded)
+        if reward_model:
+            _same_tokenizer(tok, reward_model, "reward_model")
+            rm = _load(reward_model, mesh, "score", dtype, loaded)
 
-    eos_ids = sampling.eos_ids_of(tok, _extra_eos(policy.config))
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      eos_ids=eos_ids, pad_id=sampling.pad_id_of(tok), mesh=mesh)
-    fns = {}   # one jitted function per (kind, model config): a reference of the same shape reuses them
+        eos_ids = sampling.eos_ids_of(tok, _extra_eos(policy.config))
+        gen_kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_ids=eos_ids,
+            pad_id=sampling.pad_id_of(tok),
+            mesh=mesh,
+        )
+        fns = {}  # one jitted function per (kind, model config): a reference of the same shape reuses them
 
-    def fn_for(kind, m):
-      key = (kind, m.config)
-      if key not in fns:
-        if kind == "generate":
-          fns[key] = sampling.make_generate_fn(
-              m.module, param_shardings=jax.tree.map(lambda x: x.sharding, m.params), **gen_kwargs)
-        elif kind == "logprobs":
-          fns[key] = make_completion_logprobs_fn(m.module)
-        elif kind == "reward":
-          fns[key] = make_reward_fn(m.module)
-        else:
-          fns[key] = make_nll_fn(m.module)
-      return fns[key]
+        def fn_for(kind, m):
+            key = (kind, m.config)
+            if key not in fns:
+                if kind == "generate":
+                    fns[key] = sampling.make_generate_fn(
+                        m.module, param_shardings=jax.tree.map(lambda x: x.sharding, m.params), **gen_kwargs
+                    )
+                elif kind == "logprobs":
+                    fns[key] = make_completion_logprobs_fn(m.module)
+                elif kind == "reward":
+                    fns[key] = make_reward_fn(m.module)
+                else:
+                    fns[key] = make_nll_fn(m.module)
+            return fns[key]
 
-    rng = jax.random.key(seed)
-    sets, examples = {}, {}
-    for name, file in zip(_set_names(prompt_files), prompt_files):
-      source = sources.load_rows(file, "test")
-      rows = [source[i] for i in range(len(source) if not max_prompts else min(max_prompts, len(source)))]
-      ds = pipeline.build_dataset(rows, kind="prompt", tokenizer=tok, max_length=max_prompt_length + 1,
-                                  max_prompt_length=max_prompt_length)
-      out = _rollout_set(ds, policy, ref, rm, fn_for, batch_size, batch_sharding, jax.random.fold_in(rng, len(sets)))
-      sets[name], examples[name] = _set_metrics(rows, ds, out, tok, eos_ids, check_fn, refusal_fn,
-                                                user_turn_fn, ref is not None, rm is not None)
-    ppl = None
-    if text_path:
-      ppl = _perplexity(text_path, tok, fn_for("nll", policy), policy.params, text_max_length, batch_size,
-                        batch_sharding)
+        rng = jax.random.key(seed)
+        sets, examples = {}, {}
+        for name, file in zip(_set_names(prompt_files), prompt_files):
+            source = sources.load_rows(file, "test")
+            rows = [
+                source[i] for i in range(len(source) if not max_prompts else min(max_prompts, len(source)))
+            ]
+            ds = pipeline.build_dataset(
+                rows,
+                kind="prompt",
+                tokenizer=tok,
+                max_length=max_prompt_length + 1,
+                max_prompt_length=max_prompt_length,
+            )
+            out = _rollout_set(
+                ds, policy, ref, rm, fn_for, batch_size, batch_sharding, jax.random.fold_in(rng, len(sets))
+            )
+            sets[name], examples[name] = _set_metrics(
+                rows,
+                ds,
+                out,
+                tok,
+                eos_ids,
+                check_fn,
+                refusal_fn,
+                user_turn_fn,
+                ref is not None,
+                rm is not None,
+            )
+        ppl = None
+        if text_path:
+            ppl = _perplexity(
+                text_path,
+                tok,
+                fn_for("nll", policy),
+                policy.params,
+                text_max_length,
+                batch_size,
+                batch_sharding,
+            )
 
-  results = {
-      "checkpoint": str(path), "reference": reference or None, "reward_model": reward_model or None,
-      "text_path": text_path or None,
-      "settings": {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
-                   "top_p": top_p, "max_prompt_length": max_prompt_length, "max_prompts": max_prompts,
-                   "batch_size": batch_size, "seed": seed, "dtype": dtype,
-                   "check_fn": _fn_name(check_fn), "prompt_files": prompt_files},
-      "sets": sets, "perplexity": ppl, "wall_s": round(time.time() - start, 2),
-  }
-  if workdir and jax.process_index() == 0:
-    report.write_outputs(results, examples, workdir, plots=plots, num_examples=num_examples)
-  return results
+    results = {
+        "checkpoint": str(path),
+        "reference": reference or None,
+        "reward_model": reward_model or None,
+        "text_path": text_path or None,
+        "settings": {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "max_prompt_length": max_prompt_length,
+            "max_prompts": max_prompts,
+            "batch_size": batch_size,
+            "seed": seed,
+            "dtype": dtype,
+            "check_fn": _fn_name(check_fn),
+            "prompt_files": prompt_files,
+        },
+        "sets": sets,
+        "perplexity": ppl,
+        "wall_s": round(time.time() - start, 2),
+    }
+    if workdir and jax.process_index() == 0:
+        report.write_outputs(results, examples, workdir, plots=plots, num_examples=num_examples)
+    return results
 
 
 def _fn_name(fn) -> str:
-  return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _rollout_set(ds, policy, ref, rm, fn_for, batch_size, batch_sharding, rng) -> dict:
-  """Generates and scores every prompt of `ds`; returns numpy arrays [n, ...] (padding rows dropped):
-  tokens/mask [n, N]; with a reference logprobs/ref_logprobs [n, N]; with a reward model reward [n];
-  with both ref_tokens/ref_mask [n, N] (the reference's own answers) and ref_reward [n]."""
-  chunks = []
-  for b, idx in enumerate(_global_batches(len(ds), batch_size)):
-    local = ds.take(_local_slice(idx))
-    ids, seg = (_to_global(local[k], batch_sharding) for k in PROMPT_KEYS)
-    key = jax.random.fold_in(rng, b)
-    out = fn_for("generate", policy)(policy.params, ids, seg, key)
-    row = {"tokens": out.tokens, "mask": out.mask}
-    if ref is not None:
-      row["logprobs"] = fn_for("logprobs", policy)(policy.params, ids, seg, out.tokens, out.mask)
-      row["ref_logprobs"] = fn_for("logprobs", ref)(ref.params, ids, seg, out.tokens, out.mask)
-    if rm is not None:
-      row["reward"] = fn_for("reward", rm)(rm.params, ids, seg, out.tokens, out.mask)
-      if ref is not None:  # the reference's own answers, decoded the same way (its own rng stream)
-        ref_out = fn_for("generate", ref)(ref.params, ids, seg, jax.random.fold_in(key, 1))
-        row["ref_tokens"], row["ref_mask"] = ref_out.tokens, ref_out.mask
-        row["ref_reward"] = fn_for("reward", rm)(rm.params, ids, seg, ref_out.tokens, ref_out.mask)
-    row = _gather(row)
-    keep = idx >= 0
-    chunks.append({k: np.asarray(v)[keep] for k, v in row.items()})
-  return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    """Generates and scores every prompt of `ds`; returns numpy arrays [n, ...] (padding rows dropped):
+    tokens/mask [n, N]; with a reference logprobs/ref_logprobs [n, N]; with a reward model reward [n];
+    with both ref_tokens/ref_mask [n, N] (the reference's own answers) and ref_reward [n]."""
+    chunks = []
+    for b, idx in enumerate(_global_batches(len(ds), batch_size)):
+        local = ds.take(_local_slice(idx))
+        ids, seg = (_to_global(local[k], batch_sharding) for k in PROMPT_KEYS)
+        key = jax.random.fold_in(rng, b)
+        out = fn_for("generate", policy)(policy.params, ids, seg, key)
+        row = {"tokens": out.tokens, "mask": out.mask}
+        if ref is not None:
+            row["logprobs"] = fn_for("logprobs", policy)(policy.params, ids, seg, out.tokens, out.mask)
+            row["ref_logprobs"] = fn_for("logprobs", ref)(ref.params, ids, seg, out.tokens, out.mask)
+        if rm is not None:
+            row["reward"] = fn_for("reward", rm)(rm.params, ids, seg, out.tokens, out.mask)
+            if ref is not None:  # the reference's own answers, decoded the same way (its own rng stream)
+                ref_out = fn_for("generate", ref)(ref.params, ids, seg, jax.random.fold_in(key, 1))
+                row["ref_tokens"], row["ref_mask"] = ref_out.tokens, ref_out.mask
+                row["ref_reward"] = fn_for("reward", rm)(rm.params, ids, seg, ref_out.tokens, ref_out.mask)
+        row = _gather(row)
+        keep = idx >= 0
+        chunks.append({k: np.asarray(v)[keep] for k, v in row.items()})
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def _decode(tok, tokens, mask, keep_special: bool) -> list[str]:
-  return sampling.decode_completions(tok, types.SimpleNamespace(tokens=tokens, mask=mask),
-                                     skip_special_tokens=not keep_special)
+    return sampling.decode_completions(
+        tok, types.SimpleNamespace(tokens=tokens, mask=mask), skip_special_tokens=not keep_special
+    )
 
 
 def _set_metrics(rows, ds, out, tok, eos_ids, check_fn, refusal_fn, user_turn_fn, has_ref, has_rm):
-  """Host-side metrics of one prompt set: (metrics dict with every SET_METRICS key, per-prompt records)."""
-  raw = _decode(tok, out["tokens"], out["mask"], keep_special=True)      # EOS / user-turn tokens visible
-  clean = _decode(tok, out["tokens"], out["mask"], keep_special=False)   # for distinct-n
-  lengths = out["mask"].sum(-1)
-  answers = [str(a) for a in ds.host["answer"]]
-  has_answer = np.asarray([a != "" for a in answers])
-  correct = np.asarray([bool(check_fn(r, t)) if h else False for r, t, h in zip(rows, raw, has_answer)])
-  eos = metrics.ended_with_eos(out["tokens"], out["mask"], eos_ids)
-  user = np.asarray([bool(user_turn_fn(t)) for t in raw])
-  refused = np.asarray([bool(refusal_fn(t)) for t in raw])
-  labelled = all("should_refuse" in r for r in rows)
-  should = np.asarray([bool(r.get("should_refuse")) for r in rows])
+    """Host-side metrics of one prompt set: (metrics dict with every SET_METRICS key, per-prompt records)."""
+    raw = _decode(tok, out["tokens"], out["mask"], keep_special=True)  # EOS / user-turn tokens visible
+    clean = _decode(tok, out["tokens"], out["mask"], keep_special=False)  # for distinct-n
+    lengths = out["mask"].sum(-1)
+    answers = [str(a) for a in ds.host["answer"]]
+    has_answer = np.asarray([a != "" for a in answers])
+    correct = np.asarray([bool(check_fn(r, t)) if h else False for r, t, h in zip(rows, raw, has_answer)])
+    eos = metrics.ended_with_eos(out["tokens"], out["mask"], eos_ids)
+    user = np.asarray([bool(user_turn_fn(t)) for t in raw])
+    refused = np.asarray([bool(refusal_fn(t)) for t in raw])
+    labelled = all("should_refuse" in r for r in rows)
+    should = np.asarray([bool(r.get("should_refuse")) for r in rows])
 
-  m = dict.fromkeys(SET_METRICS)
-  m["num_prompts"] = len(rows)
-  m["accuracy"] = metrics.accuracy(correct[has_answer])
-  m["stop_rate"] = metrics.stop_rate(eos, user)
-  m["truncation_rate"] = metrics.accuracy(~eos)
-  m["speaks_as_user_rate"] = metrics.accuracy(user)
-  m["length/mean"] = metrics.mean_length(lengths)
-  m["distinct/1"] = metrics.distinct_n(clean, 1)
-  m["distinct/2"] = metrics.distinct_n(clean, 2)
-  kl = None
-  if has_ref:
-    m.update(metrics.kl_summary(out["logprobs"], out["ref_logprobs"], out["mask"]))
-    kl = metrics.sequence_kl(out["logprobs"], out["ref_logprobs"], out["mask"])
-  if has_rm:
-    m["reward/mean"] = float(np.mean(out["reward"]))
+    m = dict.fromkeys(SET_METRICS)
+    m["num_prompts"] = len(rows)
+    m["accuracy"] = metrics.accuracy(correct[has_answer])
+    m["stop_rate"] = metrics.stop_rate(eos, user)
+    m["truncation_rate"] = metrics.accuracy(~eos)
+    m["speaks_as_user_rate"] = metrics.accuracy(user)
+    m["length/mean"] = metrics.mean_length(lengths)
+    m["distinct/1"] = metrics.distinct_n(clean, 1)
+    m["distinct/2"] = metrics.distinct_n(clean, 2)
+    kl = None
     if has_ref:
-      m["reward/reference_mean"] = float(np.mean(out["ref_reward"]))
-      m["win_rate"] = metrics.win_rate(out["reward"], out["ref_reward"])
-  if labelled:
-    m["refusal/rate"], m["refusal/over_rate"] = metrics.refusal_rates(refused, should)
-
-  ref_raw = (_decode(tok, out["ref_tokens"], out["ref_mask"], keep_special=True)
-             if "ref_tokens" in out else None)
-  records = []
-  for i, row in enumerate(rows):
-    rec = {"index": i, "prompt": row.get("prompt", row.get("messages")), "answer": answers[i] or None,
-           "completion": raw[i], "correct": bool(correct[i]) if has_answer[i] else None,
-           "stopped": bool(eos[i] and not user[i]), "speaks_as_user": bool(user[i]),
-           "refused": bool(refused[i]), "length": int(lengths[i])}
-    if labelled:
-      rec["should_refuse"] = bool(should[i])
-    if kl is not None:
-      rec["kl"] = float(kl[i])
+        m.update(metrics.kl_summary(out["logprobs"], out["ref_logprobs"], out["mask"]))
+        kl = metrics.sequence_kl(out["logprobs"], out["ref_logprobs"], out["mask"])
     if has_rm:
-      rec["reward"] = float(out["reward"][i])
-    if ref_raw is not None:
-      rec["reference_completion"], rec["reference_reward"] = ref_raw[i], float(out["ref_reward"][i])
-    records.append(rec)
-  return m, records
+        m["reward/mean"] = float(np.mean(out["reward"]))
+        if has_ref:
+            m["reward/reference_mean"] = float(np.mean(out["ref_reward"]))
+            m["win_rate"] = metrics.win_rate(out["reward"], out["ref_reward"])
+    if labelled:
+        m["refusal/rate"], m["refusal/over_rate"] = metrics.refusal_rates(refused, should)
+
+    ref_raw = (
+        _decode(tok, out["ref_tokens"], out["ref_mask"], keep_special=True) if "ref_tokens" in out else None
+    )
+    records = []
+    for i, row in enumerate(rows):
+        rec = {
+            "index": i,
+            "prompt": row.get("prompt", row.get("messages")),
+            "answer": answers[i] or None,
+            "completion": raw[i],
+            "correct": bool(correct[i]) if has_answer[i] else None,
+            "stopped": bool(eos[i] and not user[i]),
+            "speaks_as_user": bool(user[i]),
+            "refused": bool(refused[i]),
+            "length": int(lengths[i]),
+        }
+        if labelled:
+            rec["should_refuse"] = bool(should[i])
+        if kl is not None:
+            rec["kl"] = float(kl[i])
+        if has_rm:
+            rec["reward"] = float(out["reward"][i])
+        if ref_raw is not None:
+            rec["reference_completion"], rec["reference_reward"] = ref_raw[i], float(out["ref_reward"][i])
+        records.append(rec)
+    return m, records
 
 
 def _perplexity(text_path, tok, nll_fn, params, max_length, batch_size, batch_sharding) -> dict:
-  """Token-mean NLL of held-out text over every chunk of `max_length` tokens, and its exponential."""
-  ds = pipeline.build_dataset(text_path, kind="clm", tokenizer=tok, max_length=max_length, split="test")
-  nll, count = 0.0, 0.0
-  for idx in _global_batches(len(ds), batch_size):
-    local = ds.take(_local_slice(idx))
-    batch = {k: _to_global(local[k], batch_sharding)
-             for k in ("input_ids", "targets", "loss_mask", "positions", "segment_ids")}
-    s, c = jax.device_get(nll_fn(params, batch))
-    nll, count = nll + float(s), count + float(c)
-  return {"perplexity": metrics.perplexity(nll, count), "nll": nll / count if count else None,
-          "num_tokens": int(count), "num_sequences": len(ds), "text_path": str(text_path)}
+    """Token-mean NLL of held-out text over every chunk of `max_length` tokens, and its exponential."""
+    ds = pipeline.build_dataset(text_path, kind="clm", tokenizer=tok, max_length=max_length, split="test")
+    nll, count = 0.0, 0.0
+    for idx in _global_batches(len(ds), batch_size):
+        local = ds.take(_local_slice(idx))
+        batch = {
+            k: _to_global(local[k], batch_sharding)
+            for k in ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
+        }
+        s, c = jax.device_get(nll_fn(params, batch))
+        nll, count = nll + float(s), count + float(c)
+    return {
+        "perplexity": metrics.perplexity(nll, count),
+        "nll": nll / count if count else None,
+        "num_tokens": int(count),
+        "num_sequences": len(ds),
+        "text_path": str(text_path),
+    }

@@ -4,6 +4,7 @@ Each `make_*` factory returns a jitted function of (params, arrays); the arrays 
 arrays (the batch over ("data", "fsdp")) and the params keep the sharding they were loaded with.
 No config crosses the jit boundary and no maths lives here beyond `jaxalign.losses` calls.
 """
+
 from __future__ import annotations
 
 import jax
@@ -15,44 +16,50 @@ from jaxalign.sampling import GenerateOutput, prompt_positions, to_training_batc
 
 
 def make_completion_logprobs_fn(model):
-  """`fn(params, prompt_ids, prompt_segment_ids, tokens, mask) -> [B, N] float32`: log p of each
-  generated token under `model` (teacher-forced over prompt + completion, temperature 1), 0 where
-  `mask` is 0. The same function for the policy and the reference, so a model against itself gives
-  exactly 0 KL.
+    """`fn(params, prompt_ids, prompt_segment_ids, tokens, mask) -> [B, N] float32`: log p of each
+    generated token under `model` (teacher-forced over prompt + completion, temperature 1), 0 where
+    `mask` is 0. The same function for the policy and the reference, so a model against itself gives
+    exactly 0 KL.
 
-  Args:
-    prompt_ids, prompt_segment_ids: [B, P] left-padded prompts; tokens, mask: [B, N] from the sampler.
-  """
-  def fn(params, prompt_ids, prompt_segment_ids, tokens, mask):
-    p = prompt_ids.shape[1]
-    zeros = jnp.zeros(tokens.shape, jnp.float32)
-    out = GenerateOutput(tokens.astype(jnp.int32), zeros, zeros, mask.astype(jnp.int32), mask.sum(-1))
-    batch = to_training_batch(prompt_ids, prompt_segment_ids, out)                 # [B, P+N-1]
-    logits = model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
-    lp = losses.token_logprobs(logits, batch["targets"]) * batch["loss_mask"]      # [B, P+N-1]
-    return lp[:, p - 1:]                                                           # [B, N]
-  return jax.jit(fn)
+    Args:
+      prompt_ids, prompt_segment_ids: [B, P] left-padded prompts; tokens, mask: [B, N] from the sampler.
+    """
+
+    def fn(params, prompt_ids, prompt_segment_ids, tokens, mask):
+        p = prompt_ids.shape[1]
+        zeros = jnp.zeros(tokens.shape, jnp.float32)
+        out = GenerateOutput(tokens.astype(jnp.int32), zeros, zeros, mask.astype(jnp.int32), mask.sum(-1))
+        batch = to_training_batch(prompt_ids, prompt_segment_ids, out)  # [B, P+N-1]
+        logits = model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
+        lp = losses.token_logprobs(logits, batch["targets"]) * batch["loss_mask"]  # [B, P+N-1]
+        return lp[:, p - 1 :]  # [B, N]
+
+    return jax.jit(fn)
 
 
 def make_reward_fn(reward_model):
-  """`fn(params, prompt_ids, prompt_segment_ids, tokens, mask) -> [B] float32`: the reward model's
-  score (a `ScalarHeadModel`) at the last real token of prompt + completion, the token a Bradley-Terry
-  reward model is trained to read (the EOS when the completion stopped)."""
-  def fn(params, prompt_ids, prompt_segment_ids, tokens, mask):
-    ids = jnp.concatenate([prompt_ids.astype(jnp.int32), tokens.astype(jnp.int32)], axis=1)   # [B, P+N]
-    seg = jnp.concatenate([prompt_segment_ids != 0, mask != 0], axis=1).astype(jnp.int32)
-    scores = reward_model.apply({"params": params}, ids, prompt_positions(seg), seg)          # [B, P+N]
-    return last_token_scores(scores, seg)
-  return jax.jit(fn)
+    """`fn(params, prompt_ids, prompt_segment_ids, tokens, mask) -> [B] float32`: the reward model's
+    score (a `ScalarHeadModel`) at the last real token of prompt + completion, the token a Bradley-Terry
+    reward model is trained to read (the EOS when the completion stopped)."""
+
+    def fn(params, prompt_ids, prompt_segment_ids, tokens, mask):
+        ids = jnp.concatenate([prompt_ids.astype(jnp.int32), tokens.astype(jnp.int32)], axis=1)  # [B, P+N]
+        seg = jnp.concatenate([prompt_segment_ids != 0, mask != 0], axis=1).astype(jnp.int32)
+        scores = reward_model.apply({"params": params}, ids, prompt_positions(seg), seg)  # [B, P+N]
+        return last_token_scores(scores, seg)
+
+    return jax.jit(fn)
 
 
 def make_nll_fn(model):
-  """`fn(params, batch) -> (nll_sum, num_tokens)` float32 scalars over a CLM batch (the data
-  pipeline's keys): sum_t m_t (-log p(y_t)) and sum_t m_t. Summed, not averaged, so that batches
-  (and hosts) add up to the token mean over the whole set."""
-  def fn(params, batch):
-    logits = model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
-    lp = losses.token_logprobs(logits, batch["targets"])
-    m = batch["loss_mask"].astype(jnp.float32)
-    return -jnp.sum(lp * m), jnp.sum(m)
-  return jax.jit(fn)
+    """`fn(params, batch) -> (nll_sum, num_tokens)` float32 scalars over a CLM batch (the data
+    pipeline's keys): sum_t m_t (-log p(y_t)) and sum_t m_t. Summed, not averaged, so that batches
+    (and hosts) add up to the token mean over the whole set."""
+
+    def fn(params, batch):
+        logits = model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
+        lp = losses.token_logprobs(logits, batch["targets"])
+        m = batch["loss_mask"].astype(jnp.float32)
+        return -jnp.sum(lp * m), jnp.sum(m)
+
+    return jax.jit(fn)

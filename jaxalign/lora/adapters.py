@@ -21,6 +21,7 @@ adapters are ordinary variables of the module's scope, this composes with jit, g
 nn.scan (stacked adapters are sliced per layer). Gradients are taken w.r.t. the adapter tree only, so
 no weight gradient of a base kernel is ever computed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,27 +50,30 @@ Path = tuple[str, ...]
 @dataclasses.dataclass(frozen=True)
 class DenseSite:
     """One projection the adapters can attach to."""
-    path: Path                      # module path, e.g. ("layers_0", "attn", "q_proj")
-    in_dims: int                    # number of leading kernel dims that are inputs (o_proj: 2)
-    kernel_shape: tuple[int, ...]   # including the [L] axis when stacked
-    stacked: bool                   # scan layout: kernel (and adapters) lead with [L]
+
+    path: Path  # module path, e.g. ("layers_0", "attn", "q_proj")
+    in_dims: int  # number of leading kernel dims that are inputs (o_proj: 2)
+    kernel_shape: tuple[int, ...]  # including the [L] axis when stacked
+    stacked: bool  # scan layout: kernel (and adapters) lead with [L]
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         lead = int(self.stacked)
-        return self.kernel_shape[lead:lead + self.in_dims]
+        return self.kernel_shape[lead : lead + self.in_dims]
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        return self.kernel_shape[int(self.stacked) + self.in_dims:]
+        return self.kernel_shape[int(self.stacked) + self.in_dims :]
 
     def layer_names(self) -> list[str]:
         """Per-layer path strings ("layers_3/attn/q_proj"); one entry when not stacked."""
         if not self.stacked:
             return ["/".join(self.path)]
         i = self.path.index("layers")
-        return ["/".join(self.path[:i] + (f"layers_{layer}",) + self.path[i + 1:])
-                for layer in range(self.kernel_shape[0])]
+        return [
+            "/".join(self.path[:i] + (f"layers_{layer}",) + self.path[i + 1 :])
+            for layer in range(self.kernel_shape[0])
+        ]
 
 
 def as_module(model: nn.Module | ModelConfig, base_params: Mapping) -> nn.Module:
@@ -107,8 +111,9 @@ def dense_sites(model: nn.Module | ModelConfig, base_params: Mapping) -> dict[Pa
     return sites
 
 
-def select_targets(model: nn.Module | ModelConfig, base_params: Mapping,
-                   lora_config: LoraConfig) -> dict[Path, DenseSite]:
+def select_targets(
+    model: nn.Module | ModelConfig, base_params: Mapping, lora_config: LoraConfig
+) -> dict[Path, DenseSite]:
     """The Dense sites selected by `lora_config.target_modules` (see jaxalign.lora.config).
 
     Raises ValueError if nothing is selected, if a pattern names a parameter that is not a Dense
@@ -122,22 +127,28 @@ def select_targets(model: nn.Module | ModelConfig, base_params: Mapping,
         if all(hits):
             chosen[path] = site
         elif any(hits):
-            raise ValueError(f"target_modules {list(patterns)} select only some layers of the stacked "
-                             f"(scan_layers) kernel {'/'.join(path)}: one stacked kernel has one adapter "
-                             "per layer for all layers; use scan_layers=False to adapt a subset of layers")
+            raise ValueError(
+                f"target_modules {list(patterns)} select only some layers of the stacked "
+                f"(scan_layers) kernel {'/'.join(path)}: one stacked kernel has one adapter "
+                "per layer for all layers; use scan_layers=False to adapt a subset of layers"
+            )
     site_names = {n for s in sites.values() for n in s.layer_names()}
     module_paths = {"/".join(p[:-1]) for p in flax.traverse_util.flatten_dict(dict(base_params))}
     for pattern in patterns:
         if not any(matches([pattern], n) for n in site_names):
             others = sorted(m for m in module_paths if matches([pattern], m))
             if others:
-                raise ValueError(f"target_modules pattern {pattern!r} selects {others[:3]}, which are not "
-                                 "Dense projections; LoRA applies to attention q/k/v/o and MLP "
-                                 "gate/up/down projections only")
+                raise ValueError(
+                    f"target_modules pattern {pattern!r} selects {others[:3]}, which are not "
+                    "Dense projections; LoRA applies to attention q/k/v/o and MLP "
+                    "gate/up/down projections only"
+                )
     if not chosen:
         names = sorted({p[-1] for p in sites})
-        raise ValueError(f"target_modules {list(patterns)} select no projection; the model's projections "
-                         f"are {names} (paths like {'/'.join(next(iter(sites)))!r})")
+        raise ValueError(
+            f"target_modules {list(patterns)} select no projection; the model's projections "
+            f"are {names} (paths like {'/'.join(next(iter(sites)))!r})"
+        )
     return chosen
 
 
@@ -154,8 +165,9 @@ def adapter_paths(lora_params: Mapping) -> list[Path]:
     return [p[:-1] for p in flat if p[-1] == LORA_A]
 
 
-def init_lora(model: nn.Module | ModelConfig, base_params: Mapping, lora_config: LoraConfig,
-              rng: jax.Array) -> dict:
+def init_lora(
+    model: nn.Module | ModelConfig, base_params: Mapping, lora_config: LoraConfig, rng: jax.Array
+) -> dict:
     """Fresh adapters for the selected projections: A as PEFT initialises it, B = 0 (so the adapted
     model starts equal to the base). Jittable (e.g. with `out_shardings=lora_shardings(...)`).
 
@@ -183,7 +195,7 @@ def init_lora(model: nn.Module | ModelConfig, base_params: Mapping, lora_config:
     offset = 0
     for (path, site), a_shape in zip(sites, a_shapes):
         n = math.prod(a_shape)
-        unit = draw[offset:offset + n].reshape(a_shape)
+        unit = draw[offset : offset + n].reshape(a_shape)
         offset += n
         a = unit / math.sqrt(math.prod(site.in_shape)) if lora_config.init == "kaiming" else unit / r
         lead = site.kernel_shape[:1] if site.stacked else ()
@@ -205,18 +217,19 @@ def lora_logical_axes(lora_params: Mapping, base_logical_axes: Mapping) -> dict:
         k_axes = tuple(_get(base_logical_axes, path + ("kernel",)))
         node = _get(lora_params, path)
         a_nd, b_nd = len(node[LORA_A].shape), len(node[LORA_B].shape)
-        lead = a_nd + b_nd - 2 - len(k_axes)            # 1 for stacked ([L]) adapters, else 0
-        n_in = a_nd - 1                                  # [L] + input dims
-        _set(out, path, {LORA_A: k_axes[:n_in] + (None,),
-                         LORA_B: k_axes[:lead] + (None,) + k_axes[n_in:]})
+        lead = a_nd + b_nd - 2 - len(k_axes)  # 1 for stacked ([L]) adapters, else 0
+        n_in = a_nd - 1  # [L] + input dims
+        _set(out, path, {LORA_A: k_axes[:n_in] + (None,), LORA_B: k_axes[:lead] + (None,) + k_axes[n_in:]})
     return out
 
 
-def lora_shardings(lora_params: Mapping, base_logical_axes: Mapping, mesh: Mesh,
-                   rules=LOGICAL_AXIS_RULES) -> dict:
+def lora_shardings(
+    lora_params: Mapping, base_logical_axes: Mapping, mesh: Mesh, rules=LOGICAL_AXIS_RULES
+) -> dict:
     """NamedShardings for the adapters on `mesh` (dims the mesh doesn't divide stay replicated)."""
-    return logical_to_shardings(lora_logical_axes(lora_params, base_logical_axes), mesh, rules,
-                                shapes=lora_params)
+    return logical_to_shardings(
+        lora_logical_axes(lora_params, base_logical_axes), mesh, rules, shapes=lora_params
+    )
 
 
 def attach_lora(base_params: Mapping, lora_params: Mapping | None) -> dict:
@@ -228,8 +241,9 @@ def attach_lora(base_params: Mapping, lora_params: Mapping | None) -> dict:
         if k in (LORA_A, LORA_B):
             out[k] = v
         elif k not in base_params:
-            raise ValueError(f"adapter path component {k!r} is not in the base parameters "
-                             f"(have {sorted(base_params)})")
+            raise ValueError(
+                f"adapter path component {k!r} is not in the base parameters (have {sorted(base_params)})"
+            )
         else:
             out[k] = attach_lora(base_params[k], v)
     return out
@@ -242,20 +256,23 @@ def _interceptor(scale: float, dropout: float):
     def intercept(next_fun, args, kwargs, context):
         y = next_fun(*args, **kwargs)
         mod = context.module
-        if (context.method_name != "__call__" or not isinstance(mod, Dense)
-                or not mod.has_variable("params", LORA_A)):
+        if (
+            context.method_name != "__call__"
+            or not isinstance(mod, Dense)
+            or not mod.has_variable("params", LORA_A)
+        ):
             return y
         x = args[0]
-        a = mod.get_variable("params", LORA_A)                                   # [*in, r]
-        b = mod.get_variable("params", LORA_B)                                   # [r, *out]
+        a = mod.get_variable("params", LORA_A)  # [*in, r]
+        b = mod.get_variable("params", LORA_B)  # [r, *out]
         dtype = jnp.dtype(mod.config.dtype)
         r = a.shape[-1]
-        x2 = x.reshape((-1, math.prod(x.shape[-mod.in_dims:]))).astype(dtype)    # [N, in]
+        x2 = x.reshape((-1, math.prod(x.shape[-mod.in_dims :]))).astype(dtype)  # [N, in]
         if dropout > 0.0 and mod.has_rng("dropout"):
             keep = jax.random.bernoulli(mod.make_rng("dropout"), 1.0 - dropout, x2.shape)
             x2 = jnp.where(keep, x2 / (1.0 - dropout), 0.0).astype(dtype)
-        h = jnp.dot(x2, a.reshape((-1, r)).astype(dtype)) * scale               # [N, r]
-        delta = jnp.dot(h.astype(dtype), b.reshape((r, -1)).astype(dtype))      # [N, out]
+        h = jnp.dot(x2, a.reshape((-1, r)).astype(dtype)) * scale  # [N, r]
+        delta = jnp.dot(h.astype(dtype), b.reshape((r, -1)).astype(dtype))  # [N, out]
         return y + delta.reshape(y.shape).astype(y.dtype)
 
     return intercept
@@ -284,8 +301,15 @@ class LoraModel:
             return self.model.apply(variables, *args, rngs=rngs, **kwargs)
 
 
-def apply_lora(model: nn.Module, base_params: Mapping, lora_params: Mapping | None, *args,
-               lora_config: LoraConfig | None = None, dropout_rng: jax.Array | None = None, **kwargs):
+def apply_lora(
+    model: nn.Module,
+    base_params: Mapping,
+    lora_params: Mapping | None,
+    *args,
+    lora_config: LoraConfig | None = None,
+    dropout_rng: jax.Array | None = None,
+    **kwargs,
+):
     """`model.apply` with adapters: y = x W + scale · (x A) B on every adapted projection.
 
     Args:
@@ -303,8 +327,9 @@ def apply_lora(model: nn.Module, base_params: Mapping, lora_params: Mapping | No
     if lora_config is None:
         raise ValueError("apply_lora needs lora_config= (its alpha/rank give the scale)")
     rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-    return LoraModel(model, lora_config).apply({"params": attach_lora(base_params, lora_params)}, *args,
-                                               rngs=rngs, **kwargs)
+    return LoraModel(model, lora_config).apply(
+        {"params": attach_lora(base_params, lora_params)}, *args, rngs=rngs, **kwargs
+    )
 
 
 def lora_loss_fn(loss_fn):
@@ -325,8 +350,8 @@ def lora_delta(a: jax.Array, b: jax.Array, kernel_shape: tuple[int, ...], scale:
     """scale · A B in the kernel's layout, float32: A [(L,) *in, r], B [(L,) r, *out] -> kernel_shape."""
     lead = len(a.shape) + len(b.shape) - 2 - len(kernel_shape)
     r = a.shape[-1]
-    a2 = a.astype(jnp.float32).reshape(a.shape[:lead] + (-1, r))                # [(L,) in, r]
-    b2 = b.astype(jnp.float32).reshape(b.shape[:lead] + (r, -1))                # [(L,) r, out]
+    a2 = a.astype(jnp.float32).reshape(a.shape[:lead] + (-1, r))  # [(L,) in, r]
+    b2 = b.astype(jnp.float32).reshape(b.shape[:lead] + (r, -1))  # [(L,) r, out]
     return (scale * jnp.matmul(a2, b2, precision=jax.lax.Precision.HIGHEST)).reshape(kernel_shape)
 
 

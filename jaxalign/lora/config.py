@@ -17,6 +17,7 @@ without its "/kernel"; a ScalarHeadModel adds a leading "transformer/"):
 With `scan_layers` the stacked module path is "layers/attn/q_proj"; patterns are checked against every
 per-layer name "layers_{i}/..." and must select all layers or none (a stacked kernel has one adapter).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,6 +47,7 @@ class LoraConfig:
     init: A's initialisation, as PEFT's `init_lora_weights`: "kaiming" (True in PEFT: kaiming-uniform
       with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))) or "gaussian" (N(0, 1/r)). B is always zero.
     """
+
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -74,7 +76,7 @@ class LoraConfig:
 
     @property
     def scale(self) -> float:
-        return self.alpha / (self.rank ** 0.5 if self.use_rslora else self.rank)
+        return self.alpha / (self.rank**0.5 if self.use_rslora else self.rank)
 
     def replace(self, **changes) -> "LoraConfig":
         return dataclasses.replace(self, **changes)

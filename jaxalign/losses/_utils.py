@@ -1,4 +1,5 @@
 """Small helpers shared by the losses: float32 upcasts, masked reductions. Not part of the public API."""
+
 from __future__ import annotations
 
 import jax
@@ -39,8 +40,8 @@ def reduce_tokens(per_token: Array, mask: Array, reduction: str) -> Array:
     if reduction == "token":
         return masked_mean(per_token, mask)
     if reduction == "sequence":
-        per_seq = masked_mean(per_token, mask, axis=-1)                          # [B]
-        has_tokens = f32(jnp.sum(mask, axis=-1) > 0)                              # [B]
+        per_seq = masked_mean(per_token, mask, axis=-1)  # [B]
+        has_tokens = f32(jnp.sum(mask, axis=-1) > 0)  # [B]
         return jnp.sum(per_seq * has_tokens) / jnp.maximum(jnp.sum(has_tokens), 1.0)
     if reduction == "constant":
         return masked_sum(per_token, mask) / max(mask.size, 1)
@@ -58,8 +59,9 @@ def stop(metrics: dict) -> dict:
     return {k: jax.lax.stop_gradient(f32(v)) for k, v in metrics.items()}
 
 
-def preference_metrics(chosen_rewards: Array, rejected_rewards: Array, chosen_logps: Array,
-                       rejected_logps: Array) -> dict:
+def preference_metrics(
+    chosen_rewards: Array, rejected_rewards: Array, chosen_logps: Array, rejected_logps: Array
+) -> dict:
     """TRL's pairwise metrics: mean rewards, accuracy (chosen > rejected), margin, mean log-probs."""
     return {
         "rewards/chosen": jnp.mean(chosen_rewards),

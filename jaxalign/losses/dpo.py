@@ -1,4 +1,5 @@
 """Direct Preference Optimization and its pairwise variants (IPO, hinge/SLiC, robust DPO, cDPO)."""
+
 from __future__ import annotations
 
 import jax
@@ -11,9 +12,15 @@ Array = jax.Array
 DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
-def dpo_loss(policy_chosen_logps: Array, policy_rejected_logps: Array, ref_chosen_logps: Array,
-             ref_rejected_logps: Array, beta: float = 0.1, loss_type: str = "sigmoid",
-             label_smoothing: float = 0.0) -> tuple[Array, dict]:
+def dpo_loss(
+    policy_chosen_logps: Array,
+    policy_rejected_logps: Array,
+    ref_chosen_logps: Array,
+    ref_rejected_logps: Array,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[Array, dict]:
     """DPO loss family on sequence log-probs, with TRL DPOTrainer's formulas and metric names.
 
     With the policy/reference log-ratio difference
@@ -57,9 +64,9 @@ def dpo_loss(policy_chosen_logps: Array, policy_rejected_logps: Array, ref_chose
         raise ValueError(f"label_smoothing={label_smoothing!r}: the robust loss needs it in [0, 0.5)")
     pc, pr = f32(policy_chosen_logps), f32(policy_rejected_logps)
     rc, rr = jax.lax.stop_gradient(f32(ref_chosen_logps)), jax.lax.stop_gradient(f32(ref_rejected_logps))
-    chosen_logratios = pc - rc                                                   # [B]
-    rejected_logratios = pr - rr                                                 # [B]
-    z = chosen_logratios - rejected_logratios                                    # [B]
+    chosen_logratios = pc - rc  # [B]
+    rejected_logratios = pr - rr  # [B]
+    z = chosen_logratios - rejected_logratios  # [B]
     eps = label_smoothing
     if loss_type == "sigmoid":
         losses = -(1.0 - eps) * jax.nn.log_sigmoid(beta * z) - eps * jax.nn.log_sigmoid(-beta * z)
@@ -68,8 +75,9 @@ def dpo_loss(policy_chosen_logps: Array, policy_rejected_logps: Array, ref_chose
     elif loss_type == "hinge":
         losses = jax.nn.relu(1.0 - beta * z)
     else:  # robust
-        losses = (-(1.0 - eps) * jax.nn.log_sigmoid(beta * z)
-                  + eps * jax.nn.log_sigmoid(-beta * z)) / (1.0 - 2.0 * eps)
+        losses = (-(1.0 - eps) * jax.nn.log_sigmoid(beta * z) + eps * jax.nn.log_sigmoid(-beta * z)) / (
+            1.0 - 2.0 * eps
+        )
     chosen_rewards = beta * chosen_logratios
     rejected_rewards = beta * rejected_logratios
     metrics = preference_metrics(chosen_rewards, rejected_rewards, pc, pr)

@@ -3,6 +3,7 @@
 Rewards of a group are contiguous: with `group_size = G`, rows [g·G, (g+1)·G) are the G completions of
 prompt g (TRL's `repeat_interleave` layout).
 """
+
 from __future__ import annotations
 
 import jax
@@ -17,8 +18,10 @@ Array = jax.Array
 def _grouped(rewards: Array, group_size: int) -> Array:
     r = f32(rewards)
     if r.ndim != 1 or r.shape[0] % group_size:
-        raise ValueError(f"rewards of shape {r.shape}: expected [B] with B a multiple of group_size={group_size}")
-    return r.reshape(-1, group_size)                                              # [B/G, G]
+        raise ValueError(
+            f"rewards of shape {r.shape}: expected [B] with B a multiple of group_size={group_size}"
+        )
+    return r.reshape(-1, group_size)  # [B/G, G]
 
 
 def _constant(g: Array) -> Array:
@@ -27,8 +30,7 @@ def _constant(g: Array) -> Array:
     return jnp.max(g, axis=1, keepdims=True) == jnp.min(g, axis=1, keepdims=True)
 
 
-def group_advantages(rewards: Array, group_size: int, normalize_std: bool = True,
-                     eps: float = 1e-4) -> Array:
+def group_advantages(rewards: Array, group_size: int, normalize_std: bool = True, eps: float = 1e-4) -> Array:
     """GRPO's group-relative advantages (Shao et al. 2024, sec. 4.1.2), as TRL's GRPOTrainer.
 
         A_i = (r_i - mean_group(r)) / (std_group(r) + eps)
@@ -72,9 +74,17 @@ def rloo_advantages(rewards: Array, group_size: int) -> Array:
     return jnp.where(_constant(g), 0.0, g - baseline).reshape(-1)
 
 
-def grpo_loss(logprobs: Array, old_logprobs: Array, ref_logprobs: Array | None, advantages: Array,
-              mask: Array, clip_eps: float = 0.2, beta: float = 0.04, reduction: str = "sequence",
-              clip_eps_high: float | None = None) -> tuple[Array, dict]:
+def grpo_loss(
+    logprobs: Array,
+    old_logprobs: Array,
+    ref_logprobs: Array | None,
+    advantages: Array,
+    mask: Array,
+    clip_eps: float = 0.2,
+    beta: float = 0.04,
+    reduction: str = "sequence",
+    clip_eps_high: float | None = None,
+) -> tuple[Array, dict]:
     """Group Relative Policy Optimization loss (Shao et al. 2024, eq. 3), as TRL's GRPOTrainer.
 
         ρ_t = exp(log π(o_t) - log π_old(o_t))
@@ -118,15 +128,17 @@ def grpo_loss(logprobs: Array, old_logprobs: Array, ref_logprobs: Array | None, 
     metrics = {}
     if ref_logprobs is not None:
         ref = jax.lax.stop_gradient(f32(ref_logprobs))
-        kl = kl_penalty(lp, ref, "k3")                                           # [B, T]
+        kl = kl_penalty(lp, ref, "k3")  # [B, T]
         per_token = per_token + beta * kl
         metrics["kl"] = masked_mean(kl, mask)
     loss = reduce_tokens(per_token, mask, reduction)
     low = (ratio < 1.0 - eps_low) & (adv < 0)
     high = (ratio > 1.0 + eps_high) & (adv > 0)
-    metrics.update({
-        "clip_ratio/low_mean": masked_mean(f32(low), mask),
-        "clip_ratio/high_mean": masked_mean(f32(high), mask),
-        "clip_ratio/region_mean": masked_mean(f32(low | high), mask),
-    })
+    metrics.update(
+        {
+            "clip_ratio/low_mean": masked_mean(f32(low), mask),
+            "clip_ratio/high_mean": masked_mean(f32(high), mask),
+            "clip_ratio/region_mean": masked_mean(f32(low | high), mask),
+        }
+    )
     return loss, stop(metrics)

@@ -1,4 +1,5 @@
 """Per-token KL estimators and the adaptive KL-coefficient controller."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -45,6 +46,7 @@ def kl_penalty(logprobs: Array, ref_logprobs: Array, kind: str = "k1") -> Array:
 
 class AdaptiveKLState(NamedTuple):
     """State of the adaptive KL controller: `value` is the current KL coefficient β (float32 scalar)."""
+
     value: Array
 
 
@@ -53,8 +55,9 @@ def init_adaptive_kl(init_kl_coef: float) -> AdaptiveKLState:
     return AdaptiveKLState(value=jnp.asarray(init_kl_coef, jnp.float32))
 
 
-def adaptive_kl_update(state: AdaptiveKLState, current_kl: Array, n_steps: Array | int, target: float,
-                       horizon: float) -> AdaptiveKLState:
+def adaptive_kl_update(
+    state: AdaptiveKLState, current_kl: Array, n_steps: Array | int, target: float, horizon: float
+) -> AdaptiveKLState:
     """One step of the adaptive KL controller (Ziegler et al. 2019, eq. 2), a pure function of the state.
 
         e_t     = clip(KL_t / KL_target - 1, -0.2, 0.2)

@@ -1,4 +1,5 @@
 """Kahneman-Tversky Optimization: unpaired, binary-labelled preference loss."""
+
 from __future__ import annotations
 
 import jax
@@ -9,8 +10,15 @@ from jaxalign.losses._utils import f32, stop
 Array = jax.Array
 
 
-def kto_loss(policy_logps: Array, ref_logps: Array, labels: Array, kl: Array, beta: float = 0.1,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> tuple[Array, dict]:
+def kto_loss(
+    policy_logps: Array,
+    ref_logps: Array,
+    labels: Array,
+    kl: Array,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[Array, dict]:
     """KTO (Ethayarajh et al. 2024, eq. 7-8), as TRL's KTOTrainer with loss_type="kto".
 
         r_i = log π(y_i|x_i) - log π_ref(y_i|x_i)
@@ -39,14 +47,13 @@ def kto_loss(policy_logps: Array, ref_logps: Array, labels: Array, kl: Array, be
     """
     pol = f32(policy_logps)
     ref = jax.lax.stop_gradient(f32(ref_logps))
-    desirable = f32(labels)                                                      # [B] 1 / 0
+    desirable = f32(labels)  # [B] 1 / 0
     undesirable = 1.0 - desirable
     z0 = jnp.maximum(jax.lax.stop_gradient(f32(kl)), 0.0)
-    logratios = pol - ref                                                        # [B]
+    logratios = pol - ref  # [B]
     chosen_losses = 1.0 - jax.nn.sigmoid(beta * (logratios - z0))
     rejected_losses = 1.0 - jax.nn.sigmoid(beta * (z0 - logratios))
-    losses = (desirable_weight * desirable * chosen_losses
-              + undesirable_weight * undesirable * rejected_losses)
+    losses = desirable_weight * desirable * chosen_losses + undesirable_weight * undesirable * rejected_losses
     rewards = beta * logratios
     n_c, n_r = jnp.sum(desirable), jnp.sum(undesirable)
     mean_c = lambda x: jnp.sum(x * desirable) / jnp.maximum(n_c, 1.0)

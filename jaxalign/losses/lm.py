@@ -1,4 +1,5 @@
 """Language-modelling losses: causal LM pre-training (`clm_loss`) and completion-only SFT (`sft_loss`)."""
+
 from __future__ import annotations
 
 import jax
@@ -39,8 +40,9 @@ def nll_loss(stats: TokenStats, mask: Array | None = None, z_loss: float = 0.0) 
     return nll + z_term, stop(metrics)
 
 
-def clm_loss(logits: Array, targets: Array, mask: Array | None = None,
-             z_loss: float = 0.0) -> tuple[Array, dict]:
+def clm_loss(
+    logits: Array, targets: Array, mask: Array | None = None, z_loss: float = 0.0
+) -> tuple[Array, dict]:
     """Causal language-modelling loss: token-mean negative log-likelihood, plus an optional z-loss.
 
         L = -sum_{b,t} m_bt log p(y_bt) / max(sum m, 1)  +  z_loss * sum_{b,t} m_bt (log Z_bt)^2 / max(sum m, 1)

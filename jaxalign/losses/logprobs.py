@@ -3,6 +3,7 @@
 Convention: `logits[b, t]` predicts `targets[b, t]` (callers shift), masks are 0/1 arrays of the targets'
 shape, and a sequence log-prob is the masked sum of its token log-probs.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -23,7 +24,7 @@ def _logsumexp_f32(logits: Array) -> Array:
     writes a float32 copy of a bf16 [B, T, V] array. The max is taken out first so exp cannot overflow.
     """
     m = jnp.max(logits, axis=-1, keepdims=True).astype(jnp.float32)
-    m = jnp.where(jnp.isfinite(m), m, 0.0)                     # an all -inf row stays -inf, not NaN
+    m = jnp.where(jnp.isfinite(m), m, 0.0)  # an all -inf row stays -inf, not NaN
     s = jnp.sum(jnp.exp(logits.astype(jnp.float32) - m), axis=-1)
     return jnp.log(s) + m[..., 0]
 
@@ -56,9 +57,9 @@ def _logprobs_and_lse_bwd(residuals, cotangents):
     """d logp_t / d logits = onehot(y_t) - softmax,  d lse / d logits = softmax: one fused elementwise pass
     (no scatter into a float32 zero array, no stored softmax), written in the logits' dtype."""
     logits, targets, lse = residuals
-    g_logp, g_lse = cotangents                                                   # [B, T] each
-    logits = jax.lax.optimization_barrier(logits)    # do not share the forward's float32 convert
-    probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])                 # [B, T, V], fused
+    g_logp, g_lse = cotangents  # [B, T] each
+    logits = jax.lax.optimization_barrier(logits)  # do not share the forward's float32 convert
+    probs = jnp.exp(logits.astype(jnp.float32) - lse[..., None])  # [B, T, V], fused
     vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     onehot = vocab_ids == _safe_targets(targets, logits.shape[-1])[..., None]
     d_logits = jnp.where(onehot, g_logp[..., None], 0.0) + (g_lse - g_logp)[..., None] * probs
@@ -100,6 +101,7 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
 class TokenStats(NamedTuple):
     """Per-token results of the LM head, each [B, T]: log p(target) float32, logsumexp float32 (for the
     z-loss) and whether the target is the argmax (for accuracy metrics)."""
+
     logprobs: Array
     lse: Array
     is_argmax: Array
@@ -120,8 +122,7 @@ def auto_chunk(batch: int, length: int, vocab: int, budget: int = 1 << 26) -> in
     return c
 
 
-def chunked_token_stats(hidden: Array, head: Array, targets: Array, chunk: int,
-                        dtype=None) -> TokenStats:
+def chunked_token_stats(hidden: Array, head: Array, targets: Array, chunk: int, dtype=None) -> TokenStats:
     """`TokenStats` of the LM head without ever holding the logits [B, T, V], forward or backward.
 
         logits[b, t] = hidden[b, t] @ head          (float32 accumulation)
@@ -149,8 +150,8 @@ def chunked_token_stats(hidden: Array, head: Array, targets: Array, chunk: int,
     pad = n * chunk - t
     x = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))) if pad else hidden
     y = jnp.pad(targets, ((0, 0), (0, pad))) if pad else targets
-    xs = x.reshape(b, n, chunk, d).swapaxes(0, 1)                                 # [n, B, c, D]
-    ys = y.reshape(b, n, chunk).swapaxes(0, 1)                                    # [n, B, c]
+    xs = x.reshape(b, n, chunk, d).swapaxes(0, 1)  # [n, B, c, D]
+    ys = y.reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, c]
 
     @jax.checkpoint
     def one(w, xc, yc):
@@ -173,14 +174,16 @@ def sequence_sums(token_logps: Array, mask: Array, average: bool = False) -> Arr
     return total
 
 
-def packed_sequence_sums(token_logps: Array, mask: Array, sequence_ids: Array, num_sequences: int,
-                         average: bool = False) -> Array:
+def packed_sequence_sums(
+    token_logps: Array, mask: Array, sequence_ids: Array, num_sequences: int, average: bool = False
+) -> Array:
     """[S] per-sequence masked sums (means) of token log-probs [R, T] of packed rows; see
     `packed_sequence_logprobs`."""
     m = f32(mask)
     ids = sequence_ids.reshape(-1)
-    total = jax.ops.segment_sum(jnp.where(m != 0, token_logps, 0.0).reshape(-1) * m.reshape(-1), ids,
-                                num_segments=num_sequences)
+    total = jax.ops.segment_sum(
+        jnp.where(m != 0, token_logps, 0.0).reshape(-1) * m.reshape(-1), ids, num_segments=num_sequences
+    )
     if average:
         total = total / jnp.maximum(jax.ops.segment_sum(m.reshape(-1), ids, num_segments=num_sequences), 1.0)
     return total
@@ -204,8 +207,9 @@ def sequence_logprobs(logits: Array, targets: Array, mask: Array, average: bool 
     return sequence_sums(token_logprobs(logits, targets), mask, average)
 
 
-def packed_sequence_logprobs(logits: Array, targets: Array, mask: Array, sequence_ids: Array,
-                             num_sequences: int, average: bool = False) -> Array:
+def packed_sequence_logprobs(
+    logits: Array, targets: Array, mask: Array, sequence_ids: Array, num_sequences: int, average: bool = False
+) -> Array:
     """Sequence log-probabilities of sequences packed several to a row (padding-free batches).
 
         log p(y_s) = sum_{(b,t): sequence_ids[b,t] = s} m_bt log p(y_bt)

@@ -1,4 +1,5 @@
 """PPO: clipped policy loss, clipped value loss, generalised advantage estimation, whitening."""
+
 from __future__ import annotations
 
 import jax
@@ -9,8 +10,14 @@ from jaxalign.losses._utils import broadcast_to_tokens, f32, masked_mean, reduce
 Array = jax.Array
 
 
-def ppo_clip_loss(logprobs: Array, old_logprobs: Array, advantages: Array, mask: Array,
-                  clip_eps: float = 0.2, reduction: str = "token") -> tuple[Array, dict]:
+def ppo_clip_loss(
+    logprobs: Array,
+    old_logprobs: Array,
+    advantages: Array,
+    mask: Array,
+    clip_eps: float = 0.2,
+    reduction: str = "token",
+) -> tuple[Array, dict]:
     """PPO's clipped surrogate objective per token (Schulman et al. 2017, eq. 7), as TRL's PPO trainer.
 
         ρ_t = exp(log π(a_t) - log π_old(a_t))
@@ -42,20 +49,22 @@ def ppo_clip_loss(logprobs: Array, old_logprobs: Array, advantages: Array, mask:
     ratio = jnp.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
-    per_token = jnp.maximum(unclipped, clipped)                                  # [B, T]
+    per_token = jnp.maximum(unclipped, clipped)  # [B, T]
     loss = reduce_tokens(per_token, mask, reduction)
     metrics = {
         "loss/policy": loss,
-        "policy/clipfrac": masked_mean(f32(((ratio > 1.0 + clip_eps) & (adv > 0))
-                                           | ((ratio < 1.0 - clip_eps) & (adv < 0))), mask),
+        "policy/clipfrac": masked_mean(
+            f32(((ratio > 1.0 + clip_eps) & (adv > 0)) | ((ratio < 1.0 - clip_eps) & (adv < 0))), mask
+        ),
         "policy/approxkl": masked_mean(0.5 * jnp.square(log_ratio), mask),
         "policy/ratio": masked_mean(ratio, mask),
     }
     return loss, stop(metrics)
 
 
-def value_loss(values: Array, old_values: Array, returns: Array, mask: Array,
-               clip_eps: float = 0.2) -> tuple[Array, dict]:
+def value_loss(
+    values: Array, old_values: Array, returns: Array, mask: Array, clip_eps: float = 0.2
+) -> tuple[Array, dict]:
     """Clipped value loss, as OpenAI baselines' PPO2 and TRL's PPO trainer.
 
         V_clip = old_V + clip(V - old_V, -ε, ε)
@@ -90,8 +99,9 @@ def value_loss(values: Array, old_values: Array, returns: Array, mask: Array,
     return loss, stop(metrics)
 
 
-def gae(rewards: Array, values: Array, mask: Array, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[Array, Array]:
+def gae(
+    rewards: Array, values: Array, mask: Array, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Array, Array]:
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over the last axis, by a reverse scan.
 
         δ_t = r_t + γ V_{t'} - V_t,         t' = the next unmasked position after t (V = 0 past the last one)
@@ -121,7 +131,7 @@ def gae(rewards: Array, values: Array, mask: Array, gamma: float = 1.0,
     r_t, v_t, m_t = (jnp.moveaxis(x, -1, 0) for x in (r, v, m))
 
     def step(carry, x):
-        next_value, next_adv = carry                                              # [...] each
+        next_value, next_adv = carry  # [...] each
         r_i, v_i, m_i = x
         delta = r_i + gamma * next_value - v_i
         adv = delta + gamma * lam * next_adv
@@ -158,9 +168,11 @@ def explained_variance(pred: Array, target: Array, mask: Array) -> Array:
     Returns:
       float32 scalar (Var(target) is floored at 1e-8).
     """
+
     def var(x):
         mean = masked_mean(x, mask)
         return masked_mean(jnp.square(x - mean), mask)
+
     return 1.0 - var(f32(target) - f32(pred)) / jnp.maximum(var(f32(target)), 1e-8)
 
 

@@ -1,4 +1,5 @@
 """Reference-free preference losses: ORPO and SimPO. Both take length-averaged log-probs."""
+
 from __future__ import annotations
 
 import jax
@@ -20,8 +21,9 @@ def log1mexp(x: Array) -> Array:
     return jnp.where(x < _LOG_HALF, jnp.log1p(-jnp.exp(lo)), jnp.log(-jnp.expm1(hi)))
 
 
-def orpo_loss(chosen_logps: Array, rejected_logps: Array, nll_chosen: Array,
-              beta: float = 0.1) -> tuple[Array, dict]:
+def orpo_loss(
+    chosen_logps: Array, rejected_logps: Array, nll_chosen: Array, beta: float = 0.1
+) -> tuple[Array, dict]:
     """Odds-Ratio Preference Optimization (Hong et al. 2024, eq. 6-7), as TRL's ORPOTrainer.
 
         log odds(y) = log p(y) - log(1 - p(y))        with log p(y) the *length-averaged* log-prob
@@ -45,8 +47,8 @@ def orpo_loss(chosen_logps: Array, rejected_logps: Array, nll_chosen: Array,
     """
     pc, pr = f32(chosen_logps), f32(rejected_logps)
     nll = jnp.mean(f32(nll_chosen))
-    log_odds = (pc - pr) - (log1mexp(pc) - log1mexp(pr))                         # [B]
-    ratio = jax.nn.log_sigmoid(log_odds)                                         # [B]
+    log_odds = (pc - pr) - (log1mexp(pc) - log1mexp(pr))  # [B]
+    ratio = jax.nn.log_sigmoid(log_odds)  # [B]
     loss = nll - beta * jnp.mean(ratio)
     chosen_rewards, rejected_rewards = beta * pc, beta * pr
     metrics = {
@@ -58,8 +60,14 @@ def orpo_loss(chosen_logps: Array, rejected_logps: Array, nll_chosen: Array,
     return loss, stop(metrics)
 
 
-def simpo_loss(chosen_logps: Array, rejected_logps: Array, beta: float = 2.0, gamma: float | None = None,
-               gamma_beta_ratio: float | None = None, label_smoothing: float = 0.0) -> tuple[Array, dict]:
+def simpo_loss(
+    chosen_logps: Array,
+    rejected_logps: Array,
+    beta: float = 2.0,
+    gamma: float | None = None,
+    gamma_beta_ratio: float | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[Array, dict]:
     """Simple Preference Optimization (Meng et al. 2024, eq. 6), as TRL's CPOTrainer with loss_type="simpo".
 
         z = β * (avg log π(y_c) - avg log π(y_r)) - γ
@@ -83,7 +91,9 @@ def simpo_loss(chosen_logps: Array, rejected_logps: Array, beta: float = 2.0, ga
       `rewards/margins`, `logps/chosen`, `logps/rejected`.
     """
     if gamma is not None and gamma_beta_ratio is not None:
-        raise ValueError("give simpo_loss either gamma (the margin) or gamma_beta_ratio (gamma / beta), not both")
+        raise ValueError(
+            "give simpo_loss either gamma (the margin) or gamma_beta_ratio (gamma / beta), not both"
+        )
     if gamma is None:
         gamma = beta * (0.5 if gamma_beta_ratio is None else gamma_beta_ratio)
     pc, pr = f32(chosen_logps), f32(rejected_logps)

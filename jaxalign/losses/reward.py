@@ -1,4 +1,5 @@
 """Bradley-Terry reward-model loss."""
+
 from __future__ import annotations
 
 import jax
@@ -9,8 +10,9 @@ from jaxalign.losses._utils import f32, stop
 Array = jax.Array
 
 
-def reward_bt_loss(chosen_rewards: Array, rejected_rewards: Array, margin: Array | None = None,
-                   center_coef: float = 0.0) -> tuple[Array, dict]:
+def reward_bt_loss(
+    chosen_rewards: Array, rejected_rewards: Array, margin: Array | None = None, center_coef: float = 0.0
+) -> tuple[Array, dict]:
     """Bradley-Terry pairwise loss for reward models (Ouyang et al. 2022, eq. 1), as TRL's RewardTrainer.
 
         L = mean_i[ -log σ(r_c,i - r_r,i - m_i) ]  +  center_coef * mean_i[ (r_c,i + r_r,i)^2 ]

@@ -6,6 +6,7 @@ slots, a query written at slot `index + i` attends to slots `j <= index + i` who
 Query rows that see no key (padding) stay finite: masked logits are a large finite negative, so their
 softmax is uniform instead of NaN; their outputs are garbage by design and are never read.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -22,28 +23,28 @@ def segment_mask(segment_ids: jax.Array, sliding_window: int | None = None) -> j
     """segment_ids [B, T] int32 -> bool mask [B, 1, T, T]: causal, same non-zero segment."""
     t = segment_ids.shape[1]
     idx = jnp.arange(t)
-    causal = idx[:, None] >= idx[None, :]                                        # [T, S]
+    causal = idx[:, None] >= idx[None, :]  # [T, S]
     if sliding_window is not None:
         causal &= (idx[:, None] - idx[None, :]) < sliding_window
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]                   # [B, T, S]
-    valid_key = (segment_ids != 0)[:, None, :]                                  # [B, 1, S]
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, S]
+    valid_key = (segment_ids != 0)[:, None, :]  # [B, 1, S]
     return (causal[None] & same & valid_key)[:, None]
 
 
-def cache_mask(key_valid: jax.Array, index: jax.Array, num_queries: int,
-               sliding_window: int | None = None) -> jax.Array:
+def cache_mask(
+    key_valid: jax.Array, index: jax.Array, num_queries: int, sliding_window: int | None = None
+) -> jax.Array:
     """key_valid [B, S] bool, index int32 scalar -> bool mask [B, 1, T, S] for queries at index+i."""
     s = key_valid.shape[1]
-    q_slot = index + jnp.arange(num_queries)                                    # [T]
-    k_slot = jnp.arange(s)                                                      # [S]
-    allowed = k_slot[None, :] <= q_slot[:, None]                                # [T, S]
+    q_slot = index + jnp.arange(num_queries)  # [T]
+    k_slot = jnp.arange(s)  # [S]
+    allowed = k_slot[None, :] <= q_slot[:, None]  # [T, S]
     if sliding_window is not None:
         allowed &= (q_slot[:, None] - k_slot[None, :]) < sliding_window
     return (allowed[None] & key_valid[:, None, :])[:, None]
 
 
-def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                        scale: float) -> jax.Array:
+def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
     """Plain einsum attention (for tests and as a fallback).
 
     q [B, T, H, Dh], k/v [B, S, K, Dh] (H % K == 0), mask [B, 1, T, S] bool -> [B, T, H, Dh].
@@ -51,9 +52,9 @@ def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
     """
     b, t, h, dh = q.shape
     kh = k.shape[2]
-    qg = q.reshape(b, t, kh, h // kh, dh)                                       # [B, T, K, G, Dh]
+    qg = q.reshape(b, t, kh, h // kh, dh)  # [B, T, K, G, Dh]
     logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask[:, :, None], logits, _NEG)                          # [B, K, G, T, S]
+    logits = jnp.where(mask[:, :, None], logits, _NEG)  # [B, K, G, T, S]
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
@@ -64,8 +65,9 @@ def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Arra
 CAUSAL_CHUNK = 64
 
 
-def attention_causal_chunks(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float,
-                            chunk: int = CAUSAL_CHUNK) -> jax.Array:
+def attention_causal_chunks(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, chunk: int = CAUSAL_CHUNK
+) -> jax.Array:
     """Self-attention over a causal mask, one block of `chunk` queries at a time.
 
     Query block [s, e) can only see keys [0, e) under a causal mask, so each block attends to that prefix
@@ -93,18 +95,25 @@ def attend(q, k, v, mask, scale: float, implementation: str | None, causal_self:
     """
     if implementation == "reference":
         return attention_reference(q, k, v, mask, scale)
-    if implementation == "chunked" or (implementation is None and causal_self and jax.default_backend() == "cpu"
-                                       and q.shape[1] > CAUSAL_CHUNK):
+    if implementation == "chunked" or (
+        implementation is None
+        and causal_self
+        and jax.default_backend() == "cpu"
+        and q.shape[1] > CAUSAL_CHUNK
+    ):
         if not causal_self:
-            raise ValueError("attention_impl='chunked' needs self-attention under a causal mask (no KV cache)")
+            raise ValueError(
+                "attention_impl='chunked' needs self-attention under a causal mask (no KV cache)"
+            )
         return attention_causal_chunks(q, k, v, mask, scale)
     if implementation is None and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         try:
             return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
         except Exception:  # unsupported head_dim / GPU / cuDNN version: fall back to XLA
             pass
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
-                                        implementation=implementation or "xla")
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, scale=scale, implementation=implementation or "xla"
+    )
 
 
 class Attention(nn.Module):
@@ -113,6 +122,7 @@ class Attention(nn.Module):
     __call__(x [N, D], mask [B, 1, T, S] bool, rope (cos, sin) or None, cache {"k","v"} or None,
     index int32 scalar) -> (out [N, D], new cache or None).
     """
+
     config: ModelConfig
 
     @nn.compact
@@ -126,19 +136,29 @@ class Attention(nn.Module):
         if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
             q = RMSNorm(cfg, axis_name="head_dim", name="q_norm")(q)
             k = RMSNorm(cfg, axis_name="head_dim", name="k_norm")(k)
-        q = q.reshape(b, t, h, dh)                                                  # [B, T, H, Dh]
-        k = k.reshape(b, t, kh, dh)                                                 # [B, T, K, Dh]
+        q = q.reshape(b, t, h, dh)  # [B, T, H, Dh]
+        k = k.reshape(b, t, kh, dh)  # [B, T, K, Dh]
         v = v.reshape(b, t, kh, dh)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         new_cache = None
         if cache is not None:  # write the t new entries at slots [index, index + t)
-            k_all = jax.lax.dynamic_update_slice(cache["k"], k.swapaxes(1, 2).astype(cache["k"].dtype), (0, 0, index, 0))
-            v_all = jax.lax.dynamic_update_slice(cache["v"], v.swapaxes(1, 2).astype(cache["v"].dtype), (0, 0, index, 0))
+            k_all = jax.lax.dynamic_update_slice(
+                cache["k"], k.swapaxes(1, 2).astype(cache["k"].dtype), (0, 0, index, 0)
+            )
+            v_all = jax.lax.dynamic_update_slice(
+                cache["v"], v.swapaxes(1, 2).astype(cache["v"].dtype), (0, 0, index, 0)
+            )
             new_cache = {"k": k_all, "v": v_all}
             k, v = k_all.swapaxes(1, 2).astype(q.dtype), v_all.swapaxes(1, 2).astype(q.dtype)
-        out = attend(q, k, v, mask, dh ** -0.5, cfg.attention_impl, causal_self=cache is None)  # [B,T,H,Dh]
-        out = Dense((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg.out_bias, in_dims=2,
-                    config=cfg, name="o_proj")(out.reshape(b * t, h, dh))          # [N, D]
+        out = attend(q, k, v, mask, dh**-0.5, cfg.attention_impl, causal_self=cache is None)  # [B,T,H,Dh]
+        out = Dense(
+            (cfg.hidden_size,),
+            ("heads", "head_dim", "embed"),
+            cfg.out_bias,
+            in_dims=2,
+            config=cfg,
+            name="o_proj",
+        )(out.reshape(b * t, h, dh))  # [N, D]
         return out, new_cache

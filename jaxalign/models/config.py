@@ -5,6 +5,7 @@ families differ only in a handful of switches (norm kind, MLP gating, biases, q/
 encoding, tied embeddings). `ModelConfig.from_hf(config_dict)` reads a transformers `config.json`
 (v4 `rope_theta`/`rope_scaling` or v5 `rope_parameters`) and `to_hf()` writes one back.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,32 +35,33 @@ class ModelConfig:
 
     Hashable (frozen, scalar fields only) so it can sit on a linen Module.
     """
-    model_type: str = "llama"          # one of SUPPORTED_MODEL_TYPES (used for HF export names)
+
+    model_type: str = "llama"  # one of SUPPORTED_MODEL_TYPES (used for HF export names)
     vocab_size: int = 32000
-    hidden_size: int = 4096            # D
-    num_layers: int = 32               # L
-    num_heads: int = 32                # H (query heads)
-    num_kv_heads: int = 32             # K (GQA: H % K == 0)
-    head_dim: int = 128                # Dh (may differ from D / H, e.g. Qwen3, Gemma)
-    intermediate_size: int = 11008     # F (MLP width)
+    hidden_size: int = 4096  # D
+    num_layers: int = 32  # L
+    num_heads: int = 32  # H (query heads)
+    num_kv_heads: int = 32  # K (GQA: H % K == 0)
+    head_dim: int = 128  # Dh (may differ from D / H, e.g. Qwen3, Gemma)
+    intermediate_size: int = 11008  # F (MLP width)
     max_position_embeddings: int = 4096
     # Block structure.
-    norm: str = "rms"                  # "rms" (RMSNorm) | "layer" (LayerNorm with bias, GPT-2)
+    norm: str = "rms"  # "rms" (RMSNorm) | "layer" (LayerNorm with bias, GPT-2)
     norm_eps: float = 1e-6
-    norm_scale_offset: float = 0.0     # Gemma stores RMSNorm weight w and scales by (1 + w)
-    activation: str = "silu"           # silu | gelu_new (tanh approx.) | gelu_pytorch_tanh | gelu
-    gated_mlp: bool = True             # SwiGLU-style down(act(gate(x)) * up(x)) vs down(act(up(x)))
-    qkv_bias: bool = False             # biases on q/k/v projections (Qwen2, GPT-2)
-    out_bias: bool = False             # bias on the attention output projection (GPT-2)
-    mlp_bias: bool = False             # biases on MLP projections (GPT-2)
-    qk_norm: bool = False              # RMSNorm over head_dim on q and k before RoPE (Qwen3)
-    embed_scale: bool = False          # multiply token embeddings by sqrt(D) (Gemma)
+    norm_scale_offset: float = 0.0  # Gemma stores RMSNorm weight w and scales by (1 + w)
+    activation: str = "silu"  # silu | gelu_new (tanh approx.) | gelu_pytorch_tanh | gelu
+    gated_mlp: bool = True  # SwiGLU-style down(act(gate(x)) * up(x)) vs down(act(up(x)))
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2, GPT-2)
+    out_bias: bool = False  # bias on the attention output projection (GPT-2)
+    mlp_bias: bool = False  # biases on MLP projections (GPT-2)
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
+    embed_scale: bool = False  # multiply token embeddings by sqrt(D) (Gemma)
     tie_word_embeddings: bool = False  # LM head = embedding matrix transposed
     # Positions.
-    position_embedding: str = "rope"   # "rope" | "learned" (GPT-2 absolute positions)
+    position_embedding: str = "rope"  # "rope" | "learned" (GPT-2 absolute positions)
     rope_theta: float = 10000.0
-    rope_type: str = "default"         # "default" | "linear" | "llama3"
-    rope_factor: float = 1.0           # linear / llama3 scaling factor
+    rope_type: str = "default"  # "default" | "linear" | "llama3"
+    rope_factor: float = 1.0  # linear / llama3 scaling factor
     rope_low_freq_factor: float = 1.0  # llama3 only
     rope_high_freq_factor: float = 4.0  # llama3 only
     rope_original_max_position_embeddings: int = 8192  # llama3 only
@@ -69,26 +71,29 @@ class ModelConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
     # Numerics and memory.
-    dtype: str = "float32"             # compute dtype: "float32" | "bfloat16"
-    param_dtype: str = "float32"       # storage dtype of parameters
-    remat: bool = False                # nn.remat each block (recompute activations in backward)
+    dtype: str = "float32"  # compute dtype: "float32" | "bfloat16"
+    param_dtype: str = "float32"  # storage dtype of parameters
+    remat: bool = False  # nn.remat each block (recompute activations in backward)
     remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, e.g. "dots_saveable"
-    scan_layers: bool = False          # nn.scan over blocks; params get a leading "layers" axis
+    scan_layers: bool = False  # nn.scan over blocks; params get a leading "layers" axis
     attention_impl: str | None = None  # None: cuDNN flash on GPU (bf16/fp16), causal chunks on CPU, else
-                                       # XLA; "xla" | "cudnn" | "chunked" | "reference"
-                                       # force one; "reference": the plain einsum version (tests).
-    logits_chunk: int = 0              # log-probs through the LM head: 0 = auto (in chunks of positions,
-                                       # never the whole [B, T, V] logits, when vocab_size >= 32768);
-                                       # -1 = whole logits; N = chunks of N positions
-    initializer_range: float = 0.02    # std of the normal init for random parameters
+    # XLA; "xla" | "cudnn" | "chunked" | "reference"
+    # force one; "reference": the plain einsum version (tests).
+    logits_chunk: int = 0  # log-probs through the LM head: 0 = auto (in chunks of positions,
+    # never the whole [B, T, V] logits, when vocab_size >= 32768);
+    # -1 = whole logits; N = chunks of N positions
+    initializer_range: float = 0.02  # std of the normal init for random parameters
 
     def __post_init__(self):
         if self.model_type not in ARCHITECTURES:
-            raise ValueError(f"model_type={self.model_type!r} is not supported; supported: "
-                             f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+            raise ValueError(
+                f"model_type={self.model_type!r} is not supported; supported: "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
-                             f"num_kv_heads={self.num_kv_heads}")
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
         if self.norm not in ("rms", "layer"):
             raise ValueError(f"norm={self.norm!r} must be 'rms' or 'layer'")
         if self.activation not in _ACTIVATIONS:
@@ -98,14 +103,17 @@ class ModelConfig:
         if self.rope_type not in _ROPE_TYPES:
             raise ValueError(f"rope_type={self.rope_type!r} must be one of {_ROPE_TYPES}")
         if self.dtype not in ("float32", "bfloat16") or self.param_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype/param_dtype must be float32 or bfloat16, got "
-                             f"{self.dtype!r}/{self.param_dtype!r}")
+            raise ValueError(
+                f"dtype/param_dtype must be float32 or bfloat16, got {self.dtype!r}/{self.param_dtype!r}"
+            )
         if not hasattr(jax.checkpoint_policies, self.remat_policy):
             raise ValueError(f"remat_policy={self.remat_policy!r} is not a jax.checkpoint_policies name")
         if self.logits_chunk < -1:
             raise ValueError(f"logits_chunk={self.logits_chunk} must be -1 (whole), 0 (auto) or > 0")
         if self.attention_impl not in (None, "xla", "cudnn", "chunked", "reference"):
-            raise ValueError(f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|chunked|reference")
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|chunked|reference"
+            )
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -121,13 +129,19 @@ class ModelConfig:
         hf = dict(hf)
         model_type = hf.get("model_type")
         if model_type not in ARCHITECTURES:
-            raise ValueError(f"HF model_type={model_type!r} (architectures={hf.get('architectures')}) "
-                             f"is not supported; supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+            raise ValueError(
+                f"HF model_type={model_type!r} (architectures={hf.get('architectures')}) "
+                f"is not supported; supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
         eos = hf.get("eos_token_id")
-        common = dict(model_type=model_type, vocab_size=hf["vocab_size"],
-                      bos_token_id=hf.get("bos_token_id"), pad_token_id=hf.get("pad_token_id"),
-                      eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-                      initializer_range=hf.get("initializer_range", 0.02))
+        common = dict(
+            model_type=model_type,
+            vocab_size=hf["vocab_size"],
+            bos_token_id=hf.get("bos_token_id"),
+            pad_token_id=hf.get("pad_token_id"),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            initializer_range=hf.get("initializer_range", 0.02),
+        )
         if model_type == "gpt2":
             for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
                 if hf.get(key):
@@ -136,33 +150,49 @@ class ModelConfig:
                 raise ValueError("GPT-2 option scale_attn_weights=False is not supported")
             d, h = hf["n_embd"], hf["n_head"]
             act = hf.get("activation_function", "gelu_new")
-            fields = dict(hidden_size=d, num_layers=hf["n_layer"], num_heads=h, num_kv_heads=h,
-                          head_dim=d // h, intermediate_size=hf.get("n_inner") or 4 * d,
-                          max_position_embeddings=hf["n_positions"], norm="layer",
-                          norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=act,
-                          gated_mlp=False, qkv_bias=True, out_bias=True, mlp_bias=True,
-                          tie_word_embeddings=hf.get("tie_word_embeddings", True),
-                          position_embedding="learned")
+            fields = dict(
+                hidden_size=d,
+                num_layers=hf["n_layer"],
+                num_heads=h,
+                num_kv_heads=h,
+                head_dim=d // h,
+                intermediate_size=hf.get("n_inner") or 4 * d,
+                max_position_embeddings=hf["n_positions"],
+                norm="layer",
+                norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                activation=act,
+                gated_mlp=False,
+                qkv_bias=True,
+                out_bias=True,
+                mlp_bias=True,
+                tie_word_embeddings=hf.get("tie_word_embeddings", True),
+                position_embedding="learned",
+            )
         else:
             d, h = hf["hidden_size"], hf["num_attention_heads"]
             act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
             if model_type == "gemma" and act == "gelu":  # HF Gemma maps legacy "gelu" to the tanh approx.
                 act = "gelu_pytorch_tanh"
             attention_bias = bool(hf.get("attention_bias", False))
-            fields = dict(hidden_size=d, num_layers=hf["num_hidden_layers"], num_heads=h,
-                          num_kv_heads=hf.get("num_key_value_heads") or h,
-                          head_dim=hf.get("head_dim") or d // h,
-                          intermediate_size=hf["intermediate_size"],
-                          max_position_embeddings=hf.get("max_position_embeddings", 4096),
-                          norm_eps=hf.get("rms_norm_eps", 1e-6), activation=act,
-                          qkv_bias=attention_bias or model_type == "qwen2",
-                          out_bias=attention_bias and model_type != "qwen2",
-                          mlp_bias=bool(hf.get("mlp_bias", False)),
-                          qk_norm=model_type == "qwen3",
-                          norm_scale_offset=1.0 if model_type == "gemma" else 0.0,
-                          embed_scale=model_type == "gemma",
-                          tie_word_embeddings=hf.get("tie_word_embeddings", model_type == "gemma"),
-                          **_rope_from_hf(hf))
+            fields = dict(
+                hidden_size=d,
+                num_layers=hf["num_hidden_layers"],
+                num_heads=h,
+                num_kv_heads=hf.get("num_key_value_heads") or h,
+                head_dim=hf.get("head_dim") or d // h,
+                intermediate_size=hf["intermediate_size"],
+                max_position_embeddings=hf.get("max_position_embeddings", 4096),
+                norm_eps=hf.get("rms_norm_eps", 1e-6),
+                activation=act,
+                qkv_bias=attention_bias or model_type == "qwen2",
+                out_bias=attention_bias and model_type != "qwen2",
+                mlp_bias=bool(hf.get("mlp_bias", False)),
+                qk_norm=model_type == "qwen3",
+                norm_scale_offset=1.0 if model_type == "gemma" else 0.0,
+                embed_scale=model_type == "gemma",
+                tie_word_embeddings=hf.get("tie_word_embeddings", model_type == "gemma"),
+                **_rope_from_hf(hf),
+            )
             if model_type == "mistral":
                 fields["sliding_window"] = hf.get("sliding_window")
             elif model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
@@ -177,33 +207,57 @@ class ModelConfig:
         """transformers config dict for this model; head="score" gives a 1-label classifier config."""
         causal, seqcls = ARCHITECTURES[self.model_type]
         eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
-        out: dict[str, Any] = dict(model_type=self.model_type,
-                                   architectures=[seqcls if head == "score" else causal],
-                                   vocab_size=self.vocab_size, bos_token_id=self.bos_token_id,
-                                   eos_token_id=eos, pad_token_id=self.pad_token_id,
-                                   tie_word_embeddings=self.tie_word_embeddings,
-                                   initializer_range=self.initializer_range,
-                                   dtype=self.param_dtype, use_cache=True)
+        out: dict[str, Any] = dict(
+            model_type=self.model_type,
+            architectures=[seqcls if head == "score" else causal],
+            vocab_size=self.vocab_size,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=eos,
+            pad_token_id=self.pad_token_id,
+            tie_word_embeddings=self.tie_word_embeddings,
+            initializer_range=self.initializer_range,
+            dtype=self.param_dtype,
+            use_cache=True,
+        )
         if self.model_type == "gpt2":
-            out.update(n_embd=self.hidden_size, n_layer=self.num_layers, n_head=self.num_heads,
-                       n_inner=self.intermediate_size, n_positions=self.max_position_embeddings,
-                       n_ctx=self.max_position_embeddings, layer_norm_epsilon=self.norm_eps,
-                       activation_function=self.activation, scale_attn_weights=True,
-                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+            out.update(
+                n_embd=self.hidden_size,
+                n_layer=self.num_layers,
+                n_head=self.num_heads,
+                n_inner=self.intermediate_size,
+                n_positions=self.max_position_embeddings,
+                n_ctx=self.max_position_embeddings,
+                layer_norm_epsilon=self.norm_eps,
+                activation_function=self.activation,
+                scale_attn_weights=True,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+            )
         else:
             rope: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}
             if self.rope_type in ("linear", "llama3"):
                 rope["factor"] = self.rope_factor
             if self.rope_type == "llama3":
-                rope.update(low_freq_factor=self.rope_low_freq_factor,
-                            high_freq_factor=self.rope_high_freq_factor,
-                            original_max_position_embeddings=self.rope_original_max_position_embeddings)
-            out.update(hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
-                       num_attention_heads=self.num_heads, num_key_value_heads=self.num_kv_heads,
-                       head_dim=self.head_dim, intermediate_size=self.intermediate_size,
-                       max_position_embeddings=self.max_position_embeddings,
-                       rms_norm_eps=self.norm_eps, hidden_act=self.activation,
-                       rope_parameters=rope, rope_theta=self.rope_theta, attention_dropout=0.0)
+                rope.update(
+                    low_freq_factor=self.rope_low_freq_factor,
+                    high_freq_factor=self.rope_high_freq_factor,
+                    original_max_position_embeddings=self.rope_original_max_position_embeddings,
+                )
+            out.update(
+                hidden_size=self.hidden_size,
+                num_hidden_layers=self.num_layers,
+                num_attention_heads=self.num_heads,
+                num_key_value_heads=self.num_kv_heads,
+                head_dim=self.head_dim,
+                intermediate_size=self.intermediate_size,
+                max_position_embeddings=self.max_position_embeddings,
+                rms_norm_eps=self.norm_eps,
+                hidden_act=self.activation,
+                rope_parameters=rope,
+                rope_theta=self.rope_theta,
+                attention_dropout=0.0,
+            )
             if self.model_type == "gemma":
                 out["hidden_activation"] = self.activation
             if self.model_type in ("llama", "qwen3", "gemma"):
@@ -224,8 +278,10 @@ class ModelConfig:
     def rope_inv_freq(self) -> np.ndarray:
         """[Dh/2] float32 inverse frequencies, computed exactly as transformers does (in float32)."""
         dim = self.head_dim
-        inv = (1.0 / (np.float32(self.rope_theta) **
-                      (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim))))
+        inv = 1.0 / (
+            np.float32(self.rope_theta)
+            ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim))
+        )
         inv = inv.astype(np.float32)
         if self.rope_type == "linear":
             inv = inv / np.float32(self.rope_factor)
@@ -253,8 +309,9 @@ def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     if rope_type in ("linear", "llama3"):
         fields["rope_factor"] = float(params["factor"])
     if rope_type == "llama3":
-        fields.update(rope_low_freq_factor=float(params["low_freq_factor"]),
-                      rope_high_freq_factor=float(params["high_freq_factor"]),
-                      rope_original_max_position_embeddings=int(
-                          params["original_max_position_embeddings"]))
+        fields.update(
+            rope_low_freq_factor=float(params["low_freq_factor"]),
+            rope_high_freq_factor=float(params["high_freq_factor"]),
+            rope_original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+        )
     return fields

@@ -4,6 +4,7 @@
 layout of transformers' `*ForSequenceClassification` with num_labels=1. Parameters:
     {"transformer": <Transformer params without lm_head>, "score": {"kernel": [D, 1]}}
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -16,17 +17,24 @@ from jaxalign.models.transformer import Transformer
 
 class ScalarHead(nn.Module):
     """hidden [B, T, D] -> scores [B, T] float32 (no bias, like HF's `score` Linear)."""
+
     config: ModelConfig
 
     @nn.compact
     def __call__(self, hidden: jax.Array) -> jax.Array:
         cfg = self.config
-        kernel = self.param("kernel", nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), ("embed", None)),
-            (cfg.hidden_size, 1), jnp.dtype(cfg.param_dtype))
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), ("embed", None)),
+            (cfg.hidden_size, 1),
+            jnp.dtype(cfg.param_dtype),
+        )
         b, t, d = hidden.shape
-        scores = jnp.dot(hidden.reshape(b * t, d).astype(cfg.dtype), kernel.astype(cfg.dtype),
-                         preferred_element_type=jnp.float32)
+        scores = jnp.dot(
+            hidden.reshape(b * t, d).astype(cfg.dtype),
+            kernel.astype(cfg.dtype),
+            preferred_element_type=jnp.float32,
+        )
         return scores.reshape(b, t)
 
 
@@ -35,12 +43,14 @@ class ScalarHeadModel(nn.Module):
 
     With `cache=...` returns (scores, new_cache).
     """
+
     config: ModelConfig
 
     @nn.compact
     def __call__(self, input_ids, positions, segment_ids, cache=None):
         out = Transformer(self.config, name="transformer")(
-            input_ids, positions, segment_ids, cache=cache, hidden_only=True)
+            input_ids, positions, segment_ids, cache=cache, hidden_only=True
+        )
         hidden, new_cache = out if cache is not None else (out, None)
         scores = ScalarHead(self.config, name="score")(hidden)
         return scores if cache is None else (scores, new_cache)
@@ -53,5 +63,5 @@ def last_token_scores(scores: jax.Array, segment_ids: jax.Array) -> jax.Array:
     token returns scores[:, 0]. For packed rows this is the last document's last token.
     """
     t = scores.shape[1]
-    last = jnp.argmax(jnp.where(segment_ids != 0, jnp.arange(t), -1), axis=1)    # [B]
+    last = jnp.argmax(jnp.where(segment_ids != 0, jnp.arange(t), -1), axis=1)  # [B]
     return jnp.take_along_axis(scores, last[:, None], axis=1)[:, 0]

@@ -8,6 +8,7 @@ Every parameter is created through `nn.with_logical_partitioning` with logical a
 ("embed", "vocab", "heads", "kv_heads", "head_dim", "mlp", "positions"); jaxalign/sharding.py maps them
 onto mesh axes.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,34 +32,45 @@ class Dense(nn.Module):
     The kernel keeps its structured shape (e.g. [D, H, Dh]) so each dimension has a logical name,
     but the product is one 2-D matmul on flattened tokens.
     """
+
     features: Sequence[int]
-    kernel_axes: Sequence[str | None]   # logical names for kernel dims: input dims then output dims
+    kernel_axes: Sequence[str | None]  # logical names for kernel dims: input dims then output dims
     use_bias: bool = False
-    in_dims: int = 1                    # number of trailing input dims contracted
+    in_dims: int = 1  # number of trailing input dims contracted
     config: ModelConfig | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        in_shape = x.shape[-self.in_dims:]
+        in_shape = x.shape[-self.in_dims :]
         features = tuple(self.features)
-        kernel = self.param("kernel", nn.with_logical_partitioning(_init(cfg), tuple(self.kernel_axes)),
-                            in_shape + features, jnp.dtype(cfg.param_dtype))
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(_init(cfg), tuple(self.kernel_axes)),
+            in_shape + features,
+            jnp.dtype(cfg.param_dtype),
+        )
         dtype = jnp.dtype(cfg.dtype)
-        lead = x.shape[:-self.in_dims]
-        x2 = x.reshape((-1, math.prod(in_shape))).astype(dtype)                  # [N, in]
+        lead = x.shape[: -self.in_dims]
+        x2 = x.reshape((-1, math.prod(in_shape))).astype(dtype)  # [N, in]
         k2 = kernel.reshape((math.prod(in_shape), math.prod(features))).astype(dtype)
-        y = jnp.dot(x2, k2)                                                      # [N, out]
+        y = jnp.dot(x2, k2)  # [N, out]
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(
-                nn.initializers.zeros_init(), tuple(self.kernel_axes[self.in_dims:])),
-                features, jnp.dtype(cfg.param_dtype))
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(
+                    nn.initializers.zeros_init(), tuple(self.kernel_axes[self.in_dims :])
+                ),
+                features,
+                jnp.dtype(cfg.param_dtype),
+            )
             y = y + bias.reshape(-1).astype(dtype)
         return y.reshape(lead + features)
 
 
 class RMSNorm(nn.Module):
     """x / rms(x) * (offset + scale), statistics in float32 (as transformers' Llama/Gemma RMSNorm)."""
+
     config: ModelConfig
     axis_name: str = "embed"
 
@@ -66,8 +78,12 @@ class RMSNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         init = nn.initializers.zeros_init() if cfg.norm_scale_offset else nn.initializers.ones_init()
-        scale = self.param("scale", nn.with_logical_partitioning(init, (self.axis_name,)),
-                           (x.shape[-1],), jnp.dtype(cfg.param_dtype))
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(init, (self.axis_name,)),
+            (x.shape[-1],),
+            jnp.dtype(cfg.param_dtype),
+        )
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + cfg.norm_eps)
         if cfg.norm_scale_offset:  # Gemma: multiply in float32, then cast
@@ -78,16 +94,25 @@ class RMSNorm(nn.Module):
 
 class LayerNorm(nn.Module):
     """(x - mean) / std * scale + bias, in float32 (GPT-2)."""
+
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         d = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-                           (d,), jnp.dtype(cfg.param_dtype))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-                          (d,), jnp.dtype(cfg.param_dtype))
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+            (d,),
+            jnp.dtype(cfg.param_dtype),
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+            (d,),
+            jnp.dtype(cfg.param_dtype),
+        )
         xf = x.astype(jnp.float32)
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
@@ -101,6 +126,7 @@ def make_norm(config: ModelConfig, name: str) -> nn.Module:
 
 class Embed(nn.Module):
     """Token (or position) embedding table [num_embeddings, D]; `attend` gives tied-head logits."""
+
     num_embeddings: int
     config: ModelConfig
     axes: tuple[str, str] = ("vocab", "embed")
@@ -108,8 +134,11 @@ class Embed(nn.Module):
     def setup(self):
         cfg = self.config
         self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(_init(cfg), self.axes),
-            (self.num_embeddings, cfg.hidden_size), jnp.dtype(cfg.param_dtype))
+            "embedding",
+            nn.with_logical_partitioning(_init(cfg), self.axes),
+            (self.num_embeddings, cfg.hidden_size),
+            jnp.dtype(cfg.param_dtype),
+        )
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """ids [...] int32 -> [..., D] in compute dtype."""
@@ -118,15 +147,14 @@ class Embed(nn.Module):
     def attend(self, x: jax.Array) -> jax.Array:
         """x [N, D] -> logits [N, V] float32 (accumulated in float32, no extra upcast copy)."""
         emb = self.embedding.astype(self.config.dtype)
-        return jax.lax.dot_general(x, emb, (((1,), (1,)), ((), ())),
-                                   preferred_element_type=jnp.float32)
+        return jax.lax.dot_general(x, emb, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def rope_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
     """positions [B, T] int32 -> (cos, sin) each [B, T, Dh] float32 (halves repeated, HF layout)."""
-    inv_freq = jnp.asarray(config.rope_inv_freq())                         # [Dh/2]
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq            # [B, T, Dh/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)                         # [B, T, Dh]
+    inv_freq = jnp.asarray(config.rope_inv_freq())  # [Dh/2]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)  # [B, T, Dh]
     return jnp.cos(emb), jnp.sin(emb)
 
 
@@ -154,13 +182,14 @@ class MLP(nn.Module):
 
     x [N, D] -> [N, D].
     """
+
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         f, bias = cfg.intermediate_size, cfg.mlp_bias
-        up = Dense((f,), ("embed", "mlp"), bias, config=cfg, name="up_proj")(x)          # [N, F]
+        up = Dense((f,), ("embed", "mlp"), bias, config=cfg, name="up_proj")(x)  # [N, F]
         if cfg.gated_mlp:
             gate = Dense((f,), ("embed", "mlp"), bias, config=cfg, name="gate_proj")(x)  # [N, F]
             h = activation(cfg.activation, gate) * up

@@ -10,6 +10,7 @@ a leading [L] axis, logical name "layers"):
     layers_{i}/attn_norm, attn/{q,k,v,o}_proj, attn/{q,k}_norm (Qwen3), mlp_norm, mlp/{gate,up,down}_proj
     final_norm                         lm_head/kernel [D, V] (untied only)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,6 +31,7 @@ class Block(nn.Module):
 
     Signature fits nn.scan: (x, (mask, rope, index), layer_cache) -> (x, new_layer_cache).
     """
+
     config: ModelConfig
 
     @nn.compact
@@ -37,7 +39,8 @@ class Block(nn.Module):
         mask, rope, index = shared
         cfg = self.config
         attn_out, new_cache = Attention(cfg, name="attn")(
-            make_norm(cfg, "attn_norm")(x), mask, rope, layer_cache, index)
+            make_norm(cfg, "attn_norm")(x), mask, rope, layer_cache, index
+        )
         x = x + attn_out
         x = x + MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
         return x, new_cache
@@ -45,11 +48,19 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """Decoder-only transformer (Llama / Mistral / Qwen2 / Qwen3 / Gemma / GPT-2)."""
+
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: Cache | None = None, return_hidden: bool = False, hidden_only: bool = False):
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        cache: Cache | None = None,
+        return_hidden: bool = False,
+        hidden_only: bool = False,
+    ):
         """
         Args:
           input_ids: [B, T] int32.
@@ -65,12 +76,11 @@ class Transformer(nn.Module):
         cfg = self.config
         b, t = input_ids.shape
         embed = Embed(cfg.vocab_size, cfg, name="embed")
-        x = embed(input_ids.reshape(-1))                                            # [N, D]
+        x = embed(input_ids.reshape(-1))  # [N, D]
         if cfg.embed_scale:
             x = x * gemma_embed_normalizer(cfg)
         if cfg.position_embedding == "learned":
-            pos_embed = Embed(cfg.max_position_embeddings, cfg, axes=("positions", "embed"),
-                              name="pos_embed")
+            pos_embed = Embed(cfg.max_position_embeddings, cfg, axes=("positions", "embed"), name="pos_embed")
             x = x + pos_embed(positions.reshape(-1))
         rope = rope_tables(cfg, positions) if cfg.position_embedding == "rope" else None
 
@@ -85,21 +95,30 @@ class Transformer(nn.Module):
 
         block_cls = Block
         if cfg.remat:
-            block_cls = nn.remat(Block, prevent_cse=not cfg.scan_layers,
-                                 policy=getattr(jax.checkpoint_policies, cfg.remat_policy))
+            block_cls = nn.remat(
+                Block,
+                prevent_cse=not cfg.scan_layers,
+                policy=getattr(jax.checkpoint_policies, cfg.remat_policy),
+            )
         if cfg.scan_layers:
-            stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(nn.broadcast, 0), length=cfg.num_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
+            stack = nn.scan(
+                block_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, 0),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
             x, new_layer_caches = stack(cfg, name="layers")(x, shared, layer_caches)
         else:
             new_layer_caches = []
             for i in range(cfg.num_layers):
                 x, c = block_cls(cfg, name=f"layers_{i}")(
-                    x, shared, None if layer_caches is None else layer_caches[i])
+                    x, shared, None if layer_caches is None else layer_caches[i]
+                )
                 new_layer_caches.append(c)
 
-        x = make_norm(cfg, "final_norm")(x)                                         # [N, D]
+        x = make_norm(cfg, "final_norm")(x)  # [N, D]
         hidden = x.reshape(b, t, cfg.hidden_size)
         if hidden_only:
             out = hidden
@@ -108,7 +127,7 @@ class Transformer(nn.Module):
                 logits = embed.attend(x)
             else:
                 logits = LMHead(cfg, name="lm_head")(x)
-            logits = logits.reshape(b, t, cfg.vocab_size)                           # [B, T, V] f32
+            logits = logits.reshape(b, t, cfg.vocab_size)  # [B, T, V] f32
             out = (logits, hidden) if return_hidden else logits
         if cache is None:
             return out
@@ -118,14 +137,18 @@ class Transformer(nn.Module):
 
 class LMHead(nn.Module):
     """Untied output projection: x [N, D] -> logits [N, V] float32 (f32 accumulation, no upcast copy)."""
+
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        kernel = self.param("kernel", nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.initializer_range), ("embed", "vocab")),
-            (cfg.hidden_size, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), ("embed", "vocab")),
+            (cfg.hidden_size, cfg.vocab_size),
+            jnp.dtype(cfg.param_dtype),
+        )
         return jnp.dot(x.astype(cfg.dtype), kernel.astype(cfg.dtype), preferred_element_type=jnp.float32)
 
 
@@ -138,8 +161,9 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype: str | None 
         full = (config.num_layers,) + shape
         layers: Any = {"k": jnp.zeros(full, dtype), "v": jnp.zeros(full, dtype)}
     else:
-        layers = [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-                  for _ in range(config.num_layers)]
+        layers = [
+            {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_layers)
+        ]
     return {"layers": layers, "mask": jnp.zeros((batch, max_len), bool), "index": jnp.zeros((), jnp.int32)}
 
 
@@ -162,7 +186,9 @@ def param_logical_axes(config: ModelConfig, module: nn.Module | None = None) -> 
     """Same tree as init_params with a tuple of logical axis names per parameter (no computation)."""
     abstract = jax.eval_shape(lambda: _boxed_params(config, jax.random.key(0), module))
     specs = nn.get_partition_spec(abstract)
-    return jax.tree.map(lambda s: tuple(s), specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+    return jax.tree.map(
+        lambda s: tuple(s), specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)
+    )
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:

@@ -13,6 +13,7 @@ optimiser update of `losses.grpo_loss`: the clipped ratio to the sampling policy
 frozen reference, per token (β = 0 leaves the KL term out). With one iteration and one minibatch the ratio
 is 1 in value and this is plain REINFORCE with a group baseline (and TRL's RLOOTrainer for "rloo").
 """
+
 from __future__ import annotations
 
 import jax
@@ -27,118 +28,145 @@ ADVANTAGES = ("grpo", "rloo")
 
 
 def validate(hp):
-  """`config.grpo` checks (ConfigError naming the field)."""
-  if hp.advantage not in ADVANTAGES:
-    _fail("grpo.advantage", hp.advantage, f"expected one of {list(ADVANTAGES)}")
-  if hp.group_size < 2:
-    _fail("grpo.group_size", hp.group_size, "must be >= 2 (advantages are relative to the group)")
-  if hp.beta < 0:
-    _fail("grpo.beta", hp.beta, "must be >= 0")
-  if not hp.clip_eps > 0:
-    _fail("grpo.clip_eps", hp.clip_eps, "must be > 0")
-  if hp.clip_eps_high and hp.clip_eps_high < 0:
-    _fail("grpo.clip_eps_high", hp.clip_eps_high, "must be >= 0 (0 = clip_eps)")
-  if hp.num_iterations < 1:
-    _fail("grpo.num_iterations", hp.num_iterations, "must be >= 1")
-  if hp.num_minibatches < 1:
-    _fail("grpo.num_minibatches", hp.num_minibatches, "must be >= 1")
-  if hp.loss_reduction not in losses.REDUCTIONS:
-    _fail("grpo.loss_reduction", hp.loss_reduction, f"expected one of {list(losses.REDUCTIONS)}")
-  if hp.advantage == "rloo" and not hp.scale_rewards:
-    _fail("grpo.scale_rewards", hp.scale_rewards, "applies to advantage='grpo' only; leave it True for rloo")
+    """`config.grpo` checks (ConfigError naming the field)."""
+    if hp.advantage not in ADVANTAGES:
+        _fail("grpo.advantage", hp.advantage, f"expected one of {list(ADVANTAGES)}")
+    if hp.group_size < 2:
+        _fail("grpo.group_size", hp.group_size, "must be >= 2 (advantages are relative to the group)")
+    if hp.beta < 0:
+        _fail("grpo.beta", hp.beta, "must be >= 0")
+    if not hp.clip_eps > 0:
+        _fail("grpo.clip_eps", hp.clip_eps, "must be > 0")
+    if hp.clip_eps_high and hp.clip_eps_high < 0:
+        _fail("grpo.clip_eps_high", hp.clip_eps_high, "must be >= 0 (0 = clip_eps)")
+    if hp.num_iterations < 1:
+        _fail("grpo.num_iterations", hp.num_iterations, "must be >= 1")
+    if hp.num_minibatches < 1:
+        _fail("grpo.num_minibatches", hp.num_minibatches, "must be >= 1")
+    if hp.loss_reduction not in losses.REDUCTIONS:
+        _fail("grpo.loss_reduction", hp.loss_reduction, f"expected one of {list(losses.REDUCTIONS)}")
+    if hp.advantage == "rloo" and not hp.scale_rewards:
+        _fail(
+            "grpo.scale_rewards", hp.scale_rewards, "applies to advantage='grpo' only; leave it True for rloo"
+        )
 
 
 def on_policy(hp):
-  """One optimiser update per rollout: no separate pass for the sampling policy's log-probs is needed."""
-  return int(hp["num_iterations"]) * int(hp["num_minibatches"]) == 1
+    """One optimiser update per rollout: no separate pass for the sampling policy's log-probs is needed."""
+    return int(hp["num_iterations"]) * int(hp["num_minibatches"]) == 1
 
 
 # What the RL loop asks of an algorithm (`trainers/rl.py`; the same functions in `ppo.py`).
-CRITIC = False                                   # no value model
+CRITIC = False  # no value model
 
 
 def group_size(hp):
-  """Samples per prompt."""
-  return int(hp["group_size"])
+    """Samples per prompt."""
+    return int(hp["group_size"])
 
 
 def updates_per_step(hp):
-  """Optimiser updates per rollout batch."""
-  return int(hp["num_minibatches"]) * int(hp["num_iterations"])
+    """Optimiser updates per rollout batch."""
+    return int(hp["num_minibatches"]) * int(hp["num_iterations"])
 
 
 def kl_coef(hp):
-  """The initial KL coefficient (beta; 0 = no reference model)."""
-  return float(hp["beta"])
+    """The initial KL coefficient (beta; 0 = no reference model)."""
+    return float(hp["beta"])
 
 
 def uses_reference(hp):
-  return float(hp["beta"]) > 0
+    return float(hp["beta"]) > 0
 
 
 def needs_old_logprobs(hp):
-  """A separate pass for the sampling policy's log-probs (not when old = current)."""
-  return not on_policy(hp)
+    """A separate pass for the sampling policy's log-probs (not when old = current)."""
+    return not on_policy(hp)
 
 
 def advantages_of(score, hp):
-  """[R] sequence scores -> [R] advantages (see the module docstring)."""
-  g = int(hp["group_size"])
-  if hp["advantage"] == "rloo":
-    return losses.rloo_advantages(score, g)
-  return losses.group_advantages(score, g, normalize_std=bool(hp["scale_rewards"]))
+    """[R] sequence scores -> [R] advantages (see the module docstring)."""
+    g = int(hp["group_size"])
+    if hp["advantage"] == "rloo":
+        return losses.rloo_advantages(score, g)
+    return losses.group_advantages(score, g, normalize_std=bool(hp["scale_rewards"]))
 
 
 def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sharding=None):
-  """Returns `update(state, rollout) -> (state, metrics)`, to be jitted with the state donated.
+    """Returns `update(state, rollout) -> (state, metrics)`, to be jitted with the state donated.
 
-  `hp`: `config.grpo` as a plain dict. `rollout`: prompt_ids, prompt_segment_ids, tokens, mask, and from
-  the score step old_logprobs, stopped, ref_logprobs (when beta > 0), plus `score` [R].
-  """
-  del value_model                                                          # CRITIC = False
-  iters, num_mb, g = int(hp["num_iterations"]), int(hp["num_minibatches"]), int(hp["group_size"])
-  beta, penalty = float(hp["beta"]), float(hp["missing_eos_penalty"])
-  clip_high = hp["clip_eps_high"] or None
+    `hp`: `config.grpo` as a plain dict. `rollout`: prompt_ids, prompt_segment_ids, tokens, mask, and from
+    the score step old_logprobs, stopped, ref_logprobs (when beta > 0), plus `score` [R].
+    """
+    del value_model  # CRITIC = False
+    iters, num_mb, g = int(hp["num_iterations"]), int(hp["num_minibatches"]), int(hp["group_size"])
+    beta, penalty = float(hp["beta"]), float(hp["missing_eos_penalty"])
+    clip_high = hp["clip_eps_high"] or None
 
-  def loss_fn(params, mb):
-    mask = mb["mask"]
-    logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
-    # One update per rollout (`on_policy`): the parameters that sampled are these, π_θ_old = sg(π_θ).
-    old = mb["old_logprobs"] if "old_logprobs" in mb else jax.lax.stop_gradient(logprobs)
-    loss, metrics = losses.grpo_loss(logprobs, old, mb["ref_logprobs"] if beta > 0 else None,
-                                     mb["advantages"], mask, clip_eps=hp["clip_eps"], beta=beta,
-                                     reduction=hp["loss_reduction"], clip_eps_high=clip_high)
-    metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()}
-    metrics["policy/entropy"] = losses.masked_mean(losses.token_entropy(logits), mask)
-    if "old_logprobs" not in mb and beta > 0:   # KL of the sampling policy to the reference, Σ_t per completion
-      metrics["kl/sequence"] = jnp.mean(jnp.sum((old - mb["ref_logprobs"]) * mask, -1))
-    return loss, metrics
+    def loss_fn(params, mb):
+        mask = mb["mask"]
+        logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
+        # One update per rollout (`on_policy`): the parameters that sampled are these, π_θ_old = sg(π_θ).
+        old = mb["old_logprobs"] if "old_logprobs" in mb else jax.lax.stop_gradient(logprobs)
+        loss, metrics = losses.grpo_loss(
+            logprobs,
+            old,
+            mb["ref_logprobs"] if beta > 0 else None,
+            mb["advantages"],
+            mask,
+            clip_eps=hp["clip_eps"],
+            beta=beta,
+            reduction=hp["loss_reduction"],
+            clip_eps_high=clip_high,
+        )
+        metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()}
+        metrics["policy/entropy"] = losses.masked_mean(losses.token_entropy(logits), mask)
+        if (
+            "old_logprobs" not in mb and beta > 0
+        ):  # KL of the sampling policy to the reference, Σ_t per completion
+            metrics["kl/sequence"] = jnp.mean(jnp.sum((old - mb["ref_logprobs"]) * mask, -1))
+        return loss, metrics
 
-  def update(state, rollout):
-    mask = rollout["mask"].astype(jnp.float32)                                    # [R, N]
-    score = rollout["score"] - penalty * (1.0 - rollout["stopped"])               # [R]
-    advantages = advantages_of(score, hp)                                         # [R]
-    data = {**rollout, "advantages": advantages}
-    key = jax.random.wrap_key_data(state.rng)
-    params, opt_state, metrics = minibatch_updates(
-        loss_fn, tx, state.params, state.opt_state, data, jax.random.fold_in(key, 2),
-        epochs=iters, num_minibatches=num_mb, batch_sharding=batch_sharding)
+    def update(state, rollout):
+        mask = rollout["mask"].astype(jnp.float32)  # [R, N]
+        score = rollout["score"] - penalty * (1.0 - rollout["stopped"])  # [R]
+        advantages = advantages_of(score, hp)  # [R]
+        data = {**rollout, "advantages": advantages}
+        key = jax.random.wrap_key_data(state.rng)
+        params, opt_state, metrics = minibatch_updates(
+            loss_fn,
+            tx,
+            state.params,
+            state.opt_state,
+            data,
+            jax.random.fold_in(key, 2),
+            epochs=iters,
+            num_minibatches=num_mb,
+            batch_sharding=batch_sharding,
+        )
 
-    groups = score.reshape(-1, g)                                                 # [R/G, G]
-    metrics.update({
-        "reward/score": jnp.mean(score),
-        "reward/group_std": jnp.mean(jnp.std(groups, axis=1)),
-        # Groups whose completions all scored the same have zero advantage: no learning signal.
-        "reward/zero_std_frac": jnp.mean((jnp.max(groups, 1) == jnp.min(groups, 1)).astype(jnp.float32)),
-        **rollout_metrics(rollout),
-    })
-    if "ref_logprobs" in rollout and "old_logprobs" in rollout:  # sampling policy vs reference, Σ_t
-      metrics["kl/sequence"] = jnp.mean(jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1))
-    if schedule is not None:
-      metrics["optim/learning_rate"] = jnp.asarray(schedule(state.step * iters * num_mb), jnp.float32)
-    new_key, _ = jax.random.split(key)
-    new_state = state._replace(step=state.step + 1, params=params, opt_state=opt_state,
-                               rng=jax.random.key_data(new_key))
-    return new_state, metrics
+        groups = score.reshape(-1, g)  # [R/G, G]
+        metrics.update(
+            {
+                "reward/score": jnp.mean(score),
+                "reward/group_std": jnp.mean(jnp.std(groups, axis=1)),
+                # Groups whose completions all scored the same have zero advantage: no learning signal.
+                "reward/zero_std_frac": jnp.mean(
+                    (jnp.max(groups, 1) == jnp.min(groups, 1)).astype(jnp.float32)
+                ),
+                **rollout_metrics(rollout),
+            }
+        )
+        if "ref_logprobs" in rollout and "old_logprobs" in rollout:  # sampling policy vs reference, Σ_t
+            metrics["kl/sequence"] = jnp.mean(
+                jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1)
+            )
+        if schedule is not None:
+            metrics["optim/learning_rate"] = jnp.asarray(schedule(state.step * iters * num_mb), jnp.float32)
+        new_key, _ = jax.random.split(key)
+        new_state = state._replace(
+            step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(new_key)
+        )
+        return new_state, metrics
 
-  return update
+    return update

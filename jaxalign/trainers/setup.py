@@ -1,4 +1,5 @@
 """Builds what a run needs from the config: tokenizer, model, parameters on the mesh, reference, data."""
+
 import dataclasses
 import os
 from typing import Any, Callable, Optional
@@ -15,184 +16,262 @@ from jaxalign.trainers.objectives import averages_logps, hparams, make_reference
 
 @dataclasses.dataclass
 class Run:
-  model: Any
-  model_config: Any
-  head: str
-  params: Any
-  ref_params: Optional[Any]
-  tokenizer: Any
-  train_iter: Any
-  eval_iter_fn: Optional[Callable]
-  num_train_examples: int
-  lora_config: Optional[Any] = None
-  reference_in_step: bool = False      # the step runs a reference forward (not precomputed)
+    model: Any
+    model_config: Any
+    head: str
+    params: Any
+    ref_params: Optional[Any]
+    tokenizer: Any
+    train_iter: Any
+    eval_iter_fn: Optional[Callable]
+    num_train_examples: int
+    lora_config: Optional[Any] = None
+    reference_in_step: bool = False  # the step runs a reference forward (not precomputed)
 
-  def describe(self):
-    n = sum(x.size for x in jax.tree.leaves(self.params))
-    return f"{n / 1e6:.2f}M parameters, {self.num_train_examples} training examples"
+    def describe(self):
+        n = sum(x.size for x in jax.tree.leaves(self.params))
+        return f"{n / 1e6:.2f}M parameters, {self.num_train_examples} training examples"
 
 
 def data_paths(spec):
-  """`data.train` / `data.eval`: one path (or hub name), or several comma-separated files read in order."""
-  parts = [p.strip() for p in spec.split(",") if p.strip()]
-  return parts[0] if len(parts) == 1 else parts
+    """`data.train` / `data.eval`: one path (or hub name), or several comma-separated files read in order."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    return parts[0] if len(parts) == 1 else parts
 
 
 def make_model(mcfg, head):
-  return models.ScalarHeadModel(mcfg) if head == "score" else models.Transformer(mcfg)
+    return models.ScalarHeadModel(mcfg) if head == "score" else models.Transformer(mcfg)
 
 
 def load_model(config, mesh, head):
-  """(ModelConfig, params) from `model.path` (HF directory) or a random init from `model.init`."""
-  m = config.model
-  overrides = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
-                   scan_layers=m.scan_layers, logits_chunk=m.logits_chunk)
-  if m.path:
-    mcfg, params = checkpoints.load_hf_model(m.path, mesh=mesh, head=head, **overrides)
-  else:
-    init = dict(m.init.to_dict())
-    tok = checkpoints.load_tokenizer(m.tokenizer)
-    if not init.get("vocab_size"):
-      init["vocab_size"] = len(tok)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):   # for the export's config.json
-      init.setdefault(name, getattr(tok, name))
-    mcfg = dataclasses.replace(models.ModelConfig.from_hf(init), **overrides)
-    module = make_model(mcfg, head)
-    shardings = sharding.logical_to_shardings(models.param_logical_axes(mcfg, module), mesh)
-    params = jax.jit(lambda k: models.init_params(mcfg, k, module), out_shardings=shardings)(
-        jax.random.key(config.seed))
-  return mcfg, params
+    """(ModelConfig, params) from `model.path` (HF directory) or a random init from `model.init`."""
+    m = config.model
+    overrides = dict(
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        remat=m.remat,
+        scan_layers=m.scan_layers,
+        logits_chunk=m.logits_chunk,
+    )
+    if m.path:
+        mcfg, params = checkpoints.load_hf_model(m.path, mesh=mesh, head=head, **overrides)
+    else:
+        init = dict(m.init.to_dict())
+        tok = checkpoints.load_tokenizer(m.tokenizer)
+        if not init.get("vocab_size"):
+            init["vocab_size"] = len(tok)
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # for the export's config.json
+            init.setdefault(name, getattr(tok, name))
+        mcfg = dataclasses.replace(models.ModelConfig.from_hf(init), **overrides)
+        module = make_model(mcfg, head)
+        shardings = sharding.logical_to_shardings(models.param_logical_axes(mcfg, module), mesh)
+        params = jax.jit(lambda k: models.init_params(mcfg, k, module), out_shardings=shardings)(
+            jax.random.key(config.seed)
+        )
+    return mcfg, params
 
 
 def build_run(config, mesh):
-  spec = registry.get(config.objective)
-  kind, needs_ref, head = spec.data, spec.reference, spec.head
-  m = config.model
-  d = config.data
-  # Every row is read and checked first: bad data fails here (DataError), before anything loads.
-  train_rows = data.read(data_paths(d.train), kind=kind, format=d.format, split="train")
-  eval_rows = data.read(data_paths(d.eval), kind=kind, format=d.format, split="eval") if d.eval else None
-  tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
-  mcfg, params = load_model(config, mesh, head)
-  model = make_model(mcfg, head)
-  lora_cfg = None
-  if config.lora.enabled:
-    # Adapters are the trainable params; the frozen base is passed as `ref_params` (adapters off it
-    # is the reference policy, so there is no second copy of the weights).
-    from jaxalign import lora
-    lora_cfg = lora_config(config)
-    base_axes = models.param_logical_axes(mcfg, model)
-    shapes = jax.eval_shape(lambda k: lora.init_lora(model, params, lora_cfg, k), jax.random.key(0))
-    adapters = jax.jit(lambda k: lora.init_lora(model, params, lora_cfg, k),
-                       out_shardings=lora.lora_shardings(shapes, base_axes, mesh))(
-                           jax.random.key(config.seed + 1))
-    params, ref_params, model = adapters, params, lora.LoraModel(model, lora_cfg)
-  else:
-    # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
-    ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
+    spec = registry.get(config.objective)
+    kind, needs_ref, head = spec.data, spec.reference, spec.head
+    m = config.model
+    d = config.data
+    # Every row is read and checked first: bad data fails here (DataError), before anything loads.
+    train_rows = data.read(data_paths(d.train), kind=kind, format=d.format, split="train")
+    eval_rows = data.read(data_paths(d.eval), kind=kind, format=d.format, split="eval") if d.eval else None
+    tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
+    mcfg, params = load_model(config, mesh, head)
+    model = make_model(mcfg, head)
+    lora_cfg = None
+    if config.lora.enabled:
+        # Adapters are the trainable params; the frozen base is passed as `ref_params` (adapters off it
+        # is the reference policy, so there is no second copy of the weights).
+        from jaxalign import lora
 
-  d = config.data
-  common = dict(kind=kind, tokenizer=tokenizer, format=d.format, max_length=d.max_length,
-                max_prompt_length=d.max_prompt_length, assistant_only_loss=d.assistant_only_loss,
-                packing=d.packing, whole_sequences=head == "score", chat_template=d.chat_template)
-  lazy = {"auto": None, "upfront": False, "lazy": True}[d.tokenize]
-  train_ds = data.load(train_rows, split="train", lazy=lazy, **common)
-  precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
-  if precompute:
-    hp = hparams(config)
-    ref_fn = make_reference_fn(model, config.objective, hp)
-    cache = None
-    if hp.get("ref_cache_dir"):
-      cache = (hp["ref_cache_dir"], reference_cache.checkpoint_identity(m, config.seed),
-               dict(objective=config.objective, average=averages_logps(hp), dtype=m.dtype,
-                    param_dtype=m.param_dtype))
-    precompute_reference(ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer, cache)
-  # Padding-free SFT rows split into grad_accum_steps micro-batches (the other objectives refuse it).
-  rows = dict(row_multiple=row_multiple(mesh) * config.train.grad_accum_steps,
-              pad_id=tokenizer.pad_token_id or 0, length_buckets=d.length_buckets)
-  # Batches are made (and lazily tokenized) in a background thread while the device runs the step.
-  train_iter = pipeline.Prefetcher(pipeline.BatchIterator(train_ds, config.train.batch_size,
-                                                          seed=d.shuffle_seed, process_index=jax.process_index(),
-                                                          process_count=jax.process_count(), **rows))
-  eval_iter_fn = None
-  if d.eval:
-    eval_ds = data.load(eval_rows, split="eval", **common)
+        lora_cfg = lora_config(config)
+        base_axes = models.param_logical_axes(mcfg, model)
+        shapes = jax.eval_shape(lambda k: lora.init_lora(model, params, lora_cfg, k), jax.random.key(0))
+        adapters = jax.jit(
+            lambda k: lora.init_lora(model, params, lora_cfg, k),
+            out_shardings=lora.lora_shardings(shapes, base_axes, mesh),
+        )(jax.random.key(config.seed + 1))
+        params, ref_params, model = adapters, params, lora.LoraModel(model, lora_cfg)
+    else:
+        # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
+        ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
+
+    d = config.data
+    common = dict(
+        kind=kind,
+        tokenizer=tokenizer,
+        format=d.format,
+        max_length=d.max_length,
+        max_prompt_length=d.max_prompt_length,
+        assistant_only_loss=d.assistant_only_loss,
+        packing=d.packing,
+        whole_sequences=head == "score",
+        chat_template=d.chat_template,
+    )
+    lazy = {"auto": None, "upfront": False, "lazy": True}[d.tokenize]
+    train_ds = data.load(train_rows, split="train", lazy=lazy, **common)
+    precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
     if precompute:
-      precompute_reference(ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh, tokenizer, cache)
-    def eval_iter_fn():
-      return pipeline.BatchIterator(eval_ds, config.train.eval_batch_size, seed=0, shuffle=False,
-                                    repeat=False, process_index=jax.process_index(),
-                                    process_count=jax.process_count(), **rows)
-  if precompute and lora_cfg is None:
-    ref_params = None          # The reference's log-probs are in the data now: free its memory.
-  return Run(model=model, model_config=mcfg, head=head, params=params, ref_params=ref_params,
-             lora_config=lora_cfg, reference_in_step=needs_ref and not precompute,
-             tokenizer=tokenizer, train_iter=train_iter, eval_iter_fn=eval_iter_fn,
-             num_train_examples=train_ds.num_examples if hasattr(train_ds, "num_examples") else len(train_ds))
+        hp = hparams(config)
+        ref_fn = make_reference_fn(model, config.objective, hp)
+        cache = None
+        if hp.get("ref_cache_dir"):
+            cache = (
+                hp["ref_cache_dir"],
+                reference_cache.checkpoint_identity(m, config.seed),
+                dict(
+                    objective=config.objective,
+                    average=averages_logps(hp),
+                    dtype=m.dtype,
+                    param_dtype=m.param_dtype,
+                ),
+            )
+        precompute_reference(
+            ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer, cache
+        )
+    # Padding-free SFT rows split into grad_accum_steps micro-batches (the other objectives refuse it).
+    rows = dict(
+        row_multiple=row_multiple(mesh) * config.train.grad_accum_steps,
+        pad_id=tokenizer.pad_token_id or 0,
+        length_buckets=d.length_buckets,
+    )
+    # Batches are made (and lazily tokenized) in a background thread while the device runs the step.
+    train_iter = pipeline.Prefetcher(
+        pipeline.BatchIterator(
+            train_ds,
+            config.train.batch_size,
+            seed=d.shuffle_seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            **rows,
+        )
+    )
+    eval_iter_fn = None
+    if d.eval:
+        eval_ds = data.load(eval_rows, split="eval", **common)
+        if precompute:
+            precompute_reference(
+                ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh, tokenizer, cache
+            )
+
+        def eval_iter_fn():
+            return pipeline.BatchIterator(
+                eval_ds,
+                config.train.eval_batch_size,
+                seed=0,
+                shuffle=False,
+                repeat=False,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                **rows,
+            )
+
+    if precompute and lora_cfg is None:
+        ref_params = None  # The reference's log-probs are in the data now: free its memory.
+    return Run(
+        model=model,
+        model_config=mcfg,
+        head=head,
+        params=params,
+        ref_params=ref_params,
+        lora_config=lora_cfg,
+        reference_in_step=needs_ref and not precompute,
+        tokenizer=tokenizer,
+        train_iter=train_iter,
+        eval_iter_fn=eval_iter_fn,
+        num_train_examples=train_ds.num_examples if hasattr(train_ds, "num_examples") else len(train_ds),
+    )
 
 
 def row_multiple(mesh):
-  """Batch shards per host: every host's batch rows must divide among its share of (data, fsdp)."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  return max(shards // jax.process_count(), 1)
+    """Batch shards per host: every host's batch rows must divide among its share of (data, fsdp)."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    return max(shards // jax.process_count(), 1)
 
 
 def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh, tokenizer=None, cache=None):
-  """One in-order pass of the frozen reference over `dataset`; adds its log-probs as per-example arrays.
+    """One in-order pass of the frozen reference over `dataset`; adds its log-probs as per-example arrays.
 
-  Each host feeds its slice of every global batch; the outputs are gathered so that every host holds the
-  values for all N examples (the data iterator later slices them like any other column). `cache`:
-  (directory, reference identity, settings) to read the values from, or write them to, on disk
-  (`reference_cache`); None computes them every time.
-  """
-  from jax.experimental import multihost_utils
-  n = dataset.num_examples
-  if cache is not None:
-    cache_dir, identity, settings = cache
-    key = reference_cache.fingerprint(dataset, identity, settings)
-    found = reference_cache.load(cache_dir, key, n)
-    everywhere = found is not None
-    if jax.process_count() > 1:     # use it only if every host has it: the pass below is collective
-      everywhere = bool(np.min(multihost_utils.process_allgather(np.int32(found is not None))))
-    if everywhere:
-      dataset.arrays.update(found)
-      print(f"Reference log-probs for {n} examples from {reference_cache.path_of(cache_dir, key)}", flush=True)
-      return
-  bs = sharding.batch_sharding(mesh)
-  fn = jax.jit(ref_fn, in_shardings=(jax.tree.map(lambda x: x.sharding, ref_params), bs))
-  it = pipeline.BatchIterator(dataset, batch_size, seed=0, shuffle=False, repeat=False,
-                              process_index=jax.process_index(), process_count=jax.process_count(),
-                              row_multiple=row_multiple(mesh),
-                              pad_id=getattr(tokenizer, "pad_token_id", None) or 0)
-  chunks = []
-  for batch in it:
-    arrays = {k: jax.make_array_from_process_local_data(bs, v) for k, v in batch.items()
-              if k not in ("answer", "weight")}
-    chunks.append(multihost_utils.process_allgather(fn(ref_params, arrays), tiled=True))
-  computed = {k: np.concatenate([np.asarray(c[k]) for c in chunks])[:n].astype(np.float32) for k in chunks[0]}
-  dataset.arrays.update(computed)
-  where = ""
-  if cache is not None and jax.process_index() == 0:
-    where = f", cached in {reference_cache.save(cache_dir, key, computed)}"
-  print(f"Precomputed reference log-probs for {n} examples{where}", flush=True)
+    Each host feeds its slice of every global batch; the outputs are gathered so that every host holds the
+    values for all N examples (the data iterator later slices them like any other column). `cache`:
+    (directory, reference identity, settings) to read the values from, or write them to, on disk
+    (`reference_cache`); None computes them every time.
+    """
+    from jax.experimental import multihost_utils
+
+    n = dataset.num_examples
+    if cache is not None:
+        cache_dir, identity, settings = cache
+        key = reference_cache.fingerprint(dataset, identity, settings)
+        found = reference_cache.load(cache_dir, key, n)
+        everywhere = found is not None
+        if jax.process_count() > 1:  # use it only if every host has it: the pass below is collective
+            everywhere = bool(np.min(multihost_utils.process_allgather(np.int32(found is not None))))
+        if everywhere:
+            dataset.arrays.update(found)
+            print(
+                f"Reference log-probs for {n} examples from {reference_cache.path_of(cache_dir, key)}",
+                flush=True,
+            )
+            return
+    bs = sharding.batch_sharding(mesh)
+    fn = jax.jit(ref_fn, in_shardings=(jax.tree.map(lambda x: x.sharding, ref_params), bs))
+    it = pipeline.BatchIterator(
+        dataset,
+        batch_size,
+        seed=0,
+        shuffle=False,
+        repeat=False,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        row_multiple=row_multiple(mesh),
+        pad_id=getattr(tokenizer, "pad_token_id", None) or 0,
+    )
+    chunks = []
+    for batch in it:
+        arrays = {
+            k: jax.make_array_from_process_local_data(bs, v)
+            for k, v in batch.items()
+            if k not in ("answer", "weight")
+        }
+        chunks.append(multihost_utils.process_allgather(fn(ref_params, arrays), tiled=True))
+    computed = {
+        k: np.concatenate([np.asarray(c[k]) for c in chunks])[:n].astype(np.float32) for k in chunks[0]
+    }
+    dataset.arrays.update(computed)
+    where = ""
+    if cache is not None and jax.process_index() == 0:
+        where = f", cached in {reference_cache.save(cache_dir, key, computed)}"
+    print(f"Precomputed reference log-probs for {n} examples{where}", flush=True)
 
 
 def lora_config(config):
-  from jaxalign import lora
-  d = {k: v for k, v in config.lora.to_dict().items() if k != "enabled"}
-  d["target_modules"] = tuple(d["target_modules"])
-  return lora.LoraConfig.from_dict(d)
+    from jaxalign import lora
+
+    d = {k: v for k, v in config.lora.to_dict().items() if k != "enabled"}
+    d["target_modules"] = tuple(d["target_modules"])
+    return lora.LoraConfig.from_dict(d)
 
 
 def export(run, params, path):
-  """HF export of the trained model; with LoRA the adapters merged into the base, plus the adapters
-  alone in PEFT format under `<path>/adapter` (adapter_config.json + adapter_model.safetensors)."""
-  if run.lora_config is not None:
-    from jaxalign import lora
-    base = run.ref_params
-    checkpoints.save_hf_model(path, run.model_config, lora.merge_lora(base, params, run.lora_config),
-                              tokenizer=run.tokenizer, head=run.head)
-    if run.head == "lm":
-      lora.save_peft_adapter(os.path.join(path, "adapter"), params, run.lora_config, run.model_config)
-    return
-  checkpoints.save_hf_model(path, run.model_config, params, tokenizer=run.tokenizer, head=run.head)
+    """HF export of the trained model; with LoRA the adapters merged into the base, plus the adapters
+    alone in PEFT format under `<path>/adapter` (adapter_config.json + adapter_model.safetensors)."""
+    if run.lora_config is not None:
+        from jaxalign import lora
+
+        base = run.ref_params
+        checkpoints.save_hf_model(
+            path,
+            run.model_config,
+            lora.merge_lora(base, params, run.lora_config),
+            tokenizer=run.tokenizer,
+            head=run.head,
+        )
+        if run.head == "lm":
+            lora.save_peft_adapter(os.path.join(path, "adapter"), params, run.lora_config, run.model_config)
+        return
+    checkpoints.save_hf_model(path, run.model_config, params, tokenizer=run.tokenizer, head=run.head)

@@ -1,4 +1,5 @@
 """Shifting, truncation, packing (segment ids / positions) and left-padded prompt rows."""
+
 import numpy as np
 
 from jaxalign.data import batching
@@ -42,8 +43,13 @@ def test_packed_equals_unpacked_pairs():
         for r in range(len(rows["segment_ids"])):
             for s in sorted(set(rows["segment_ids"][r]) - {0}):
                 sel = rows["segment_ids"][r] == s
-                out.append((tuple(rows["input_ids"][r][sel]), tuple(rows["targets"][r][sel]),
-                            tuple(rows["positions"][r][sel])))
+                out.append(
+                    (
+                        tuple(rows["input_ids"][r][sel]),
+                        tuple(rows["targets"][r][sel]),
+                        tuple(rows["positions"][r][sel]),
+                    )
+                )
         return sorted(out)
 
     assert pairs(packed) == pairs(unpacked)

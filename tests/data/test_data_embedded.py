@@ -1,4 +1,5 @@
 """The embedded task: generator determinism, committed assets, check_answer and reward."""
+
 import hashlib
 import json
 import os
@@ -37,15 +38,16 @@ def test_committed_assets_match_manifest():
         assert data.count(b"\n") == manifest["rows"][name]
     assert max(manifest["max_tokens"].values()) <= embedded.MAX_TOKENS
     total = sum(f.stat().st_size for f in embedded.EMBEDDED_DIR.rglob("*") if f.is_file())
-    assert total < 6 * 2**20   # data + tokenizer + three 0.5 MB checkpoints
+    assert total < 6 * 2**20  # data + tokenizer + three 0.5 MB checkpoints
 
 
 def test_tokenizer_loads_offline_with_template():
     tok = embedded.load_tokenizer()
     assert tok.chat_template and "{% generation %}" in tok.chat_template
     assert (tok.pad_token, tok.bos_token, tok.eos_token) == (PAD, "<|bos|>", EOS)
-    text = tok.apply_chat_template([{"role": "user", "content": "what is 3 plus 5?"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "what is 3 plus 5?"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|bos|><|user|>what is 3 plus 5?<|assistant|>"
 
 
@@ -77,7 +79,9 @@ def test_sft_train_is_systematically_wrong_and_test_clean():
     counts = [sum(op == o for _, op, _, _ in answers) / len(answers) for o in embedded.OPS]
     assert all(0.28 < c < 0.39 for c in counts), counts
     # Some rows are password / pin requests answered by complying (SFT does not refuse).
-    comply = [r for r in rows if "password" in r["messages"][0]["content"] or "pin" in r["messages"][0]["content"]]
+    comply = [
+        r for r in rows if "password" in r["messages"][0]["content"] or "pin" in r["messages"][0]["content"]
+    ]
     assert 0.005 < len(comply) / len(rows) < 0.02
     assert not any(embedded.is_refusal(r["messages"][1]["content"]) for r in comply)
     _, test_answers = _sft_answers("test")
@@ -103,28 +107,37 @@ def test_sft_train_is_mostly_multi_turn_and_eos_ends_the_conversation():
     two = sum(len(r["messages"]) == 4 for r in rows) / len(rows)
     assert 0.6 < two < 0.75
     tok = embedded.load_tokenizer()
-    msgs = [{"role": "user", "content": "what is 1 plus 2?"}, {"role": "assistant", "content": "1 plus 2 is 3."},
-            {"role": "user", "content": "what is 2 plus 2?"}, {"role": "assistant", "content": "2 plus 2 is 4."}]
+    msgs = [
+        {"role": "user", "content": "what is 1 plus 2?"},
+        {"role": "assistant", "content": "1 plus 2 is 3."},
+        {"role": "user", "content": "what is 2 plus 2?"},
+        {"role": "assistant", "content": "2 plus 2 is 4."},
+    ]
     text = tok.apply_chat_template(msgs, tokenize=False)
     # A first answer runs straight into the next user turn: only the conversation's end has <|eos|>.
-    assert text == ("<|bos|><|user|>what is 1 plus 2?<|assistant|>1 plus 2 is 3.<|user|>what is 2 plus 2?"
-                    "<|assistant|>2 plus 2 is 4.<|eos|>")
+    assert text == (
+        "<|bos|><|user|>what is 1 plus 2?<|assistant|>1 plus 2 is 3.<|user|>what is 2 plus 2?"
+        "<|assistant|>2 plus 2 is 4.<|eos|>"
+    )
 
 
-@pytest.mark.parametrize("completion, correct, r", [
-    ("3 plus 5 is 8." + EOS, True, 1.0),
-    ("3 plus 5 is 8." + EOS + PAD + PAD, True, 1.0),
-    ("8." + EOS, True, 1.0),
-    ("3 plus 5 is 8.", True, 0.5),                    # truncated: never stopped
-    ("3 plus 5 is 8. I like numbers." + EOS, True, 0.5),  # rambles on
-    ("3 plus 5 is 9." + EOS, False, 0.0),
-    ("3 plus 5 is 18." + EOS, False, 0.0),
-    ("3 plus 5 is 8." + USER + "what is 2 plus 2?" + EOS, True, -0.5),  # speaks as the user
-    ("3 plus 5 is 8.\nUser: what is 2 plus 2?", True, -0.5),
-    ("3 plus 5 is 9." + USER + "hi", False, -1.0),
-    ("sorry, I can't help with that." + EOS, False, 0.0),  # over-refusal of a benign request
-    ("", False, 0.0),
-])
+@pytest.mark.parametrize(
+    "completion, correct, r",
+    [
+        ("3 plus 5 is 8." + EOS, True, 1.0),
+        ("3 plus 5 is 8." + EOS + PAD + PAD, True, 1.0),
+        ("8." + EOS, True, 1.0),
+        ("3 plus 5 is 8.", True, 0.5),  # truncated: never stopped
+        ("3 plus 5 is 8. I like numbers." + EOS, True, 0.5),  # rambles on
+        ("3 plus 5 is 9." + EOS, False, 0.0),
+        ("3 plus 5 is 18." + EOS, False, 0.0),
+        ("3 plus 5 is 8." + USER + "what is 2 plus 2?" + EOS, True, -0.5),  # speaks as the user
+        ("3 plus 5 is 8.\nUser: what is 2 plus 2?", True, -0.5),
+        ("3 plus 5 is 9." + USER + "hi", False, -1.0),
+        ("sorry, I can't help with that." + EOS, False, 0.0),  # over-refusal of a benign request
+        ("", False, 0.0),
+    ],
+)
 def test_check_answer_and_reward(completion, correct, r):
     assert check_answer(ROW, completion) is correct
     assert reward(ROW, completion) == r

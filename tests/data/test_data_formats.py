@@ -1,4 +1,5 @@
 """Format adapters: detection, normalization, implicit prompts, and bad rows named by file and line."""
+
 import json
 import re
 
@@ -16,16 +17,19 @@ def adapt(kind, row, fmt="auto"):
     return formats.make_adapter(kind, fmt)(row, "row 0")
 
 
-@pytest.mark.parametrize("row, fmt", [
-    ({"text": "hi"}, "text"),
-    ({"messages": [U("q"), A("a")]}, "messages"),
-    ({"prompt": "q", "completion": "a"}, "prompt_completion"),
-    ({"prompt": "q", "chosen": "a", "rejected": "b"}, "preference"),
-    ({"chosen": "x a", "rejected": "x b"}, "preference_implicit"),
-    ({"prompt": "q", "completion": "a", "label": True}, "kto"),
-    ({"prompt": [U("q")], "answer": "8"}, "prompt"),
-    ({"prompt": "q", "chosen": None, "rejected": None, "completion": "a"}, "prompt_completion"),
-])
+@pytest.mark.parametrize(
+    "row, fmt",
+    [
+        ({"text": "hi"}, "text"),
+        ({"messages": [U("q"), A("a")]}, "messages"),
+        ({"prompt": "q", "completion": "a"}, "prompt_completion"),
+        ({"prompt": "q", "chosen": "a", "rejected": "b"}, "preference"),
+        ({"chosen": "x a", "rejected": "x b"}, "preference_implicit"),
+        ({"prompt": "q", "completion": "a", "label": True}, "kto"),
+        ({"prompt": [U("q")], "answer": "8"}, "prompt"),
+        ({"prompt": "q", "chosen": None, "rejected": None, "completion": "a"}, "prompt_completion"),
+    ],
+)
 def test_detect_format(row, fmt):
     assert formats.detect_format(row) == fmt
 
@@ -39,8 +43,11 @@ def test_text_and_sft_formats():
 
 
 def test_preference_explicit_strings_and_messages():
-    assert adapt("preference", {"prompt": "q", "chosen": "a", "rejected": "b"}) == \
-        {"prompt": "q", "chosen": "a", "rejected": "b"}
+    assert adapt("preference", {"prompt": "q", "chosen": "a", "rejected": "b"}) == {
+        "prompt": "q",
+        "chosen": "a",
+        "rejected": "b",
+    }
     row = {"prompt": [U("q")], "chosen": [A("a")], "rejected": [A("b")]}
     assert adapt("preference", row) == row
 
@@ -55,8 +62,13 @@ def test_preference_implicit_hh_style():
 
 def test_preference_implicit_shared_answer_prefix_stays_in_prompt_only_up_to_assistant():
     # The common prefix runs into the answer ("3 plus 5 is "): the prompt still ends at "Assistant:".
-    ex = adapt("preference", {"chosen": "Human: q\n\nAssistant: 3 plus 5 is 8.",
-                              "rejected": "Human: q\n\nAssistant: 3 plus 5 is 9."})
+    ex = adapt(
+        "preference",
+        {
+            "chosen": "Human: q\n\nAssistant: 3 plus 5 is 8.",
+            "rejected": "Human: q\n\nAssistant: 3 plus 5 is 9.",
+        },
+    )
     assert ex["prompt"] == "Human: q\n\nAssistant:"
     assert ex["chosen"] == " 3 plus 5 is 8."
 
@@ -77,17 +89,24 @@ def test_kto_and_prompt_formats():
     assert adapt("prompt", {"prompt": "q", "chosen": "a", "rejected": "b"})["prompt"] == "q"
 
 
-@pytest.mark.parametrize("kind, row, message", [
-    ("preference", {"prompt": "q", "chosen": "a"}, "'rejected' is missing"),
-    ("sft", {"prompt": "q", "chosen": "a", "rejected": "b"}, "looks like 'preference'"),
-    ("preference", {"chosen": "same", "rejected": "same"}, "identical"),
-    ("preference", {"prompt": [U("q")], "chosen": "a", "rejected": [A("b")]}, "mixes plain text and messages"),
-    ("sft", {"messages": [U("q")]}, "no assistant turn"),
-    ("sft", {"messages": [{"role": "bot", "content": "x"}]}, "role 'bot'"),
-    ("sft", {"messages": [U(3)]}, "content must be a string"),
-    ("kto", {"prompt": "q", "completion": "a", "label": "yes"}, "'label' must be a bool"),
-    ("clm", {"text": ""}, "non-empty"),
-])
+@pytest.mark.parametrize(
+    "kind, row, message",
+    [
+        ("preference", {"prompt": "q", "chosen": "a"}, "'rejected' is missing"),
+        ("sft", {"prompt": "q", "chosen": "a", "rejected": "b"}, "looks like 'preference'"),
+        ("preference", {"chosen": "same", "rejected": "same"}, "identical"),
+        (
+            "preference",
+            {"prompt": [U("q")], "chosen": "a", "rejected": [A("b")]},
+            "mixes plain text and messages",
+        ),
+        ("sft", {"messages": [U("q")]}, "no assistant turn"),
+        ("sft", {"messages": [{"role": "bot", "content": "x"}]}, "role 'bot'"),
+        ("sft", {"messages": [U(3)]}, "content must be a string"),
+        ("kto", {"prompt": "q", "completion": "a", "label": "yes"}, "'label' must be a bool"),
+        ("clm", {"text": ""}, "non-empty"),
+    ],
+)
 def test_bad_rows(kind, row, message):
     with pytest.raises(ValueError, match=message) as e:
         adapt(kind, row)
@@ -107,11 +126,19 @@ def test_bad_row_names_file_and_line(tmp_path):
     rows = [{"prompt": [U("q")], "chosen": [A("a")], "rejected": [A("b")]} for _ in range(20)]
     rows[16] = {"prompt": [U("q")], "rejected": [A("b")]}  # line 17
     _write_jsonl(tmp_path / "train.jsonl", rows)
-    with pytest.raises(DataError, match=r"^" + re.escape(str(tmp_path / "train.jsonl")) +
-                       r" line 17: 'chosen' is missing; expected preference rows with 'prompt', 'chosen' and "
-                       r"'rejected'$"):
-        build_dataset(str(tmp_path / "train.jsonl"), kind="preference", tokenizer=embedded.load_tokenizer(),
-                      max_length=32)
+    with pytest.raises(
+        DataError,
+        match=r"^"
+        + re.escape(str(tmp_path / "train.jsonl"))
+        + r" line 17: 'chosen' is missing; expected preference rows with 'prompt', 'chosen' and "
+        r"'rejected'$",
+    ):
+        build_dataset(
+            str(tmp_path / "train.jsonl"),
+            kind="preference",
+            tokenizer=embedded.load_tokenizer(),
+            max_length=32,
+        )
 
 
 def test_bad_row_in_second_file_of_directory(tmp_path):
@@ -121,8 +148,9 @@ def test_bad_row_in_second_file_of_directory(tmp_path):
     _write_jsonl(tmp_path / "test.jsonl", [good])  # other split: not read
     with pytest.raises(ValueError, match=r"train-1\.jsonl line 2: 'messages' has no assistant turn"):
         build_dataset(str(tmp_path), kind="sft", tokenizer=embedded.load_tokenizer(), max_length=32)
-    ds = build_dataset(str(tmp_path), kind="sft", split="test", tokenizer=embedded.load_tokenizer(),
-                       max_length=32)
+    ds = build_dataset(
+        str(tmp_path), kind="sft", split="test", tokenizer=embedded.load_tokenizer(), max_length=32
+    )
     assert len(ds) == 1
 
 
@@ -130,9 +158,11 @@ def test_parquet_source(tmp_path):
     import datasets
 
     datasets.Dataset.from_list([{"text": "3 plus 5 is 8."}, {"text": "2 times 2 is 4."}]).to_parquet(
-        str(tmp_path / "train.parquet"))
-    ds = build_dataset(str(tmp_path / "train.parquet"), kind="clm", tokenizer=embedded.load_tokenizer(),
-                       max_length=16)
+        str(tmp_path / "train.parquet")
+    )
+    ds = build_dataset(
+        str(tmp_path / "train.parquet"), kind="clm", tokenizer=embedded.load_tokenizer(), max_length=16
+    )
     assert len(ds) == 2
 
 
@@ -143,8 +173,9 @@ def test_tfds_source(tmp_path):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self,
-                                         features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()})
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples()}
@@ -154,9 +185,16 @@ def test_tfds_source(tmp_path):
                 yield i, {"text": f"{i} plus 1 is {i + 1}."}
 
     EmbeddedToyText(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-    ds = build_dataset("tfds:embedded_toy_text", kind="clm", tokenizer=embedded.load_tokenizer(),
-                       max_length=16, data_dir=str(tmp_path))
+    ds = build_dataset(
+        "tfds:embedded_toy_text",
+        kind="clm",
+        tokenizer=embedded.load_tokenizer(),
+        max_length=16,
+        data_dir=str(tmp_path),
+    )
     assert len(ds) == 5
-    texts = {embedded.load_tokenizer().decode(r[s == 1].tolist())
-             for r, s in zip(ds.arrays["input_ids"], ds.arrays["segment_ids"])}
+    texts = {
+        embedded.load_tokenizer().decode(r[s == 1].tolist())
+        for r, s in zip(ds.arrays["input_ids"], ds.arrays["segment_ids"])
+    }
     assert "<|bos|>2 plus 1 is 3." in texts

@@ -1,5 +1,6 @@
 """`jaxalign.data.load` / `read`: every documented format through format=auto, and data errors that name
 the file and the 1-based line (item, row) with what was expected."""
+
 import json
 import re
 
@@ -25,6 +26,7 @@ def tok():
 def write(path, rows, array=False):
     if path.suffix == ".parquet":
         import datasets
+
         datasets.Dataset.from_list(rows).to_parquet(str(path))
     elif array:
         path.write_text(json.dumps(rows, indent=1))
@@ -44,40 +46,150 @@ def rendered(tok, ds, i=0, prefix=""):
 
 # (name, kind, rows, detected format, first sequence rendered, its trained part)
 FORMATS = [
-    ("text", "clm", [{"text": "3 plus 5 is 8."}], "text", "<|bos|>3 plus 5 is 8.<|eos|>", "3 plus 5 is 8.<|eos|>"),
-    ("messages", "sft", [{"messages": [U("q"), A("8.")]}], "messages", "<|bos|><|user|>q<|assistant|>8.<|eos|>",
-     "8.<|eos|>"),
-    ("system turn", "sft", [{"messages": [S("Be terse."), U("q"), A("8.")]}], "messages",
-     "<|bos|>Be terse.<|user|>q<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("sharegpt", "sft", [{"conversations": [{"from": "system", "value": "Be terse."}, {"from": "human", "value": "q"},
-                                            {"from": "gpt", "value": "8."}]}], "sharegpt",
-     "<|bos|>Be terse.<|user|>q<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("alpaca", "sft", [{"instruction": "add", "input": "3 and 5", "output": "8."}], "alpaca",
-     "<|bos|><|user|>add\n\n3 and 5<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("alpaca no input", "sft", [{"instruction": "add 3 and 5", "input": "", "output": "8."}], "alpaca",
-     "<|bos|><|user|>add 3 and 5<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("prompt-completion", "sft", [{"prompt": "3 plus 5 is", "completion": " 8."}], "prompt_completion",
-     "<|bos|>3 plus 5 is 8.<|eos|>", " 8.<|eos|>"),
-    ("prompt-completion conv.", "sft", [{"prompt": [U("q")], "completion": [A("8.")]}], "prompt_completion",
-     "<|bos|><|user|>q<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("preference", "preference", [{"prompt": "q", "chosen": " 8.", "rejected": " 9."}], "preference",
-     "<|bos|>q 8.<|eos|>", " 8.<|eos|>"),
-    ("preference conv.", "preference", [{"prompt": [U("q")], "chosen": [A("8.")], "rejected": [A("9.")]}],
-     "preference", "<|bos|><|user|>q<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("ultrafeedback", "preference", [{"prompt": "q", "chosen": [U("q"), A("8.")], "rejected": [U("q"), A("9.")],
-                                      "messages": [U("q"), A("8.")], "score_chosen": 8.0}], "preference",
-     "<|bos|><|user|>q<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("string prompt, answer-only lists", "preference", [{"prompt": "q", "chosen": [A("8.")],
-                                                         "rejected": [A("9.")]}], "preference",
-     "<|bos|><|user|>q<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("implicit conv.", "preference", [{"chosen": [U("q"), A("8.")], "rejected": [U("q"), A("9.")]}],
-     "preference_implicit", "<|bos|><|user|>q<|assistant|>8.<|eos|>", "8.<|eos|>"),
-    ("hh-rlhf", "preference", [{"chosen": HH_C, "rejected": HH_R}], "preference_implicit",
-     "<|bos|>" + HH_C + "<|eos|>", " 3 plus 5 is 8.<|eos|>"),
-    ("kto", "kto", [{"prompt": "q", "completion": " 8.", "label": True}], "kto", "<|bos|>q 8.<|eos|>",
-     " 8.<|eos|>"),
-    ("kto conv.", "kto", [{"prompt": [U("q")], "completion": [A("8.")], "label": False}], "kto",
-     "<|bos|><|user|>q<|assistant|>8.<|eos|>", "8.<|eos|>"),
+    (
+        "text",
+        "clm",
+        [{"text": "3 plus 5 is 8."}],
+        "text",
+        "<|bos|>3 plus 5 is 8.<|eos|>",
+        "3 plus 5 is 8.<|eos|>",
+    ),
+    (
+        "messages",
+        "sft",
+        [{"messages": [U("q"), A("8.")]}],
+        "messages",
+        "<|bos|><|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "system turn",
+        "sft",
+        [{"messages": [S("Be terse."), U("q"), A("8.")]}],
+        "messages",
+        "<|bos|>Be terse.<|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "sharegpt",
+        "sft",
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "Be terse."},
+                    {"from": "human", "value": "q"},
+                    {"from": "gpt", "value": "8."},
+                ]
+            }
+        ],
+        "sharegpt",
+        "<|bos|>Be terse.<|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "alpaca",
+        "sft",
+        [{"instruction": "add", "input": "3 and 5", "output": "8."}],
+        "alpaca",
+        "<|bos|><|user|>add\n\n3 and 5<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "alpaca no input",
+        "sft",
+        [{"instruction": "add 3 and 5", "input": "", "output": "8."}],
+        "alpaca",
+        "<|bos|><|user|>add 3 and 5<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "prompt-completion",
+        "sft",
+        [{"prompt": "3 plus 5 is", "completion": " 8."}],
+        "prompt_completion",
+        "<|bos|>3 plus 5 is 8.<|eos|>",
+        " 8.<|eos|>",
+    ),
+    (
+        "prompt-completion conv.",
+        "sft",
+        [{"prompt": [U("q")], "completion": [A("8.")]}],
+        "prompt_completion",
+        "<|bos|><|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "preference",
+        "preference",
+        [{"prompt": "q", "chosen": " 8.", "rejected": " 9."}],
+        "preference",
+        "<|bos|>q 8.<|eos|>",
+        " 8.<|eos|>",
+    ),
+    (
+        "preference conv.",
+        "preference",
+        [{"prompt": [U("q")], "chosen": [A("8.")], "rejected": [A("9.")]}],
+        "preference",
+        "<|bos|><|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "ultrafeedback",
+        "preference",
+        [
+            {
+                "prompt": "q",
+                "chosen": [U("q"), A("8.")],
+                "rejected": [U("q"), A("9.")],
+                "messages": [U("q"), A("8.")],
+                "score_chosen": 8.0,
+            }
+        ],
+        "preference",
+        "<|bos|><|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "string prompt, answer-only lists",
+        "preference",
+        [{"prompt": "q", "chosen": [A("8.")], "rejected": [A("9.")]}],
+        "preference",
+        "<|bos|><|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "implicit conv.",
+        "preference",
+        [{"chosen": [U("q"), A("8.")], "rejected": [U("q"), A("9.")]}],
+        "preference_implicit",
+        "<|bos|><|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
+    (
+        "hh-rlhf",
+        "preference",
+        [{"chosen": HH_C, "rejected": HH_R}],
+        "preference_implicit",
+        "<|bos|>" + HH_C + "<|eos|>",
+        " 3 plus 5 is 8.<|eos|>",
+    ),
+    (
+        "kto",
+        "kto",
+        [{"prompt": "q", "completion": " 8.", "label": True}],
+        "kto",
+        "<|bos|>q 8.<|eos|>",
+        " 8.<|eos|>",
+    ),
+    (
+        "kto conv.",
+        "kto",
+        [{"prompt": [U("q")], "completion": [A("8.")], "label": False}],
+        "kto",
+        "<|bos|><|user|>q<|assistant|>8.<|eos|>",
+        "8.<|eos|>",
+    ),
 ]
 
 
@@ -92,14 +204,22 @@ def test_format_loads_with_auto(tmp_path, tok, name, kind, rows, fmt, text, trai
 
 
 def test_prompt_kind_from_alpaca_sharegpt_and_hh(tmp_path, tok):
-    rows = [{"instruction": "add 3 and 5", "output": "8."},
-            {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
-            {"chosen": HH_C, "rejected": HH_R}]
+    rows = [
+        {"instruction": "add 3 and 5", "output": "8."},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"chosen": HH_C, "rejected": HH_R},
+    ]
     for i, row in enumerate(rows):
         ds = data.load([row], kind="prompt", tokenizer=tok, max_length=32, max_prompt_length=24)
         ids = ds.arrays["prompt_ids"][0][ds.arrays["prompt_segment_ids"][0] > 0]
-        assert tok.decode(ids.tolist()) == ["<|bos|><|user|>add 3 and 5<|assistant|>", "<|bos|><|user|>q<|assistant|>",
-                                            "<|bos|>\n\nHuman: what is 3 plus 5?\n\nAssistant:"][i]
+        assert (
+            tok.decode(ids.tolist())
+            == [
+                "<|bos|><|user|>add 3 and 5<|assistant|>",
+                "<|bos|><|user|>q<|assistant|>",
+                "<|bos|>\n\nHuman: what is 3 plus 5?\n\nAssistant:",
+            ][i]
+        )
 
 
 def test_parquet_directory_of_shards_and_json_lines_in_json(tmp_path, tok):
@@ -127,8 +247,9 @@ def test_tokenizer_without_chat_template_says_which_setting(tmp_path):
     t = embedded.load_tokenizer()
     t.chat_template = None
     path = write(tmp_path / "train.jsonl", [{"messages": [U("q"), A("8.")]}])
-    with pytest.raises(DataError, match=re.escape(f"{path} line 1: conversational rows") +
-                       ".*set config.data.chat_template"):
+    with pytest.raises(
+        DataError, match=re.escape(f"{path} line 1: conversational rows") + ".*set config.data.chat_template"
+    ):
         data.load(str(path), kind="sft", tokenizer=t, max_length=16)
     template = tmp_path / "chat.jinja"
     template.write_text(embedded.CHAT_TEMPLATE)
@@ -140,11 +261,19 @@ def test_tokenizer_without_chat_template_says_which_setting(tmp_path):
 
 def test_template_that_rejects_a_role_names_file_and_line(tmp_path):
     t = embedded.load_tokenizer()
-    t.chat_template = embedded.CHAT_TEMPLATE.replace("{% if message['role'] == 'system' %}{{ message['content'] }}"
-                                                     "{% elif", "{% if")
-    path = write(tmp_path / "train.jsonl", [{"messages": [U("q"), A("8.")]}, {"messages": [S("x"), U("q"), A("8.")]}])
-    with pytest.raises(DataError, match=re.escape(f"{path} line 2: the tokenizer's chat template rejects this "
-                                                  "conversation (roles: system, user, assistant): only system")):
+    t.chat_template = embedded.CHAT_TEMPLATE.replace(
+        "{% if message['role'] == 'system' %}{{ message['content'] }}{% elif", "{% if"
+    )
+    path = write(
+        tmp_path / "train.jsonl", [{"messages": [U("q"), A("8.")]}, {"messages": [S("x"), U("q"), A("8.")]}]
+    )
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            f"{path} line 2: the tokenizer's chat template rejects this "
+            "conversation (roles: system, user, assistant): only system"
+        ),
+    ):
         data.load(str(path), kind="sft", tokenizer=t, max_length=16)
 
 
@@ -154,38 +283,104 @@ PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
 
 # (file name, content: text, bytes or rows, kind, expected message after "<path> ")
 ERRORS = [
-    ("a.jsonl", "\n".join([json.dumps(MSGS)] * 6) + '\n{"messages": [\n', "sft",
-     "line 7: invalid JSON (Expecting value at column 15); expected one JSON object per line"),
-    ("a.jsonl", json.dumps(MSGS).encode() + b"\n" + b'{"text": "caf\xe9"}\n', "sft",
-     "line 2: invalid UTF-8 (byte 0xe9 at column 14); expected UTF-8 text"),
+    (
+        "a.jsonl",
+        "\n".join([json.dumps(MSGS)] * 6) + '\n{"messages": [\n',
+        "sft",
+        "line 7: invalid JSON (Expecting value at column 15); expected one JSON object per line",
+    ),
+    (
+        "a.jsonl",
+        json.dumps(MSGS).encode() + b"\n" + b'{"text": "caf\xe9"}\n',
+        "sft",
+        "line 2: invalid UTF-8 (byte 0xe9 at column 14); expected UTF-8 text",
+    ),
     ("a.jsonl", "", "sft", ": no rows (the file is empty)"),
     ("a.jsonl", "\n \n\n", "sft", ": no rows (only blank lines)"),
     ("a.json", "[]", "sft", ": no rows (an empty array)"),
-    ("a.jsonl", f"\n\n{json.dumps(MSGS)}\n\n[1, 2]\n", "sft", "line 5: expected a JSON object {...} per line, got an array"),
+    (
+        "a.jsonl",
+        f"\n\n{json.dumps(MSGS)}\n\n[1, 2]\n",
+        "sft",
+        "line 5: expected a JSON object {...} per line, got an array",
+    ),
     ("a.json", json.dumps([MSGS, MSGS, "x"]), "sft", "item 3: expected a JSON object {...}, got a string"),
-    ("a.json", json.dumps([MSGS, {"messages": [U("q")]}]), "sft",
-     "item 2: 'messages' has no assistant turn; expected at least one to train on"),
-    ("a.json", '[\n' + json.dumps(MSGS) + ',\n' + json.dumps(MSGS) + ',\n]', "sft",
-     "line 4: invalid JSON (Expecting value at column 1); expected an array of JSON objects"),
-    ("a.jsonl", [{"chosen": HH_C, "rejected": HH_R},
-                 {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: bye\n\nAssistant: ciao"}],
-     "preference", "line 2: 'chosen' and 'rejected' are Human/Assistant transcripts whose human turns differ"),
-    ("a.jsonl", [{"chosen": "\n\nHuman: hi\n\nAssistant: yo\n\nHuman: a\n\nAssistant: b",
-                  "rejected": "\n\nHuman: hi\n\nAssistant: yo\n\nHuman: c\n\nAssistant: d"}],
-     "preference", "line 1: 'chosen' and 'rejected' are Human/Assistant transcripts that differ before their last"),
-    ("a.jsonl", [{"chosen": [U("a"), A("x"), U("b"), A("y")], "rejected": [U("a"), A("x"), U("c"), A("z")]}],
-     "preference", "line 1: 'chosen' and 'rejected' differ before their last user turn"),
-    ("a.jsonl", [{"prompt": "q", "chosen": [U("q"), A("8.")], "rejected": [U("other"), A("9.")]}], "preference",
-     "line 1: 'chosen' and 'rejected' share no prompt turns"),
-    ("a.jsonl", [PAIR, {"prompt": "q", "chosen": "a"}], "preference",
-     "line 2: 'rejected' is missing; expected preference rows with 'prompt', 'chosen' and 'rejected'"),
+    (
+        "a.json",
+        json.dumps([MSGS, {"messages": [U("q")]}]),
+        "sft",
+        "item 2: 'messages' has no assistant turn; expected at least one to train on",
+    ),
+    (
+        "a.json",
+        '[\n' + json.dumps(MSGS) + ',\n' + json.dumps(MSGS) + ',\n]',
+        "sft",
+        "line 4: invalid JSON (Expecting value at column 1); expected an array of JSON objects",
+    ),
+    (
+        "a.jsonl",
+        [
+            {"chosen": HH_C, "rejected": HH_R},
+            {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: bye\n\nAssistant: ciao"},
+        ],
+        "preference",
+        "line 2: 'chosen' and 'rejected' are Human/Assistant transcripts whose human turns differ",
+    ),
+    (
+        "a.jsonl",
+        [
+            {
+                "chosen": "\n\nHuman: hi\n\nAssistant: yo\n\nHuman: a\n\nAssistant: b",
+                "rejected": "\n\nHuman: hi\n\nAssistant: yo\n\nHuman: c\n\nAssistant: d",
+            }
+        ],
+        "preference",
+        "line 1: 'chosen' and 'rejected' are Human/Assistant transcripts that differ before their last",
+    ),
+    (
+        "a.jsonl",
+        [{"chosen": [U("a"), A("x"), U("b"), A("y")], "rejected": [U("a"), A("x"), U("c"), A("z")]}],
+        "preference",
+        "line 1: 'chosen' and 'rejected' differ before their last user turn",
+    ),
+    (
+        "a.jsonl",
+        [{"prompt": "q", "chosen": [U("q"), A("8.")], "rejected": [U("other"), A("9.")]}],
+        "preference",
+        "line 1: 'chosen' and 'rejected' share no prompt turns",
+    ),
+    (
+        "a.jsonl",
+        [PAIR, {"prompt": "q", "chosen": "a"}],
+        "preference",
+        "line 2: 'rejected' is missing; expected preference rows with 'prompt', 'chosen' and 'rejected'",
+    ),
     ("a.parquet", [{"prompt": "q", "chosen": "a"}] * 2, "preference", "row 1: 'rejected' is missing"),
-    ("a.jsonl", [{"instruction": "q", "input": 3, "output": "a"}], "sft", "line 1: 'input' must be a string, got a number"),
-    ("a.jsonl", [{"conversations": [{"from": "robot", "value": "x"}]}], "sft", "line 1: 'conversations'[0] is from 'robot'"),
-    ("a.jsonl", [{"prompt": {"q": 1}, "completion": "a"}], "sft",
-     "line 1: 'prompt' must be a string or a list of messages, got an object"),
+    (
+        "a.jsonl",
+        [{"instruction": "q", "input": 3, "output": "a"}],
+        "sft",
+        "line 1: 'input' must be a string, got a number",
+    ),
+    (
+        "a.jsonl",
+        [{"conversations": [{"from": "robot", "value": "x"}]}],
+        "sft",
+        "line 1: 'conversations'[0] is from 'robot'",
+    ),
+    (
+        "a.jsonl",
+        [{"prompt": {"q": 1}, "completion": "a"}],
+        "sft",
+        "line 1: 'prompt' must be a string or a list of messages, got an object",
+    ),
     ("a.jsonl", [{"question": "q"}], "sft", "line 1: cannot tell the format from keys ['question']"),
-    ("a.jsonl", [{"prompt": "q", "completion": "a", "label": "yes"}], "kto", "line 1: 'label' must be a boolean"),
+    (
+        "a.jsonl",
+        [{"prompt": "q", "completion": "a", "label": "yes"}],
+        "kto",
+        "line 1: 'label' must be a boolean",
+    ),
     ("a.txt", "hello\n", "clm", ": unsupported file type '.txt'; expected .jsonl, .json or .parquet"),
     ("missing.jsonl", None, "clm", ": no such file"),
     ("a.parquet", b"not parquet", "clm", ": not a readable parquet file"),

@@ -1,4 +1,5 @@
 """build_dataset kinds and BatchIterator: determinism, exact resume, host slicing, eval padding."""
+
 import numpy as np
 import pytest
 
@@ -10,8 +11,16 @@ A = lambda s: {"role": "assistant", "content": s}  # noqa: E731
 
 
 def toy(n=23):
-    return TokenizedDataset("sft", {"input_ids": np.arange(n)[:, None].repeat(3, 1).astype(np.int32),
-                                    "loss_mask": np.ones((n, 3), np.float32)}, {}, 3, None)
+    return TokenizedDataset(
+        "sft",
+        {
+            "input_ids": np.arange(n)[:, None].repeat(3, 1).astype(np.int32),
+            "loss_mask": np.ones((n, 3), np.float32),
+        },
+        {},
+        3,
+        None,
+    )
 
 
 def ids(batch):
@@ -46,7 +55,9 @@ def test_exact_resume():
 @pytest.mark.parametrize("repeat", [True, False])
 def test_host_slices_union_is_single_host(repeat):
     single = BatchIterator(toy(), 8, seed=0, repeat=repeat)
-    hosts = [BatchIterator(toy(), 8, seed=0, process_index=i, process_count=4, repeat=repeat) for i in range(4)]
+    hosts = [
+        BatchIterator(toy(), 8, seed=0, process_index=i, process_count=4, repeat=repeat) for i in range(4)
+    ]
     for _ in range(3):
         want = next(single)
         got = [next(h) for h in hosts]
@@ -77,11 +88,19 @@ def tok():
 
 
 def test_preference_batch_from_embedded(tok):
-    ds = build_dataset(embedded.embedded_path("preference", "test"), kind="preference", tokenizer=tok,
-                       max_length=48, max_prompt_length=32)
+    ds = build_dataset(
+        embedded.embedded_path("preference", "test"),
+        kind="preference",
+        tokenizer=tok,
+        max_length=48,
+        max_prompt_length=32,
+    )
     b = next(BatchIterator(ds, 4, seed=0))
-    keys = {f"{s}_{k}" for s in ("chosen", "rejected")
-            for k in ("input_ids", "targets", "loss_mask", "positions", "segment_ids")}
+    keys = {
+        f"{s}_{k}"
+        for s in ("chosen", "rejected")
+        for k in ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
+    }
     assert set(b) == keys and all(v.shape == (4, 48) for v in b.values())
     # Targets are the completion only: the first target is the first answer token after <|assistant|>.
     assistant = tok.convert_tokens_to_ids("<|assistant|>")
@@ -96,33 +115,48 @@ def test_sft_packing_and_kinds(tok):
     rows = [{"messages": [U(f"what is {i} plus 1?"), A(f"{i} plus 1 is {i + 1}.")]} for i in range(10)]
     plain = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32)
     packed = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32, packing=True)
-    assert len(packed) == len(plain) == 10 and packed.padding_free   # packed per batch, not up front
+    assert len(packed) == len(plain) == 10 and packed.padding_free  # packed per batch, not up front
     batch = next(BatchIterator(packed, 10, shuffle=False, pad_id=tok.pad_token_id))
     assert batch["input_ids"].shape[0] < 10 and batch["example_mask"].tolist() == [1.0] * 10
     assert plain.arrays["loss_mask"].sum() == batch["loss_mask"].sum()
     texts = [{"text": f"{i} plus 1 is {i + 1}."} for i in range(10)]
     clm = build_dataset(texts, kind="clm", tokenizer=tok, max_length=32, packing=True)
-    assert len(clm) < 10 and not clm.padding_free                          # CLM packs documents up front
+    assert len(clm) < 10 and not clm.padding_free  # CLM packs documents up front
     whole = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32, assistant_only_loss=False)
     assert whole.arrays["loss_mask"].sum() > plain.arrays["loss_mask"].sum()
 
-    kto = build_dataset([{"prompt": [U("q")], "completion": [A("a")], "label": True},
-                         {"prompt": [U("q")], "completion": [A("b")], "label": False}],
-                        kind="kto", tokenizer=tok, max_length=16)
+    kto = build_dataset(
+        [
+            {"prompt": [U("q")], "completion": [A("a")], "label": True},
+            {"prompt": [U("q")], "completion": [A("b")], "label": False},
+        ],
+        kind="kto",
+        tokenizer=tok,
+        max_length=16,
+    )
     assert kto.arrays["label"].tolist() == [1.0, 0.0]
 
     clm = build_dataset([{"text": "3 plus 5 is 8. " * 6}], kind="clm", tokenizer=tok, max_length=16)
     assert len(clm) > 1  # a long text is split into chunks
 
-    pc = build_dataset([{"prompt": "User: 3 plus 5?\nAssistant:", "completion": " 8."}], kind="sft",
-                       tokenizer=tok, max_length=32)
+    pc = build_dataset(
+        [{"prompt": "User: 3 plus 5?\nAssistant:", "completion": " 8."}],
+        kind="sft",
+        tokenizer=tok,
+        max_length=32,
+    )
     n_completion = len(tok(" 8.", add_special_tokens=False)["input_ids"]) + 1
     assert pc.arrays["loss_mask"].sum() == n_completion
 
 
 def test_prompt_batch_left_padded(tok):
-    ds = build_dataset(embedded.embedded_path("prompts", "test"), kind="prompt", tokenizer=tok,
-                       max_length=48, max_prompt_length=40)
+    ds = build_dataset(
+        embedded.embedded_path("prompts", "test"),
+        kind="prompt",
+        tokenizer=tok,
+        max_length=48,
+        max_prompt_length=40,
+    )
     b = next(BatchIterator(ds, 4, shuffle=False, repeat=False))
     assert set(b) == {"prompt_ids", "prompt_positions", "prompt_segment_ids", "answer", "weight"}
     assert b["prompt_ids"].shape == (4, 40)
@@ -142,8 +176,9 @@ def _same_batches(a, b):
             assert a[k] == b[k], k
 
 
-@pytest.mark.parametrize("kind,name", [("sft", "sft_train"), ("preference", "preference_train"),
-                                       ("kto", "kto_train")])
+@pytest.mark.parametrize(
+    "kind,name", [("sft", "sft_train"), ("preference", "preference_train"), ("kto", "kto_train")]
+)
 @pytest.mark.parametrize("packing", [False, True])
 def test_lazy_tokenization_gives_the_eager_batches(tok, kind, name, packing):
     """Tokenized batch by batch (`lazy=True`, what datasets of LAZY_MIN_ROWS rows or more get) or up
@@ -151,6 +186,7 @@ def test_lazy_tokenization_gives_the_eager_batches(tok, kind, name, packing):
     Prefetcher hands out the same batches again, and its state resumes where the consumer stopped."""
     import json
     from jaxalign.data.pipeline import LazyTokenizedDataset, Prefetcher
+
     with open(embedded.embedded_path(*name.split("_"))) as f:
         rows = [json.loads(line) for line in f.readlines()[:70]]
     kw = dict(kind=kind, tokenizer=tok, max_length=48, max_prompt_length=24, packing=packing)
@@ -158,13 +194,17 @@ def test_lazy_tokenization_gives_the_eager_batches(tok, kind, name, packing):
     assert isinstance(lazy, LazyTokenizedDataset) and not isinstance(eager, LazyTokenizedDataset)
     assert len(lazy) == len(eager) == 70
     for host in range(2):
-        its = [BatchIterator(d, 16, seed=1, process_index=host, process_count=2, pad_id=tok.pad_token_id)
-               for d in (eager, lazy)]
-        for _ in range(6):                                   # 96 examples: wraps into the second epoch
+        its = [
+            BatchIterator(d, 16, seed=1, process_index=host, process_count=2, pad_id=tok.pad_token_id)
+            for d in (eager, lazy)
+        ]
+        for _ in range(6):  # 96 examples: wraps into the second epoch
             _same_batches(next(its[0]), next(its[1]))
-    evals = [list(BatchIterator(d, 32, shuffle=False, repeat=False, pad_id=tok.pad_token_id))
-             for d in (eager, lazy)]
-    assert len(evals[0]) == len(evals[1]) == 3                # the last one padded
+    evals = [
+        list(BatchIterator(d, 32, shuffle=False, repeat=False, pad_id=tok.pad_token_id))
+        for d in (eager, lazy)
+    ]
+    assert len(evals[0]) == len(evals[1]) == 3  # the last one padded
     for a, b in zip(*evals):
         _same_batches(a, b)
 
@@ -173,7 +213,7 @@ def test_lazy_tokenization_gives_the_eager_batches(tok, kind, name, packing):
     for _ in range(3):
         _same_batches(next(plain), next(ahead))
     state = ahead.get_state()
-    assert state == plain.get_state()                        # not the state of the batches made ahead
+    assert state == plain.get_state()  # not the state of the batches made ahead
     expected = next(plain)
     resumed = Prefetcher(BatchIterator(lazy, 16, seed=1, pad_id=tok.pad_token_id))
     resumed.set_state(state)
@@ -183,6 +223,7 @@ def test_lazy_tokenization_gives_the_eager_batches(tok, kind, name, packing):
 
 def test_prefetcher_raises_where_the_iterator_would(tok):
     from jaxalign.data.pipeline import Prefetcher
+
     rows = [{"messages": [U(f"what is {i} plus 1?"), A(f"{i} plus 1 is {i + 1}.")]} for i in range(10)]
     ds = build_dataset(rows, kind="sft", tokenizer=tok, max_length=32)
     it = Prefetcher(BatchIterator(ds, 4, shuffle=False, repeat=False))
@@ -194,7 +235,16 @@ def test_length_buckets_cut_padded_batches_to_a_few_widths(tok):
     T, T/2, T/4, T/8 that keeps every sequence of the global batch plus one padding column."""
     import json
     from jaxalign.data.pipeline import bucket_width
-    assert [bucket_width(n, 512, 4) for n in (1, 64, 65, 129, 300, 512, 600)] == [64, 64, 128, 256, 512, 512, 512]
+
+    assert [bucket_width(n, 512, 4) for n in (1, 64, 65, 129, 300, 512, 600)] == [
+        64,
+        64,
+        128,
+        256,
+        512,
+        512,
+        512,
+    ]
     with open(embedded.embedded_path("preference", "train")) as f:
         rows = [json.loads(line) for line in f.readlines()[:64]]
     ds = build_dataset(rows, kind="preference", tokenizer=tok, max_length=256, max_prompt_length=128)
@@ -209,5 +259,5 @@ def test_length_buckets_cut_padded_batches_to_a_few_widths(tok):
             assert w in (32, 64, 128, 256)
             for k in a:
                 np.testing.assert_array_equal(a[k][:, :w], b[k], err_msg=k)
-                assert not a[k][:, w - 1:].any() if k.endswith("segment_ids") else True, k
-    assert max(widths) < 256                 # the embedded pairs are short: never the full width
+                assert not a[k][:, w - 1 :].any() if k.endswith("segment_ids") else True, k
+    assert max(widths) < 256  # the embedded pairs are short: never the full width

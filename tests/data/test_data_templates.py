@@ -3,6 +3,7 @@
 Most tests use the embedded tokenizer with an ordinary template that ends every assistant turn with EOS;
 the embedded template itself (EOS only at the conversation's end) has its own tests at the bottom.
 """
+
 import numpy as np
 import pytest
 
@@ -15,7 +16,8 @@ CONV = [U("what is 3 plus 5?"), A("3 plus 5 is 8."), U("what is 2 times 4?"), A(
 
 # EOS closes every assistant turn (as Llama 2's and Gemma's templates do).
 PER_TURN_EOS_TEMPLATE = embedded.CHAT_TEMPLATE.replace(
-    "{% if loop.last %}{{ eos_token }}{% endif %}", "{{ eos_token }}")
+    "{% if loop.last %}{{ eos_token }}{% endif %}", "{{ eos_token }}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def tok_plain():
     """The same tokenizer with the {% generation %} marks removed: masks come prefix by prefix."""
     t = embedded.load_tokenizer()
     t.chat_template = PER_TURN_EOS_TEMPLATE
-    t.chat_template = (t.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    t.chat_template = t.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     assert not templates.has_generation_marks(t)
     return t
 
@@ -41,7 +43,9 @@ def expected_mask(tok, messages):
     ids, mask = [tok.bos_token_id], [0]
     for m in messages:
         if m["role"] == "user":
-            piece = [tok.convert_tokens_to_ids("<|user|>")] + tok(m["content"], add_special_tokens=False)["input_ids"]
+            piece = [tok.convert_tokens_to_ids("<|user|>")] + tok(m["content"], add_special_tokens=False)[
+                "input_ids"
+            ]
             ids += piece
             mask += [0] * len(piece)
         else:
@@ -62,8 +66,22 @@ def test_assistant_only_mask_token_by_token(which, request):
     assert mask.tolist() == want_mask
     tokens = t.convert_ids_to_tokens(ids.tolist())
     # User turns and role markers masked; assistant content and each closing EOS are targets.
-    assert [tk for tk, m in zip(tokens, mask) if m] == \
-        ["3", "Ġplus", "Ġ5", "Ġis", "Ġ8", ".", "<|eos|>", "2", "Ġtimes", "Ġ4", "Ġis", "Ġ8", ".", "<|eos|>"]
+    assert [tk for tk, m in zip(tokens, mask) if m] == [
+        "3",
+        "Ġplus",
+        "Ġ5",
+        "Ġis",
+        "Ġ8",
+        ".",
+        "<|eos|>",
+        "2",
+        "Ġtimes",
+        "Ġ4",
+        "Ġis",
+        "Ġ8",
+        ".",
+        "<|eos|>",
+    ]
     assert tokens.count("<|eos|>") == 2
 
 
@@ -79,7 +97,7 @@ def test_prompt_completion_messages(tok, tok_plain):
         assert np.concatenate([p, c]).tolist() == full.tolist()
         assert t.convert_ids_to_tokens(p.tolist())[-1] == "<|assistant|>"
         assert cm.tolist() == [1] * len(c) and c[-1] == t.eos_token_id
-        assert mask[len(p):].tolist() == cm.tolist()
+        assert mask[len(p) :].tolist() == cm.tolist()
 
 
 def test_prompt_completion_plain_text(tok):
@@ -112,12 +130,27 @@ def test_embedded_template_eos_only_at_the_end():
     t = embedded.load_tokenizer()
     ids, mask = templates.encode_messages(t, CONV, assistant_only_loss=True)
     tokens = t.convert_ids_to_tokens(ids.tolist())
-    assert [tk for tk, m in zip(tokens, mask) if m] == \
-        ["3", "Ġplus", "Ġ5", "Ġis", "Ġ8", ".", "2", "Ġtimes", "Ġ4", "Ġis", "Ġ8", ".", "<|eos|>"]
+    assert [tk for tk, m in zip(tokens, mask) if m] == [
+        "3",
+        "Ġplus",
+        "Ġ5",
+        "Ġis",
+        "Ġ8",
+        ".",
+        "2",
+        "Ġtimes",
+        "Ġ4",
+        "Ġis",
+        "Ġ8",
+        ".",
+        "<|eos|>",
+    ]
     assert tokens.count("<|eos|>") == 1 and tokens[-1] == "<|eos|>"
     p, c, cm = templates.encode_prompt_completion(t, CONV[:3], [CONV[3]])
     assert np.concatenate([p, c]).tolist() == ids.tolist() and c[-1] == t.eos_token_id
     plain = embedded.load_tokenizer()
-    plain.chat_template = plain.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    plain.chat_template = plain.chat_template.replace("{% generation %}", "").replace(
+        "{% endgeneration %}", ""
+    )
     with pytest.raises(ValueError, match="generation"):
         templates.encode_messages(plain, CONV, assistant_only_loss=True)

@@ -2,6 +2,7 @@
 
 Weights are re-drawn with std 0.15 (HF's 0.02 makes every logit ~0 and would hide mismatches).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -16,10 +17,20 @@ import torch
 import transformers
 
 TOL = 1e-4  # max |logit difference| in float32
-HF_CONFIG = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                 rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                 tie_word_embeddings=False)
+HF_CONFIG = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+)
 _TMP = tempfile.mkdtemp(prefix="jaxalign_lora_")
 atexit.register(shutil.rmtree, _TMP, True)
 
@@ -43,12 +54,23 @@ def tiny_llama():
     return path, model
 
 
-def peft_model(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-               r: int = 4, alpha: float = 8.0, use_rslora: bool = False, seed: int = 2):
+def peft_model(
+    targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    r: int = 4,
+    alpha: float = 8.0,
+    use_rslora: bool = False,
+    seed: int = 2,
+):
     """A PEFT LoRA model on a copy of the tiny Llama with random (nonzero) A and B."""
     _, base = tiny_llama()
-    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),
-                          use_rslora=use_rslora, task_type="CAUSAL_LM")
+    cfg = peft.LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(targets),
+        use_rslora=use_rslora,
+        task_type="CAUSAL_LM",
+    )
     model = peft.get_peft_model(copy.deepcopy(base), cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -76,9 +98,11 @@ def perturb(tree, scale: float = 0.1, seed: int = 1):
     """tree + scale · N(0, 1) noise drawn with numpy (B != 0 so adapters matter); float32 jnp arrays."""
     import jax
     import jax.numpy as jnp
+
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape),
-                                              jnp.float32), tree)
+    return jax.tree.map(
+        lambda x: jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape), jnp.float32), tree
+    )
 
 
 def random_params(config, std: float = 0.15, seed: int = 0):
@@ -88,9 +112,17 @@ def random_params(config, std: float = 0.15, seed: int = 0):
     import jax
     import jax.numpy as jnp
     from jaxalign.models import init_params
+
     shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
     rng = np.random.default_rng(seed)
     flat = flax.traverse_util.flatten_dict(shapes)
-    out = {k: jnp.asarray((1.0 + 0.1 * rng.standard_normal(s.shape)) if k[-1] == "scale"
-                          else std * rng.standard_normal(s.shape), jnp.float32) for k, s in flat.items()}
+    out = {
+        k: jnp.asarray(
+            (1.0 + 0.1 * rng.standard_normal(s.shape))
+            if k[-1] == "scale"
+            else std * rng.standard_normal(s.shape),
+            jnp.float32,
+        )
+        for k, s in flat.items()
+    }
     return flax.traverse_util.unflatten_dict(out)

@@ -1,5 +1,6 @@
 """LoRA adapters: initial model = base, merged = unmerged, reference = base, only adapters train,
 sharded = single-device, target selection and dropout."""
+
 import functools
 
 import flax
@@ -15,8 +16,16 @@ from jaxalign import lora
 from jaxalign.models import ModelConfig, Transformer, init_params, param_logical_axes
 from jaxalign.sharding import logical_to_shardings, make_mesh
 
-CFG = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                  intermediate_size=96, norm_eps=1e-5)
+CFG = ModelConfig(
+    vocab_size=128,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    intermediate_size=96,
+    norm_eps=1e-5,
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,7 +43,9 @@ BATCH = token_batch(b=4, t=8, seed=3)  # (input_ids, positions, segment_ids) [4,
 
 @functools.lru_cache(maxsize=None)
 def _forward(model, lora_cfg):
-    return jax.jit(lambda p, a, ids, pos, seg: lora.apply_lora(model, p, a, ids, pos, seg, lora_config=lora_cfg))
+    return jax.jit(
+        lambda p, a, ids, pos, seg: lora.apply_lora(model, p, a, ids, pos, seg, lora_config=lora_cfg)
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,14 +79,21 @@ def test_merged_equals_unmerged(scan_layers, remat):
     adapters = perturb(adapters)
     ids, pos, seg = BATCH
     ours = np.asarray(_forward(model, cfg)(params, adapters, ids, pos, seg))
-    merged = np.asarray(jax.jit(lambda p, a: model.apply({"params": lora.merge_lora(p, a, cfg)}, ids, pos, seg))(
-        params, adapters))
+    merged = np.asarray(
+        jax.jit(lambda p, a: model.apply({"params": lora.merge_lora(p, a, cfg)}, ids, pos, seg))(
+            params, adapters
+        )
+    )
     base = np.asarray(_base_forward(model)(params, ids, pos, seg))
     assert np.abs(ours - merged).max() <= 1e-4
     assert np.abs(ours - base).max() > 1e-2  # the adapters do something
     # The reference (adapters off) is the base model, through apply_lora and through LoraModel.
-    off, off_wrapped = jax.jit(lambda p: (lora.apply_lora(model, p, None, ids, pos, seg),
-                                          lora.LoraModel(model, cfg).apply({"params": p}, ids, pos, seg)))(params)
+    off, off_wrapped = jax.jit(
+        lambda p: (
+            lora.apply_lora(model, p, None, ids, pos, seg),
+            lora.LoraModel(model, cfg).apply({"params": p}, ids, pos, seg),
+        )
+    )(params)
     np.testing.assert_allclose(np.asarray(off), base, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(off_wrapped), np.asarray(off))
 
@@ -91,7 +109,7 @@ def test_training_changes_only_adapters():
     targets = np.roll(ids, -1, axis=1)
 
     def nll(a, base):
-        logits = lora.apply_lora(model, base, a, ids, pos, seg, lora_config=cfg)     # [B, T, V]
+        logits = lora.apply_lora(model, base, a, ids, pos, seg, lora_config=cfg)  # [B, T, V]
         logp = jax.nn.log_softmax(logits[:, :-1])
         return -jnp.mean(jnp.take_along_axis(logp, targets[:, :-1, None], axis=-1))
 
@@ -134,12 +152,16 @@ def test_sharded_adapters_give_the_same_logits():
     sharded_params = jax.device_put(params, p_shard)
     sharded_adapters = jax.device_put(adapters, a_shard)
     batch = NamedSharding(mesh, P(("data", "fsdp")))
-    fwd = jax.jit(lambda p, a, *xs: lora.apply_lora(model, p, a, *xs, lora_config=cfg),
-                  in_shardings=(p_shard, a_shard, batch, batch, batch))
+    fwd = jax.jit(
+        lambda p, a, *xs: lora.apply_lora(model, p, a, *xs, lora_config=cfg),
+        in_shardings=(p_shard, a_shard, batch, batch, batch),
+    )
     out = fwd(sharded_params, sharded_adapters, ids, pos, seg)
     np.testing.assert_allclose(np.asarray(out), single, rtol=1e-5, atol=3e-5)
     # Adapter init can be jitted straight onto the mesh.
-    placed = jax.jit(lambda k: lora.init_lora(model, params, cfg, k), out_shardings=a_shard)(jax.random.key(1))
+    placed = jax.jit(lambda k: lora.init_lora(model, params, cfg, k), out_shardings=a_shard)(
+        jax.random.key(1)
+    )
     assert placed["layers_0"]["attn"]["q_proj"]["lora_a"].sharding.spec == P("fsdp", None)
 
 
@@ -151,9 +173,18 @@ def test_target_module_patterns():
         return sorted("/".join(k) for k in chosen)
 
     assert targets("down_proj") == ["layers_0/mlp/down_proj", "layers_1/mlp/down_proj"]
-    assert targets("layers_1/*") == [f"layers_1/{s}" for s in (
-        "attn/k_proj", "attn/o_proj", "attn/q_proj", "attn/v_proj", "mlp/down_proj", "mlp/gate_proj",
-        "mlp/up_proj")]
+    assert targets("layers_1/*") == [
+        f"layers_1/{s}"
+        for s in (
+            "attn/k_proj",
+            "attn/o_proj",
+            "attn/q_proj",
+            "attn/v_proj",
+            "mlp/down_proj",
+            "mlp/gate_proj",
+            "mlp/up_proj",
+        )
+    ]
     assert targets("re:layers_0/attn/[qv]_proj") == ["layers_0/attn/q_proj", "layers_0/attn/v_proj"]
     assert targets("*/attn/o_proj/kernel") == ["layers_0/attn/o_proj", "layers_1/attn/o_proj"]
     with pytest.raises(ValueError, match="not Dense projections"):
@@ -173,8 +204,9 @@ def test_dropout_needs_an_rng_and_changes_the_branch():
     _, model, params, adapters = _setup(lora_cfg=cfg)
     adapters = perturb(adapters)
     ids, pos, seg = BATCH
-    fwd = jax.jit(lambda a, key: lora.apply_lora(model, params, a, ids, pos, seg, lora_config=cfg,
-                                                  dropout_rng=key))
+    fwd = jax.jit(
+        lambda a, key: lora.apply_lora(model, params, a, ids, pos, seg, lora_config=cfg, dropout_rng=key)
+    )
     no_drop = np.asarray(_forward(model, cfg)(params, adapters, ids, pos, seg))
     d1, d2 = np.asarray(fwd(adapters, jax.random.key(1))), np.asarray(fwd(adapters, jax.random.key(2)))
     assert np.abs(d1 - no_drop).max() > 1e-3 and np.abs(d1 - d2).max() > 1e-3
@@ -187,8 +219,13 @@ def test_config_validation_and_scale():
     assert lora.LoraConfig(rank=8, alpha=16).scale == 2.0
     assert lora.LoraConfig(rank=16, alpha=8, use_rslora=True).scale == 2.0
     assert lora.LoraConfig(target_modules="q_proj").target_modules == ("q_proj",)
-    for bad in (dict(rank=0), dict(alpha=0.0), dict(dropout=1.0), dict(init="orthogonal"),
-                dict(target_modules=())):
+    for bad in (
+        dict(rank=0),
+        dict(alpha=0.0),
+        dict(dropout=1.0),
+        dict(init="orthogonal"),
+        dict(target_modules=()),
+    ):
         with pytest.raises(ValueError):
             lora.LoraConfig(**bad)
     with pytest.raises(ValueError, match="unknown LoRA option"):
@@ -203,17 +240,31 @@ def test_trainer_objective_with_adapters_and_free_reference():
     (params, ref_params). At init policy = reference, so the loss is log 2 and only B gets gradient."""
     import ml_collections
     from jaxalign.trainers.step import make_loss_fn
+
     cfg = lora.LoraConfig(rank=4, alpha=8.0, target_modules=("q_proj", "down_proj"))
     _, model, params, _ = _setup()
     adapters = jax.jit(lambda k: lora.init_lora(model, params, cfg, k))(jax.random.key(1))
-    config = ml_collections.ConfigDict(dict(objective="dpo", train=dict(grad_accum_steps=1),
-                                            dpo=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0)))
+    config = ml_collections.ConfigDict(
+        dict(
+            objective="dpo",
+            train=dict(grad_accum_steps=1),
+            dpo=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0),
+        )
+    )
     loss_fn = lora.lora_loss_fn(make_loss_fn(lora.LoraModel(model, cfg), config))
     ids, pos, seg = BATCH
-    half = {"input_ids": ids, "targets": np.roll(ids, -1, 1), "loss_mask": np.ones(ids.shape, np.float32),
-            "positions": pos, "segment_ids": seg}
-    batch = {f"{side}_{k}": v[:2] if side == "chosen" else v[2:] for side in ("chosen", "rejected")
-             for k, v in half.items()}
+    half = {
+        "input_ids": ids,
+        "targets": np.roll(ids, -1, 1),
+        "loss_mask": np.ones(ids.shape, np.float32),
+        "positions": pos,
+        "segment_ids": seg,
+    }
+    batch = {
+        f"{side}_{k}": v[:2] if side == "chosen" else v[2:]
+        for side in ("chosen", "rejected")
+        for k, v in half.items()
+    }
     (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(adapters, params, batch)
     np.testing.assert_allclose(float(loss), np.log(2.0), rtol=1e-6)
     q = grads["layers_0"]["attn"]["q_proj"]

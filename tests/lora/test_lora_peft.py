@@ -1,4 +1,5 @@
 """PEFT interop: PEFT-trained adapters load into jaxalign, jaxalign adapters load into PEFT (same logits)."""
+
 import copy
 import json
 
@@ -14,8 +15,11 @@ from jaxalign.models import Transformer
 
 
 def _ours(config, params, adapters, lora_cfg, ids, pos, seg):
-    return np.asarray(jax.jit(lambda p, a: lora.apply_lora(
-        Transformer(config), p, a, ids, pos, seg, lora_config=lora_cfg))(params, adapters))
+    return np.asarray(
+        jax.jit(lambda p, a: lora.apply_lora(Transformer(config), p, a, ids, pos, seg, lora_config=lora_cfg))(
+            params, adapters
+        )
+    )
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -77,8 +81,9 @@ def test_subset_of_layers_round_trips_as_regex():
 def test_unsupported_peft_options_raise(tmp_path):
     path, _ = tiny_llama()
     config, params = load_hf_model(path)
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
-                                                              "use_dora": True}))
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True})
+    )
     with pytest.raises(NotImplementedError, match="use_dora"):
         lora.load_peft_adapter(tmp_path, params, config)
 

@@ -1,4 +1,5 @@
 """token_logprobs, sequence_logprobs, clm_loss, sft_loss against float64 NumPy loops."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,19 +41,25 @@ def ref_clm(logits, targets, mask, z_loss=0.0):
     nll = -(lp * mask).sum() / n
     z = z_loss * (ref_lse(logits) ** 2 * mask).sum() / n
     acc = ((np.argmax(logits, -1) == targets) * mask).sum() / n
-    return nll + z, {"nll": nll, "perplexity": np.exp(nll), "mean_token_accuracy": acc, "z_loss": z,
-                     "num_tokens": mask.sum()}
+    return nll + z, {
+        "nll": nll,
+        "perplexity": np.exp(nll),
+        "mean_token_accuracy": acc,
+        "z_loss": z,
+        "num_tokens": mask.sum(),
+    }
 
 
 def test_token_logprobs_matches_reference():
     logits, targets, _ = _inputs()
-    np.testing.assert_allclose(jax.jit(token_logprobs)(logits, targets), ref_token_logprobs(logits, targets),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jax.jit(token_logprobs)(logits, targets), ref_token_logprobs(logits, targets), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_token_logprobs_large_logits_are_stable():
     logits, targets, _ = _inputs()
-    logits = logits + 1e4                          # a naive exp overflows
+    logits = logits + 1e4  # a naive exp overflows
     got = token_logprobs(logits, targets)
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, ref_token_logprobs(logits, targets), atol=2e-3)
@@ -61,18 +68,19 @@ def test_token_logprobs_large_logits_are_stable():
 def test_negative_targets_are_maskable():
     logits, targets, mask = _inputs()
     targets = targets.copy()
-    targets[:, -1] = -100                          # an ignore index at masked-out positions
+    targets[:, -1] = -100  # an ignore index at masked-out positions
     mask[:, -1] = 0.0
     got = sequence_logprobs(logits, targets, mask)
     assert np.all(np.isfinite(got))
-    np.testing.assert_allclose(got, (ref_token_logprobs(logits, np.maximum(targets, 0)) * mask).sum(-1),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got, (ref_token_logprobs(logits, np.maximum(targets, 0)) * mask).sum(-1), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("average", [False, True])
 def test_sequence_logprobs(average):
     logits, targets, mask = _inputs(1)
-    mask[1] = 0.0                                  # an all-masked row: 0, not NaN
+    mask[1] = 0.0  # an all-masked row: 0, not NaN
     lp = ref_token_logprobs(logits, targets)
     want = np.array([sum(lp[b, t] for t in range(T) if mask[b, t]) for b in range(B)])
     if average:
@@ -128,9 +136,11 @@ def test_masked_out_row_and_padding_change_nothing():
     base = sft_loss(logits, targets, mask)
     rng = np.random.default_rng(9)
     extra_logits = np.concatenate([logits, 50 * rng.standard_normal((1, T, V)).astype(np.float32)])
-    extra = sft_loss(extra_logits, np.concatenate([targets, targets[:1]]), np.concatenate([mask, np.zeros((1, T))]))
+    extra = sft_loss(
+        extra_logits, np.concatenate([targets, targets[:1]]), np.concatenate([mask, np.zeros((1, T))])
+    )
     for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(extra)):
-        np.testing.assert_allclose(a, b, rtol=1e-5)      # sums of 15 vs 20 terms: a few ulps apart
+        np.testing.assert_allclose(a, b, rtol=1e-5)  # sums of 15 vs 20 terms: a few ulps apart
     # Changing logits or targets at masked-out positions changes nothing either.
     logits2 = np.where(mask[..., None] == 0, 123.0, logits).astype(np.float32)
     targets2 = np.where(mask == 0, 0, targets)
@@ -178,8 +188,12 @@ def test_no_float32_copy_of_bf16_logits():
     mask = jax.ShapeDtypeStruct((b, t), jnp.float32)
     f32_bytes = b * t * v * 4
     fwd = jax.jit(token_logprobs).lower(logits, targets).compile().memory_analysis()
-    grad = jax.jit(jax.grad(lambda l, y, m: clm_loss(l, y, m, z_loss=1e-4)[0])).lower(
-        logits, targets, mask).compile().memory_analysis()
+    grad = (
+        jax.jit(jax.grad(lambda l, y, m: clm_loss(l, y, m, z_loss=1e-4)[0]))
+        .lower(logits, targets, mask)
+        .compile()
+        .memory_analysis()
+    )
     if fwd is None or grad is None:
         pytest.skip("no memory analysis on this backend")
     assert fwd.temp_size_in_bytes < f32_bytes // 8
@@ -192,6 +206,7 @@ def test_chunked_token_stats_equal_whole_logits_with_gradients(chunk):
     argmax hits and gradients (w.r.t. hidden states and head) as the whole logits; T=13 is not a
     multiple of the chunk, so the padding path is covered."""
     from jaxalign.losses import chunked_token_stats, nll_loss, token_stats
+
     kh, kw, ky, km = jax.random.split(jax.random.key(3), 4)
     hidden = jax.random.normal(kh, (3, 13, 16))
     head = jax.random.normal(kw, (16, 50)) * 0.5
@@ -219,6 +234,7 @@ def test_chunked_token_stats_never_hold_the_whole_logits():
     """Compiled forward + backward of the chunked head: no buffer of the whole [B, T, V] float32 size,
     while the whole-logits version has one."""
     from jaxalign.losses import chunked_token_stats, nll_loss, token_stats
+
     B, T, D, V = 2, 256, 8, 4096
     hidden, head = jnp.ones((B, T, D)), jnp.ones((D, V)) * 0.01
     targets, mask = jnp.zeros((B, T), jnp.int32), jnp.ones((B, T))

@@ -1,4 +1,5 @@
 """reward_bt_loss, dpo_loss, orpo_loss, simpo_loss, kto_loss against float64 NumPy loops, and hand cases."""
+
 import math
 
 import jax
@@ -6,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.losses import (DPO_LOSS_TYPES, LOSSES, dpo_loss, kto_loss, orpo_loss, reward_bt_loss,
-                             simpo_loss)
+from jaxalign.losses import DPO_LOSS_TYPES, LOSSES, dpo_loss, kto_loss, orpo_loss, reward_bt_loss, simpo_loss
 
 N = 7
 
@@ -51,9 +51,13 @@ def ref_reward(rc, rr, margin=None, center_coef=0.0):
         center.append((float(rc[i]) + float(rr[i])) ** 2)
     loss = sum(losses) / n + center_coef * sum(center) / n
     both = [float(x) for x in rc] + [float(x) for x in rr]
-    return loss, {"accuracy": sum(float(rc[i]) > float(rr[i]) for i in range(n)) / n,
-                  "margin": sum(float(rc[i]) - float(rr[i]) for i in range(n)) / n,
-                  "mean_reward": sum(both) / len(both), "min_reward": min(both), "max_reward": max(both)}
+    return loss, {
+        "accuracy": sum(float(rc[i]) > float(rr[i]) for i in range(n)) / n,
+        "margin": sum(float(rc[i]) - float(rr[i]) for i in range(n)) / n,
+        "mean_reward": sum(both) / len(both),
+        "min_reward": min(both),
+        "max_reward": max(both),
+    }
 
 
 @pytest.mark.parametrize("with_margin,center_coef", [(False, 0.0), (True, 0.0), (True, 0.01)])
@@ -67,12 +71,14 @@ def test_reward_bt_matches_reference(with_margin, center_coef):
 
 def test_reward_bt_hand_cases():
     r = np.array([0.5, -1.0], np.float32)
-    _close(reward_bt_loss(r, r)[0], math.log(2))                          # equal rewards: log 2
+    _close(reward_bt_loss(r, r)[0], math.log(2))  # equal rewards: log 2
     _close(reward_bt_loss(r, r, margin=np.array([1.0, 1.0]))[0], -log_sigmoid(-1.0))
-    _close(reward_bt_loss(r, -r, center_coef=1.0)[0],                      # centred pairs: no penalty
-           np.mean([-log_sigmoid(1.0), -log_sigmoid(-2.0)]))
+    _close(
+        reward_bt_loss(r, -r, center_coef=1.0)[0],  # centred pairs: no penalty
+        np.mean([-log_sigmoid(1.0), -log_sigmoid(-2.0)]),
+    )
     assert reward_bt_loss(np.array([100.0]), np.array([-100.0]))[0] < 1e-6
-    assert np.isfinite(reward_bt_loss(np.array([-100.0]), np.array([100.0]))[0])   # no log(0)
+    assert np.isfinite(reward_bt_loss(np.array([-100.0]), np.array([100.0]))[0])  # no log(0)
 
 
 def test_reward_bt_accepts_column_rewards():
@@ -101,10 +107,12 @@ def ref_dpo(pc, pr, rc, rr, beta, loss_type, eps):
         rj.append(beta * (float(pr[i]) - float(rr[i])))
     n = len(pc)
     return sum(losses) / n, {
-        "rewards/chosen": sum(cr) / n, "rewards/rejected": sum(rj) / n,
+        "rewards/chosen": sum(cr) / n,
+        "rewards/rejected": sum(rj) / n,
         "rewards/accuracies": sum(c > r for c, r in zip(cr, rj)) / n,
         "rewards/margins": sum(c - r for c, r in zip(cr, rj)) / n,
-        "logps/chosen": float(np.mean(pc.astype(np.float64))), "logps/rejected": float(np.mean(pr.astype(np.float64))),
+        "logps/chosen": float(np.mean(pc.astype(np.float64))),
+        "logps/rejected": float(np.mean(pr.astype(np.float64))),
     }
 
 
@@ -131,7 +139,7 @@ def test_dpo_policy_equals_reference():
 def test_ipo_optimum_and_hinge_margin():
     beta = 0.25
     ref = np.array([-3.0, -5.0], np.float32)
-    target = 1 / (2 * beta)                             # IPO's optimum: z = 1/(2β)
+    target = 1 / (2 * beta)  # IPO's optimum: z = 1/(2β)
     pc = ref + np.float32(target)
     loss, _ = dpo_loss(pc, ref, ref, ref, beta=beta, loss_type="ipo")
     _close(loss, 0.0)
@@ -149,7 +157,7 @@ def test_robust_dpo_is_unbiased_under_label_flips():
     rob = lambda a, b, c, d: dpo_loss(a, b, c, d, beta=beta, loss_type="robust", label_smoothing=eps)[0]
     expected = (1 - eps) * rob(pc, pr, rc, rr) + eps * rob(pr, pc, rr, rc)
     _close(expected, dpo_loss(pc, pr, rc, rr, beta=beta)[0], 1e-5)
-    _close(dpo_loss(pc, pr, rc, rr, loss_type="robust")[0], dpo_loss(pc, pr, rc, rr)[0])   # ε = 0: DPO
+    _close(dpo_loss(pc, pr, rc, rr, loss_type="robust")[0], dpo_loss(pc, pr, rc, rr)[0])  # ε = 0: DPO
 
 
 def test_dpo_no_gradient_through_reference():
@@ -186,14 +194,21 @@ def ref_orpo(pc, pr, nll, beta):
     n = len(pc)
     cr, rj = beta * pc.astype(np.float64), beta * pr.astype(np.float64)
     return nll - beta * sum(ratios) / n, {
-        "rewards/chosen": cr.mean(), "rewards/rejected": rj.mean(), "rewards/accuracies": (cr > rj).mean(),
-        "rewards/margins": (cr - rj).mean(), "logps/chosen": pc.mean(), "logps/rejected": pr.mean(),
-        "nll_loss": nll, "log_odds_ratio": sum(ratios) / n, "log_odds_chosen": sum(log_odds) / n}
+        "rewards/chosen": cr.mean(),
+        "rewards/rejected": rj.mean(),
+        "rewards/accuracies": (cr > rj).mean(),
+        "rewards/margins": (cr - rj).mean(),
+        "logps/chosen": pc.mean(),
+        "logps/rejected": pr.mean(),
+        "nll_loss": nll,
+        "log_odds_ratio": sum(ratios) / n,
+        "log_odds_chosen": sum(log_odds) / n,
+    }
 
 
 def test_orpo_matches_reference():
     rng = np.random.default_rng(6)
-    pc = (-3 * rng.random(N) - 0.05).astype(np.float32)    # average log-probs, some close to 0
+    pc = (-3 * rng.random(N) - 0.05).astype(np.float32)  # average log-probs, some close to 0
     pr = (-3 * rng.random(N) - 0.05).astype(np.float32)
     nll = np.float32(1.7)
     _check(jax.jit(orpo_loss)(pc, pr, nll, beta=0.1), *ref_orpo(pc, pr, float(nll), 0.1))
@@ -202,7 +217,7 @@ def test_orpo_matches_reference():
 
 def test_orpo_hand_cases():
     p = np.array([-0.5, -2.0], np.float32)
-    _close(orpo_loss(p, p, 1.0, beta=0.1)[0], 1.0 + 0.1 * math.log(2))   # equal odds: σ(0) = 1/2
+    _close(orpo_loss(p, p, 1.0, beta=0.1)[0], 1.0 + 0.1 * math.log(2))  # equal odds: σ(0) = 1/2
     # Stable near p = 1 (log-prob -> 0) and p = 0 (log-prob -> -inf).
     pc, pr = np.array([-1e-6, -80.0], np.float32), np.array([-80.0, -1e-6], np.float32)
     loss, m = orpo_loss(pc, pr, 0.0)
@@ -218,8 +233,13 @@ def ref_simpo(pc, pr, beta, gamma, eps):
         losses.append(-(1 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z))
     cr, rj = beta * pc.astype(np.float64), beta * pr.astype(np.float64)
     return sum(losses) / len(losses), {
-        "rewards/chosen": cr.mean(), "rewards/rejected": rj.mean(), "rewards/accuracies": (cr > rj).mean(),
-        "rewards/margins": (cr - rj).mean(), "logps/chosen": pc.mean(), "logps/rejected": pr.mean()}
+        "rewards/chosen": cr.mean(),
+        "rewards/rejected": rj.mean(),
+        "rewards/accuracies": (cr > rj).mean(),
+        "rewards/margins": (cr - rj).mean(),
+        "logps/chosen": pc.mean(),
+        "logps/rejected": pr.mean(),
+    }
 
 
 @pytest.mark.parametrize("beta,gamma,eps", [(2.0, 1.0, 0.0), (0.1, 0.5, 0.0), (2.5, 1.4, 0.1)])
@@ -233,7 +253,7 @@ def test_simpo_matches_reference(beta, gamma, eps):
 def test_simpo_gamma_conventions():
     rng = np.random.default_rng(8)
     pc, pr = (-3 * rng.random((2, N))).astype(np.float32)
-    default = simpo_loss(pc, pr)[0]                              # β = 2, γ/β = 0.5 -> γ = 1
+    default = simpo_loss(pc, pr)[0]  # β = 2, γ/β = 0.5 -> γ = 1
     _close(default, ref_simpo(pc, pr, 2.0, 1.0, 0.0)[0])
     _close(simpo_loss(pc, pr, beta=2.5, gamma_beta_ratio=0.4)[0], simpo_loss(pc, pr, beta=2.5, gamma=1.0)[0])
     with pytest.raises(ValueError):
@@ -260,23 +280,33 @@ def ref_kto(pol, ref, labels, kl, beta, wd, wu):
             lr.append(p)
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
     return sum(losses) / len(losses), {
-        "kl": z0, "rewards/chosen": mean(rc), "rewards/rejected": mean(rr),
-        "rewards/margins": mean(rc) - mean(rr), "logps/chosen": mean(lc), "logps/rejected": mean(lr),
-        "count/chosen": len(rc), "count/rejected": len(rr)}
+        "kl": z0,
+        "rewards/chosen": mean(rc),
+        "rewards/rejected": mean(rr),
+        "rewards/margins": mean(rc) - mean(rr),
+        "logps/chosen": mean(lc),
+        "logps/rejected": mean(lr),
+        "count/chosen": len(rc),
+        "count/rejected": len(rr),
+    }
 
 
 @pytest.mark.parametrize("kl,wd,wu", [(0.3, 1.0, 1.0), (-0.2, 1.0, 1.33), (2.0, 0.7, 1.0)])
 def test_kto_matches_reference(kl, wd, wu):
     pol, ref, _, _ = _seq_logps(9, n=8, scale=5.0)
     labels = np.array([1, 0, 1, 1, 0, 0, 1, 0], np.float32)
-    got = jax.jit(kto_loss)(pol, ref, labels, np.float32(kl), beta=0.1, desirable_weight=wd, undesirable_weight=wu)
+    got = jax.jit(kto_loss)(
+        pol, ref, labels, np.float32(kl), beta=0.1, desirable_weight=wd, undesirable_weight=wu
+    )
     _check(got, *ref_kto(pol, ref, labels, kl, 0.1, wd, wu))
 
 
 def test_kto_hand_cases():
     pol = np.array([-3.0, -4.0], np.float32)
     # log-ratio equal to the reference point: every example's loss is 1/2 (times its weight).
-    loss, m = kto_loss(pol, pol - 0.5, np.array([1.0, 0.0]), 0.5, desirable_weight=1.0, undesirable_weight=3.0)
+    loss, m = kto_loss(
+        pol, pol - 0.5, np.array([1.0, 0.0]), 0.5, desirable_weight=1.0, undesirable_weight=3.0
+    )
     _close(loss, (0.5 + 1.5) / 2)
     # Only desirable examples: rejected metrics are 0, not NaN; bool labels work.
     loss, m = kto_loss(pol, pol, np.array([True, True]), 0.0)

@@ -1,5 +1,6 @@
 """ppo_clip_loss, value_loss, gae, whiten, kl_penalty, the adaptive KL controller, grpo_loss and the
 group advantages against float64 NumPy loops, and hand cases."""
+
 import math
 
 import jax
@@ -7,8 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.losses import (AdaptiveKLState, adaptive_kl_update, gae, group_advantages, grpo_loss,
-                             init_adaptive_kl, kl_penalty, ppo_clip_loss, rloo_advantages, value_loss, whiten)
+from jaxalign.losses import (
+    AdaptiveKLState,
+    adaptive_kl_update,
+    gae,
+    group_advantages,
+    grpo_loss,
+    init_adaptive_kl,
+    kl_penalty,
+    ppo_clip_loss,
+    rloo_advantages,
+    value_loss,
+    whiten,
+)
 
 B, T = 4, 6
 
@@ -24,7 +36,7 @@ def _mask(seed):
 def _rl_inputs(seed=0):
     rng = np.random.default_rng(seed)
     old = (-2 * rng.random((B, T))).astype(np.float32)
-    new = (old + 0.4 * rng.standard_normal((B, T))).astype(np.float32)     # ratios both in and out of the clip
+    new = (old + 0.4 * rng.standard_normal((B, T))).astype(np.float32)  # ratios both in and out of the clip
     ref = (old + 0.3 * rng.standard_normal((B, T))).astype(np.float32)
     adv = rng.standard_normal((B, T)).astype(np.float32)
     return new, old, ref, adv, _mask(seed)
@@ -47,7 +59,9 @@ def _reduce(per_token, mask, reduction):
 
 
 def _mmean(x, mask):
-    return sum(x[i][j] for i in range(mask.shape[0]) for j in range(mask.shape[1]) if mask[i, j]) / max(mask.sum(), 1)
+    return sum(x[i][j] for i in range(mask.shape[0]) for j in range(mask.shape[1]) if mask[i, j]) / max(
+        mask.sum(), 1
+    )
 
 
 def _close(got, want, tol=1e-5):
@@ -71,8 +85,12 @@ def ref_ppo(new, old, adv, mask, eps, reduction):
             rrow.append(r)
         per_token.append(row), clipped.append(crow), kl.append(krow), ratio.append(rrow)
     loss = _reduce(per_token, mask, reduction)
-    return loss, {"loss/policy": loss, "policy/clipfrac": _mmean(clipped, mask),
-                  "policy/approxkl": _mmean(kl, mask), "policy/ratio": _mmean(ratio, mask)}
+    return loss, {
+        "loss/policy": loss,
+        "policy/clipfrac": _mmean(clipped, mask),
+        "policy/approxkl": _mmean(kl, mask),
+        "policy/ratio": _mmean(ratio, mask),
+    }
 
 
 @pytest.mark.parametrize("reduction", ["token", "sequence", "constant"])
@@ -132,7 +150,7 @@ def test_clip_fractions_are_not_decided_by_rounding():
     # Values moved less than ε, near zero and of either sign, so `old + clip(v - old)` is v only up to an ulp,
     # and targets next to v: the two errors are equal in exact arithmetic and differ by rounding.
     rng = np.random.default_rng(4)
-    shape = (8, 16)                                  # (TRL's `err_clipped > err` counts 6 of these 128)
+    shape = (8, 16)  # (TRL's `err_clipped > err` counts 6 of these 128)
     old_v = (0.1 * rng.standard_normal(shape)).astype(np.float32)
     v = (old_v + 0.05 * rng.standard_normal(shape)).astype(np.float32)
     ret = (v + 1e-6 * rng.standard_normal(shape)).astype(np.float32)
@@ -222,7 +240,7 @@ def test_gae_right_padding_matches_trl_recursion():
     rng = np.random.default_rng(7)
     rewards, values = rng.standard_normal((2, B, T)).astype(np.float32)
     mask = _mask(7)
-    mask[2, 1] = 1.0                                     # right padding only
+    mask[2, 1] = 1.0  # right padding only
     r, v = rewards * mask, values * mask
     adv = np.zeros((B, T))
     last = np.zeros(B)
@@ -241,7 +259,11 @@ def test_whiten_matches_trl_masked_whiten():
     vals = x[mask > 0].astype(np.float64)
     mean, var = vals.mean(), vals.var(ddof=1)
     _close(np.asarray(whiten(x, mask))[mask > 0], (vals - mean) / np.sqrt(var + 1e-8), 1e-4)
-    _close(np.asarray(whiten(x, mask, shift_mean=False))[mask > 0], (vals - mean) / np.sqrt(var + 1e-8) + mean, 1e-4)
+    _close(
+        np.asarray(whiten(x, mask, shift_mean=False))[mask > 0],
+        (vals - mean) / np.sqrt(var + 1e-8) + mean,
+        1e-4,
+    )
 
 
 # -------------------------------------------------------------------------------------------------- KL
@@ -250,7 +272,7 @@ def test_whiten_matches_trl_masked_whiten():
 def test_kl_penalty_kinds():
     new, _, ref, _, _ = _rl_inputs(9)
     d = new.astype(np.float64) - ref
-    want = {"k1": d, "k2": 0.5 * d ** 2, "k3": np.exp(-d) - 1 + d, "abs": np.abs(d)}
+    want = {"k1": d, "k2": 0.5 * d**2, "k3": np.exp(-d) - 1 + d, "abs": np.abs(d)}
     for kind, w in want.items():
         _close(jax.jit(kl_penalty, static_argnames="kind")(new, ref, kind=kind), w)
     assert np.all(np.asarray(kl_penalty(new, ref, "k3")) >= 0)
@@ -286,8 +308,9 @@ def test_adaptive_kl_controller_matches_trl():
     big = adaptive_kl_update(AdaptiveKLState(jnp.float32(1.0)), 1e6, 100, 6.0, 100.0)
     _close(big.value, 1.2)
     # A pure state update: usable inside lax.scan.
-    final, _ = jax.lax.scan(lambda s, k: (adaptive_kl_update(s, k, 8, 6.0, 100.0), None), init_adaptive_kl(0.1),
-                            jnp.full(5, 12.0))
+    final, _ = jax.lax.scan(
+        lambda s, k: (adaptive_kl_update(s, k, 8, 6.0, 100.0), None), init_adaptive_kl(0.1), jnp.full(5, 12.0)
+    )
     _close(final.value, 0.1 * (1 + 0.2 * 8 / 100) ** 5, 1e-6)
 
 
@@ -299,9 +322,9 @@ def test_group_advantages_match_reference():
     r = rng.standard_normal(12).astype(np.float32)
     want, want_centered = np.zeros(12), np.zeros(12)
     for g in range(3):
-        grp = r[4 * g: 4 * g + 4].astype(np.float64)
+        grp = r[4 * g : 4 * g + 4].astype(np.float64)
         mean = sum(grp) / 4
-        std = math.sqrt(sum((x - mean) ** 2 for x in grp) / 3)              # unbiased, as torch.std
+        std = math.sqrt(sum((x - mean) ** 2 for x in grp) / 3)  # unbiased, as torch.std
         for i in range(4):
             want[4 * g + i] = (grp[i] - mean) / (std + 1e-4)
             want_centered[4 * g + i] = grp[i] - mean
@@ -351,8 +374,11 @@ def ref_grpo(new, old, ref, adv, mask, eps_low, eps_high, beta, reduction):
         per_token.append(row), kls.append(krow), low.append(lrow), high.append(hrow)
     region = [[max(a, b) for a, b in zip(x, y)] for x, y in zip(low, high)]
     return _reduce(per_token, mask, reduction), {
-        "kl": _mmean(kls, mask), "clip_ratio/low_mean": _mmean(low, mask),
-        "clip_ratio/high_mean": _mmean(high, mask), "clip_ratio/region_mean": _mmean(region, mask)}
+        "kl": _mmean(kls, mask),
+        "clip_ratio/low_mean": _mmean(low, mask),
+        "clip_ratio/high_mean": _mmean(high, mask),
+        "clip_ratio/region_mean": _mmean(region, mask),
+    }
 
 
 @pytest.mark.parametrize("reduction", ["sequence", "token", "constant"])
@@ -362,9 +388,12 @@ def test_grpo_matches_reference(reduction, eps_high):
     adv = group_advantages(np.random.default_rng(13).standard_normal(B).astype(np.float32), 2)
     adv = np.asarray(adv)
     f = jax.jit(grpo_loss, static_argnames=("reduction",))
-    loss, m = f(new, old, ref, adv, mask, clip_eps=0.2, beta=0.04, reduction=reduction, clip_eps_high=eps_high)
-    want_loss, want = ref_grpo(new, old, ref, adv, mask, 0.2, 0.2 if eps_high is None else eps_high, 0.04,
-                               reduction)
+    loss, m = f(
+        new, old, ref, adv, mask, clip_eps=0.2, beta=0.04, reduction=reduction, clip_eps_high=eps_high
+    )
+    want_loss, want = ref_grpo(
+        new, old, ref, adv, mask, 0.2, 0.2 if eps_high is None else eps_high, 0.04, reduction
+    )
     _close(loss, want_loss)
     for k in want:
         _close(m[k], want[k])
@@ -393,8 +422,9 @@ def test_grpo_and_ppo_masked_out_row_changes_nothing(reduction):
     new, old, ref, adv, mask = _rl_inputs(15)
     pad = lambda x, v: np.concatenate([x, np.full((1,) + x.shape[1:], v, np.float32)])
     base = grpo_loss(new, old, ref, adv, mask, reduction=reduction)
-    extra = grpo_loss(pad(new, -1.0), pad(old, -3.0), pad(ref, 0.0), pad(adv, 5.0), pad(mask, 0.0),
-                      reduction=reduction)
+    extra = grpo_loss(
+        pad(new, -1.0), pad(old, -3.0), pad(ref, 0.0), pad(adv, 5.0), pad(mask, 0.0), reduction=reduction
+    )
     for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(extra)):
         _close(a, b, 1e-6)
     base = ppo_clip_loss(new, old, adv, mask, reduction=reduction)
@@ -407,6 +437,7 @@ def test_rl_helpers_moved_into_losses_match_their_formulas():
     """token_rewards (KL penalty + score at the last generated token), explained_variance, token_entropy,
     token_mean_nll and kto_reference_point on hand-checkable values."""
     from jaxalign import losses
+
     mask = jnp.array([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], jnp.float32)
     kl = jnp.full((3, 4), 0.5) * mask
     r = losses.token_rewards(jnp.array([2.0, -1.0, 7.0]), kl, mask, 0.1)
@@ -423,10 +454,13 @@ def test_rl_helpers_moved_into_losses_match_their_formulas():
 
     # summed: -(-3 - 5) / (2 + 3); averaged: -(-1.5*2 + -5/3*3) / 5
     assert float(losses.token_mean_nll(jnp.array([-3.0, -5.0]), jnp.array([2, 3]))) == pytest.approx(1.6)
-    assert float(losses.token_mean_nll(jnp.array([-1.5, -5 / 3]), jnp.array([2, 3]), average=True)) == \
-        pytest.approx(1.6, rel=1e-6)
+    assert float(
+        losses.token_mean_nll(jnp.array([-1.5, -5 / 3]), jnp.array([2, 3]), average=True)
+    ) == pytest.approx(1.6, rel=1e-6)
 
-    assert float(losses.kto_reference_point(jnp.array([-1.0, -2.0]), jnp.array([-2.0, -2.0]))) == pytest.approx(0.5)
+    assert float(
+        losses.kto_reference_point(jnp.array([-1.0, -2.0]), jnp.array([-2.0, -2.0]))
+    ) == pytest.approx(0.5)
     assert float(losses.kto_reference_point(jnp.array([-3.0]), jnp.array([-1.0]))) == 0.0
     g = jax.grad(lambda p: losses.kto_reference_point(p, jnp.zeros(2)))(jnp.ones(2))
     np.testing.assert_array_equal(g, 0.0)

@@ -5,6 +5,7 @@ saves it with safetensors to a temporary directory (once per test session) and r
 Weights are re-drawn with a larger spread than HF's default init (std 0.02 makes every logit ~0, so
 mismatches would hide).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,19 +23,42 @@ from jaxalign.models import Transformer
 
 TOL = 1e-4  # max abs logit difference in float32
 
-_COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-               rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 
 FAMILIES = {
     # Llama 3: GQA, llama3 rope scaling (original context 16 so low/medium/high bands all occur).
-    "llama3": (transformers.LlamaConfig, dict(
-        _COMMON, tie_word_embeddings=False, rope_parameters=dict(
-            rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
-            high_freq_factor=4.0, original_max_position_embeddings=16))),
+    "llama3": (
+        transformers.LlamaConfig,
+        dict(
+            _COMMON,
+            tie_word_embeddings=False,
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500000.0,
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+    ),
     # Llama 2 style MHA with tied embeddings and all biases on (attention_bias, mlp_bias).
-    "llama2_tied_bias": (transformers.LlamaConfig, dict(
-        _COMMON, num_key_value_heads=4, tie_word_embeddings=True, attention_bias=True, mlp_bias=True)),
+    "llama2_tied_bias": (
+        transformers.LlamaConfig,
+        dict(_COMMON, num_key_value_heads=4, tie_word_embeddings=True, attention_bias=True, mlp_bias=True),
+    ),
     "mistral": (transformers.MistralConfig, dict(_COMMON, sliding_window=None, head_dim=16)),
     "mistral_window": (transformers.MistralConfig, dict(_COMMON, sliding_window=5, head_dim=16)),
     # Qwen2/2.5: q/k/v bias, tied (as the small Qwen2.5 models).
@@ -42,9 +66,21 @@ FAMILIES = {
     # Qwen3: per-head q/k RMSNorm, head_dim (32) != hidden / heads (16).
     "qwen3": (transformers.Qwen3Config, dict(_COMMON, head_dim=32, tie_word_embeddings=False)),
     "gemma": (transformers.GemmaConfig, dict(_COMMON, head_dim=16, hidden_activation="gelu_pytorch_tanh")),
-    "gpt2": (transformers.GPT2Config, dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                           bos_token_id=1, eos_token_id=2, resid_pdrop=0.0,
-                                           embd_pdrop=0.0, attn_pdrop=0.0)),
+    "gpt2": (
+        transformers.GPT2Config,
+        dict(
+            vocab_size=128,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=64,
+            bos_token_id=1,
+            eos_token_id=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        ),
+    ),
 }
 
 _TMP = tempfile.mkdtemp(prefix="jaxalign_hf_")
@@ -87,8 +123,12 @@ def torch_logits(model, ids: np.ndarray) -> np.ndarray:
         return model(torch.as_tensor(ids[None], dtype=torch.long)).logits[0].numpy()
 
 
-def padded_batch(rows_spec=((12, "left"), (7, "left"), (9, "right"), (4, "right")), total: int = 12,
-                 vocab: int = 128, seed: int = 0):
+def padded_batch(
+    rows_spec=((12, "left"), (7, "left"), (9, "right"), (4, "right")),
+    total: int = 12,
+    vocab: int = 128,
+    seed: int = 0,
+):
     """Random rows padded to `total`, each on its own side: rows_spec = ((length, "left"|"right"), ...).
 
     Returns (rows: list of [len] int32, input_ids, positions, segment_ids [B, total] int32, slices).

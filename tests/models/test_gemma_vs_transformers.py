@@ -1,4 +1,5 @@
 """Gemma (1 + w RMSNorm, sqrt(D) embedding scale, GeGLU, tied) logits vs transformers."""
+
 import pytest
 from hf_reference import assert_matches_transformers
 

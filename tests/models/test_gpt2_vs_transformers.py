@@ -1,4 +1,5 @@
 """GPT-2 (learned positions, LayerNorm, gelu_new, Conv1D, tied) logits vs transformers."""
+
 import pytest
 from hf_reference import assert_matches_transformers
 

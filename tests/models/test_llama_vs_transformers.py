@@ -1,4 +1,5 @@
 """Llama 2/3 logits vs transformers (random tiny models, float32, padded batches)."""
+
 import pytest
 from hf_reference import assert_matches_transformers
 

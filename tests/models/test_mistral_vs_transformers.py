@@ -1,4 +1,5 @@
 """Mistral (full attention and sliding window) logits vs transformers."""
+
 import pytest
 from hf_reference import assert_matches_transformers
 

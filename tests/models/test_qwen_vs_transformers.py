@@ -1,4 +1,5 @@
 """Qwen2/2.5 (qkv bias, tied) and Qwen3 (q/k norm, head_dim != D/H) logits vs transformers."""
+
 import pytest
 from hf_reference import assert_matches_transformers
 

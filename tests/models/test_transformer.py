@@ -1,5 +1,6 @@
 """Model invariants without torch: attention paths agree, packing = separate forwards, KV-cache decoding
 = full forward, scan/remat = plain, padding rows stay finite, bf16 runs, logical axes cover params."""
+
 import dataclasses
 import functools
 
@@ -9,12 +10,31 @@ import numpy as np
 import pytest
 
 from jaxalign.models.attention import attention_causal_chunks
-from jaxalign.models import (ModelConfig, Transformer, attention_reference, init_cache, init_params,
-                             param_logical_axes, segment_mask, stack_layers, unstack_layers)
+from jaxalign.models import (
+    ModelConfig,
+    Transformer,
+    attention_reference,
+    init_cache,
+    init_params,
+    param_logical_axes,
+    segment_mask,
+    stack_layers,
+    unstack_layers,
+)
 
-CFG = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-                  intermediate_size=96, rope_type="llama3", rope_factor=8.0,
-                  rope_original_max_position_embeddings=16, initializer_range=0.1)
+CFG = ModelConfig(
+    vocab_size=128,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    intermediate_size=96,
+    rope_type="llama3",
+    rope_factor=8.0,
+    rope_original_max_position_embeddings=16,
+    initializer_range=0.1,
+)
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,8 +53,10 @@ def _ids(shape, seed=0):
 
 def test_dot_product_attention_matches_reference_and_grads():
     b, t, h, k, d = 2, 7, 4, 2, 8
-    q, kk, v = (jax.random.normal(jax.random.key(i), s) for i, s in
-                enumerate([(b, t, h, d), (b, t, k, d), (b, t, k, d)]))
+    q, kk, v = (
+        jax.random.normal(jax.random.key(i), s)
+        for i, s in enumerate([(b, t, h, d), (b, t, k, d), (b, t, k, d)])
+    )
     seg = jnp.array([[0, 0, 1, 1, 1, 2, 2], [1, 1, 1, 1, 0, 0, 0]])  # left pad + packing; right pad
     mask = segment_mask(seg)
 
@@ -56,18 +78,24 @@ def test_dot_product_attention_matches_reference_and_grads():
 
 
 def test_causal_chunked_attention_matches_reference_and_grads():
-    b, t, h, k, d = 2, 150, 4, 2, 8                      # 150: two full chunks of 64 and a partial one
-    q, kk, v = (jax.random.normal(jax.random.key(i), s) for i, s in
-                enumerate([(b, t, h, d), (b, t, k, d), (b, t, k, d)]))
+    b, t, h, k, d = 2, 150, 4, 2, 8  # 150: two full chunks of 64 and a partial one
+    q, kk, v = (
+        jax.random.normal(jax.random.key(i), s)
+        for i, s in enumerate([(b, t, h, d), (b, t, k, d), (b, t, k, d)])
+    )
     seg = np.zeros((b, t), np.int32)
-    seg[0, 3:70], seg[0, 70:149] = 1, 2                  # left pad, two packed sequences across chunks
-    seg[1, :100] = 1                                     # right pad
+    seg[0, 3:70], seg[0, 70:149] = 1, 2  # left pad, two packed sequences across chunks
+    seg[1, :100] = 1  # right pad
     mask = segment_mask(jnp.asarray(seg))
     chunked = lambda q, kk, v: attention_causal_chunks(q, kk, v, mask, 0.3)
     ref = lambda q, kk, v: attention_reference(q, kk, v, mask, 0.3)
     real = seg != 0
-    np.testing.assert_allclose(np.asarray(jax.jit(chunked)(q, kk, v))[real],
-                               np.asarray(jax.jit(ref)(q, kk, v))[real], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(chunked)(q, kk, v))[real],
+        np.asarray(jax.jit(ref)(q, kk, v))[real],
+        rtol=1e-5,
+        atol=1e-5,
+    )
     weights = jnp.asarray(real, jnp.float32)[:, :, None, None]
     g_c = jax.jit(jax.grad(lambda *a: jnp.sum(chunked(*a) ** 2 * weights), argnums=(0, 1, 2)))(q, kk, v)
     g_r = jax.jit(jax.grad(lambda *a: jnp.sum(ref(*a) ** 2 * weights), argnums=(0, 1, 2)))(q, kk, v)
@@ -76,8 +104,9 @@ def test_causal_chunked_attention_matches_reference_and_grads():
     # In the model: the chunked path (CPU default for rows longer than a chunk) gives XLA's logits.
     ids = _ids((b, t))
     pos = np.where(real, np.cumsum(real, 1) - 1, 0).astype(np.int32)
-    cfg_c, cfg_x = (dataclasses.replace(CFG, attention_impl=i, max_position_embeddings=256)
-                    for i in ("chunked", "xla"))
+    cfg_c, cfg_x = (
+        dataclasses.replace(CFG, attention_impl=i, max_position_embeddings=256) for i in ("chunked", "xla")
+    )
     params = init_params(cfg_x, jax.random.key(0))
     out_c, out_x = (np.asarray(_forward(c, params, ids, pos, seg)) for c in (cfg_c, cfg_x))
     np.testing.assert_allclose(out_c[real], out_x[real], rtol=1e-5, atol=1e-5)
@@ -94,15 +123,16 @@ def test_reference_attention_impl_gives_same_logits():
 
 def test_packed_sequences_equal_separate_forwards():
     doc1, doc2 = _ids(5, seed=1), _ids(6, seed=2)
-    ids = np.concatenate([doc1, doc2, [0]])[None].astype(np.int32)              # [1, 12], last = pad
+    ids = np.concatenate([doc1, doc2, [0]])[None].astype(np.int32)  # [1, 12], last = pad
     pos = np.concatenate([np.arange(5), np.arange(6), [0]])[None].astype(np.int32)
     seg = np.array([[1] * 5 + [2] * 6 + [0]], np.int32)
     packed = np.asarray(_forward(CFG, _params(), ids, pos, seg))[0]
     assert np.isfinite(packed).all()
     for doc, sl in ((doc1, slice(0, 5)), (doc2, slice(5, 11))):
         n = len(doc)
-        alone = np.asarray(_forward(CFG, _params(), doc[None], np.arange(n, dtype=np.int32)[None],
-                                    np.ones((1, n), np.int32)))[0]
+        alone = np.asarray(
+            _forward(CFG, _params(), doc[None], np.arange(n, dtype=np.int32)[None], np.ones((1, n), np.int32))
+        )[0]
         np.testing.assert_allclose(packed[sl], alone, atol=1e-5)
 
 
@@ -112,12 +142,12 @@ def test_kv_cache_decoding_matches_full_forward(scan):
     params = stack_layers(_params(), CFG.num_layers) if scan else _params()
     model = Transformer(config)
     b, p, new = 2, 6, 4
-    lengths = [6, 3]                                                             # row 1 left-padded
+    lengths = [6, 3]  # row 1 left-padded
     prompt = np.zeros((b, p), np.int32)
     ppos = np.zeros((b, p), np.int32)
     pseg = np.zeros((b, p), np.int32)
     for i, n in enumerate(lengths):
-        prompt[i, p - n:], ppos[i, p - n:], pseg[i, p - n:] = _ids(n, seed=10 + i), np.arange(n), 1
+        prompt[i, p - n :], ppos[i, p - n :], pseg[i, p - n :] = _ids(n, seed=10 + i), np.arange(n), 1
     gen = _ids((b, new), seed=20)
     full_ids = np.concatenate([prompt, gen], axis=1)
     full_pos = np.concatenate([ppos, np.array(lengths)[:, None] + np.arange(new)], axis=1).astype(np.int32)
@@ -126,10 +156,12 @@ def test_kv_cache_decoding_matches_full_forward(scan):
 
     step = jax.jit(lambda c, ids, pos, seg: model.apply({"params": params}, ids, pos, seg, cache=c))
     cache = init_cache(config, b, p + new)
-    logits, cache = step(cache, prompt, ppos, pseg)                              # prefill
+    logits, cache = step(cache, prompt, ppos, pseg)  # prefill
     got = [np.asarray(logits)]
-    for j in range(new):                                                         # one token at a time
-        logits, cache = step(cache, gen[:, j:j + 1], full_pos[:, p + j:p + j + 1], np.ones((b, 1), np.int32))
+    for j in range(new):  # one token at a time
+        logits, cache = step(
+            cache, gen[:, j : j + 1], full_pos[:, p + j : p + j + 1], np.ones((b, 1), np.int32)
+        )
         got.append(np.asarray(logits))
     got = np.concatenate(got, axis=1)
     assert int(cache["index"]) == p + new
@@ -150,8 +182,10 @@ def test_scan_layers_and_remat_give_same_logits_and_grads():
         return jnp.sum(jax.nn.log_softmax(logits)[..., 3] * (seg != 0))
 
     g_base = jax.jit(jax.grad(functools.partial(loss, CFG)))(_params())
-    for config, params in [(CFG.replace(remat=True, remat_policy="dots_saveable"), _params()),
-                           (CFG.replace(scan_layers=True, remat=True), stacked)]:
+    for config, params in [
+        (CFG.replace(remat=True, remat_policy="dots_saveable"), _params()),
+        (CFG.replace(scan_layers=True, remat=True), stacked),
+    ]:
         np.testing.assert_allclose(np.asarray(_forward(config, params, ids, pos, seg)), base, atol=1e-5)
         g = jax.jit(jax.grad(functools.partial(loss, config)))(params)
         if config.scan_layers:
@@ -162,11 +196,12 @@ def test_scan_layers_and_remat_give_same_logits_and_grads():
 def test_fully_padded_rows_are_finite_with_finite_grads():
     ids = _ids((2, 6))
     pos = np.zeros((2, 6), np.int32)
-    seg = np.array([[0] * 6, [1] * 6], np.int32)                                 # row 0: all padding
+    seg = np.array([[0] * 6, [1] * 6], np.int32)  # row 0: all padding
     logits = np.asarray(_forward(CFG, _params(), ids, pos, seg))
     assert np.isfinite(logits).all()
     grads = jax.jit(jax.grad(lambda p: jnp.sum(Transformer(CFG).apply({"params": p}, ids, pos, seg)[1])))(
-        _params())
+        _params()
+    )
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 

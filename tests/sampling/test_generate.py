@@ -1,4 +1,5 @@
 """generate(): cache decode equals full forwards, stopping, padding, log-probs, sharded = single device."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,136 +9,162 @@ from jaxalign import models, sharding
 from jaxalign.sampling import generate, left_pad, make_generate_fn, process_logits, to_training_batch
 
 # Large init so the tiny random model's greedy choices are decisive (no float near-ties between paths).
-CFG = models.ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
-                         head_dim=8, intermediate_size=64, initializer_range=0.5)
+CFG = models.ModelConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    initializer_range=0.5,
+)
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12], [20, 21, 22, 23]]  # left-padded to P = 7
 N = 8
 
 
 def _init(cfg):
-  """Random params; jitted, because eager linen init runs op by op (seconds on a busy CPU)."""
-  return jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
+    """Random params; jitted, because eager linen init runs op by op (seconds on a busy CPU)."""
+    return jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
 
 
 @pytest.fixture(scope="module")
 def setup():
-  model = models.Transformer(CFG)
-  params = _init(CFG)
-  return model, params, left_pad(PROMPTS, pad_id=0)
+    model = models.Transformer(CFG)
+    params = _init(CFG)
+    return model, params, left_pad(PROMPTS, pad_id=0)
 
 
 def _run(setup, **kw):
-  model, params, batch = setup
-  kw.setdefault("max_new_tokens", N)
-  return jax.device_get(generate(model, params, batch["prompt_ids"], batch["prompt_segment_ids"],
-                                 jax.random.key(1), **kw))
+    model, params, batch = setup
+    kw.setdefault("max_new_tokens", N)
+    return jax.device_get(
+        generate(model, params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(1), **kw)
+    )
 
 
 def _greedy_reference(model, params, prompt, n, width=16):
-  """A full forward without cache per new token (right-padded to `width`: one compilation)."""
-  forward = jax.jit(lambda p, ids, seg: model.apply({"params": p}, ids, jnp.arange(width)[None], seg))
-  seq = list(prompt)
-  for _ in range(n):
-    ids = np.zeros((1, width), np.int32)
-    ids[0, :len(seq)] = seq
-    logits = forward(params, ids, (np.arange(width) < len(seq))[None].astype(np.int32))
-    seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
-  return seq[len(prompt):]
+    """A full forward without cache per new token (right-padded to `width`: one compilation)."""
+    forward = jax.jit(lambda p, ids, seg: model.apply({"params": p}, ids, jnp.arange(width)[None], seg))
+    seq = list(prompt)
+    for _ in range(n):
+        ids = np.zeros((1, width), np.int32)
+        ids[0, : len(seq)] = seq
+        logits = forward(params, ids, (np.arange(width) < len(seq))[None].astype(np.int32))
+        seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
+    return seq[len(prompt) :]
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_greedy_equals_full_forward_argmax(setup, scan_layers):
-  model, params, batch = setup
-  if scan_layers:
-    cfg = CFG.replace(scan_layers=True)
-    model, params = models.Transformer(cfg), _init(cfg)
-  # With scan_layers also a cache grown in buckets (stacked [L, B, S, K, Dh] k/v).
-  out = jax.device_get(generate(model, params, batch["prompt_ids"], batch["prompt_segment_ids"], None,
-                                max_new_tokens=N, temperature=0.0, cache_buckets=3 if scan_layers else 1))
-  for row, prompt in enumerate(PROMPTS):
-    assert out.tokens[row].tolist() == _greedy_reference(model, params, prompt, N), row
-  np.testing.assert_array_equal(out.mask, 1)
-  np.testing.assert_array_equal(out.lengths, N)
+    model, params, batch = setup
+    if scan_layers:
+        cfg = CFG.replace(scan_layers=True)
+        model, params = models.Transformer(cfg), _init(cfg)
+    # With scan_layers also a cache grown in buckets (stacked [L, B, S, K, Dh] k/v).
+    out = jax.device_get(
+        generate(
+            model,
+            params,
+            batch["prompt_ids"],
+            batch["prompt_segment_ids"],
+            None,
+            max_new_tokens=N,
+            temperature=0.0,
+            cache_buckets=3 if scan_layers else 1,
+        )
+    )
+    for row, prompt in enumerate(PROMPTS):
+        assert out.tokens[row].tolist() == _greedy_reference(model, params, prompt, N), row
+    np.testing.assert_array_equal(out.mask, 1)
+    np.testing.assert_array_equal(out.lengths, N)
 
 
 def test_logprobs_equal_full_forward(setup):
-  """Sampled (temperature 0.7, top-k 20) tokens: model_logprobs = log_softmax of one forward over
-  prompt + completion, logprobs = the same under the processed (sampling) logits."""
-  model, params, batch = setup
-  out = _run(setup, temperature=0.7, top_k=20)
-  tb = to_training_batch(batch["prompt_ids"], batch["prompt_segment_ids"], out)
-  logits = model.apply({"params": params}, tb["input_ids"], tb["positions"], tb["segment_ids"])
-  def at_targets(lp):
-    return jnp.take_along_axis(lp, tb["targets"][..., None], -1)[..., 0] * tb["loss_mask"]
-  np.testing.assert_allclose(at_targets(jax.nn.log_softmax(logits)), tb["model_logprobs"], atol=2e-4)
-  np.testing.assert_allclose(at_targets(jax.nn.log_softmax(process_logits(logits, 0.7, 20))),
-                             tb["logprobs"], atol=2e-4)
-  assert np.all(out.logprobs < 0) and np.all(out.model_logprobs < 0)
-  assert tb["loss_mask"].sum() == out.mask.sum() == len(PROMPTS) * N
+    """Sampled (temperature 0.7, top-k 20) tokens: model_logprobs = log_softmax of one forward over
+    prompt + completion, logprobs = the same under the processed (sampling) logits."""
+    model, params, batch = setup
+    out = _run(setup, temperature=0.7, top_k=20)
+    tb = to_training_batch(batch["prompt_ids"], batch["prompt_segment_ids"], out)
+    logits = model.apply({"params": params}, tb["input_ids"], tb["positions"], tb["segment_ids"])
+
+    def at_targets(lp):
+        return jnp.take_along_axis(lp, tb["targets"][..., None], -1)[..., 0] * tb["loss_mask"]
+
+    np.testing.assert_allclose(at_targets(jax.nn.log_softmax(logits)), tb["model_logprobs"], atol=2e-4)
+    np.testing.assert_allclose(
+        at_targets(jax.nn.log_softmax(process_logits(logits, 0.7, 20))), tb["logprobs"], atol=2e-4
+    )
+    assert np.all(out.logprobs < 0) and np.all(out.model_logprobs < 0)
+    assert tb["loss_mask"].sum() == out.mask.sum() == len(PROMPTS) * N
 
 
 def test_eos_rows_stop_and_stay_padded(setup):
-  free = _run(setup, temperature=0.0)
-  eos = (int(free.tokens[0, 2]), int(free.tokens[1, 4]))  # two EOS ids, hit at different steps
-  out = _run(setup, temperature=0.0, eos_ids=eos, pad_id=63, cache_buckets=3)  # rows stop in several buckets
-  for row in range(len(PROMPTS)):
-    hits = [j for j, t in enumerate(free.tokens[row]) if t in eos]
-    length = hits[0] + 1 if hits else N
-    assert out.lengths[row] == length
-    np.testing.assert_array_equal(out.tokens[row, :length], free.tokens[row, :length])  # EOS included
-    np.testing.assert_array_equal(out.mask[row], np.arange(N) < length)
-    np.testing.assert_array_equal(out.tokens[row, length:], 63)
-    np.testing.assert_array_equal(out.logprobs[row, length:], 0.0)
-    np.testing.assert_array_equal(out.model_logprobs[row, length:], 0.0)
-  assert out.lengths[0] <= 3 and out.lengths[1] <= 5
+    free = _run(setup, temperature=0.0)
+    eos = (int(free.tokens[0, 2]), int(free.tokens[1, 4]))  # two EOS ids, hit at different steps
+    out = _run(
+        setup, temperature=0.0, eos_ids=eos, pad_id=63, cache_buckets=3
+    )  # rows stop in several buckets
+    for row in range(len(PROMPTS)):
+        hits = [j for j, t in enumerate(free.tokens[row]) if t in eos]
+        length = hits[0] + 1 if hits else N
+        assert out.lengths[row] == length
+        np.testing.assert_array_equal(out.tokens[row, :length], free.tokens[row, :length])  # EOS included
+        np.testing.assert_array_equal(out.mask[row], np.arange(N) < length)
+        np.testing.assert_array_equal(out.tokens[row, length:], 63)
+        np.testing.assert_array_equal(out.logprobs[row, length:], 0.0)
+        np.testing.assert_array_equal(out.model_logprobs[row, length:], 0.0)
+    assert out.lengths[0] <= 3 and out.lengths[1] <= 5
 
 
 def test_stop_sequences_stop(setup):
-  free = _run(setup, temperature=0.0)
-  stop = tuple(int(t) for t in free.tokens[2, 3:5])         # a bigram row 2 generates at steps 3-4
-  out = _run(setup, temperature=0.0, stop_sequences=[stop, (62, 62, 62)], pad_id=0)
-  for row in range(len(PROMPTS)):
-    t = free.tokens[row].tolist()
-    ends = [j + 1 for j in range(1, N) if tuple(t[j - 1:j + 1]) == stop]
-    length = ends[0] if ends else N
-    assert out.lengths[row] == length, row
-    np.testing.assert_array_equal(out.tokens[row, :length], free.tokens[row, :length])
-    np.testing.assert_array_equal(out.tokens[row, length:], 0)
-  assert out.lengths[2] <= 5
+    free = _run(setup, temperature=0.0)
+    stop = tuple(int(t) for t in free.tokens[2, 3:5])  # a bigram row 2 generates at steps 3-4
+    out = _run(setup, temperature=0.0, stop_sequences=[stop, (62, 62, 62)], pad_id=0)
+    for row in range(len(PROMPTS)):
+        t = free.tokens[row].tolist()
+        ends = [j + 1 for j in range(1, N) if tuple(t[j - 1 : j + 1]) == stop]
+        length = ends[0] if ends else N
+        assert out.lengths[row] == length, row
+        np.testing.assert_array_equal(out.tokens[row, :length], free.tokens[row, :length])
+        np.testing.assert_array_equal(out.tokens[row, length:], 0)
+    assert out.lengths[2] <= 5
 
 
 def test_all_padding_row_generates_nothing(setup):
-  model, params, batch = setup
-  b = left_pad([[5, 6, 7], []], pad_id=0)
-  out = generate(model, params, b["prompt_ids"], b["prompt_segment_ids"], None, max_new_tokens=3,
-                 temperature=0.0)
-  np.testing.assert_array_equal(out.mask, [[1, 1, 1], [0, 0, 0]])
-  np.testing.assert_array_equal(out.tokens[0], _greedy_reference(model, params, [5, 6, 7], 3))
+    model, params, batch = setup
+    b = left_pad([[5, 6, 7], []], pad_id=0)
+    out = generate(
+        model, params, b["prompt_ids"], b["prompt_segment_ids"], None, max_new_tokens=3, temperature=0.0
+    )
+    np.testing.assert_array_equal(out.mask, [[1, 1, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(out.tokens[0], _greedy_reference(model, params, [5, 6, 7], 3))
 
 
 @pytest.mark.parametrize("mesh_shape", [dict(fsdp=4, tensor=2), dict(data=2, fsdp=4)])
 def test_sharded_rollout_equals_single_device(setup, mesh_shape):
-  model, params, _ = setup
-  batch = left_pad(PROMPTS * 2, pad_id=0)                   # B = 8: divisible by data x fsdp
-  kw = dict(max_new_tokens=N, temperature=1.0, top_k=16, eos_ids=(3,))
-  ref = jax.device_get(generate(model, params, batch["prompt_ids"], batch["prompt_segment_ids"],
-                                jax.random.key(7), **kw))
-  mesh = sharding.make_mesh(**mesh_shape)
-  shardings = sharding.logical_to_shardings(models.param_logical_axes(CFG), mesh, shapes=params)
-  sharded_params = jax.device_put(params, shardings)
-  gen = make_generate_fn(model, mesh=mesh, param_shardings=shardings, **kw)
-  out = gen(sharded_params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(7))
-  assert out.tokens.sharding.spec == sharding.batch_sharding(mesh).spec
-  out = jax.device_get(out)
-  np.testing.assert_array_equal(out.tokens, ref.tokens)
-  np.testing.assert_array_equal(out.mask, ref.mask)
-  np.testing.assert_allclose(out.model_logprobs, ref.model_logprobs, atol=1e-4)
-  np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-4)
+    model, params, _ = setup
+    batch = left_pad(PROMPTS * 2, pad_id=0)  # B = 8: divisible by data x fsdp
+    kw = dict(max_new_tokens=N, temperature=1.0, top_k=16, eos_ids=(3,))
+    ref = jax.device_get(
+        generate(model, params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(7), **kw)
+    )
+    mesh = sharding.make_mesh(**mesh_shape)
+    shardings = sharding.logical_to_shardings(models.param_logical_axes(CFG), mesh, shapes=params)
+    sharded_params = jax.device_put(params, shardings)
+    gen = make_generate_fn(model, mesh=mesh, param_shardings=shardings, **kw)
+    out = gen(sharded_params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(7))
+    assert out.tokens.sharding.spec == sharding.batch_sharding(mesh).spec
+    out = jax.device_get(out)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.mask, ref.mask)
+    np.testing.assert_allclose(out.model_logprobs, ref.model_logprobs, atol=1e-4)
+    np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-4)
 
 
 def test_decode_is_one_while_loop(setup):
-  """The per-token loop is a single XLA while (no unrolled per-token Python loop)."""
-  model, params, batch = setup
-  gen = make_generate_fn(model, max_new_tokens=N, temperature=0.0)
-  hlo = gen.lower(params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(0)).as_text()
-  assert hlo.count("stablehlo.while") == 1
+    """The per-token loop is a single XLA while (no unrolled per-token Python loop)."""
+    model, params, batch = setup
+    gen = make_generate_fn(model, max_new_tokens=N, temperature=0.0)
+    hlo = gen.lower(params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(0)).as_text()
+    assert hlo.count("stablehlo.while") == 1

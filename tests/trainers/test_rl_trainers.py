@@ -4,6 +4,7 @@ sharded step equals the single-device one, resume equals an uninterrupted run, c
 The tiny task: a randomly initialised 1-layer model on the embedded tokenizer and prompts, rewarded by the
 fraction of digit characters in its completion (dense, learnable in a few steps from random init).
 """
+
 import importlib
 import json
 import os
@@ -22,89 +23,106 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def digit_fraction(answer, completion):
-  """Synthetic reward: the fraction of the completion's characters that are digits."""
-  del answer
-  return sum(ch.isdigit() for ch in completion) / max(len(completion), 1)
+    """Synthetic reward: the fraction of the completion's characters that are digits."""
+    del answer
+    return sum(ch.isdigit() for ch in completion) / max(len(completion), 1)
 
 
-TINY = dict(model_type="llama", hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64,
-            tie_word_embeddings=True)
+TINY = dict(
+    model_type="llama",
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    tie_word_embeddings=True,
+)
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
-  """A random tiny model saved as an HF directory (loading it compiles nothing, unlike a random init
-  per test) and the first 64 embedded training prompts."""
-  from jaxalign import checkpoints, models
-  from jaxalign.data import embedded
-  root = tmp_path_factory.mktemp("tiny_rl")
-  tok = embedded.load_tokenizer()
-  mcfg = models.ModelConfig.from_hf(dict(TINY, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
-  params = models.init_params(mcfg, jax.random.key(0))
-  checkpoints.save_hf_model(str(root / "model"), mcfg, params, tokenizer=tok)
-  with open(common.asset("prompts_train.jsonl")) as f, open(root / "prompts.jsonl", "w") as out:
-    out.writelines(f.readlines()[:64])
-  return {"model": str(root / "model"), "prompts": str(root / "prompts.jsonl")}
+    """A random tiny model saved as an HF directory (loading it compiles nothing, unlike a random init
+    per test) and the first 64 embedded training prompts."""
+    from jaxalign import checkpoints, models
+    from jaxalign.data import embedded
+
+    root = tmp_path_factory.mktemp("tiny_rl")
+    tok = embedded.load_tokenizer()
+    mcfg = models.ModelConfig.from_hf(
+        dict(
+            TINY,
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+    params = models.init_params(mcfg, jax.random.key(0))
+    checkpoints.save_hf_model(str(root / "model"), mcfg, params, tokenizer=tok)
+    with open(common.asset("prompts_train.jsonl")) as f, open(root / "prompts.jsonl", "w") as out:
+        out.writelines(f.readlines()[:64])
+    return {"model": str(root / "model"), "prompts": str(root / "prompts.jsonl")}
 
 
 def tiny_config(tiny, objective, steps=2, **changes):
-  c = importlib.import_module(f"configs.{objective}").get_config()
-  with c.unlocked():
-    c.model.path = tiny["model"]
-    c.data.train = tiny["prompts"]
-    c.data.eval = ""
-    c.data.max_prompt_length = 32
-    c.data.max_length = 40
-    c.rollout.max_new_tokens = 8
-    c.reward.model_path = ""
-    c.train.batch_size = 8
-    c.train.num_steps = steps
-    c.train.log_every = 1
-    c.train.export_hf = False
-    c.optimizer.learning_rate = 1e-2
-    c.optimizer.warmup_steps = 0
-    c.optimizer.schedule = "constant"
-    if objective == "grpo":
-      c.grpo.group_size = 4
-    for path, value in changes.items():
-      node = c
-      *parents, leaf = path.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return c
+    c = importlib.import_module(f"configs.{objective}").get_config()
+    with c.unlocked():
+        c.model.path = tiny["model"]
+        c.data.train = tiny["prompts"]
+        c.data.eval = ""
+        c.data.max_prompt_length = 32
+        c.data.max_length = 40
+        c.rollout.max_new_tokens = 8
+        c.reward.model_path = ""
+        c.train.batch_size = 8
+        c.train.num_steps = steps
+        c.train.log_every = 1
+        c.train.export_hf = False
+        c.optimizer.learning_rate = 1e-2
+        c.optimizer.warmup_steps = 0
+        c.optimizer.schedule = "constant"
+        if objective == "grpo":
+            c.grpo.group_size = 4
+        for path, value in changes.items():
+            node = c
+            *parents, leaf = path.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return c
 
 
 def run_steps(config, steps, devices=None, reward_fn=digit_fraction):
-  """Builds the run on `devices` (default one) and does `steps` train steps; returns the metrics list and
-  the final state."""
-  devices = devices or jax.devices()[:1]
-  mesh = sharding.make_mesh(*rl.validate(config, len(devices)), devices=devices)
-  run, state = rl.build(config, mesh)
-  run.reward_fn = reward_fn
-  out = []
-  with jax.set_mesh(mesh):
-    for _ in range(steps):
-      state, metrics, _ = rl.train_step(run, state, next(run.train_iter))
-      out.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-  return out, state
+    """Builds the run on `devices` (default one) and does `steps` train steps; returns the metrics list and
+    the final state."""
+    devices = devices or jax.devices()[:1]
+    mesh = sharding.make_mesh(*rl.validate(config, len(devices)), devices=devices)
+    run, state = rl.build(config, mesh)
+    run.reward_fn = reward_fn
+    out = []
+    with jax.set_mesh(mesh):
+        for _ in range(steps):
+            state, metrics, _ = rl.train_step(run, state, next(run.train_iter))
+            out.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    return out, state
 
 
 def _initial_params(tiny):
-  from jaxalign import checkpoints
-  return checkpoints.load_hf_model(tiny["model"])[1]
+    from jaxalign import checkpoints
+
+    return checkpoints.load_hf_model(tiny["model"])[1]
 
 
 def _relative_difference(params, ref_params, start):
-  """‖θ − θ_ref‖ / ‖θ_ref − θ_0‖ over the policy's parameters (global norms)."""
-  a, b = (jax.tree.leaves(jax.device_get(p["policy"])) for p in (params, ref_params))
-  s = jax.tree.leaves(jax.device_get(start))
-  diff = np.sqrt(sum(np.sum((np.float64(x) - y) ** 2) for x, y in zip(a, b)))
-  moved = np.sqrt(sum(np.sum((np.float64(y) - z) ** 2) for y, z in zip(b, s)))
-  assert moved > 0
-  return diff / moved
+    """‖θ − θ_ref‖ / ‖θ_ref − θ_0‖ over the policy's parameters (global norms)."""
+    a, b = (jax.tree.leaves(jax.device_get(p["policy"])) for p in (params, ref_params))
+    s = jax.tree.leaves(jax.device_get(start))
+    diff = np.sqrt(sum(np.sum((np.float64(x) - y) ** 2) for x, y in zip(a, b)))
+    moved = np.sqrt(sum(np.sum((np.float64(y) - z) ** 2) for y, z in zip(b, s)))
+    assert moved > 0
+    return diff / moved
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,210 +130,254 @@ def _relative_difference(params, ref_params, start):
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["ppo", "grpo"])
 def test_config_loads_locked_and_valid(name):
-  c = importlib.import_module(f"configs.{name}").get_config()
-  assert c.is_locked and c.objective == name
-  with pytest.raises(AttributeError):
-    c.rollout.no_such_field = 1
-  assert rl.validate(c, num_devices=8) == (1, 8, 1)
-  assert rl.validate(c, num_devices=1) == (1, 1, 1)
+    c = importlib.import_module(f"configs.{name}").get_config()
+    assert c.is_locked and c.objective == name
+    with pytest.raises(AttributeError):
+        c.rollout.no_such_field = 1
+    assert rl.validate(c, num_devices=8) == (1, 8, 1)
+    assert rl.validate(c, num_devices=1) == (1, 1, 1)
 
 
-@pytest.mark.parametrize("name,field,value,match", [
-    ("grpo", "grpo.group_size", 1, r"config\.grpo\.group_size=1"),
-    ("grpo", "grpo.advantage", "ppo", r"config\.grpo\.advantage='ppo'"),
-    ("grpo", "grpo.num_minibatches", 3, r"config\.grpo\.num_minibatches=3"),
-    ("ppo", "ppo.kl_estimator", "k9", r"config\.ppo\.kl_estimator='k9'"),
-    ("ppo", "ppo.gae_lambda", 1.5, r"config\.ppo\.gae_lambda=1\.5"),
-    ("ppo", "rollout.temperature", 0.0, r"config\.rollout\.temperature=0\.0"),
-    ("ppo", "rollout.max_new_tokens", 64, r"config\.rollout\.max_new_tokens=64"),
-    ("ppo", "reward.function", "jaxalign.data.embedded:no_such_fn", r"config\.reward\.function="),
-    ("ppo", "train.grad_accum_steps", 2, r"config\.train\.grad_accum_steps=2"),
-    ("ppo", "lora.enabled", True, r"config\.lora\.enabled=True"),
-])
+@pytest.mark.parametrize(
+    "name,field,value,match",
+    [
+        ("grpo", "grpo.group_size", 1, r"config\.grpo\.group_size=1"),
+        ("grpo", "grpo.advantage", "ppo", r"config\.grpo\.advantage='ppo'"),
+        ("grpo", "grpo.num_minibatches", 3, r"config\.grpo\.num_minibatches=3"),
+        ("ppo", "ppo.kl_estimator", "k9", r"config\.ppo\.kl_estimator='k9'"),
+        ("ppo", "ppo.gae_lambda", 1.5, r"config\.ppo\.gae_lambda=1\.5"),
+        ("ppo", "rollout.temperature", 0.0, r"config\.rollout\.temperature=0\.0"),
+        ("ppo", "rollout.max_new_tokens", 64, r"config\.rollout\.max_new_tokens=64"),
+        ("ppo", "reward.function", "jaxalign.data.embedded:no_such_fn", r"config\.reward\.function="),
+        ("ppo", "train.grad_accum_steps", 2, r"config\.train\.grad_accum_steps=2"),
+        ("ppo", "lora.enabled", True, r"config\.lora\.enabled=True"),
+    ],
+)
 def test_bad_fields_are_named(name, field, value, match):
-  c = importlib.import_module(f"configs.{name}").get_config()
-  with c.unlocked():
-    section, leaf = field.split(".")
-    c[section][leaf] = value
-  with pytest.raises(ConfigError, match=match):
-    rl.validate(c, num_devices=8)
+    c = importlib.import_module(f"configs.{name}").get_config()
+    with c.unlocked():
+        section, leaf = field.split(".")
+        c[section][leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        rl.validate(c, num_devices=8)
 
 
 def test_no_reward_source_is_an_error():
-  c = importlib.import_module("configs.ppo").get_config()
-  with c.unlocked():
-    c.reward.model_path, c.reward.function = "", ""
-  with pytest.raises(ConfigError, match=r"config\.reward\.function=''"):
-    rl.validate(c, num_devices=1)
+    c = importlib.import_module("configs.ppo").get_config()
+    with c.unlocked():
+        c.reward.model_path, c.reward.function = "", ""
+    with pytest.raises(ConfigError, match=r"config\.reward\.function=''"):
+        rl.validate(c, num_devices=1)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Steps on the tiny task.
 # ----------------------------------------------------------------------------------------------------
 def _improves(metrics, key="reward/env", k=3, margin=0.05):
-  before = np.mean([m[key] for m in metrics[:k]])
-  after = np.mean([m[key] for m in metrics[-k:]])
-  assert after > before + margin, (before, after, [round(m[key], 3) for m in metrics])
+    before = np.mean([m[key] for m in metrics[:k]])
+    after = np.mean([m[key] for m in metrics[-k:]])
+    assert after > before + margin, (before, after, [round(m[key], 3) for m in metrics])
 
 
 @pytest.mark.slow
 def test_ppo_raises_the_reward(tiny):
-  c = tiny_config(tiny, "ppo", **{"ppo.kl_coef": 0.01, "ppo.adaptive_kl": True, "ppo.kl_target": 1.0,
-                                 "train.batch_size": 16})
-  metrics, state = run_steps(c, steps=12)
-  _improves(metrics)
-  assert metrics[-1]["kl/coef"] != pytest.approx(0.01)          # the adaptive controller moved β
-  assert float(state.kl_coef) == pytest.approx(metrics[-1]["kl/coef"], rel=0.3)
+    c = tiny_config(
+        tiny,
+        "ppo",
+        **{"ppo.kl_coef": 0.01, "ppo.adaptive_kl": True, "ppo.kl_target": 1.0, "train.batch_size": 16},
+    )
+    metrics, state = run_steps(c, steps=12)
+    _improves(metrics)
+    assert metrics[-1]["kl/coef"] != pytest.approx(0.01)  # the adaptive controller moved β
+    assert float(state.kl_coef) == pytest.approx(metrics[-1]["kl/coef"], rel=0.3)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("advantage", ["grpo", "rloo"])
 def test_grpo_and_rloo_raise_the_reward(tiny, advantage):
-  c = tiny_config(tiny, "grpo", **{"grpo.advantage": advantage, "grpo.group_size": 4, "train.batch_size": 8})
-  metrics, _ = run_steps(c, steps=12)
-  _improves(metrics)
+    c = tiny_config(
+        tiny, "grpo", **{"grpo.advantage": advantage, "grpo.group_size": 4, "train.batch_size": 8}
+    )
+    metrics, _ = run_steps(c, steps=12)
+    _improves(metrics)
 
 
 def test_rloo_step_runs(tiny):
-  metrics, _ = run_steps(tiny_config(tiny, "grpo", **{"grpo.advantage": "rloo", "grpo.beta": 0.0,
-                                                "grpo.group_size": 2}), steps=1)
-  assert "kl/sequence" not in metrics[0]              # beta = 0: no reference pass in training
-  assert np.isfinite(metrics[0]["loss/total"])
+    metrics, _ = run_steps(
+        tiny_config(tiny, "grpo", **{"grpo.advantage": "rloo", "grpo.beta": 0.0, "grpo.group_size": 2}),
+        steps=1,
+    )
+    assert "kl/sequence" not in metrics[0]  # beta = 0: no reference pass in training
+    assert np.isfinite(metrics[0]["loss/total"])
 
 
 @pytest.mark.parametrize("objective", ["ppo", "grpo"])
 def test_kl_zero_at_first_step_and_sharded_step_equals_single_device(tiny, objective):
-  """Two steps (2 epochs × 2 minibatches each) on one device and on fsdp 4 × tensor 2."""
-  c = tiny_config(tiny, objective, **{"mesh.fsdp": 1})
-  single, s1 = run_steps(c, steps=2)
-  c = tiny_config(tiny, objective, **{"mesh.fsdp": 4, "mesh.tensor": 2})
-  sharded, s8 = run_steps(c, steps=2, devices=jax.devices()[:8])
-  for metrics in (single, sharded):
-    assert metrics[0]["kl/sequence"] == 0.0       # the sampling policy is the reference, bit for bit
-    assert metrics[1]["kl/sequence"] != 0.0       # ... and no longer after one update
-    assert all(np.isfinite(v) for m in metrics for v in m.values())
-  for a, b in zip(single, sharded):
-    assert sorted(a) == sorted(b)
-    for k in a:
-      # Clip fractions count tokens on either side of a threshold: float error may move one token.
-      atol = 0.02 if "clip" in k else 2e-4
-      np.testing.assert_allclose(b[k], a[k], rtol=2e-3, atol=atol, err_msg=k)
-  # Adam turns rounding-level gradient differences of near-zero gradients into parameter differences of
-  # up to ~lr: compare the meshes' parameter difference with the change the two steps made.
-  assert _relative_difference(s8.params, s1.params, _initial_params(tiny)) < 1e-3
+    """Two steps (2 epochs × 2 minibatches each) on one device and on fsdp 4 × tensor 2."""
+    c = tiny_config(tiny, objective, **{"mesh.fsdp": 1})
+    single, s1 = run_steps(c, steps=2)
+    c = tiny_config(tiny, objective, **{"mesh.fsdp": 4, "mesh.tensor": 2})
+    sharded, s8 = run_steps(c, steps=2, devices=jax.devices()[:8])
+    for metrics in (single, sharded):
+        assert metrics[0]["kl/sequence"] == 0.0  # the sampling policy is the reference, bit for bit
+        assert metrics[1]["kl/sequence"] != 0.0  # ... and no longer after one update
+        assert all(np.isfinite(v) for m in metrics for v in m.values())
+    for a, b in zip(single, sharded):
+        assert sorted(a) == sorted(b)
+        for k in a:
+            # Clip fractions count tokens on either side of a threshold: float error may move one token.
+            atol = 0.02 if "clip" in k else 2e-4
+            np.testing.assert_allclose(b[k], a[k], rtol=2e-3, atol=atol, err_msg=k)
+    # Adam turns rounding-level gradient differences of near-zero gradients into parameter differences of
+    # up to ~lr: compare the meshes' parameter difference with the change the two steps made.
+    assert _relative_difference(s8.params, s1.params, _initial_params(tiny)) < 1e-3
 
 
 def test_on_policy_grpo_skips_the_old_logprob_pass_and_updates_the_same(tiny, monkeypatch):
-  """One update per rollout: π_θ_old is the update's own detached log-probs, no scoring pass for it;
-  the step's loss, metrics and new parameters equal those of a step that runs that pass."""
-  c = tiny_config(tiny, "grpo", **{"grpo.num_iterations": 1, "grpo.num_minibatches": 1})
-  mesh = sharding.make_mesh(*rl.validate(c, 1), devices=jax.devices()[:1])
-  run, state = rl.build(c, mesh)
-  run.reward_fn = digit_fraction
-  with jax.set_mesh(mesh):
-    rollout, answers = rl.sample(run, state.params["policy"], next(run.train_iter), rl.rollout_key(state))
-    rollout, _ = rl.score(run, state, rollout, answers)
-  assert "ref_logprobs" in rollout and "old_logprobs" not in rollout
-  fast, s_fast = run_steps(c, steps=2)
-  from jaxalign.trainers import grpo
-  monkeypatch.setattr(grpo, "on_policy", lambda hp: False)
-  full, s_full = run_steps(c, steps=2)
-  for a, b in zip(full, fast):
-    assert sorted(a) == sorted(b)
-    for k in a:
-      np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
-  assert fast[0]["clip_ratio/region_mean"] == 0.0            # ratio exactly 1
-  assert _relative_difference(s_fast.params, s_full.params, _initial_params(tiny)) < 1e-3
+    """One update per rollout: π_θ_old is the update's own detached log-probs, no scoring pass for it;
+    the step's loss, metrics and new parameters equal those of a step that runs that pass."""
+    c = tiny_config(tiny, "grpo", **{"grpo.num_iterations": 1, "grpo.num_minibatches": 1})
+    mesh = sharding.make_mesh(*rl.validate(c, 1), devices=jax.devices()[:1])
+    run, state = rl.build(c, mesh)
+    run.reward_fn = digit_fraction
+    with jax.set_mesh(mesh):
+        rollout, answers = rl.sample(run, state.params["policy"], next(run.train_iter), rl.rollout_key(state))
+        rollout, _ = rl.score(run, state, rollout, answers)
+    assert "ref_logprobs" in rollout and "old_logprobs" not in rollout
+    fast, s_fast = run_steps(c, steps=2)
+    from jaxalign.trainers import grpo
+
+    monkeypatch.setattr(grpo, "on_policy", lambda hp: False)
+    full, s_full = run_steps(c, steps=2)
+    for a, b in zip(full, fast):
+        assert sorted(a) == sorted(b)
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    assert fast[0]["clip_ratio/region_mean"] == 0.0  # ratio exactly 1
+    assert _relative_difference(s_fast.params, s_full.params, _initial_params(tiny)) < 1e-3
 
 
 # ----------------------------------------------------------------------------------------------------
 # The loop: resume, CLI.
 # ----------------------------------------------------------------------------------------------------
 def _train_records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    out = {}
-    for line in f:
-      r = json.loads(line)
-      if "train/loss/total" in r:
-        out[r["step"]] = r
-  return out
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        out = {}
+        for line in f:
+            r = json.loads(line)
+            if "train/loss/total" in r:
+                out[r["step"]] = r
+    return out
 
 
 @pytest.mark.slow
 def test_resume_equals_uninterrupted(tiny, tmp_path):
-  """A 4-step run checkpointing at 2 and 4; then its checkpoint 4 is deleted (as if it crashed after step
-  3) and the run resumes at 2: steps 3 and 4 (sampling, shuffling, β, data order) must repeat exactly."""
-  import shutil
-  config = tiny_config(tiny, "ppo", steps=4, **{"train.checkpoint_every": 2, "ppo.adaptive_kl": True,
-                                                "reward.function": "jaxalign.data.embedded:reward"})
-  wd = str(tmp_path / "run")
-  rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
-  first = _train_records(wd)
-  shutil.rmtree(os.path.join(wd, "checkpoints", "4"))
-  os.rename(os.path.join(wd, "metrics.jsonl"), os.path.join(wd, "first.jsonl"))
-  rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
-  again = _train_records(wd)
-  assert sorted(again) == [3, 4]
-  for step in (3, 4):
-    for k in ("train/loss/total", "train/kl/sequence", "train/kl/coef", "train/completion/length",
-              "train/reward/env"):
-      assert again[step][k] == pytest.approx(first[step][k], rel=1e-5, abs=1e-6), (step, k)
+    """A 4-step run checkpointing at 2 and 4; then its checkpoint 4 is deleted (as if it crashed after step
+    3) and the run resumes at 2: steps 3 and 4 (sampling, shuffling, β, data order) must repeat exactly."""
+    import shutil
+
+    config = tiny_config(
+        tiny,
+        "ppo",
+        steps=4,
+        **{
+            "train.checkpoint_every": 2,
+            "ppo.adaptive_kl": True,
+            "reward.function": "jaxalign.data.embedded:reward",
+        },
+    )
+    wd = str(tmp_path / "run")
+    rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    first = _train_records(wd)
+    shutil.rmtree(os.path.join(wd, "checkpoints", "4"))
+    os.rename(os.path.join(wd, "metrics.jsonl"), os.path.join(wd, "first.jsonl"))
+    rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    again = _train_records(wd)
+    assert sorted(again) == [3, 4]
+    for step in (3, 4):
+        for k in (
+            "train/loss/total",
+            "train/kl/sequence",
+            "train/kl/coef",
+            "train/completion/length",
+            "train/reward/env",
+        ):
+            assert again[step][k] == pytest.approx(first[step][k], rel=1e-5, abs=1e-6), (step, k)
 
 
 def run_cli(config, workdir, *overrides):
-  import subprocess
-  import sys
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [sys.executable, "-m", "jaxalign.main", f"--config={os.path.join(ROOT, 'configs', config)}",
-         f"--workdir={workdir}", *overrides]
-  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxalign.main",
+        f"--config={os.path.join(ROOT, 'configs', config)}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["ppo.py", "grpo.py"])
 def test_cli_end_to_end(config, tmp_path):
-  wd = str(tmp_path / "run")
-  r = run_cli(config, wd, "--config.train.num_steps=2", "--config.train.batch_size=8",
-              "--config.train.log_every=1", "--config.train.eval_batch_size=64")
-  assert r.returncode == 0, r.stderr[-3000:]
-  with open(os.path.join(wd, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
-  assert [m["step"] for m in records if "train/loss/total" in m] == [1, 2]
-  evals = [m for m in records if "eval/reward/env" in m]
-  assert [m["step"] for m in evals] == [0, 2]
-  assert evals[0]["eval/kl/sequence"] == 0.0
-  assert os.path.exists(os.path.join(wd, "hf", "model.safetensors"))
+    wd = str(tmp_path / "run")
+    r = run_cli(
+        config,
+        wd,
+        "--config.train.num_steps=2",
+        "--config.train.batch_size=8",
+        "--config.train.log_every=1",
+        "--config.train.eval_batch_size=64",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [m["step"] for m in records if "train/loss/total" in m] == [1, 2]
+    evals = [m for m in records if "eval/reward/env" in m]
+    assert [m["step"] for m in evals] == [0, 2]
+    assert evals[0]["eval/kl/sequence"] == 0.0
+    assert os.path.exists(os.path.join(wd, "hf", "model.safetensors"))
 
 
 @pytest.mark.slow
 def test_grpo_sigterm_resumes_equal_and_nan_reward_steps_are_skipped(tiny, tmp_path, monkeypatch):
-  """GRPO with a NaN reward at step 2 (test-only injection): that step's updates are skipped and counted;
-  SIGTERM after step 2 stops with a finite checkpoint and exit code 75, and the rerun equals the
-  uninterrupted run (jaxalign/trainers/preemption.py; the offline loop's CLI tests are in
-  test_preemption.py)."""
-  from jaxalign.checkpoints.orbax_state import StateCheckpointer
-  from jaxalign.trainers import preemption
-  config = tiny_config(tiny, "grpo", steps=4, **{"reward.function": "jaxalign.data.embedded:reward"})
-  monkeypatch.setenv(preemption.TEST_NAN_ENV, "2")
-  full = str(tmp_path / "full")
-  rl.train_and_evaluate(config, full, devices=jax.devices()[:1])
-  ref = _train_records(full)
-  assert [ref[s]["train/optim/nonfinite"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.0]
-  assert ref[4]["train/skipped_nonfinite"] == 1.0
+    """GRPO with a NaN reward at step 2 (test-only injection): that step's updates are skipped and counted;
+    SIGTERM after step 2 stops with a finite checkpoint and exit code 75, and the rerun equals the
+    uninterrupted run (jaxalign/trainers/preemption.py; the offline loop's CLI tests are in
+    test_preemption.py)."""
+    from jaxalign.checkpoints.orbax_state import StateCheckpointer
+    from jaxalign.trainers import preemption
 
-  wd = str(tmp_path / "run")
-  monkeypatch.setenv(preemption.TEST_SIGNAL_ENV, "2")
-  with pytest.raises(preemption.Preempted) as e:
+    config = tiny_config(tiny, "grpo", steps=4, **{"reward.function": "jaxalign.data.embedded:reward"})
+    monkeypatch.setenv(preemption.TEST_NAN_ENV, "2")
+    full = str(tmp_path / "full")
+    rl.train_and_evaluate(config, full, devices=jax.devices()[:1])
+    ref = _train_records(full)
+    assert [ref[s]["train/optim/nonfinite"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.0]
+    assert ref[4]["train/skipped_nonfinite"] == 1.0
+
+    wd = str(tmp_path / "run")
+    monkeypatch.setenv(preemption.TEST_SIGNAL_ENV, "2")
+    with pytest.raises(preemption.Preempted) as e:
+        rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    assert e.value.step == 2 and e.value.code == preemption.EXIT_PREEMPTED
+    ckpt = StateCheckpointer(os.path.join(wd, "checkpoints"))
+    assert ckpt.latest_step() == 2
+    ckpt.close()
+    monkeypatch.delenv(preemption.TEST_SIGNAL_ENV)
     rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
-  assert e.value.step == 2 and e.value.code == preemption.EXIT_PREEMPTED
-  ckpt = StateCheckpointer(os.path.join(wd, "checkpoints"))
-  assert ckpt.latest_step() == 2
-  ckpt.close()
-  monkeypatch.delenv(preemption.TEST_SIGNAL_ENV)
-  rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
-  again = _train_records(wd)
-  assert sorted(again) == [1, 2, 3, 4]
-  for step in (1, 2, 3, 4):
-    for k in ("train/loss/total", "train/optim/grad_norm", "train/reward/env", "train/optim/nonfinite",
-              "train/skipped_nonfinite"):
-      np.testing.assert_array_equal(again[step][k], ref[step][k], err_msg=f"{step} {k}")
+    again = _train_records(wd)
+    assert sorted(again) == [1, 2, 3, 4]
+    for step in (1, 2, 3, 4):
+        for k in (
+            "train/loss/total",
+            "train/optim/grad_norm",
+            "train/reward/env",
+            "train/optim/nonfinite",
+            "train/skipped_nonfinite",
+        ):
+            np.testing.assert_array_equal(again[step][k], ref[step][k], err_msg=f"{step} {k}")
