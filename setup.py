@@ -28,7 +28,14 @@ setup(
     ],
     extras_require={
         # Test-only references: torch transformers models and TRL-style checks.
-        "test": ["pytest>=8", "hypothesis>=6", "torch==2.13.0", "peft>=0.17", "matplotlib>=3.8", "ruff==0.17.6"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "torch==2.13.0",
+            "peft>=0.17",
+            "matplotlib>=3.8",
+            "ruff==0.17.6",
+        ],
         "eval": ["matplotlib>=3.8"],  # PNG plots in evaluation reports
         "tfds": ["tensorflow-datasets>=4.9"],
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
