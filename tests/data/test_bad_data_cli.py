@@ -1,6 +1,8 @@
 """Bad data through the trainer's command line: exit code 2, one ``error: <file> line <N>: ...`` line on
 stderr, no traceback, nothing in the workdir. Rows are read and checked before the tokenizer or model
-loads, so each case costs one process start (~4 s)."""
+loads. A few cases start a real process (`python -m jaxalign.main`, ~4-10 s of imports each); the others
+run the same module in this process (the `cli` fixture of tests/conftest.py: the same flag parsing,
+trainer and `run_main` error path, milliseconds each)."""
 
 import json
 import os
@@ -217,16 +219,18 @@ CASES = {
 }
 
 
-def run_cli(config, workdir, *overrides):
+# Cases run as a real `python -m jaxalign.main` process; the rest in this process (same code path).
+IN_A_PROCESS = {"invalid JSON mid-file"}
+
+
+def run_cli(config, workdir, *overrides, cli=None):
+    """`python -m jaxalign.main --config=configs/<config> --workdir=<workdir> <overrides>`: in this process
+    through the `cli` fixture when given, else as a subprocess."""
+    args = [f"--config={os.path.join(ROOT, 'configs', config)}", f"--workdir={workdir}", *overrides]
+    if cli is not None:
+        return cli("jaxalign.main", *args)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxalign.main",
-        f"--config={os.path.join(ROOT, 'configs', config)}",
-        f"--workdir={workdir}",
-        *overrides,
-    ]
+    cmd = [sys.executable, "-m", "jaxalign.main", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -244,7 +248,7 @@ def check_one_line_error(r, workdir, expected):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_train_file(case, tmp_path):
+def test_bad_train_file(case, tmp_path, cli):
     config, name, content, expected = CASES[case]
     path = tmp_path / name
     if callable(content):
@@ -254,46 +258,46 @@ def test_bad_train_file(case, tmp_path):
     else:
         path.write_text(content)
     wd = tmp_path / "run"
-    r = run_cli(config, str(wd), f"--config.data.train={path}")
+    r = run_cli(config, str(wd), f"--config.data.train={path}", cli=None if case in IN_A_PROCESS else cli)
     check_one_line_error(r, wd, f"{path}{expected}")
 
 
-def test_missing_file(tmp_path):
+def test_missing_file(tmp_path, cli):
     wd = tmp_path / "run"
-    r = run_cli("sft.py", str(wd), f"--config.data.train={tmp_path / 'nope.jsonl'}")
+    r = run_cli("sft.py", str(wd), f"--config.data.train={tmp_path / 'nope.jsonl'}", cli=cli)
     check_one_line_error(r, wd, "")  # the config check names the field: config.data.train='...': no such file
     assert f"{tmp_path / 'nope.jsonl'}" in r.stderr and "no such file" in r.stderr
 
 
-def test_bad_shard_in_directory(tmp_path):
+def test_bad_shard_in_directory(tmp_path, cli):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "train-00000-of-00002.jsonl").write_text(jsonl(MSGS, MSGS))
     (tmp_path / "d" / "train-00001-of-00002.jsonl").write_text(jsonl(MSGS, {"messages": [U("q"), U("r")]}))
     wd = tmp_path / "run"
-    r = run_cli("sft.py", str(wd), f"--config.data.train={tmp_path / 'd'}")
+    r = run_cli("sft.py", str(wd), f"--config.data.train={tmp_path / 'd'}", cli=cli)
     check_one_line_error(
         r, wd, f"{tmp_path / 'd' / 'train-00001-of-00002.jsonl'} line 2: 'messages' has no assistant turn"
     )
 
 
-def test_bad_eval_file_fails_before_training(tmp_path):
+def test_bad_eval_file_fails_before_training(tmp_path, cli):
     path = tmp_path / "eval.jsonl"
     path.write_text(jsonl(PAIR) + "{oops}\n")
     wd = tmp_path / "run"
-    r = run_cli("dpo.py", str(wd), f"--config.data.eval={path}")
+    r = run_cli("dpo.py", str(wd), f"--config.data.eval={path}", cli=cli)
     check_one_line_error(
         r, wd, f"{path} line 2: invalid JSON (Expecting property name enclosed in double quotes"
     )
 
 
-def test_tokenizer_without_chat_template(tmp_path):
+def test_tokenizer_without_chat_template(tmp_path, cli):
     tok = tmp_path / "tok"
     shutil.copytree(os.path.join(ROOT, "jaxalign", "assets", "embedded", "tokenizer"), tok)
     (tok / "chat_template.jinja").unlink()
     path = tmp_path / "a.jsonl"
     path.write_text(jsonl(MSGS))
     wd = tmp_path / "run"
-    r = run_cli("sft.py", str(wd), f"--config.data.train={path}", f"--config.model.tokenizer={tok}")
+    r = run_cli("sft.py", str(wd), f"--config.data.train={path}", f"--config.model.tokenizer={tok}", cli=cli)
     check_one_line_error(
         r, wd, f"{path} line 1: conversational rows (lists of messages) need a chat template"
     )

@@ -2,7 +2,9 @@
 
 Every case must end with exit code 2, exactly one line on stderr, `error: <field or path>: <why>`, and
 nothing written to the workdir. Each run fails before anything is compiled (flag errors before JAX is even
-imported), so the whole file takes about two minutes on two CPU cores.
+imported). A few cases start a real process (`python -m jaxalign.main` / `jaxalign.sample`, seconds of
+imports each); the others run the same module in this process (the `cli` fixture of tests/conftest.py: the
+same flag parsing, validation and `run_main` error path, milliseconds each, with this process's 8 devices).
 """
 
 import json
@@ -18,7 +20,12 @@ EMBEDDED = os.path.join(ROOT, "jaxalign", "assets", "embedded")
 SFT = os.path.join(EMBEDDED, "checkpoints", "sft")
 
 
-def run_cli(config, workdir, *overrides, devices=1, module="jaxalign.main"):
+def run_cli(config, workdir, *overrides, devices=1, module="jaxalign.main", cli=None):
+    """`python -m <module> [--config=configs/<config> --workdir=<workdir>] <overrides>`: in this process
+    through the `cli` fixture when given (JAX has 8 devices there), else as a subprocess on `devices`."""
+    args = [f"--config={os.path.join(ROOT, 'configs', config)}", f"--workdir={workdir}"] if config else []
+    if cli is not None:
+        return cli(module, *args, *overrides)
     env = dict(
         os.environ,
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
@@ -26,7 +33,6 @@ def run_cli(config, workdir, *overrides, devices=1, module="jaxalign.main"):
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
     )
-    args = [f"--config={os.path.join(ROOT, 'configs', config)}", f"--workdir={workdir}"] if config else []
     return subprocess.run(
         [sys.executable, "-m", module, *args, *overrides],
         cwd=ROOT,
@@ -55,9 +61,9 @@ def assert_one_line_error(r, *expected):
     return lines[0]
 
 
-def check(tmp_path, config, overrides, *expected, devices=1):
+def check(tmp_path, config, overrides, *expected, devices=1, cli=None):
     wd = tmp_path / "wd"
-    r = run_cli(config, str(wd), *overrides, devices=devices)
+    r = run_cli(config, str(wd), *overrides, devices=devices, cli=cli)
     line = assert_one_line_error(r, *expected)
     assert not wd.exists() or not os.listdir(wd), files_under(wd)
     return line
@@ -89,15 +95,15 @@ FLAG_CASES = [
 @pytest.mark.parametrize(
     "config,overrides,expected", FLAG_CASES, ids=[f"{c[0]}:{(c[1] or ['config'])[0]}" for c in FLAG_CASES]
 )
-def test_flag_errors(tmp_path, config, overrides, expected):
-    check(tmp_path, config, overrides, *expected)
+def test_flag_errors(tmp_path, config, overrides, expected, cli):
+    check(tmp_path, config, overrides, *expected, cli=cli)
 
 
-def test_config_file_with_a_syntax_error(tmp_path):
+def test_config_file_with_a_syntax_error(tmp_path, cli):
     bad = tmp_path / "configs" / "broken.py"
     bad.parent.mkdir()
     bad.write_text("def get_config(:\n")
-    r = run_cli(None, "", f"--config={bad}", f"--workdir={tmp_path / 'wd'}")
+    r = run_cli(None, "", f"--config={bad}", f"--workdir={tmp_path / 'wd'}", cli=cli)
     assert_one_line_error(r, f"{bad} line 1:")
     assert not (tmp_path / "wd").exists()
 
@@ -142,11 +148,11 @@ CONFIG_CASES = [
 @pytest.mark.parametrize(
     "config,overrides,expected", CONFIG_CASES, ids=[f"{c[0]}:{c[1][-1]}" for c in CONFIG_CASES]
 )
-def test_config_value_errors(tmp_path, config, overrides, expected):
-    check(tmp_path, config, overrides, *expected, devices=8 if "--config.mesh.fsdp=3" in overrides else 1)
+def test_config_value_errors(tmp_path, config, overrides, expected, cli):
+    check(tmp_path, config, overrides, *expected, cli=cli)
 
 
-def test_model_path_that_does_not_exist(tmp_path):
+def test_model_path_that_does_not_exist(tmp_path, cli):
     missing = str(tmp_path / "no_such_checkpoint")
     check(
         tmp_path,
@@ -154,12 +160,13 @@ def test_model_path_that_does_not_exist(tmp_path):
         [f"--config.model.path={missing}"],
         f"config.model.path='{missing}'",
         "no such file or directory",
+        cli=cli,
     )
 
 
-def test_verbosity_1_shows_the_traceback(tmp_path):
+def test_verbosity_1_shows_the_traceback(tmp_path, cli):
     wd = tmp_path / "wd"
-    r = run_cli("dpo.py", str(wd), "--config.dpo.beta=-1", "--verbosity=1")
+    r = run_cli("dpo.py", str(wd), "--config.dpo.beta=-1", "--verbosity=1", cli=cli)
     assert r.returncode == 2
     assert "Traceback (most recent call last)" in r.stderr and "ConfigError" in r.stderr
     assert [l for l in r.stderr.splitlines() if l.startswith("error: ")] == [
@@ -244,25 +251,26 @@ CHECKPOINT_CASES = [
 @pytest.mark.parametrize(
     "config,field,how,expected", CHECKPOINT_CASES, ids=[f"{c[0]}:{c[1]}:{c[2]}" for c in CHECKPOINT_CASES]
 )
-def test_checkpoint_errors(tmp_path, config, field, how, expected):
+def test_checkpoint_errors(tmp_path, config, field, how, expected, cli):
     path = corrupt_copy(tmp_path, how)
     overrides = [f"--config.{field}={path}"]
-    check(tmp_path, config, overrides, path, *expected)
+    in_a_process = (config, field, how) == ("sft.py", "model.path", "truncated")  # one as a real process
+    check(tmp_path, config, overrides, path, *expected, cli=None if in_a_process else cli)
 
 
-def test_corrupt_resume_checkpoint_in_the_workdir(tmp_path):
+def test_corrupt_resume_checkpoint_in_the_workdir(tmp_path, cli):
     """An orbax step directory that is incomplete: named, and the workdir is left as it was."""
     wd = tmp_path / "wd"
     (wd / "checkpoints" / "7").mkdir(parents=True)
     before = files_under(wd)
-    r = run_cli("sft.py", str(wd), "--config.train.num_steps=10", "--config.data.eval=")
+    r = run_cli("sft.py", str(wd), "--config.train.num_steps=10", "--config.data.eval=", cli=cli)
     assert_one_line_error(
         r, os.path.join(str(wd), "checkpoints", "7"), "cannot resume", "delete it to start over"
     )
     assert files_under(wd) == before
 
 
-def test_truncated_resume_checkpoint_in_the_workdir(tmp_path):
+def test_truncated_resume_checkpoint_in_the_workdir(tmp_path, cli):
     """A complete orbax step whose files were cut short (a disk that filled up, a partial copy)."""
     import jax.numpy as jnp
     from jaxalign.checkpoints.orbax_state import StateCheckpointer
@@ -278,7 +286,7 @@ def test_truncated_resume_checkpoint_in_the_workdir(tmp_path):
             truncated += 1
     assert truncated
     before = files_under(wd)
-    r = run_cli("sft.py", str(wd), "--config.train.num_steps=10", "--config.data.eval=")
+    r = run_cli("sft.py", str(wd), "--config.train.num_steps=10", "--config.data.eval=", cli=cli)
     assert_one_line_error(r, os.path.join(str(wd), "checkpoints", "4"), "cannot resume")
     assert files_under(wd) == before
 
@@ -299,19 +307,25 @@ def test_resume_checkpoint_metadata_not_json(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ other entry points
-def test_sample_cli_errors(tmp_path):
-    r = run_cli(None, "", "--prompt=hi", module="jaxalign.sample")
+def test_sample_cli_errors(tmp_path, cli):
+    r = run_cli(None, "", "--prompt=hi", module="jaxalign.sample")  # a real process
     assert_one_line_error(r, "--checkpoint: is required")
     r = run_cli(
-        None, "", f"--checkpoint={SFT}", "--prompt=hi", "--max_new_tokens=many", module="jaxalign.sample"
+        None,
+        "",
+        f"--checkpoint={SFT}",
+        "--prompt=hi",
+        "--max_new_tokens=many",
+        module="jaxalign.sample",
+        cli=cli,
     )
     assert_one_line_error(r, "--max_new_tokens=many: expected an integer")
     path = corrupt_copy(tmp_path, "truncated")
-    r = run_cli(None, "", f"--checkpoint={path}", "--prompt=hi", module="jaxalign.sample")
+    r = run_cli(None, "", f"--checkpoint={path}", "--prompt=hi", module="jaxalign.sample", cli=cli)
     assert_one_line_error(r, f"{path}/model.safetensors: not a readable safetensors file")
 
 
-def test_synthesize_cli_errors(tmp_path):
+def test_synthesize_cli_errors(tmp_path, cli):
     out = tmp_path / "pairs.jsonl"
     r = run_cli(
         None,
@@ -321,6 +335,7 @@ def test_synthesize_cli_errors(tmp_path):
         f"--out={out}",
         "--reward_fn=jaxalign.data.embedded:reward",
         module="jaxalign.synthesize",
+        cli=cli,
     )
     assert_one_line_error(r, f"{tmp_path / 'none.jsonl'}: no such file")
     assert not out.exists()
