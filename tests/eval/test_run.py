@@ -120,16 +120,14 @@ def test_runner_on_a_tiny_slice_writes_every_key(tmp_path):
         assert "matplotlib is not installed" in md
 
 
-def run_cli(workdir, *overrides):
+def run_cli(workdir, *overrides, cli=None):
+    """`python -m jaxalign.main --config=configs/eval.py ...`: in this process through the `cli` fixture
+    (tests/conftest.py) when given, else as a subprocess."""
+    args = [f"--config={os.path.join(ROOT, 'configs', 'eval.py')}", f"--workdir={workdir}", *overrides]
+    if cli is not None:
+        return cli("jaxalign.main", *args)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxalign.main",
-        f"--config={os.path.join(ROOT, 'configs', 'eval.py')}",
-        f"--workdir={workdir}",
-        *overrides,
-    ]
+    cmd = [sys.executable, "-m", "jaxalign.main", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -152,9 +150,9 @@ def test_cli_runs(tmp_path):
     assert os.path.exists(os.path.join(wd, "eval.md"))
 
 
-def test_cli_bad_field_is_a_named_error(tmp_path):
+def test_cli_bad_field_is_a_named_error(tmp_path, cli):
     wd = tmp_path / "bad"
-    r = run_cli(str(wd), "--config.eval.temperature=-1.0")
+    r = run_cli(str(wd), "--config.eval.temperature=-1.0", cli=cli)
     assert r.returncode == 2
     assert "config.eval.temperature=-1.0" in r.stderr
     assert not wd.exists()

@@ -10,16 +10,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_cli(config, workdir, *overrides, devices=1):
+def run_cli(config, workdir, *overrides, devices=1, cli=None):
+    """`python -m jaxalign.main --config=configs/<config> --workdir=<workdir> <overrides>` as a subprocess on
+    `devices`, or in this process through the `cli` fixture (tests/conftest.py) when given."""
+    args = [f"--config={os.path.join(ROOT, 'configs', config)}", f"--workdir={workdir}", *overrides]
+    if cli is not None:
+        return cli("jaxalign.main", *args)
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxalign.main",
-        f"--config={os.path.join(ROOT, 'configs', config)}",
-        f"--workdir={workdir}",
-        *overrides,
-    ]
+    cmd = [sys.executable, "-m", "jaxalign.main", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -72,6 +70,7 @@ def test_dpo_overrides_from_cli(tmp_path):
 
 
 def test_bad_config_gives_named_error_and_writes_nothing(tmp_path):
+    """A real process (the other bad inputs run in-process: tests/*/test_bad_*_cli.py)."""
     wd = tmp_path / "bad"
     r = run_cli("dpo.py", str(wd), "--config.dpo.beta=-1")
     assert r.returncode == 2
@@ -79,8 +78,8 @@ def test_bad_config_gives_named_error_and_writes_nothing(tmp_path):
     assert not wd.exists()
 
 
-def test_misspelt_override_is_an_error(tmp_path):
-    r = run_cli("dpo.py", str(tmp_path / "x"), "--config.dpo.betta=0.1")
+def test_misspelt_override_is_an_error(tmp_path, cli):
+    r = run_cli("dpo.py", str(tmp_path / "x"), "--config.dpo.betta=0.1", cli=cli)
     assert r.returncode != 0
     assert "betta" in r.stderr
 
