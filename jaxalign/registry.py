@@ -17,11 +17,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-# trainer -> "module:function(config, workdir)" that runs a config of that objective.
+# trainer -> "module:function(config, workdir)" that runs a config of that objective: the one training
+# loop for offline and RL objectives alike, the evaluator for "eval".
 TRAINERS = {
     "offline": "jaxalign.trainers.loop:train_and_evaluate",
-    "rl": "jaxalign.trainers.rl:train_and_evaluate",
+    "rl": "jaxalign.trainers.loop:train_and_evaluate",
     "eval": "jaxalign.eval.run:evaluate_and_report",
+}
+
+# trainer -> the module whose `validate(config, num_devices, process_count)` and `build_run(config, mesh)`
+# give the loop its run: the loss, the batch source (data, or sample → score → advantages) and the
+# evaluator.
+SOURCES = {
+    "offline": "jaxalign.trainers.setup",
+    "rl": "jaxalign.trainers.rl",
 }
 
 
@@ -46,7 +55,8 @@ class Objective:
 
     Attributes:
       name: the config's ``objective`` (and the name of its sub-config).
-      trainer: "offline" (one batch -> one update), "rl" (sample, score, update) or "eval".
+      trainer: where its batches come from: "offline" (a data set), "rl" (sample, score, advantages from
+        the policy being trained), or "eval" (no training).
       data: the dataset kind of its batches ("clm", "sft", "preference", "kto", "prompt"; "" for eval).
       head: "lm" (next-token logits) or "score" (a scalar per token, reward models).
       reference: a frozen reference policy is part of the loss (precomputable when `precompute_ref`).

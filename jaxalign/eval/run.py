@@ -181,9 +181,9 @@ def _mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[in
 
 def evaluate_and_report(config, workdir: str, devices=None) -> dict:
     """The `objective="eval"` runner of `jaxalign.main`: validate, evaluate, write the report."""
-    from jaxalign.trainers import distributed
+    from jaxalign import hosts
 
-    distributed.maybe_initialize(config.distributed)
+    hosts.maybe_initialize(config.distributed)
     devices = jax.devices() if devices is None else devices
     mesh = sharding.make_mesh(*validate_config(config, len(devices), jax.process_count()), devices=devices)
     e = config.eval

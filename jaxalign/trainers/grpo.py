@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign import losses
-from jaxalign.trainers.ppo import minibatch_updates
 from jaxalign.trainers.rewards import completion_logprobs, rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
@@ -56,7 +55,7 @@ def on_policy(hp):
     return int(hp["num_iterations"]) * int(hp["num_minibatches"]) == 1
 
 
-# What the RL loop asks of an algorithm (`trainers/rl.py`; the same functions in `ppo.py`).
+# What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `ppo.py`).
 CRITIC = False  # no value model
 
 
@@ -65,9 +64,14 @@ def group_size(hp):
     return int(hp["group_size"])
 
 
-def updates_per_step(hp):
-    """Optimiser updates per rollout batch."""
-    return int(hp["num_minibatches"]) * int(hp["num_iterations"])
+def epochs(hp):
+    """Passes over each rollout batch (GRPO's μ)."""
+    return int(hp["num_iterations"])
+
+
+def num_minibatches(hp):
+    """Shuffled minibatches per pass, one optimiser update each."""
+    return int(hp["num_minibatches"])
 
 
 def kl_coef(hp):
@@ -92,18 +96,17 @@ def advantages_of(score, hp):
     return losses.group_advantages(score, g, normalize_std=bool(hp["scale_rewards"]))
 
 
-def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sharding=None):
-    """Returns `update(state, rollout) -> (state, metrics)`, to be jitted with the state donated.
-
-    `hp`: `config.grpo` as a plain dict. `rollout`: prompt_ids, prompt_segment_ids, tokens, mask, and from
-    the score step old_logprobs, stopped, ref_logprobs (when beta > 0), plus `score` [R].
+def make_loss_fn(policy_model, value_model, hp):
+    """Returns `loss_fn(params, frozen, minibatch) -> (loss, metrics)` for the loop's step: `losses.grpo_loss`
+    per token, with π_θ_old the rollout's `old_logprobs` or, with one update per rollout (`on_policy`),
+    the update's own detached log-probs. `frozen` is unused (the reference's log-probs are in the rollout).
     """
     del value_model  # CRITIC = False
-    iters, num_mb, g = int(hp["num_iterations"]), int(hp["num_minibatches"]), int(hp["group_size"])
-    beta, penalty = float(hp["beta"]), float(hp["missing_eos_penalty"])
+    beta = float(hp["beta"])
     clip_high = hp["clip_eps_high"] or None
 
-    def loss_fn(params, mb):
+    def loss_fn(params, frozen, mb):
+        del frozen
         mask = mb["mask"]
         logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
         # One update per rollout (`on_policy`): the parameters that sampled are these, π_θ_old = sg(π_θ).
@@ -121,52 +124,33 @@ def make_update_fn(policy_model, value_model, tx, hp, *, schedule=None, batch_sh
         )
         metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()}
         metrics["policy/entropy"] = losses.masked_mean(losses.token_entropy(logits), mask)
-        if (
-            "old_logprobs" not in mb and beta > 0
-        ):  # KL of the sampling policy to the reference, Σ_t per completion
+        if "old_logprobs" not in mb and beta > 0:  # KL of the sampling policy to the reference, Σ_t
             metrics["kl/sequence"] = jnp.mean(jnp.sum((old - mb["ref_logprobs"]) * mask, -1))
         return loss, metrics
 
-    def update(state, rollout):
-        mask = rollout["mask"].astype(jnp.float32)  # [R, N]
-        score = rollout["score"] - penalty * (1.0 - rollout["stopped"])  # [R]
-        advantages = advantages_of(score, hp)  # [R]
-        data = {**rollout, "advantages": advantages}
-        key = jax.random.wrap_key_data(state.rng)
-        params, opt_state, metrics = minibatch_updates(
-            loss_fn,
-            tx,
-            state.params,
-            state.opt_state,
-            data,
-            jax.random.fold_in(key, 2),
-            epochs=iters,
-            num_minibatches=num_mb,
-            batch_sharding=batch_sharding,
-        )
+    return loss_fn
 
-        groups = score.reshape(-1, g)  # [R/G, G]
-        metrics.update(
-            {
-                "reward/score": jnp.mean(score),
-                "reward/group_std": jnp.mean(jnp.std(groups, axis=1)),
-                # Groups whose completions all scored the same have zero advantage: no learning signal.
-                "reward/zero_std_frac": jnp.mean(
-                    (jnp.max(groups, 1) == jnp.min(groups, 1)).astype(jnp.float32)
-                ),
-                **rollout_metrics(rollout),
-            }
-        )
-        if "ref_logprobs" in rollout and "old_logprobs" in rollout:  # sampling policy vs reference, Σ_t
-            metrics["kl/sequence"] = jnp.mean(
-                jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1)
-            )
-        if schedule is not None:
-            metrics["optim/learning_rate"] = jnp.asarray(schedule(state.step * iters * num_mb), jnp.float32)
-        new_key, _ = jax.random.split(key)
-        new_state = state._replace(
-            step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(new_key)
-        )
-        return new_state, metrics
 
-    return update
+def prepare(rollout, kl_coef, hp):
+    """A scored rollout -> (the batch the updates read: + advantages; rollout metrics; β unchanged).
+
+    `rollout`: prompt_ids, prompt_segment_ids, tokens, mask, and from the score step old_logprobs (unless
+    `on_policy`), stopped, ref_logprobs (when beta > 0), plus `score` [R].
+    """
+    g = int(hp["group_size"])
+    mask = rollout["mask"].astype(jnp.float32)  # [R, N]
+    score = rollout["score"] - hp["missing_eos_penalty"] * (1.0 - rollout["stopped"])  # [R]
+    advantages = advantages_of(score, hp)  # [R]
+    groups = score.reshape(-1, g)  # [R/G, G]
+    metrics = {
+        "reward/score": jnp.mean(score),
+        "reward/group_std": jnp.mean(jnp.std(groups, axis=1)),
+        # Groups whose completions all scored the same have zero advantage: no learning signal.
+        "reward/zero_std_frac": jnp.mean((jnp.max(groups, 1) == jnp.min(groups, 1)).astype(jnp.float32)),
+        **rollout_metrics(rollout),
+    }
+    if "ref_logprobs" in rollout and "old_logprobs" in rollout:  # sampling policy vs reference, Σ_t
+        metrics["kl/sequence"] = jnp.mean(
+            jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1)
+        )
+    return {**rollout, "advantages": advantages}, metrics, kl_coef

@@ -1,52 +1,34 @@
-"""The training loop: `train_and_evaluate(config, workdir)` for every offline objective.
+"""The one training loop: `train_and_evaluate(config, workdir)` for every objective, offline or RL.
 
-Flow: validate config → mesh → tokenizer, model, parameters (loaded onto the mesh) → data → jitted,
-sharded, donated step → loop with progress, metrics, periodic evaluation and orbax checkpoints → HF
-export. Resumes from the latest checkpoint in `<workdir>/checkpoints` if there is one. SIGTERM / SIGINT
-stop it after the current step with a checkpoint and exit code 75; non-finite updates are skipped
-(`preemption`).
+Flow: validate config → mesh → the run (`setup.build_run` for offline objectives, `rl.build_run` for
+PPO / GRPO: tokenizer, model, parameters on the mesh, the loss, a batch source, an evaluator) → one jitted,
+sharded, donated step (`step.make_train_step`) → loop: batch from the source, step, progress and metrics,
+periodic evaluation, orbax checkpoints → HF export.
+
+    batch source                 step (jit, donated state)             every log_every / eval_every
+    offline: data → batch   ─┐
+                             ├→  epochs × minibatches × micro-batch  → metrics.jsonl, TensorBoard, eval,
+    RL: sample → score →    ─┘   updates of the objective's loss        checkpoint (state + source state)
+        advantages (policy = the state's own params)
+
+Resumes from the latest checkpoint in `<workdir>/checkpoints` if there is one. SIGTERM / SIGINT stop it
+after the current step with a checkpoint and exit code 75; non-finite updates are skipped (`preemption`).
 """
 
 import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 
-from jaxalign import sharding
+from jaxalign import hosts, registry, sharding
 from jaxalign.models.attention import CAUSAL_CHUNK
-from jaxalign.checkpoints.orbax_state import StateCheckpointer
-from jaxalign.trainers import distributed, flops, preemption, setup
+from jaxalign.checkpoints.orbax_state import StateCheckpointer, abstract_like
+from jaxalign.trainers import flops, preemption
 from jaxalign.trainers.metrics_writer import MetricsWriter
 from jaxalign.trainers.optim import make_optimizer
 from jaxalign.trainers.state import TrainState
-from jaxalign.trainers.step import make_eval_step, make_train_step
-from jaxalign.trainers.validate import validate
-
-
-# Host-side keys of data batches that never go to devices.
-HOST_KEYS = ("answer", "weight")
-
-
-def _to_global(batch, batch_sharding):
-    """Per-host numpy batch -> global jax arrays sharded over the batch axes."""
-    return {
-        k: jax.make_array_from_process_local_data(batch_sharding, v)
-        for k, v in batch.items()
-        if k not in HOST_KEYS
-    }
-
-
-def _mean_metrics(records):
-    keys = records[0].keys()
-    return {k: float(np.mean([r[k] for r in records])) for k in keys}
-
-
-def _count_tokens(batch):
-    return int(
-        sum(np.sum(v) for k, v in batch.items() if k.endswith("segment_ids") and v.ndim == 2 for v in [v > 0])
-    )
+from jaxalign.trainers.step import make_train_step
 
 
 def peak_flops(config, devices):
@@ -68,141 +50,136 @@ def attention_report(model_config):
     return f"{impl} on {backend}"
 
 
-def evaluate(eval_step, params, ref_params, eval_iter_fn, batch_sharding):
-    """Mean of the eval metrics over the full batches of one pass of the held-out split.
+def builder(config):
+    """The module that validates and builds runs of this objective (`registry.SOURCES`)."""
+    import importlib
 
-    The last, partial batch (padding rows have `weight` 0) is left out: the losses average over rows, and
-    padding rows would bias them. Use an eval set whose size `train.eval_batch_size` divides to see all of it.
-    """
-    records, n = [], 0
-    for batch in eval_iter_fn():
-        if "weight" in batch and float(np.min(batch["weight"])) < 1.0:
-            continue
-        records.append(jax.device_get(eval_step(params, _to_global(batch, batch_sharding), ref_params)))
-        n += 1
-    out = _mean_metrics(records) if records else {}
-    if out:
-        out["num_batches"] = float(n)
-    return out
+    return importlib.import_module(registry.SOURCES[registry.get(config.objective).trainer])
+
+
+def build(config, mesh):
+    """(run, initial TrainState, jitted train step) for `config` on `mesh`."""
+    run = builder(config).build_run(config, mesh)
+    tx, schedule = make_optimizer(run.optimizer_config, run.total_updates)
+    with jax.set_mesh(mesh):
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=run.params,
+            opt_state=jax.jit(tx.init)(run.params),
+            rng=jax.random.key_data(jax.random.key(config.seed)),
+        )
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    frozen_shardings = jax.tree.map(lambda x: x.sharding, run.ref_params)
+    train_step = jax.jit(
+        make_train_step(
+            run.loss_fn,
+            tx,
+            grad_accum_steps=config.train.grad_accum_steps,
+            epochs=run.epochs,
+            num_minibatches=run.num_minibatches,
+            schedule=schedule,
+            batch_sharding=run.batch_sharding,
+        ),
+        in_shardings=(state_shardings, run.batch_sharding, frozen_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+    run.params = None  # the state holds them now (donated at the first step)
+    return run, state, train_step
+
+
+def one_step(run, train_step, state):
+    """Next batch from the run's source, then the update. Returns (state, metrics as device arrays,
+    {"tokens", "flops"} of the batch)."""
+    batch, info, source_metrics = run.batches.next(state)
+    state, metrics = train_step(state, batch, run.ref_params)
+    return state, {**source_metrics, **metrics}, info
 
 
 def train_and_evaluate(config, workdir, devices=None, stop_after=None):
-    """Runs the configured objective; returns the final metrics dict (train and eval).
+    """Runs the configured objective; returns {"train": last logged metrics, "eval": last eval metrics,
+    "eval_start": the step-0 eval (when the run started from scratch and has an eval set)}.
 
     `devices`: the devices to build the mesh over (default: all). `stop_after`: leave the loop after this
     step without a final checkpoint or export, as a crash would (tests of exact resume use it).
     """
-    distributed.maybe_initialize(config.distributed)
+    hosts.maybe_initialize(config.distributed)
     devices = jax.devices() if devices is None else devices
-    mesh_shape = validate(config, len(devices), jax.process_count())
+    mesh_shape = builder(config).validate(config, len(devices), jax.process_count())
     is_chief = jax.process_index() == 0
     mesh = sharding.make_mesh(*mesh_shape, devices=devices)
     logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), len(devices), jax.process_count())
 
-    run = setup.build_run(config, mesh)  # tokenizer, model, params, data
-    tx, schedule = make_optimizer(config.optimizer, config.train.num_steps)
-    batch_sharding = sharding.batch_sharding(mesh)
-
-    with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh:
-        params = run.params
-        opt_state = jax.jit(tx.init)(params)
-        rng = jax.random.key_data(jax.random.key(config.seed))
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
-        state_shardings = jax.tree.map(lambda x: x.sharding, state)
-        ref_params = run.ref_params
-        ref_shardings = jax.tree.map(lambda x: x.sharding, ref_params) if ref_params is not None else None
-
-        train_step = jax.jit(
-            make_train_step(run.model, tx, config, schedule),
-            in_shardings=(state_shardings, batch_sharding, ref_shardings),
-            out_shardings=(state_shardings, None),
-            donate_argnums=0,
-        )
-        eval_step = jax.jit(
-            make_eval_step(run.model, config),
-            in_shardings=(state_shardings.params, batch_sharding, ref_shardings),
-        )
-
+    run, state, train_step = build(config, mesh)
+    t = config.train
+    final = {}
+    with jax.set_mesh(mesh):
         ckpt = (
-            StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+            StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
             if workdir
             else None
         )
         meta = {}
         if ckpt and ckpt.latest_step() is not None:
-            state, data_state, meta = ckpt.restore(
-                jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-            )
-            run.train_iter.set_state(data_state)
+            state, data_state, meta = ckpt.restore(abstract_like(state))
+            run.batches.set_state(data_state)
             print(f"Resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
 
-        num_steps = config.train.num_steps
-        writer = MetricsWriter(workdir if is_chief else "", num_steps)
+        writer = MetricsWriter(workdir if is_chief else "", t.num_steps)
         start = int(state.step)
         pending, tokens, step_flops = [], 0, 0.0
-        passes = flops.step_passes(reference=run.reference_in_step, frozen_base=run.lora_config is not None)
         peak = peak_flops(config, devices)
         print(
             f"Attention: {attention_report(run.model_config)}; peak "
             f"{f'{peak / 1e12:.0f} TFLOP/s over {len(devices)} devices' if peak else 'unknown (no MFU)'}",
             flush=True,
         )
-        final = {}
-        guard = preemption.Guard(config.train, meta=meta, is_chief=is_chief)  # SIGTERM / SIGINT handlers
+        guard = preemption.Guard(t, meta=meta, is_chief=is_chief)  # SIGTERM / SIGINT handlers
+        stopped_early = False
         try:
-            print(f"Training {config.objective} for {num_steps} steps ({run.describe()})", flush=True)
-            if run.eval_iter_fn and start == 0:  # The starting point, to compare the end against.
-                final["eval"] = writer.write(
-                    0,
-                    evaluate(eval_step, state.params, ref_params, run.eval_iter_fn, batch_sharding),
-                    prefix="eval",
+            print(f"Training {config.objective} for {t.num_steps} steps ({run.describe(state)})", flush=True)
+            if run.evaluate and start == 0:  # the starting point, to compare the end against
+                final["eval_start"] = final["eval"] = writer.write(
+                    0, run.evaluate(state.params), prefix="eval"
                 )
-            for step in range(start + 1, num_steps + 1):
-                batch = next(run.train_iter)
-                tokens += _count_tokens(batch) * jax.process_count()
-                step_flops += (
-                    flops.batch_flops(run.model_config, batch, passes, lm_head=run.head == "lm")
-                    * jax.process_count()
-                )
-                state, metrics = train_step(state, _to_global(batch, batch_sharding), ref_params)
+            for step in range(start + 1, t.num_steps + 1):
+                state, metrics, info = one_step(run, train_step, state)
                 pending.append(metrics)
+                tokens += info["tokens"]
+                step_flops += info["flops"]
                 decision = guard.after_step(step, metrics["nonfinite"])
-                stop = decision.stop and step < num_steps  # at the last step the run ends anyway
-                if step % config.train.log_every == 0 or step == num_steps or stop:
+                stop = decision.stop and step < t.num_steps  # at the last step the run ends anyway
+                if step % t.log_every == 0 or step == t.num_steps or stop:
+                    records = jax.device_get(pending)
                     final["train"] = writer.write(
                         step,
-                        {**_mean_metrics(jax.device_get(pending)), **guard.counts()},
+                        {**hosts.mean_metrics(records), **guard.counts()},
                         tokens=tokens,
-                        flops=step_flops,
+                        flops=step_flops or None,
                         peak_flops=peak,
                     )
                     pending, tokens, step_flops = [], 0, 0.0
                 if (
-                    run.eval_iter_fn
+                    run.evaluate
                     and not stop
-                    and (
-                        step == num_steps or (config.train.eval_every and step % config.train.eval_every == 0)
-                    )
+                    and (step == t.num_steps or (t.eval_every and step % t.eval_every == 0))
                 ):
-                    final["eval"] = writer.write(
-                        step,
-                        evaluate(eval_step, state.params, ref_params, run.eval_iter_fn, batch_sharding),
-                        prefix="eval",
-                    )
-                if step == num_steps or decision.save:
-                    guard.save(ckpt, step, state, run.train_iter.get_state(), {"objective": config.objective})
+                    final["eval"] = writer.write(step, run.evaluate(state.params), prefix="eval")
+                if step == t.num_steps or decision.save:
+                    guard.save(ckpt, step, state, run.batches.get_state(), {"objective": config.objective})
                 if stop:
                     guard.stop(ckpt, step)  # raises Preempted: exit code 75
                 if stop_after is not None and step >= stop_after:
-                    return final
+                    stopped_early = True
+                    break
         finally:
             guard.close()
             writer.close()
-            getattr(run.train_iter, "close", lambda: None)()  # the batch prefetch thread
+            run.batches.close()  # the batch prefetch thread
             if ckpt:
                 ckpt.close()
-        if workdir and config.train.export_hf:
+        if workdir and t.export_hf and not stopped_early:  # every process calls it (gathers shards)
             path = os.path.join(workdir, "hf")
-            setup.export(run, state.params, path)
+            run.export(state.params, path)
             print(f"Exported Hugging Face checkpoint to {path}", flush=True)
     return final

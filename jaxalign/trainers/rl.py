@@ -1,45 +1,42 @@
-"""On-policy RL: `train_and_evaluate(config, workdir)` for objectives "ppo" and "grpo" (GRPO / RLOO).
+"""On-policy RL as a batch source of the one training loop: objectives "ppo" and "grpo" (GRPO / RLOO).
 
-One step, over `train.batch_size` prompts (× `grpo.group_size` samples each for GRPO):
+`build_run(config, mesh)` gives `trainers/loop.py` a run like any other objective's: the algorithm's loss
+(`ppo.make_loss_fn` / `grpo.make_loss_fn`), and a batch source whose `next(state)` makes one rollout batch
+from the policy being trained, over `train.batch_size` prompts (× `grpo.group_size` samples each):
 
-  1. sample   the jitted, sharded sampler (`sampling.make_generate_fn`) runs on the train state's own
-              policy parameters (no copy, no weight sync) at `rollout.temperature` (1.0 by default, so
-              the behaviour policy is the policy itself);
-  2. score    one jitted pass of forward passes (`rewards.make_score_fn`): the policy's log-probs of the
-              sampled tokens (recomputed, not the sampler's: see there), the frozen reference's, the
-              critic's values (PPO), the reward model's score (`reward.model_path`); and on the host the
-              completions decoded and scored by `reward.function` (the environment reward, also what is
-              trained on when there is no reward model) and `reward.check_fn` (accuracy);
-  3. update   one jitted, donated call (`ppo.make_update_fn` / `grpo.make_update_fn`): advantages, then
-              epochs × minibatches of optimiser updates, and the adaptive KL controller (PPO).
+  1. sample      the jitted, sharded sampler (`sampling.make_generate_fn`) runs on the train state's own
+                 policy parameters (no copy, no weight sync) at `rollout.temperature` (1.0 by default, so
+                 the behaviour policy is the policy itself);
+  2. score       one jitted pass of forward passes (`rewards.make_score_fn`): the policy's log-probs of the
+                 sampled tokens (recomputed, not the sampler's: see there), the frozen reference's, the
+                 critic's values (PPO), the reward model's score (`reward.model_path`); and on the host the
+                 completions decoded and scored by `reward.function` (the environment reward, also what is
+                 trained on when there is no reward model) and `reward.check_fn` (accuracy);
+  3. advantages  the algorithm's `prepare` (jitted): GAE and the KL-penalised rewards (PPO, whose adaptive
+                 β is this source's state, checkpointed with the data position) or group-relative
+                 advantages (GRPO).
 
-Around it: console / JSONL / TensorBoard metrics, a greedy evaluation on the held-out prompts
-(`data.eval`) at step 0, every `train.eval_every` steps and at the end (env reward, accuracy, stop rate,
-length, KL to the reference, reward-model score), orbax checkpoints of the train state (incl. β and the
-rng) + the data position, resumed from automatically, and the policy exported in HF format at the end.
-SIGTERM / SIGINT stop it after the current step with a checkpoint (exit code 75), and minibatch updates
-with a non-finite loss or gradient are skipped, as in the offline loop (`preemption`).
+The loop's step then makes epochs × minibatches optimiser updates over the batch, with gradient
+accumulation, adapters (LoRA: the policy's adapters are trained, the frozen base is the reference and the
+sampler runs base + adapters), mixed precision, checkpointing and preemption handling as for every
+objective. The evaluator answers the held-out prompts (`data.eval`) greedily: env reward, accuracy, stop
+rate, length, KL to the reference, reward-model score.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import os
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxalign import checkpoints, models, plugins, registry, sampling, sharding
-from jaxalign.checkpoints.orbax_state import StateCheckpointer, abstract_like
-from jaxalign import data
+from jaxalign import checkpoints, data, hosts, models, plugins, registry, sampling, sharding
 from jaxalign.data import pipeline
-from jaxalign.trainers import distributed, grpo, ppo, preemption, rewards, setup
-from jaxalign.trainers.metrics_writer import MetricsWriter
-from jaxalign.trainers.optim import make_optimizer
+from jaxalign.trainers import grpo, ppo, rewards, setup
 from jaxalign.trainers.validate import (
     ConfigError,
     _check_path,
@@ -49,14 +46,6 @@ from jaxalign.trainers.validate import (
 )
 
 RL_OBJECTIVES = {"ppo": ppo, "grpo": grpo}
-
-
-class RLState(NamedTuple):
-    step: jax.Array  # int32 scalar: rollout steps done (each is epochs × minibatches updates).
-    params: Any  # {"policy": ..., "value": ... (PPO)}: trained together by one optimiser.
-    opt_state: Any
-    rng: jax.Array  # PRNG key data: sampling and minibatch shuffling derive from it, per step.
-    kl_coef: jax.Array  # float32 scalar β of PPO's KL penalty (the adaptive controller's state).
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -73,7 +62,8 @@ def group_size(config):
 
 
 def updates_per_step(config):
-    return algorithm(config).updates_per_step(config.get(config.objective))
+    a, hp = algorithm(config), config.get(config.objective)
+    return a.epochs(hp) * a.num_minibatches(hp)
 
 
 def validate(config, num_devices, process_count=1):
@@ -87,14 +77,6 @@ def validate(config, num_devices, process_count=1):
     reject_other_objectives(config, [k for k in registry.names() if k != "reward"])
     mesh_shape = validate_common(config, num_devices, process_count)
     RL_OBJECTIVES[obj].validate(config.get(obj))
-    if config.lora.enabled:
-        _fail("lora.enabled", True, "LoRA is not supported by the RL trainers yet")
-    if config.train.grad_accum_steps != 1:
-        _fail(
-            "train.grad_accum_steps",
-            config.train.grad_accum_steps,
-            f"RL splits a rollout with {obj}.num_minibatches instead; leave it 1",
-        )
 
     r, d = config.rollout, config.data
     if r.max_new_tokens < 1:
@@ -138,7 +120,7 @@ def validate(config, num_devices, process_count=1):
         if config.ppo.critic_path:
             checkpoints.hf.check_hf_dir(config.ppo.critic_path)
 
-    shards = mesh_shape[0] * mesh_shape[1]
+    shards = hosts.batch_shards(mesh_shape)
     rows = config.train.batch_size * group_size(config)
     mb = config.get(obj).num_minibatches
     if rows % mb or (rows // mb) % shards:
@@ -146,6 +128,14 @@ def validate(config, num_devices, process_count=1):
             f"{obj}.num_minibatches",
             mb,
             f"must split the {rows} rollout rows into minibatches that divide by data × fsdp = {shards}",
+        )
+    n = config.train.grad_accum_steps
+    if (rows // mb) % (n * shards):
+        _fail(
+            "train.grad_accum_steps",
+            n,
+            f"must split each minibatch of {rows // mb} rollout rows into micro-batches that divide by "
+            f"data × fsdp = {shards}",
         )
     return mesh_shape
 
@@ -162,35 +152,58 @@ def _overrides(config):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Building a run.
+# The batch source: sample → score → advantages.
 # ----------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class RLRun:
+class Rollouts:
+    """Everything that makes and scores rollouts; `next(state)` is the loop's batch source."""
+
     config: ml_collections.ConfigDict
-    mesh: Any
     tokenizer: Any
-    model_config: Any
-    ref_params: Any
-    rm_params: Optional[Any]
-    train_iter: Any
+    prompts: Any  # the prompt iterator (this host's rows)
     eval_ds: Optional[Any]
     batch_sharding: Any
+    policy_tree: Callable  # trainable params -> the full policy tree (base + adapters under LoRA)
+    ref_params: Any  # the frozen reference policy (the base under LoRA)
+    rm_params: Optional[Any]
     generate: Callable  # (policy params, prompt_ids, prompt_segment_ids, rng) -> GenerateOutput
     generate_eval: Callable  # the same, greedy
-    score: Callable  # rewards.make_score_fn, jitted
-    update: Callable  # ppo/grpo update, jitted, state donated
-    eval_logprobs: Callable  # (params, rollout) -> [R, N]
+    score_fn: Callable  # rewards.make_score_fn, jitted
+    prepare: Callable  # the algorithm's advantages: (rollout, kl_coef) -> (batch, metrics, kl_coef), jitted
+    eval_logprobs: Callable  # (policy params, rollout) -> [R, N]
     eval_rm: Optional[Callable]  # (rm params, rollout) -> [R]
     reward_fn: Optional[Callable]
     check_fn: Optional[Callable]
     group: int  # samples per prompt
     eos_ids: tuple
+    kl_coef: float  # PPO's β (the adaptive controller's state); GRPO's fixed β
+
+    def next(self, state):
+        """One rollout batch from the state's own policy: (batch of global arrays, {"tokens", "flops"},
+        rollout metrics)."""
+        policy = self.policy_tree(state.params)
+        rollout, answers = sample(self, policy, next(self.prompts), rollout_key(state))
+        rollout, num_tokens = score(self, state.params, rollout, answers)
+        batch, metrics, kl_coef = self.prepare(rollout, jnp.float32(self.kl_coef))
+        self.kl_coef = float(kl_coef)  # β for the next rollout
+        return batch, {"tokens": num_tokens, "flops": 0.0}, metrics
+
+    def get_state(self):
+        return {"prompts": self.prompts.get_state(), "kl_coef": self.kl_coef}
+
+    def set_state(self, state):
+        self.prompts.set_state(state["prompts"])
+        self.kl_coef = float(state["kl_coef"])
+
+    def close(self):
+        pass
 
 
-def build(config, mesh):
-    """Loads everything a run needs and jits its functions. Returns (RLRun, initial RLState)."""
+def build_run(config, mesh):
+    """Loads everything a run needs and jits the rollout functions. Returns a `setup.Run`."""
     obj, m, d, r, rw = config.objective, config.model, config.data, config.rollout, config.reward
-    hp = dict(config.get(obj).to_dict(), missing_eos_penalty=float(rw.missing_eos_penalty))
+    algo, hp = algorithm(config), dict(config.get(obj).to_dict())
+    hp["missing_eos_penalty"] = float(rw.missing_eos_penalty)
     tok = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     mcfg, policy_params = setup.load_model(config, mesh, "lm")
     if d.max_prompt_length + r.max_new_tokens > mcfg.max_position_embeddings:
@@ -200,11 +213,37 @@ def build(config, mesh):
             f"{mcfg.max_position_embeddings}"
         )
     policy = models.Transformer(mcfg)
-    params = {"policy": policy_params}
-    # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
-    ref_params = jax.tree.map(jnp.copy, policy_params)
+    lora_cfg = None
+    if config.lora.enabled:
+        # The policy's adapters are trained; the frozen base is the reference (adapters off) and the
+        # step's `frozen` argument, so the weights exist once.
+        from jaxalign import lora
+
+        lora_cfg = setup.lora_config(config)
+        base_axes = models.param_logical_axes(mcfg, policy)
+        shapes = jax.eval_shape(
+            lambda k: lora.init_lora(policy, policy_params, lora_cfg, k), jax.random.key(0)
+        )
+        adapters = jax.jit(
+            lambda k: lora.init_lora(policy, policy_params, lora_cfg, k),
+            out_shardings=lora.lora_shardings(shapes, base_axes, mesh),
+        )(jax.random.key(config.seed + 1))
+        base = ref_params = frozen = policy_params
+        policy = lora.LoraModel(policy, lora_cfg)
+        params = {"policy": adapters}
+
+        def policy_tree(p):
+            return lora.attach_lora(base, p["policy"])
+
+    else:
+        params = {"policy": policy_params}
+        # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
+        ref_params, frozen = jax.tree.map(jnp.copy, policy_params), None
+
+        def policy_tree(p):
+            return p["policy"]
+
     value_model = reward_model = rm_params = None
-    algo = algorithm(config)
     if algo.CRITIC:
         critic = hp["critic_path"] or rw.model_path or m.path
         if critic:
@@ -231,38 +270,25 @@ def build(config, mesh):
         max_prompt_length=d.max_prompt_length,
         chat_template=d.chat_template,
     )
-    train_ds = data.load(d.train, split="train", **common)
-    train_iter = pipeline.BatchIterator(
+    train_ds = data.load(setup.data_paths(d.train), split="train", **common)
+    prompts = pipeline.BatchIterator(
         train_ds,
         config.train.batch_size,
         seed=d.shuffle_seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    eval_ds = data.load(d.eval, split="eval", **common) if d.eval else None
+    eval_ds = data.load(setup.data_paths(d.eval), split="eval", **common) if d.eval else None
 
-    total_updates = config.train.num_steps * updates_per_step(config)
-    ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())
-    ocfg.warmup_steps = config.optimizer.warmup_steps * updates_per_step(config)  # warmup in rollout steps
-    tx, schedule = make_optimizer(ocfg, total_updates)
     bs = sharding.batch_sharding(mesh)
-    with jax.set_mesh(mesh):
-        state = RLState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=jax.jit(tx.init)(params),
-            rng=jax.random.key_data(jax.random.key(config.seed)),
-            kl_coef=jnp.asarray(algo.kl_coef(hp), jnp.float32),
-        )
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
-
+    policy_shardings = jax.tree.map(lambda x: x.sharding, policy_tree(params))
     eos_ids = sampling.eos_ids_of(tok, _extra_eos(mcfg))
     gen = dict(
         max_new_tokens=r.max_new_tokens,
         eos_ids=eos_ids,
         pad_id=sampling.pad_id_of(tok),
         mesh=mesh,
-        param_shardings=state_sh.params["policy"],
+        param_shardings=policy_shardings,
         cache_buckets=r.cache_buckets,
     )
     use_ref = algo.uses_reference(hp)
@@ -273,35 +299,26 @@ def build(config, mesh):
         reward_model=reward_model,
         old_logprobs=algo.needs_old_logprobs(hp),
     )
-    score = jax.jit(lambda p, ref, rm, ro: score_fn(p, ref if use_ref else None, rm, ro), out_shardings=bs)
-    update_fn = algo.make_update_fn(policy, value_model, tx, hp, schedule=schedule, batch_sharding=bs)
-    nan_steps = preemption.injected_nan_steps()
-    if nan_steps:  # test-only: a NaN sequence reward at those steps, as a broken reward function gives
-        inner = update_fn
-
-        def update_fn(state, rollout):
-            return inner(
-                state,
-                {**rollout, "score": rollout["score"] * preemption.nan_factor(state.step + 1, nan_steps)},
-            )
-
-    update = jax.jit(update_fn, in_shardings=(state_sh, bs), out_shardings=(state_sh, None), donate_argnums=0)
-    run = RLRun(
+    source = Rollouts(
         config=config,
-        mesh=mesh,
         tokenizer=tok,
-        model_config=mcfg,
-        ref_params=ref_params,
-        rm_params=rm_params,
-        train_iter=train_iter,
+        prompts=prompts,
         eval_ds=eval_ds,
         batch_sharding=bs,
+        policy_tree=policy_tree,
+        ref_params=ref_params,
+        rm_params=rm_params,
         generate=sampling.make_generate_fn(
             policy, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, **gen
         ),
         generate_eval=sampling.make_generate_fn(policy, temperature=0.0, **gen),
-        score=score,
-        update=update,
+        score_fn=jax.jit(
+            lambda p, ref, rm, ro: score_fn(
+                {**p, "policy": policy_tree(p)}, ref if use_ref else None, rm, ro
+            ),
+            out_shardings=bs,
+        ),
+        prepare=jax.jit(lambda ro, beta: algo.prepare(ro, beta, hp), out_shardings=(bs, None, None)),
         eval_logprobs=jax.jit(lambda p, ro: rewards.completion_logprobs(policy, p, ro)[0], out_shardings=bs),
         eval_rm=(
             jax.jit(lambda p, ro: rewards.reward_model_scores(reward_model, p, ro), out_shardings=bs)
@@ -312,8 +329,39 @@ def build(config, mesh):
         check_fn=plugins.resolve_fn(rw.check_fn) if rw.check_fn else None,
         group=group_size(config),
         eos_ids=eos_ids,
+        kl_coef=algo.kl_coef(hp),
     )
-    return run, state
+
+    loss_fn = algo.make_loss_fn(policy, value_model, hp)
+    if lora_cfg is not None:
+        inner = loss_fn
+
+        def loss_fn(p, base, mb):  # the adapters on the frozen base, as the offline objectives
+            return inner({**p, "policy": lora.attach_lora(base, p["policy"])}, base, mb)
+
+    ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+    ocfg.warmup_steps = config.optimizer.warmup_steps * updates_per_step(config)  # warm-up in rollout steps
+    return setup.Run(
+        model=policy,
+        model_config=mcfg,
+        head="lm",
+        params=params,
+        ref_params=frozen,
+        tokenizer=tok,
+        loss_fn=loss_fn,
+        batches=source,
+        evaluate=(lambda p: evaluate(source, p)) if eval_ds is not None else None,
+        batch_sharding=bs,
+        optimizer_config=ocfg,
+        total_updates=config.train.num_steps * updates_per_step(config),
+        summary=(
+            f"{prompts.num_examples} prompts, {config.train.batch_size} × {source.group} rollouts per step"
+        ),
+        epochs=algo.epochs(hp),
+        num_minibatches=algo.num_minibatches(hp),
+        lora_config=lora_cfg,
+        export_params=lambda p: p["policy"],
+    )
 
 
 def _extra_eos(mcfg):
@@ -322,95 +370,96 @@ def _extra_eos(mcfg):
 
 
 # ----------------------------------------------------------------------------------------------------
-# One step, in three phases (separate so that benchmarks/rl_step_split.py can time them).
+# The phases (separate so that benchmarks/rl_step_split.py can time them).
 # ----------------------------------------------------------------------------------------------------
-def _global(run, x):
-    return jax.make_array_from_process_local_data(run.batch_sharding, np.asarray(x))
-
-
 def rollout_key(state):
     """The step's sampling key: derived from the state's rng, so a resumed run samples the same."""
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), 1)
 
 
-def sample(run, policy_params, batch, rng, greedy=False):
+def sample(src, policy_params, batch, rng, greedy=False):
     """Prompts (this host's numpy batch) -> the rollout dict of global device arrays, and the host's answers.
-    Each prompt is repeated `run.group` times (contiguous rows) unless `greedy` (evaluation)."""
-    g = 1 if greedy else run.group
+    Each prompt is repeated `src.group` times (contiguous rows) unless `greedy` (evaluation)."""
+    g = 1 if greedy else src.group
     answers = [a for a in batch["answer"] for _ in range(g)]
-    ids, seg = (_global(run, np.repeat(batch[k], g, axis=0)) for k in ("prompt_ids", "prompt_segment_ids"))
-    out = (run.generate_eval if greedy else run.generate)(policy_params, ids, seg, rng)
+    ids, seg = (
+        hosts.to_global(np.repeat(batch[k], g, axis=0), src.batch_sharding)
+        for k in ("prompt_ids", "prompt_segment_ids")
+    )
+    out = (src.generate_eval if greedy else src.generate)(policy_params, ids, seg, rng)
     return {"prompt_ids": ids, "prompt_segment_ids": seg, "tokens": out.tokens, "mask": out.mask}, answers
 
 
-def host_scores(run, rollout, answers):
+def host_scores(src, rollout, answers):
     """Decodes this host's rows and runs the Python reward / check functions on them. Returns
     ({"env_reward", "correct"}: this host's [R/hosts] numpy arrays, number of generated tokens overall)."""
-    tokens, mask = rewards.gather((rollout["tokens"], rollout["mask"]))
+    tokens, mask = hosts.gather((rollout["tokens"], rollout["mask"]))
     num_tokens = int(np.sum(mask))
-    if run.reward_fn is None and run.check_fn is None:
+    if src.reward_fn is None and src.check_fn is None:
         return {}, num_tokens
-    texts = rewards.decode(run.tokenizer, rewards.local_rows(tokens), rewards.local_rows(mask))
-    return rewards.host_rewards(texts, answers, run.reward_fn, run.check_fn), num_tokens
+    texts = rewards.decode(src.tokenizer, hosts.local_rows(tokens), hosts.local_rows(mask))
+    return rewards.host_rewards(texts, answers, src.reward_fn, src.check_fn), num_tokens
 
 
-def combine(run, rollout, scored, host):
+def combine(src, rollout, scored, host):
     """The rollout the update reads: samples + device scores + host scores (as global arrays) + `score`,
     the sequence reward trained on (the reward model's if there is one, else the function's)."""
-    rollout = {**rollout, **scored, **{k: _global(run, v) for k, v in host.items()}}
+    rollout = {**rollout, **scored, **hosts.to_global(host, src.batch_sharding)}
     rollout["score"] = rollout["rm_score"] if "rm_score" in rollout else rollout["env_reward"]
     return rollout
 
 
-def score(run, state, rollout, answers):
-    """The score phase: forward passes on device, reward functions on the host. Returns (rollout with
-    everything the update reads, generated tokens in the batch)."""
-    scored = run.score(state.params, run.ref_params, run.rm_params, rollout)
-    host, num_tokens = host_scores(run, rollout, answers)
-    return combine(run, rollout, scored, host), num_tokens
-
-
-def train_step(run, state, batch):
-    """sample → score → update. Returns (state, device metrics, generated tokens)."""
-    rollout, answers = sample(run, state.params["policy"], batch, rollout_key(state))
-    rollout, num_tokens = score(run, state, rollout, answers)
-    state, metrics = run.update(state, rollout)
-    return state, metrics, num_tokens
+def score(src, params, rollout, answers):
+    """The score phase: forward passes on device, reward functions on the host. `params`: the trainable
+    tree. Returns (rollout with everything the advantages read, generated tokens in the batch)."""
+    scored = src.score_fn(params, src.ref_params, src.rm_params, rollout)
+    host, num_tokens = host_scores(src, rollout, answers)
+    return combine(src, rollout, scored, host), num_tokens
 
 
 # ----------------------------------------------------------------------------------------------------
-# Evaluation and the loop.
+# Evaluation.
 # ----------------------------------------------------------------------------------------------------
-def evaluate(run, params):
+EVAL_METRICS = (
+    "reward/env",
+    "reward/accuracy",
+    "reward/score",
+    "completion/stop_rate",
+    "completion/length",
+    "kl/sequence",
+)
+
+
+def evaluate(src, params):
     """Greedy answers to every held-out prompt: env reward, accuracy, stop rate, length, KL to the reference
     (Σ_t log π - log π_ref over each answer, the k1 estimate at the policy's mode), reward-model score.
     Padding rows of the last batch are left out; every host returns the same numbers."""
     it = pipeline.BatchIterator(
-        run.eval_ds,
-        run.config.train.eval_batch_size,
+        src.eval_ds,
+        src.config.train.eval_batch_size,
         seed=0,
         shuffle=False,
         repeat=False,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    policy = src.policy_tree(params)
     sums, count = collections.defaultdict(float), 0.0
     key = jax.random.key(0)  # unused by greedy decoding
     for batch in it:
-        rollout, answers = sample(run, params["policy"], batch, key, greedy=True)
-        lp, ref_lp = (run.eval_logprobs(p, rollout) for p in (params["policy"], run.ref_params))
-        kl = jnp.sum(lp - ref_lp, axis=-1)
+        rollout, answers = sample(src, policy, batch, key, greedy=True)
+        lp, ref_lp = (src.eval_logprobs(p, rollout) for p in (policy, src.ref_params))
         dev = {
             "tokens": rollout["tokens"],
             "mask": rollout["mask"],
-            "kl": kl,
-            "stopped": rewards.stopped(rollout["tokens"], rollout["mask"], run.eos_ids),
+            "kl": jnp.sum(lp - ref_lp, axis=-1),
+            "stopped": rewards.stopped(rollout["tokens"], rollout["mask"], src.eos_ids),
         }
-        if run.eval_rm is not None:
-            dev["rm_score"] = run.eval_rm(run.rm_params, rollout)
-        host = {k: rewards.local_rows(np.asarray(v)) for k, v in rewards.gather(dev).items()}
+        if src.eval_rm is not None:
+            dev["rm_score"] = src.eval_rm(src.rm_params, rollout)
+        host = {k: hosts.local_rows(np.asarray(v)) for k, v in hosts.gather(dev).items()}
         scored = rewards.host_rewards(
-            rewards.decode(run.tokenizer, host["tokens"], host["mask"]), answers, run.reward_fn, run.check_fn
+            rewards.decode(src.tokenizer, host["tokens"], host["mask"]), answers, src.reward_fn, src.check_fn
         )
         values = {
             "completion/stop_rate": host["stopped"],
@@ -425,102 +474,13 @@ def evaluate(run, params):
             if v is not None:
                 sums[name] += float(np.sum(w * np.asarray(v, np.float64)))
         count += float(w.sum())
-    order = (
-        "reward/env",
-        "reward/accuracy",
-        "reward/score",
-        "completion/stop_rate",
-        "completion/length",
-        "kl/sequence",
-    )
-    names = [k for k in order if k in sums]
-    totals = np.asarray([sums[k] for k in names] + [count])
-    if jax.process_count() > 1:  # each host scored its own rows: add the hosts' sums
-        from jax.experimental import multihost_utils
-
-        totals = multihost_utils.process_allgather(totals).reshape(-1, len(totals)).sum(0)
+    names = [k for k in EVAL_METRICS if k in sums]
+    totals = hosts.sum_over_hosts(np.asarray([sums[k] for k in names] + [count]))  # each host its rows
     return {k: float(totals[i] / max(totals[-1], 1.0)) for i, k in enumerate(names)}
 
 
-def _mean_metrics(records):
-    return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
-
-
 def train_and_evaluate(config, workdir, devices=None, stop_after=None):
-    """Runs PPO or GRPO as configured; returns {"train": last logged metrics, "eval": last eval metrics,
-    "eval_start": the step-0 eval (when the run started from scratch)}.
+    """The one loop (`trainers/loop.py`), which builds RL runs with `build_run`."""
+    from jaxalign.trainers import loop
 
-    `devices`: the devices to build the mesh over (default: all). `stop_after`: leave the loop after this
-    step without a final checkpoint or export, as a crash would (resume tests use it).
-    """
-    distributed.maybe_initialize(config.distributed)
-    devices = jax.devices() if devices is None else devices
-    mesh = sharding.make_mesh(*validate(config, len(devices), jax.process_count()), devices=devices)
-    is_chief = jax.process_index() == 0
-    run, state = build(config, mesh)
-    t = config.train
-    final = {}
-    with jax.set_mesh(mesh):
-        ckpt = (
-            StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
-            if workdir
-            else None
-        )
-        meta = {}
-        if ckpt and ckpt.latest_step() is not None:
-            state, data_state, meta = ckpt.restore(abstract_like(state))
-            run.train_iter.set_state(data_state)
-            print(f"Resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
-        writer = MetricsWriter(workdir if is_chief else "", t.num_steps)
-        start = int(state.step)
-        n_params = sum(x.size for x in jax.tree.leaves(state.params["policy"]))
-        pending, tokens = [], 0
-        guard = preemption.Guard(t, meta=meta, is_chief=is_chief)  # SIGTERM / SIGINT handlers
-        try:
-            print(
-                f"Training {config.objective} for {t.num_steps} steps ({n_params / 1e6:.2f}M policy parameters, "
-                f"{run.train_iter.num_examples} prompts, {t.batch_size} × {run.group} rollouts per step)",
-                flush=True,
-            )
-            if run.eval_ds is not None and start == 0:  # the starting point, to compare the end against
-                final["eval_start"] = final["eval"] = writer.write(
-                    0, evaluate(run, state.params), prefix="eval"
-                )
-            for step in range(start + 1, t.num_steps + 1):
-                state, metrics, n = train_step(run, state, next(run.train_iter))
-                pending.append(metrics)
-                tokens += n
-                decision = guard.after_step(step, metrics["optim/nonfinite"])
-                stop = decision.stop and step < t.num_steps  # at the last step the run ends anyway
-                if step % t.log_every == 0 or step == t.num_steps or stop:
-                    final["train"] = writer.write(
-                        step, {**_mean_metrics(jax.device_get(pending)), **guard.counts()}, tokens=tokens
-                    )
-                    pending, tokens = [], 0
-                if (
-                    run.eval_ds is not None
-                    and not stop
-                    and (step == t.num_steps or (t.eval_every and step % t.eval_every == 0))
-                ):
-                    final["eval"] = writer.write(step, evaluate(run, state.params), prefix="eval")
-                if step == t.num_steps or decision.save:
-                    guard.save(ckpt, step, state, run.train_iter.get_state(), {"objective": config.objective})
-                if stop:
-                    guard.stop(ckpt, step)  # raises Preempted: exit code 75
-                if stop_after is not None and step >= stop_after:
-                    break
-            else:
-                if (
-                    workdir and t.export_hf
-                ):  # every process calls it, as loop.py does (gathers sharded params)
-                    path = os.path.join(workdir, "hf")
-                    checkpoints.save_hf_model(
-                        path, run.model_config, state.params["policy"], tokenizer=run.tokenizer
-                    )
-                    print(f"Exported Hugging Face checkpoint to {path}", flush=True)
-        finally:
-            guard.close()
-            if ckpt:
-                ckpt.close()
-            writer.close()
-    return final
+    return loop.train_and_evaluate(config, workdir, devices=devices, stop_after=stop_after)

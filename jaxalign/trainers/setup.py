@@ -8,29 +8,105 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign import checkpoints, data, models, registry, sharding
+from jaxalign import checkpoints, data, hosts, models, registry, sharding
 from jaxalign.data import pipeline
-from jaxalign.trainers import reference_cache
+from jaxalign.trainers import flops, reference_cache
+from jaxalign.trainers.step import make_eval_step, make_loss_fn
+from jaxalign.trainers.validate import validate  # noqa: F401  (the loop asks this module to validate)
 from jaxalign.trainers.objectives import averages_logps, hparams, make_reference_fn
 
 
 @dataclasses.dataclass
 class Run:
+    """What the one loop (`trainers/loop.py`) needs of a run, offline (built here) or RL (`rl.build_run`).
+
+    `batches` is the batch source: `next(state) -> (global device batch, {"tokens", "flops"}, metrics)`,
+    plus `get_state()` / `set_state()` (checkpointed with the train state) and `close()`. `loss_fn(params,
+    frozen, batch)` is what the step differentiates; `ref_params` is its `frozen` argument (the reference
+    policy, the frozen base under adapters, or None). `evaluate(params) -> metrics`, or None without an
+    eval set."""
+
     model: Any
     model_config: Any
     head: str
-    params: Any
+    params: Any  # the trainable parameters at the start (the train state holds them from then on)
     ref_params: Optional[Any]
     tokenizer: Any
-    train_iter: Any
-    eval_iter_fn: Optional[Callable]
-    num_train_examples: int
+    loss_fn: Callable
+    batches: Any
+    evaluate: Optional[Callable]
+    batch_sharding: Any
+    optimizer_config: Any  # config.optimizer (warm-up counted in optimiser updates)
+    total_updates: int
+    summary: str = ""  # what the start-up line says after the parameter count
+    epochs: int = 1  # passes over each batch per step (RL), in
+    num_minibatches: int = 1  # shuffled minibatches, one optimiser update each
     lora_config: Optional[Any] = None
-    reference_in_step: bool = False  # the step runs a reference forward (not precomputed)
+    export_params: Callable = lambda params: params  # the trainable tree -> the model exported
 
-    def describe(self):
-        n = sum(x.size for x in jax.tree.leaves(self.params))
-        return f"{n / 1e6:.2f}M parameters, {self.num_train_examples} training examples"
+    def describe(self, state=None):
+        params = self.params if state is None else state.params
+        n = sum(x.size for x in jax.tree.leaves(params))
+        return f"{n / 1e6:.2f}M trainable parameters, {self.summary}"
+
+    def export(self, params, path):
+        export(self, self.export_params(params), path)
+
+
+class DataBatches:
+    """The offline batch source: the data iterator's host batches (made and tokenized in a background
+    thread) as global device arrays, with their token and FLOP counts (all hosts)."""
+
+    def __init__(self, iterator, batch_sharding, model_config, passes, lm_head):
+        self.iterator, self.sharding = iterator, batch_sharding
+        self.model_config, self.passes, self.lm_head = model_config, passes, lm_head
+
+    def next(self, state):
+        del state  # offline batches do not depend on the policy
+        batch = next(self.iterator)
+        hosts_n = jax.process_count()
+        info = {
+            "tokens": count_tokens(batch) * hosts_n,
+            "flops": flops.batch_flops(self.model_config, batch, self.passes, lm_head=self.lm_head) * hosts_n,
+        }
+        return hosts.to_global(batch, self.sharding), info, {}
+
+    def get_state(self):
+        return self.iterator.get_state()
+
+    def set_state(self, state):
+        self.iterator.set_state(state)
+
+    def close(self):
+        getattr(self.iterator, "close", lambda: None)()
+
+
+def count_tokens(batch):
+    """Real (non-padding) tokens of a host batch: the positions whose segment id is > 0."""
+    return int(sum(np.sum(v > 0) for k, v in batch.items() if k.endswith("segment_ids") and v.ndim == 2))
+
+
+def make_loss_evaluator(loss_fn, frozen, eval_iter_fn, batch_sharding):
+    """`evaluate(params) -> metrics`: the loss and its metrics averaged over the full batches of one pass
+    of the held-out split.
+
+    The last, partial batch (padding rows have `weight` 0) is left out: the losses average over rows, and
+    padding rows would bias them. Use an eval set whose size `train.eval_batch_size` divides to see all of
+    it."""
+    eval_step = jax.jit(make_eval_step(loss_fn))
+
+    def evaluate(params):
+        records = []
+        for batch in eval_iter_fn():
+            if "weight" in batch and float(np.min(batch["weight"])) < 1.0:
+                continue
+            records.append(jax.device_get(eval_step(params, hosts.to_global(batch, batch_sharding), frozen)))
+        out = hosts.mean_metrics(records) if records else {}
+        if out:
+            out["num_batches"] = float(len(records))
+        return out
+
+    return evaluate
 
 
 def data_paths(spec):
@@ -82,20 +158,26 @@ def build_run(config, mesh):
     tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     mcfg, params = load_model(config, mesh, head)
     model = make_model(mcfg, head)
-    lora_cfg = None
-    if config.lora.enabled:
+    lora_cfg = None  # the adapters' config: LoraConfig, BottleneckConfig, or None (full fine-tuning)
+    bottleneck = "adapters" in config and config.adapters.kind == "bottleneck"
+    if config.lora.enabled or bottleneck:
         # Adapters are the trainable params; the frozen base is passed as `ref_params` (adapters off it
         # is the reference policy, so there is no second copy of the weights).
         from jaxalign import lora
 
-        lora_cfg = lora_config(config)
+        if bottleneck:  # Houlsby bottleneck adapters (jaxalign/lora/bottleneck.py)
+            lora_cfg = lora.bottleneck.from_run_config(config)
+            init, shardings, stand_in = lora.init_bottleneck, lora.bottleneck_shardings, lora.BottleneckModel
+        else:
+            lora_cfg = lora_config(config)
+            init, shardings, stand_in = lora.init_lora, lora.lora_shardings, lora.LoraModel
         base_axes = models.param_logical_axes(mcfg, model)
-        shapes = jax.eval_shape(lambda k: lora.init_lora(model, params, lora_cfg, k), jax.random.key(0))
+        shapes = jax.eval_shape(lambda k: init(model, params, lora_cfg, k), jax.random.key(0))
         adapters = jax.jit(
-            lambda k: lora.init_lora(model, params, lora_cfg, k),
-            out_shardings=lora.lora_shardings(shapes, base_axes, mesh),
+            lambda k: init(model, params, lora_cfg, k),
+            out_shardings=shardings(shapes, base_axes, mesh),
         )(jax.random.key(config.seed + 1))
-        params, ref_params, model = adapters, params, lora.LoraModel(model, lora_cfg)
+        params, ref_params, model = adapters, params, stand_in(model, lora_cfg)
     else:
         # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
         ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
@@ -172,25 +254,29 @@ def build_run(config, mesh):
 
     if precompute and lora_cfg is None:
         ref_params = None  # The reference's log-probs are in the data now: free its memory.
+    bs = sharding.batch_sharding(mesh)
+    loss_fn = make_loss_fn(model, config)
+    passes = flops.step_passes(reference=needs_ref and not precompute, frozen_base=lora_cfg is not None)
+    n_train = train_ds.num_examples if hasattr(train_ds, "num_examples") else len(train_ds)
     return Run(
         model=model,
         model_config=mcfg,
         head=head,
         params=params,
         ref_params=ref_params,
-        lora_config=lora_cfg,
-        reference_in_step=needs_ref and not precompute,
         tokenizer=tokenizer,
-        train_iter=train_iter,
-        eval_iter_fn=eval_iter_fn,
-        num_train_examples=train_ds.num_examples if hasattr(train_ds, "num_examples") else len(train_ds),
+        loss_fn=loss_fn,
+        batches=DataBatches(train_iter, bs, mcfg, passes, lm_head=head == "lm"),
+        evaluate=make_loss_evaluator(loss_fn, ref_params, eval_iter_fn, bs) if eval_iter_fn else None,
+        batch_sharding=bs,
+        optimizer_config=config.optimizer,
+        total_updates=config.train.num_steps,
+        summary=f"{n_train} training examples",
+        lora_config=lora_cfg,
     )
 
 
-def row_multiple(mesh):
-    """Batch shards per host: every host's batch rows must divide among its share of (data, fsdp)."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    return max(shards // jax.process_count(), 1)
+row_multiple = hosts.row_multiple  # batch shards per host
 
 
 def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh, tokenizer=None, cache=None):
@@ -233,11 +319,7 @@ def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh, tokenize
     )
     chunks = []
     for batch in it:
-        arrays = {
-            k: jax.make_array_from_process_local_data(bs, v)
-            for k, v in batch.items()
-            if k not in ("answer", "weight")
-        }
+        arrays = hosts.to_global(batch, bs)
         chunks.append(multihost_utils.process_allgather(fn(ref_params, arrays), tiled=True))
     computed = {
         k: np.concatenate([np.asarray(c[k]) for c in chunks])[:n].astype(np.float32) for k in chunks[0]
@@ -259,7 +341,25 @@ def lora_config(config):
 
 def export(run, params, path):
     """HF export of the trained model; with LoRA the adapters merged into the base, plus the adapters
-    alone in PEFT format under `<path>/adapter` (adapter_config.json + adapter_model.safetensors)."""
+    alone in PEFT format under `<path>/adapter` (adapter_config.json + adapter_model.safetensors; task
+    SEQ_CLS with the score head as a module to save for head="score").
+    Bottleneck adapters cannot be merged (nonlinear): the base as it is, plus the adapters in their own
+    file under `<path>/bottleneck_adapter` (jaxalign.lora.save_bottleneck_adapter)."""
+    if getattr(run.lora_config, "kind", None) == "bottleneck":
+        from jaxalign import lora
+
+        checkpoints.save_hf_model(
+            path, run.model_config, run.ref_params, tokenizer=run.tokenizer, head=run.head
+        )
+        lora.save_bottleneck_adapter(
+            os.path.join(path, "bottleneck_adapter"), params, run.lora_config, run.model_config
+        )
+        print(
+            f"Bottleneck adapters are nonlinear and cannot be merged: exported the unchanged base to {path} "
+            f"and the adapters to {os.path.join(path, 'bottleneck_adapter')}",
+            flush=True,
+        )
+        return
     if run.lora_config is not None:
         from jaxalign import lora
 
@@ -271,7 +371,7 @@ def export(run, params, path):
             tokenizer=run.tokenizer,
             head=run.head,
         )
-        if run.head == "lm":
-            lora.save_peft_adapter(os.path.join(path, "adapter"), params, run.lora_config, run.model_config)
+        # PEFT's CAUSAL_LM adapter, or for a reward model / critic SEQ_CLS with the score head in full.
+        lora.save_peft_adapter(os.path.join(path, "adapter"), params, run.lora_config, run.model_config)
         return
     checkpoints.save_hf_model(path, run.model_config, params, tokenizer=run.tokenizer, head=run.head)
