@@ -119,6 +119,14 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
     lo.use_rslora = False
     lo.init = "kaiming"  # A's init, as PEFT: kaiming | gaussian (B starts at zero).
 
+    ad = c.adapters = ml_collections.ConfigDict()
+    ad.kind = "lora"  # lora (= LoRA when lora.enabled, else full fine-tuning) | bottleneck: Houlsby
+    # adapters h <- h + W_up gelu(W_down h + b_down) + b_up after the attention and MLP output
+    # projections, on a frozen base (the reference); exported as their own file (jaxalign/lora/bottleneck.py).
+    ad.bottleneck_dim = 64  # m: W_down is [D, m], W_up [m, D].
+    ad.targets = ("o_proj", "down_proj")  # Projections whose outputs get an adapter (LoRA's pattern syntax).
+    ad.init_std = 0.01  # W_down ~ N(0, init_std²); W_up, b_up, b_down start at zero (identity at init).
+
     mesh = c.mesh = ml_collections.ConfigDict()
     mesh.data = 1  # Pure data parallelism (replicated parameters).
     mesh.fsdp = -1  # Parameter + batch sharding; -1 = all remaining devices.

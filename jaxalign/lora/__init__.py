@@ -7,6 +7,8 @@ logits = lora.apply_lora(model, base_params, adapters, ids, pos, seg, lora_confi
 ref_logits = lora.apply_lora(model, base_params, None, ids, pos, seg)  # adapters off = reference
 lora.save_peft_adapter("out/adapter", adapters, cfg, model_config)    # PeftModel.from_pretrained
 params = lora.merge_lora(base_params, adapters, cfg)                  # plain HF export
+
+Bottleneck adapters (Houlsby et al. 2019; nonlinear, saved as their own file): jaxalign.lora.bottleneck.
 """
 
 from jaxalign.lora.adapters import (
@@ -20,6 +22,16 @@ from jaxalign.lora.adapters import (
     lora_shardings,
     merge_lora,
     select_targets,
+)
+from jaxalign.lora.bottleneck import (
+    BottleneckConfig,
+    BottleneckModel,
+    apply_bottleneck,
+    bottleneck_loss_fn,
+    bottleneck_shardings,
+    init_bottleneck,
+    load_bottleneck_adapter,
+    save_bottleneck_adapter,
 )
 from jaxalign.lora.config import ALL_PROJECTIONS, ATTENTION_MODULES, MLP_MODULES, LoraConfig
 from jaxalign.lora.peft_format import load_peft_adapter, save_peft_adapter
@@ -41,4 +53,12 @@ __all__ = [
     "select_targets",
     "save_peft_adapter",
     "load_peft_adapter",
+    "BottleneckConfig",
+    "BottleneckModel",
+    "init_bottleneck",
+    "apply_bottleneck",
+    "bottleneck_loss_fn",
+    "bottleneck_shardings",
+    "save_bottleneck_adapter",
+    "load_bottleneck_adapter",
 ]

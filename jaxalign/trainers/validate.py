@@ -47,18 +47,16 @@ def reject_other_objectives(config, known):
             _fail(other, "...", f"does not apply to objective {config.objective!r}; remove it")
 
 
-def _check_lora(lo):
-    """`config.lora` (enabled): every field, and target modules that name projections that exist."""
-    from jaxalign import lora
+def _check_target_patterns(field, targets):
+    """Adapter target patterns (LoRA's syntax): plain names must be projections, regexes must compile."""
     from jaxalign.lora.config import ALL_PROJECTIONS
 
-    targets = tuple(lo.target_modules)
     for t in targets:
         plain = not t.startswith("re:") and "/" not in t and not any(c in t for c in "*?[")
         if plain and t not in ALL_PROJECTIONS:
-            several = " (several: --config.lora.target_modules=\"('q_proj', 'v_proj')\")" if "," in t else ""
+            several = f" (several: --config.{field}=\"('q_proj', 'v_proj')\")" if "," in t else ""
             _fail(
-                "lora.target_modules",
+                field,
                 targets,
                 f"unknown module {t!r}; expected names from "
                 f"{', '.join(ALL_PROJECTIONS)}, a path pattern with / or *, or 're:<regex>'{several}",
@@ -67,7 +65,47 @@ def _check_lora(lo):
             try:
                 re.compile(t[3:])
             except re.error as e:
-                _fail("lora.target_modules", targets, f"{t!r} is not a regular expression ({e})")
+                _fail(field, targets, f"{t!r} is not a regular expression ({e})")
+
+
+def _check_adapters(config, spec):
+    """`config.adapters`: kind in {lora, bottleneck}; for bottleneck adapters their size, targets, init,
+    and that they apply (not with lora.enabled, not to reward models, not to the RL trainers yet)."""
+    ad = config.adapters
+    if ad.kind not in ("lora", "bottleneck"):
+        _fail("adapters.kind", ad.kind, "expected lora (LoRA when lora.enabled) or bottleneck")
+    if ad.kind != "bottleneck":
+        return
+    lo = config.get("lora")
+    if lo is not None and lo.enabled:
+        _fail(
+            "adapters.kind",
+            ad.kind,
+            "bottleneck adapters and LoRA are exclusive: set lora.enabled=False or adapters.kind=lora",
+        )
+    dim = ad.bottleneck_dim
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        _fail("adapters.bottleneck_dim", dim, "must be an integer >= 1")
+    if not (ad.init_std > 0 and math.isfinite(ad.init_std)):
+        _fail("adapters.init_std", ad.init_std, "must be a finite number > 0")
+    targets = (ad.targets,) if isinstance(ad.targets, str) else tuple(ad.targets)
+    if not targets:
+        _fail("adapters.targets", targets, "is empty: name at least one projection")
+    _check_target_patterns("adapters.targets", targets)
+    if spec.head == "score":
+        _fail(
+            "adapters.kind", ad.kind, "bottleneck reward models are not supported (the score head must train)"
+        )
+    if spec.trainer != "offline":
+        _fail("adapters.kind", ad.kind, "bottleneck adapters are not supported by the RL trainers yet")
+
+
+def _check_lora(lo):
+    """`config.lora` (enabled): every field, and target modules that name projections that exist."""
+    from jaxalign import lora
+
+    targets = tuple(lo.target_modules)
+    _check_target_patterns("lora.target_modules", targets)
     try:
         lora.LoraConfig.from_dict(
             {
@@ -148,6 +186,8 @@ def validate_common(config, num_devices, process_count=1):
         _check_lora(lo)
         if spec.head == "score":
             _fail("lora.enabled", True, "LoRA reward models are not supported (the score head must train)")
+    if "adapters" in config:
+        _check_adapters(config, spec)
 
     o = config.optimizer
     if not o.learning_rate > 0 or not math.isfinite(o.learning_rate):
