@@ -11,7 +11,14 @@ max(sum(mask), 1), so an all-zero mask gives 0, not NaN.
 
 from jaxalign.losses._utils import REDUCTIONS, masked_mean, masked_sum
 from jaxalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss
-from jaxalign.losses.grpo import group_advantages, grpo_loss, rloo_advantages
+from jaxalign.losses.grpo import (
+    IMPORTANCE_LEVELS,
+    group_advantages,
+    grpo_loss,
+    nonconstant_groups,
+    overlong_penalty,
+    rloo_advantages,
+)
 from jaxalign.losses.kl import KL_KINDS, AdaptiveKLState, adaptive_kl_update, init_adaptive_kl, kl_penalty
 from jaxalign.losses.kto import kto_loss, kto_reference_point
 from jaxalign.losses.lm import clm_loss, nll_loss, sft_loss
@@ -50,6 +57,7 @@ __all__ = [
     "DPO_LOSS_TYPES",
     "KL_KINDS",
     "REDUCTIONS",
+    "IMPORTANCE_LEVELS",
     "token_logprobs",
     "sequence_logprobs",
     "packed_sequence_logprobs",
@@ -85,4 +93,6 @@ __all__ = [
     "grpo_loss",
     "group_advantages",
     "rloo_advantages",
+    "nonconstant_groups",
+    "overlong_penalty",
 ]

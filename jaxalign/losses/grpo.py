@@ -1,4 +1,6 @@
-"""GRPO's loss and group-relative advantages; RLOO's leave-one-out advantages.
+"""GRPO's loss (with GSPO's sequence-level ratio, DAPO's clip-higher and row weights, Dr. GRPO's
+constant reduction), group-relative advantages, RLOO's leave-one-out advantages, DAPO's overlong penalty
+and dynamic-sampling filter.
 
 Rewards of a group are contiguous: with `group_size = G`, rows [g·G, (g+1)·G) are the G completions of
 prompt g (TRL's `repeat_interleave` layout).
@@ -74,35 +76,61 @@ def rloo_advantages(rewards: Array, group_size: int) -> Array:
     return jnp.where(_constant(g), 0.0, g - baseline).reshape(-1)
 
 
+IMPORTANCE_LEVELS = ("token", "sequence")
+
+
 def grpo_loss(
     logprobs: Array,
     old_logprobs: Array,
     ref_logprobs: Array | None,
     advantages: Array,
     mask: Array,
+    *,
     clip_eps: float = 0.2,
     beta: float = 0.04,
     reduction: str = "sequence",
     clip_eps_high: float | None = None,
+    importance_level: str = "token",
+    weights: Array | None = None,
 ) -> tuple[Array, dict]:
-    """Group Relative Policy Optimization loss (Shao et al. 2024, eq. 3), as TRL's GRPOTrainer.
+    """Group Relative Policy Optimization loss (Shao et al. 2024, eq. 3), as TRL's GRPOTrainer, with the
+    GSPO, DAPO and Dr. GRPO variants.
 
-        ρ_t = exp(log π(o_t) - log π_old(o_t))
-        l_t = -min(ρ_t A, clip(ρ_t, 1 - ε_low, 1 + ε_high) A) + β k3_t
+        log w = log π(o_t) - log π_old(o_t)                          importance_level="token" (GRPO)
+        log w = 1/|o| Σ_t (log π(o_t) - log π_old(o_t))              importance_level="sequence" (GSPO)
+        l_t = -min(w A, clip(w, 1 - ε_low, 1 + ε_high) A) + β k3_t
         k3_t = exp(log π_ref(o_t) - log π(o_t)) - (log π_ref(o_t) - log π(o_t)) - 1
-        L   = reduce(l, mask)
+        L   = reduce(l, mask, weights)
+
+    `importance_level="sequence"` is GSPO (Zheng et al. 2025, sec. 4): one ratio per completion,
+    s_i = (π(o_i)/π_old(o_i))^(1/|o_i|), the geometric mean of its token ratios, clipped as a whole, so
+    l_t = -min(s_i A_i, clip(s_i, 1-ε_low, 1+ε_high) A_i) is the same for every token of row i. This is TRL's
+    `importance_sampling_level="sequence"` exactly: the mean log-ratio over the mask (a row with no token
+    gets log s = 0), differentiated through (no detached "GSPO-token" form: with one advantage per
+    completion, GSPO-token, log s_it = sg(log s_i) + log π(o_t) - sg(log π(o_t)), has the same value and
+    the same gradient under every reduction; the two differ only for per-token advantages [B, T], which
+    here multiply the one row ratio as in TRL). GSPO's objective, 1/G Σ_i min(...), is
+    reduction="sequence" (TRL's GSPO recipe uses loss_type="grpo"); "token"/"constant" weigh each row's
+    sequence-level term by its length (TRL warns about the same). The paper's ε are ~1e-4 (3e-4 / 4e-4), not
+    0.2: a sequence ratio drifts far less than a token one.
 
     `reduction` — where the papers differ:
       "sequence" (default): mean over sequences of each one's token mean, the GRPO paper's 1/G Σ 1/|o_i| Σ_t
                  (TRL's loss_type="grpo"); rows with no token are left out.
       "token":   token mean over the whole batch (DAPO, Yu et al. 2025; TRL's "bnpo"/"dapo").
-      "constant": sum / (B·T) (Dr. GRPO; TRL's "dr_grpo" with T = max completion length).
+      "constant": sum / (B·T) (Dr. GRPO; TRL's "dr_grpo" with T = max completion length: the rollouts pad
+                 to rollout.max_new_tokens, so T is that).
     `clip_eps_high` (DAPO's clip-higher) defaults to `clip_eps`.
+
+    `weights` ([B], no gradient; None = all 1) weighs rows in every reduction (see `reduce_tokens`): a row of
+    weight 0 adds nothing to the numerator nor to the denominator (token count, row count, or B in B·T), so
+    it is exactly as if it were not in the batch. It carries DAPO's dynamic sampling under static shapes:
+    `weights=nonconstant_groups(rewards, G)`. The metrics count only rows of weight ≠ 0.
 
     Args:
       logprobs: [B, T] token log-probs of the current policy.
       old_logprobs: [B, T] log-probs of the sampling policy (no gradient; with one update per batch pass
-        `stop_gradient(logprobs)`, making ρ = 1 in value but not in gradient).
+        `stop_gradient(logprobs)`, making the ratio 1 in value but not in gradient).
       ref_logprobs: [B, T] reference log-probs (no gradient), or None when beta = 0.
       advantages: [B] per-completion (from `group_advantages`) or [B, T] (no gradient).
       mask: [B, T] 0/1 completion mask.
@@ -110,35 +138,131 @@ def grpo_loss(
       beta: KL coefficient β.
       reduction: "sequence" | "token" | "constant".
       clip_eps_high: ε_high, or None for ε_low.
+      importance_level: "token" (GRPO) | "sequence" (GSPO).
+      weights: [B] per-row weights (DAPO's dynamic-sampling mask), or None.
 
     Returns:
       (loss, metrics): `kl` (token mean of k3, when ref_logprobs is given), `clip_ratio/low_mean`,
-      `clip_ratio/high_mean`, `clip_ratio/region_mean` (token fractions clipped below with A < 0, above
-      with A > 0, either; TRL's definitions).
+      `clip_ratio/high_mean`, `clip_ratio/region_mean` (fractions clipped below with A < 0, above with A > 0,
+      either; TRL's definitions: of tokens, or with importance_level="sequence" and [B] advantages, of rows
+      with a token).
     """
     if ref_logprobs is None and not (isinstance(beta, (int, float)) and beta == 0):
         raise ValueError("grpo_loss: ref_logprobs is None but beta != 0")
+    if importance_level not in IMPORTANCE_LEVELS:
+        raise ValueError(f"importance_level={importance_level!r}: expected one of {IMPORTANCE_LEVELS}")
     eps_low = clip_eps
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     lp = f32(logprobs)
+    if lp.ndim != 2 or f32(old_logprobs).shape != lp.shape or jnp.shape(mask) != lp.shape:
+        raise ValueError(
+            f"grpo_loss: logprobs {lp.shape}, old_logprobs {jnp.shape(old_logprobs)}, mask "
+            f"{jnp.shape(mask)}: expected the same [B, T]"
+        )
+    if weights is not None and jnp.shape(weights) != lp.shape[:1]:
+        raise ValueError(
+            f"grpo_loss: weights of shape {jnp.shape(weights)}: expected one per row, {lp.shape[:1]}"
+        )
+    m = f32(mask)
     old = jax.lax.stop_gradient(f32(old_logprobs))
-    adv = jax.lax.stop_gradient(broadcast_to_tokens(advantages, lp))
-    ratio = jnp.exp(lp - old)
-    per_token = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)
+    adv_in = jax.lax.stop_gradient(f32(advantages))
+    adv = broadcast_to_tokens(adv_in, lp)
+    log_ratio = lp - old
+    if importance_level == "token":
+        log_w = log_ratio  # [B, T]
+    else:
+        log_w = masked_mean(log_ratio, m, axis=-1)[:, None]  # [B, 1]: GSPO's s_i in log space
+    ratio = jnp.exp(log_w)
+    per_token = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)  # [B, T]
+    # Metrics count the kept rows (weight ≠ 0), unweighted.
+    token_mask = m if weights is None else m * f32(jnp.asarray(weights) != 0)[:, None]
     metrics = {}
     if ref_logprobs is not None:
         ref = jax.lax.stop_gradient(f32(ref_logprobs))
         kl = kl_penalty(lp, ref, "k3")  # [B, T]
         per_token = per_token + beta * kl
-        metrics["kl"] = masked_mean(kl, mask)
-    loss = reduce_tokens(per_token, mask, reduction)
-    low = (ratio < 1.0 - eps_low) & (adv < 0)
-    high = (ratio > 1.0 + eps_high) & (adv > 0)
+        metrics["kl"] = masked_mean(kl, token_mask)
+    loss = reduce_tokens(per_token, m, reduction, weights=weights)
+    if importance_level == "sequence" and adv_in.ndim == 1:
+        # One ratio and one advantage per row: TRL counts clipped rows.
+        r, a = ratio[:, 0], adv_in
+        count_mask = f32(jnp.sum(token_mask, axis=-1) > 0)  # rows with a kept token
+    else:
+        r, a, count_mask = ratio, adv, token_mask
+    low = (r < 1.0 - eps_low) & (a < 0)
+    high = (r > 1.0 + eps_high) & (a > 0)
     metrics.update(
         {
-            "clip_ratio/low_mean": masked_mean(f32(low), mask),
-            "clip_ratio/high_mean": masked_mean(f32(high), mask),
-            "clip_ratio/region_mean": masked_mean(f32(low | high), mask),
+            "clip_ratio/low_mean": masked_mean(f32(low), count_mask),
+            "clip_ratio/high_mean": masked_mean(f32(high), count_mask),
+            "clip_ratio/region_mean": masked_mean(f32(low | high), count_mask),
         }
     )
     return loss, stop(metrics)
+
+
+def nonconstant_groups(rewards: Array, group_size: int) -> Array:
+    """DAPO's dynamic-sampling filter (Yu et al. 2025, sec. 3.2: keep prompts with 0 < #correct < G) as a mask.
+
+        keep_i = 1 if the rewards of i's group are not all equal (max ≠ min), else 0
+
+    A group whose rewards are all equal has zero advantage for every member (`group_advantages`,
+    `rloo_advantages`: exactly 0), so it contributes no policy gradient, only KL (β > 0) and denominator.
+
+    Meant as `grpo_loss(..., weights=nonconstant_groups(rewards, G))`. DAPO drops such groups and keeps
+    sampling until the batch is full of informative groups ("drop and resample"); static shapes forbid
+    resampling, so here they are only dropped: the loss and its normalisation are those of the batch
+    without them (a weight-0 row counts in neither numerator nor denominator), but the effective batch
+    shrinks and varies step to step (noisier gradient; if every group is constant the loss and gradient are
+    0, yet a stateful optimiser such as Adam still moves the parameters with its momentum), and the sampling
+    spent on dropped groups is not recovered. Log `mean(keep)` to see how much is dropped.
+
+    Args:
+      rewards: [B] scalar rewards (the final score, after any overlong penalty), groups contiguous.
+      group_size: G.
+
+    Returns:
+      [B] float32 0/1 mask, constant within each group.
+    """
+    g = _grouped(rewards, group_size)
+    keep = jnp.logical_not(_constant(g))  # [B/G, 1]
+    return f32(jnp.broadcast_to(keep, g.shape)).reshape(-1)
+
+
+def overlong_penalty(lengths: Array, *, max_length: int, cache_length: int, penalty: float = 1.0) -> Array:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), as TRL's `get_soft_overlong_punishment`
+    (max_completion_len = max_length, soft_punish_cache = cache_length), scaled by `penalty`:
+
+        R(L) = 0                                     L ≤ L_max - L_cache
+        R(L) = penalty · ((L_max - L_cache) - L) / L_cache     L_max - L_cache < L ≤ L_max
+        R(L) = -penalty                              L > L_max
+
+    Continuous at both ends (R(L_max) = -penalty). A reward, added to the task reward before the group
+    advantages. With L_cache = 0 it is the hard step 0 / -penalty. Rollouts stop at max_new_tokens, so with
+    L_max = max_new_tokens the last branch is never reached and a truncated completion (L = L_max) gets
+    -penalty from the ramp. DAPO: L_max = 20480, L_cache = 4096 (penalty 1).
+
+    Args:
+      lengths: [B] completion lengths in tokens (e.g. `mask.sum(-1)`), any numeric dtype.
+      max_length: L_max.
+      cache_length: L_cache, 0 ≤ L_cache ≤ L_max.
+      penalty: scale of the punishment (1 in the paper and TRL).
+
+    Returns:
+      [B] float32 rewards in [-penalty, 0].
+    """
+    if not 0 <= cache_length <= max_length:
+        raise ValueError(
+            f"overlong_penalty: cache_length={cache_length}, max_length={max_length}: "
+            "expected 0 <= cache_length <= max_length"
+        )
+    length = f32(lengths)
+    if length.ndim != 1:
+        raise ValueError(f"overlong_penalty: lengths of shape {length.shape}: expected [B]")
+    start = float(max_length - cache_length)
+    if cache_length == 0:
+        ramp = jnp.zeros_like(length)
+    else:
+        ramp = (start - length) / float(cache_length)
+    r = jnp.where(length <= start, 0.0, jnp.where(length <= float(max_length), ramp, -1.0))
+    return penalty * r
