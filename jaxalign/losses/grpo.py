@@ -218,7 +218,9 @@ def nonconstant_groups(rewards: Array, group_size: int) -> Array:
     spent on dropped groups is not recovered. Log `mean(keep)` to see how much is dropped.
 
     Args:
-      rewards: [B] scalar rewards (the final score, after any overlong penalty), groups contiguous.
+      rewards: [B] the rewards to filter on, groups contiguous. DAPO's condition is on accuracy (the task
+        reward), not on the shaped reward: with `overlong_penalty` added, an all-correct group of
+        different lengths would no longer be constant and would be kept.
       group_size: G.
 
     Returns:
