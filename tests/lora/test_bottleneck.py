@@ -300,16 +300,17 @@ def test_config_and_targets():
         lora.init_bottleneck(model, params, lora.BottleneckConfig(targets=("lm_head",)), jax.random.key(0))
 
 
-def _bad(mutate, match):
+def _bad(mutate, match, name="dpo"):
     import importlib
 
+    from jaxalign.trainers import rl
     from jaxalign.trainers.validate import ConfigError, validate
 
-    c = importlib.import_module("configs.dpo").get_config()
+    c = importlib.import_module(f"configs.{name}").get_config()
     with c.unlocked():
         mutate(c)
     with pytest.raises(ConfigError, match=match):
-        validate(c, num_devices=8)
+        (rl.validate if name in ("ppo", "grpo") else validate)(c, num_devices=8)
 
 
 def test_validation_names_the_field():
@@ -327,6 +328,8 @@ def test_validation_names_the_field():
         lambda c: (setattr(c.adapters, "kind", "bottleneck"), setattr(c.adapters, "targets", ("oproj",))),
         r"config\.adapters\.targets=.*unknown module 'oproj'",
     )
+    for name, why in (("reward", "reward models"), ("ppo", "RL trainers")):
+        _bad(lambda c: setattr(c.adapters, "kind", "bottleneck"), f"config\\.adapters\\.kind=.*{why}", name)
 
 
 @pytest.mark.slow
