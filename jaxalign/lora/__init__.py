@@ -21,6 +21,7 @@ from jaxalign.lora.adapters import (
     lora_loss_fn,
     lora_shardings,
     merge_lora,
+    select_modules_to_save,
     select_targets,
 )
 from jaxalign.lora.bottleneck import (
@@ -51,6 +52,7 @@ __all__ = [
     "lora_shardings",
     "dense_sites",
     "select_targets",
+    "select_modules_to_save",
     "save_peft_adapter",
     "load_peft_adapter",
     "BottleneckConfig",

@@ -12,11 +12,14 @@ e.g. {"layers_0": {"attn": {"q_proj": {"lora_a": [D, r], "lora_b": [r, H, Dh]}, 
 {"lora_a": [H, Dh, r], "lora_b": [r, D]}, ...}}}. With `scan_layers` both carry the kernel's leading
 [L] axis ({"layers": {"attn": {"q_proj": {"lora_a": [L, D, r], ...}}}}), so nn.scan slices them with
 the kernels. Adapters are float32 (trainable master weights) whatever the base's param_dtype.
+Modules trained in full (`LoraConfig.modules_to_save`, by default a scalar-head model's score head) sit
+in the same tree as float32 copies of their parameters: {"score": {"kernel": [D, 1]}}.
 
 The forward never builds W + scale·A·B: `attach_lora` puts lora_a/lora_b next to each adapted kernel
 in the "params" tree (a dict union, no array copies) and a `flax.linen.intercept_methods` interceptor
 adds scale · (x A) B to the output of every `jaxalign.models.layers.Dense` call whose scope holds a
-lora_a. Modules without adapters (and a plain base tree: the reference) run unchanged. Because the
+lora_a (the saved modules' copies simply replace the base's leaves). Modules without adapters (and a
+plain base tree: the reference) run unchanged. Because the
 adapters are ordinary variables of the module's scope, this composes with jit, grad, nn.remat and
 nn.scan (stacked adapters are sliced per layer). Gradients are taken w.r.t. the adapter tree only, so
 no weight gradient of a base kernel is ever computed.
@@ -67,13 +70,15 @@ class DenseSite:
 
     def layer_names(self) -> list[str]:
         """Per-layer path strings ("layers_3/attn/q_proj"); one entry when not stacked."""
-        if not self.stacked:
-            return ["/".join(self.path)]
-        i = self.path.index("layers")
-        return [
-            "/".join(self.path[:i] + (f"layers_{layer}",) + self.path[i + 1 :])
-            for layer in range(self.kernel_shape[0])
-        ]
+        return _layer_names(self.path, self.kernel_shape[0] if self.stacked else None)
+
+
+def _layer_names(path: Path, n_layers: int | None) -> list[str]:
+    """ "a/layers/b" -> ["a/layers_0/b", ...] for a stacked module (n_layers given), else ["a/b"]."""
+    if n_layers is None:
+        return ["/".join(path)]
+    i = path.index("layers")
+    return ["/".join(path[:i] + (f"layers_{layer}",) + path[i + 1 :]) for layer in range(n_layers)]
 
 
 def as_module(model: nn.Module | ModelConfig, base_params: Mapping) -> nn.Module:
@@ -152,6 +157,39 @@ def select_targets(
     return chosen
 
 
+def select_modules_to_save(base_params: Mapping, lora_config: LoraConfig) -> list[Path]:
+    """Module paths (parents of parameter leaves) trained in full: `lora_config.modules_to_save`, or by
+    default ("score",) for a scalar-head tree ({"transformer", "score"}) and none for a causal LM.
+
+    Raises ValueError for a pattern that selects no module, or only some layers of a stacked module.
+    """
+    patterns = lora_config.modules_to_save
+    if patterns is None:
+        return [("score",)] if "transformer" in base_params and "score" in base_params else []
+    leaves = flax.traverse_util.flatten_dict(dict(base_params))
+    modules = sorted({p[:-1] for p in leaves})
+    chosen, hit = [], set()
+    for path in modules:
+        first = next(v for k, v in leaves.items() if k[:-1] == path)
+        names = _layer_names(path, first.shape[0] if "layers" in path else None)
+        hits = [matches(patterns, n) for n in names]
+        if all(hits):
+            chosen.append(path)
+        elif any(hits):
+            raise ValueError(
+                f"modules_to_save {list(patterns)} select only some layers of the stacked "
+                f"(scan_layers) module {'/'.join(path)}; use scan_layers=False"
+            )
+        hit.update(p for p in patterns if any(matches([p], n) for n in names))
+    missing = [p for p in patterns if p not in hit]
+    if missing:
+        raise ValueError(
+            f"modules_to_save pattern(s) {missing} select no module (modules look like "
+            f"{['/'.join(m) for m in modules[:3]]})"
+        )
+    return chosen
+
+
 # --------------------------------------------------------------------------------------- the tree
 def _set(tree: dict, path: Path, value) -> None:
     for k in path[:-1]:
@@ -165,6 +203,12 @@ def adapter_paths(lora_params: Mapping) -> list[Path]:
     return [p[:-1] for p in flat if p[-1] == LORA_A]
 
 
+def saved_leaf_paths(lora_params: Mapping) -> list[Path]:
+    """Parameter paths of the modules trained in full (every leaf that is not lora_a / lora_b)."""
+    flat = flax.traverse_util.flatten_dict(dict(lora_params))
+    return [p for p in flat if p[-1] not in (LORA_A, LORA_B)]
+
+
 def init_lora(
     model: nn.Module | ModelConfig, base_params: Mapping, lora_config: LoraConfig, rng: jax.Array
 ) -> dict:
@@ -172,18 +216,23 @@ def init_lora(
     model starts equal to the base). Jittable (e.g. with `out_shardings=lora_shardings(...)`).
 
     All A's come from one random draw (one threefry op to compile, not one per module), split in
-    path order.
+    path order. The modules to save start as float32 copies of the base's parameters.
 
     Args:
       model: Transformer / ScalarHeadModel (or their ModelConfig) that `base_params` belongs to.
-      base_params: the frozen base tree (arrays or ShapeDtypeStructs).
-      lora_config: rank, targets, init.
+      base_params: the frozen base tree (arrays; ShapeDtypeStructs when no module is saved in full).
+      lora_config: rank, targets, init, modules_to_save.
       rng: PRNG key.
     Returns:
-      {module path...: {"lora_a": [(L,) *in, r], "lora_b": [(L,) r, *out]}} float32.
+      {module path...: {"lora_a": [(L,) *in, r], "lora_b": [(L,) r, *out]}} float32, plus
+      {saved module path...: {name: base leaf as float32}}.
     """
     r = lora_config.rank
     sites = sorted(select_targets(model, base_params, lora_config).items())
+    saved = select_modules_to_save(base_params, lora_config)
+    both = sorted("/".join(p) for p in set(saved) & {p for p, _ in sites})
+    if both:
+        raise ValueError(f"{both} are both LoRA targets and modules_to_save; a module can be only one")
     a_shapes = [(site.kernel_shape[:1] if site.stacked else ()) + site.in_shape + (r,) for _, site in sites]
     total = sum(math.prod(s) for s in a_shapes)
     if lora_config.init == "kaiming":
@@ -201,12 +250,19 @@ def init_lora(
         lead = site.kernel_shape[:1] if site.stacked else ()
         b = jnp.zeros(lead + (r,) + site.out_shape, jnp.float32)
         _set(out, path, {LORA_A: a, LORA_B: b})
+    for path in saved:
+        node = _get(base_params, path)
+        leaves = {k: v for k, v in node.items() if not isinstance(v, Mapping)}
+        if any(isinstance(v, jax.ShapeDtypeStruct) for v in leaves.values()):
+            raise ValueError(f"modules_to_save copies {'/'.join(path)} from the base: pass arrays")
+        _set(out, path, {k: jnp.asarray(v, jnp.float32) for k, v in leaves.items()})
     return out
 
 
 def lora_logical_axes(lora_params: Mapping, base_logical_axes: Mapping) -> dict:
     """Logical axis names for the adapters, borrowed from their kernels: A's input dims (and [L]) as the
     kernel's input dims, B's output dims as the kernel's output dims, the rank axis replicated (None).
+    A saved module's copies take the axes of the base leaves they replace.
 
     Args:
       lora_params: adapter tree (arrays or ShapeDtypeStructs).
@@ -220,6 +276,8 @@ def lora_logical_axes(lora_params: Mapping, base_logical_axes: Mapping) -> dict:
         lead = a_nd + b_nd - 2 - len(k_axes)  # 1 for stacked ([L]) adapters, else 0
         n_in = a_nd - 1  # [L] + input dims
         _set(out, path, {LORA_A: k_axes[:n_in] + (None,), LORA_B: k_axes[:lead] + (None,) + k_axes[n_in:]})
+    for path in saved_leaf_paths(lora_params):
+        _set(out, path, tuple(_get(base_logical_axes, path)))
     return out
 
 
@@ -233,7 +291,8 @@ def lora_shardings(
 
 
 def attach_lora(base_params: Mapping, lora_params: Mapping | None) -> dict:
-    """The base tree with lora_a/lora_b added next to each adapted kernel (a dict union: no copies)."""
+    """The base tree with lora_a/lora_b added next to each adapted kernel and the saved modules' leaves
+    in place of the base's (a dict union: no copies)."""
     if lora_params is None:
         return base_params
     out = dict(base_params)
@@ -244,8 +303,10 @@ def attach_lora(base_params: Mapping, lora_params: Mapping | None) -> dict:
             raise ValueError(
                 f"adapter path component {k!r} is not in the base parameters (have {sorted(base_params)})"
             )
-        else:
+        elif isinstance(v, Mapping):
             out[k] = attach_lora(base_params[k], v)
+        else:  # a leaf of a module trained in full
+            out[k] = v
     return out
 
 
@@ -356,9 +417,10 @@ def lora_delta(a: jax.Array, b: jax.Array, kernel_shape: tuple[int, ...], scale:
 
 
 def merge_lora(base_params: Mapping, lora_params: Mapping, lora_config: LoraConfig) -> dict:
-    """Base params with W <- W + scale · A B (in the kernel's dtype) for export or fast inference.
+    """Base params with W <- W + scale · A B (in the kernel's dtype) for export or fast inference, and
+    the saved modules' trained copies in place of the base's.
 
-    Only the adapted kernels are new arrays; every other leaf is the base's own array.
+    Only the adapted kernels and saved leaves are new arrays; every other leaf is the base's own array.
     """
     out = jax.tree.map(lambda x: x, dict(base_params))  # fresh dict structure, same leaves
     for path in adapter_paths(lora_params):
@@ -366,4 +428,6 @@ def merge_lora(base_params: Mapping, lora_params: Mapping, lora_config: LoraConf
         kernel = _get(base_params, path + ("kernel",))
         delta = lora_delta(node[LORA_A], node[LORA_B], tuple(kernel.shape), lora_config.scale)
         _set(out, path + ("kernel",), (kernel.astype(jnp.float32) + delta).astype(kernel.dtype))
+    for path in saved_leaf_paths(lora_params):
+        _set(out, path, jnp.asarray(_get(lora_params, path), _get(base_params, path).dtype))
     return out

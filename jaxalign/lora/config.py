@@ -16,6 +16,13 @@ without its "/kernel"; a ScalarHeadModel adds a leading "transformer/"):
   * a pattern starting with "re:" is a regular expression that must match the whole path.
 With `scan_layers` the stacked module path is "layers/attn/q_proj"; patterns are checked against every
 per-layer name "layers_{i}/..." and must select all layers or none (a stacked kernel has one adapter).
+
+`modules_to_save` (PEFT's option of the same name) uses the same patterns over module paths ("score",
+"transformer/final_norm"): each selected module is trained in full. The adapter tree then holds a float32
+copy of its parameters ({"score": {"kernel": [D, 1]}}), which replaces the base's in the forward and in
+`merge_lora`. A reward model or critic needs its freshly initialised score head trained this way, so
+None (the default) means the score head of a scalar-head model, as PEFT's SEQ_CLS task does, and
+nothing for a causal LM.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ class LoraConfig:
     use_rslora: rank-stabilised scale alpha / sqrt(r).
     init: A's initialisation, as PEFT's `init_lora_weights`: "kaiming" (True in PEFT: kaiming-uniform
       with a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))) or "gaussian" (N(0, 1/r)). B is always zero.
+    modules_to_save: patterns selecting modules trained in full (see module docstring); None = the
+      score head of a scalar-head model (nothing for a causal LM); () = none.
     """
 
     rank: int = 8
@@ -54,12 +63,17 @@ class LoraConfig:
     target_modules: tuple[str, ...] = ALL_PROJECTIONS
     use_rslora: bool = False
     init: str = "kaiming"
+    modules_to_save: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if isinstance(self.target_modules, str):
             object.__setattr__(self, "target_modules", (self.target_modules,))
         else:
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if isinstance(self.modules_to_save, str):
+            object.__setattr__(self, "modules_to_save", (self.modules_to_save,))
+        elif self.modules_to_save is not None:
+            object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
         if int(self.rank) != self.rank or self.rank < 1:
             raise ValueError(f"lora rank={self.rank!r} must be an integer >= 1")
         if self.alpha <= 0:
@@ -70,7 +84,7 @@ class LoraConfig:
             raise ValueError("lora target_modules is empty: name at least one projection")
         if self.init not in INITS:
             raise ValueError(f"lora init={self.init!r} must be one of {INITS}")
-        for p in self.target_modules:
+        for p in self.target_modules + (self.modules_to_save or ()):
             if p.startswith("re:"):
                 re.compile(p[3:])  # fail early on a malformed regex
 
@@ -93,6 +107,8 @@ class LoraConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["target_modules"] = list(self.target_modules)
+        if self.modules_to_save is not None:
+            d["modules_to_save"] = list(self.modules_to_save)
         return d
 
 

@@ -270,3 +270,43 @@ def test_trainer_objective_with_adapters_and_free_reference():
     q = grads["layers_0"]["attn"]["q_proj"]
     assert not np.any(np.asarray(q["lora_a"])) and np.any(np.asarray(q["lora_b"]))
     assert jax.tree.structure(grads) == jax.tree.structure(adapters)
+
+
+def test_scalar_head_trains_its_score_head_in_full():
+    """modules_to_save: a scalar-head tree's adapters carry a float32 copy of the score head (the default,
+    as PEFT's SEQ_CLS), which gets gradient, replaces the base's in the forward and in merge_lora, and
+    is sharded like the base's kernel. Explicit patterns select other modules or none."""
+    from jaxalign.models import ScalarHeadModel
+
+    model = ScalarHeadModel(CFG)
+    shapes = jax.eval_shape(lambda: init_params(CFG, jax.random.key(0), model))
+    rng = np.random.default_rng(4)
+    params = jax.tree.map(lambda s: jnp.asarray(0.15 * rng.standard_normal(s.shape), jnp.float32), shapes)
+    cfg = lora.LoraConfig(rank=2, alpha=4.0, target_modules=("v_proj",))
+    adapters = lora.init_lora(model, params, cfg, jax.random.key(1))
+    assert sorted(adapters) == ["score", "transformer"]
+    np.testing.assert_array_equal(adapters["score"]["kernel"], params["score"]["kernel"])
+    ids, pos, seg = BATCH
+
+    def scores(p, a):  # [B, T]
+        return lora.apply_lora(model, p, a, ids, pos, seg, lora_config=cfg)
+
+    grads = jax.jit(jax.grad(lambda a: scores(params, a).sum()))(adapters)
+    assert np.abs(np.asarray(grads["score"]["kernel"])).min() > 0
+    adapters = perturb(adapters, 0.2, seed=6)
+    merged = lora.merge_lora(params, adapters, cfg)
+    np.testing.assert_array_equal(merged["score"]["kernel"], adapters["score"]["kernel"])
+    adapted, plain = jax.jit(lambda p, a, m: (scores(p, a), scores(m, None)))(params, adapters, merged)
+    np.testing.assert_allclose(plain, adapted, atol=1e-5, rtol=0)
+    axes = lora.lora_logical_axes(adapters, param_logical_axes(CFG, model))
+    assert axes["score"]["kernel"] == ("embed", None)
+
+    norm = lora.init_lora(model, params, cfg.replace(modules_to_save=("final_norm",)), jax.random.key(1))
+    assert "score" not in norm and norm["transformer"]["final_norm"]["scale"].shape == (64,)
+    assert "score" not in lora.init_lora(model, params, cfg.replace(modules_to_save=()), jax.random.key(1))
+    lm_params = jax.eval_shape(lambda: init_params(CFG, jax.random.key(0)))
+    assert lora.select_modules_to_save(lm_params, cfg) == []  # a causal LM: none by default
+    with pytest.raises(ValueError, match="select no module"):
+        lora.init_lora(model, params, cfg.replace(modules_to_save=("lm_head",)), jax.random.key(1))
+    with pytest.raises(ValueError, match="both LoRA targets and modules_to_save"):
+        lora.init_lora(model, params, cfg.replace(modules_to_save=("v_proj",)), jax.random.key(1))
