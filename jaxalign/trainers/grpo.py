@@ -12,6 +12,13 @@ then `num_iterations` passes (GRPO's μ) over the rollout in `num_minibatches` s
 optimiser update of `losses.grpo_loss`: the clipped ratio to the sampling policy plus β · k3 KL to the
 frozen reference, per token (β = 0 leaves the KL term out). With one iteration and one minibatch the ratio
 is 1 in value and this is plain REINFORCE with a group baseline (and TRL's RLOOTrainer for "rloo").
+
+The GRPO family (presets in configs/grpo.py:<variant>):
+    DAPO     score_i += overlong_penalty(|y_i|) (`overlong_cache` > 0: linear over the budget's last
+             tokens); with `dynamic_sampling`, rows of groups whose scores are all equal get weight 0
+             in the loss (losses.nonconstant_groups; dropped, not resampled); ε_high > ε_low.
+    Dr.GRPO  `scale_rewards=False`, `loss_reduction="constant"` (÷ rows × max_new_tokens).
+    GSPO     `importance_level="sequence"`: s_i = exp(mean_t (log π_θ - log π_old)), clipped per answer.
 """
 
 from __future__ import annotations
@@ -44,6 +51,14 @@ def validate(hp):
         _fail("grpo.num_minibatches", hp.num_minibatches, "must be >= 1")
     if hp.loss_reduction not in losses.REDUCTIONS:
         _fail("grpo.loss_reduction", hp.loss_reduction, f"expected one of {list(losses.REDUCTIONS)}")
+    if hp.importance_level not in losses.IMPORTANCE_LEVELS:
+        _fail(
+            "grpo.importance_level", hp.importance_level, f"expected one of {list(losses.IMPORTANCE_LEVELS)}"
+        )
+    if hp.overlong_cache < 0:
+        _fail("grpo.overlong_cache", hp.overlong_cache, "must be >= 0 (0 = no overlong penalty)")
+    if hp.overlong_penalty < 0:
+        _fail("grpo.overlong_penalty", hp.overlong_penalty, "must be >= 0")
     if hp.advantage == "rloo" and not hp.scale_rewards:
         _fail(
             "grpo.scale_rewards", hp.scale_rewards, "applies to advantage='grpo' only; leave it True for rloo"
@@ -121,6 +136,8 @@ def make_loss_fn(policy_model, value_model, hp):
             beta=beta,
             reduction=hp["loss_reduction"],
             clip_eps_high=clip_high,
+            importance_level=hp["importance_level"],
+            weights=mb.get("weights"),  # DAPO's dynamic sampling: 0 for groups without signal
         )
         metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()}
         metrics["policy/entropy"] = losses.masked_mean(losses.token_entropy(logits), mask)
@@ -140,9 +157,24 @@ def prepare(rollout, kl_coef, hp):
     g = int(hp["group_size"])
     mask = rollout["mask"].astype(jnp.float32)  # [R, N]
     score = rollout["score"] - hp["missing_eos_penalty"] * (1.0 - rollout["stopped"])  # [R]
-    advantages = advantages_of(score, hp)  # [R]
+    batch = dict(rollout)
+    extra = {}
+    if hp["dynamic_sampling"]:  # on the task's reward, before the length penalty (as DAPO)
+        batch["weights"] = losses.nonconstant_groups(score, g)
+        extra["reward/kept_frac"] = jnp.mean(batch["weights"])
+    if hp["overlong_cache"]:
+        penalty = losses.overlong_penalty(
+            jnp.sum(mask, axis=-1),
+            max_length=int(hp["max_new_tokens"]),
+            cache_length=int(hp["overlong_cache"]),
+            penalty=float(hp["overlong_penalty"]),
+        )
+        extra["reward/overlong_penalty"] = jnp.mean(penalty)
+        score = score + penalty
+    batch["advantages"] = advantages_of(score, hp)  # [R]
     groups = score.reshape(-1, g)  # [R/G, G]
     metrics = {
+        **extra,
         "reward/score": jnp.mean(score),
         "reward/group_std": jnp.mean(jnp.std(groups, axis=1)),
         # Groups whose completions all scored the same have zero advantage: no learning signal.
@@ -153,4 +185,4 @@ def prepare(rollout, kl_coef, hp):
         metrics["kl/sequence"] = jnp.mean(
             jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1)
         )
-    return {**rollout, "advantages": advantages}, metrics, kl_coef
+    return batch, metrics, kl_coef

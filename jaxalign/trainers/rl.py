@@ -100,6 +100,12 @@ def validate(config, num_devices, process_count=1):
         _fail("rollout.top_p", r.top_p, "must be in (0, 1]")
     if r.cache_buckets < 1:
         _fail("rollout.cache_buckets", r.cache_buckets, "must be >= 1")
+    if obj == "grpo" and config.grpo.overlong_cache > r.max_new_tokens:
+        _fail(
+            "grpo.overlong_cache",
+            config.grpo.overlong_cache,
+            f"must be <= rollout.max_new_tokens={r.max_new_tokens} (the penalty's window is in the budget)",
+        )
 
     rw = config.reward
     if not rw.model_path and not rw.function:
@@ -204,6 +210,7 @@ def build_run(config, mesh):
     obj, m, d, r, rw = config.objective, config.model, config.data, config.rollout, config.reward
     algo, hp = algorithm(config), dict(config.get(obj).to_dict())
     hp["missing_eos_penalty"] = float(rw.missing_eos_penalty)
+    hp["max_new_tokens"] = int(r.max_new_tokens)
     tok = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     mcfg, policy_params = setup.load_model(config, mesh, "lm")
     if d.max_prompt_length + r.max_new_tokens > mcfg.max_position_embeddings:
