@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxalign import checkpoints, data, hosts, models, plugins, registry, sampling, sharding
 from jaxalign.data import pipeline
+from jaxalign.lora import kinds
 from jaxalign.trainers import grpo, ppo, rewards, setup
 from jaxalign.trainers.validate import (
     ConfigError,
@@ -220,36 +221,7 @@ def build_run(config, mesh):
             f"{mcfg.max_position_embeddings}"
         )
     policy = models.Transformer(mcfg)
-    lora_cfg = None
-    if config.lora.enabled:
-        # The policy's adapters are trained; the frozen base is the reference (adapters off) and the
-        # step's `frozen` argument, so the weights exist once.
-        from jaxalign import lora
-
-        lora_cfg = setup.lora_config(config)
-        base_axes = models.param_logical_axes(mcfg, policy)
-        shapes = jax.eval_shape(
-            lambda k: lora.init_lora(policy, policy_params, lora_cfg, k), jax.random.key(0)
-        )
-        adapters = jax.jit(
-            lambda k: lora.init_lora(policy, policy_params, lora_cfg, k),
-            out_shardings=lora.lora_shardings(shapes, base_axes, mesh),
-        )(jax.random.key(config.seed + 1))
-        base = ref_params = frozen = policy_params
-        policy = lora.LoraModel(policy, lora_cfg)
-        params = {"policy": adapters}
-
-        def policy_tree(p):
-            return lora.attach_lora(base, p["policy"])
-
-    else:
-        params = {"policy": policy_params}
-        # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
-        ref_params, frozen = jax.tree.map(jnp.copy, policy_params), None
-
-        def policy_tree(p):
-            return p["policy"]
-
+    params, frozen = {"policy": policy_params}, {}
     value_model = reward_model = rm_params = None
     if algo.CRITIC:
         critic = hp["critic_path"] or rw.model_path or m.path
@@ -260,6 +232,39 @@ def build_run(config, mesh):
         else:  # a randomly initialised policy (model.init): a randomly initialised critic of the same shape
             vcfg, params["value"] = setup.load_model(config, mesh, "score")
         value_model = models.ScalarHeadModel(vcfg)
+    lora_cfg = kinds.config_of(config)
+    if lora_cfg is not None:
+        # The policy's adapters are trained; its frozen base is the reference (adapters off) and part of
+        # the step's `frozen` argument, so the weights exist once. A critic gets its own LoRA adapters
+        # with its score head trained in full (PEFT's modules_to_save); under bottleneck adapters, which
+        # do not train a score head, the critic is trained in full.
+        for i, (name, model) in enumerate((("policy", policy), ("value", value_model))):
+            if model is None or (name == "value" and kinds.kind_of(config) == "bottleneck"):
+                continue
+            rng = jax.random.key(config.seed + 1 + i)
+            frozen[name] = params[name]
+            params[name], cfg, stand_in = kinds.make(config, model, frozen[name], mesh, rng)
+            if name == "policy":
+                policy, lora_cfg = stand_in, cfg
+            else:
+                value_model, value_cfg = stand_in, cfg
+        ref_params = frozen["policy"]
+    else:
+        # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
+        ref_params = jax.tree.map(jnp.copy, policy_params)
+
+    def full_tree(p, frozen):
+        """The trainable tree -> the networks' full parameters (base + adapters where there are any)."""
+        out = dict(p)
+        if "policy" in frozen:
+            out["policy"] = kinds.attach(lora_cfg, frozen["policy"], p["policy"])
+        if "value" in frozen:
+            out["value"] = kinds.attach(value_cfg, frozen["value"], p["value"])
+        return out
+
+    def policy_tree(p):
+        return full_tree(p, frozen)["policy"]
+
     if rw.model_path:
         rcfg, rm_params = checkpoints.load_hf_model(rw.model_path, mesh=mesh, head="score", dtype=m.dtype)
         if rcfg.vocab_size != mcfg.vocab_size:
@@ -320,9 +325,7 @@ def build_run(config, mesh):
         ),
         generate_eval=sampling.make_generate_fn(policy, temperature=0.0, **gen),
         score_fn=jax.jit(
-            lambda p, ref, rm, ro: score_fn(
-                {**p, "policy": policy_tree(p)}, ref if use_ref else None, rm, ro
-            ),
+            lambda p, ref, rm, ro: score_fn(full_tree(p, frozen), ref if use_ref else None, rm, ro),
             out_shardings=bs,
         ),
         prepare=jax.jit(lambda ro, beta: algo.prepare(ro, beta, hp), out_shardings=(bs, None, None)),
@@ -339,12 +342,10 @@ def build_run(config, mesh):
         kl_coef=algo.kl_coef(hp),
     )
 
-    loss_fn = algo.make_loss_fn(policy, value_model, hp)
-    if lora_cfg is not None:
-        inner = loss_fn
+    inner = algo.make_loss_fn(policy, value_model, hp)
 
-        def loss_fn(p, base, mb):  # the adapters on the frozen base, as the offline objectives
-            return inner({**p, "policy": lora.attach_lora(base, p["policy"])}, base, mb)
+    def loss_fn(p, fz, mb):  # adapters on their frozen bases (the step's `frozen`), as offline
+        return inner(full_tree(p, fz or {}), fz, mb)
 
     ocfg = ml_collections.ConfigDict(config.optimizer.to_dict())
     ocfg.warmup_steps = config.optimizer.warmup_steps * updates_per_step(config)  # warm-up in rollout steps
@@ -353,7 +354,7 @@ def build_run(config, mesh):
         model_config=mcfg,
         head="lm",
         params=params,
-        ref_params=frozen,
+        ref_params=frozen or None,
         tokenizer=tok,
         loss_fn=loss_fn,
         batches=source,
@@ -368,6 +369,7 @@ def build_run(config, mesh):
         num_minibatches=algo.num_minibatches(hp),
         lora_config=lora_cfg,
         export_params=lambda p: p["policy"],
+        export_base=lambda fz: fz["policy"],
     )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxalign import checkpoints, data, hosts, models, registry, sharding
 from jaxalign.data import pipeline
+from jaxalign.lora import kinds
 from jaxalign.trainers import flops, reference_cache
 from jaxalign.trainers.step import make_eval_step, make_loss_fn
 from jaxalign.trainers.validate import validate  # noqa: F401  (the loop asks this module to validate)
@@ -43,6 +44,10 @@ class Run:
     num_minibatches: int = 1  # shuffled minibatches, one optimiser update each
     lora_config: Optional[Any] = None
     export_params: Callable = lambda params: params  # the trainable tree -> the model exported
+    export_base: Optional[Callable] = None  # frozen -> the base the exported adapters sit on
+
+    def adapter_base(self):
+        return self.ref_params if self.export_base is None else self.export_base(self.ref_params)
 
     def describe(self, state=None):
         params = self.params if state is None else state.params
@@ -158,26 +163,14 @@ def build_run(config, mesh):
     tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     mcfg, params = load_model(config, mesh, head)
     model = make_model(mcfg, head)
-    lora_cfg = None  # the adapters' config: LoraConfig, BottleneckConfig, or None (full fine-tuning)
-    bottleneck = "adapters" in config and config.adapters.kind == "bottleneck"
-    if config.lora.enabled or bottleneck:
+    lora_cfg = kinds.config_of(config)  # the adapters' config: LoraConfig, BottleneckConfig or None
+    if lora_cfg is not None:
         # Adapters are the trainable params; the frozen base is passed as `ref_params` (adapters off it
         # is the reference policy, so there is no second copy of the weights).
-        from jaxalign import lora
-
-        if bottleneck:  # Houlsby bottleneck adapters (jaxalign/lora/bottleneck.py)
-            lora_cfg = lora.bottleneck.from_run_config(config)
-            init, shardings, stand_in = lora.init_bottleneck, lora.bottleneck_shardings, lora.BottleneckModel
-        else:
-            lora_cfg = lora_config(config)
-            init, shardings, stand_in = lora.init_lora, lora.lora_shardings, lora.LoraModel
-        base_axes = models.param_logical_axes(mcfg, model)
-        shapes = jax.eval_shape(lambda k: init(model, params, lora_cfg, k), jax.random.key(0))
-        adapters = jax.jit(
-            lambda k: init(model, params, lora_cfg, k),
-            out_shardings=shardings(shapes, base_axes, mesh),
-        )(jax.random.key(config.seed + 1))
-        params, ref_params, model = adapters, params, stand_in(model, lora_cfg)
+        adapters, lora_cfg, stand_in = kinds.make(
+            config, model, params, mesh, jax.random.key(config.seed + 1)
+        )
+        params, ref_params, model = adapters, params, stand_in
     else:
         # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
         ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
@@ -331,14 +324,6 @@ def precompute_reference(ref_fn, ref_params, dataset, batch_size, mesh, tokenize
     print(f"Precomputed reference log-probs for {n} examples{where}", flush=True)
 
 
-def lora_config(config):
-    from jaxalign import lora
-
-    d = {k: v for k, v in config.lora.to_dict().items() if k != "enabled"}
-    d["target_modules"] = tuple(d["target_modules"])
-    return lora.LoraConfig.from_dict(d)
-
-
 def export(run, params, path):
     """HF export of the trained model; with LoRA the adapters merged into the base, plus the adapters
     alone in PEFT format under `<path>/adapter` (adapter_config.json + adapter_model.safetensors; task
@@ -349,7 +334,7 @@ def export(run, params, path):
         from jaxalign import lora
 
         checkpoints.save_hf_model(
-            path, run.model_config, run.ref_params, tokenizer=run.tokenizer, head=run.head
+            path, run.model_config, run.adapter_base(), tokenizer=run.tokenizer, head=run.head
         )
         lora.save_bottleneck_adapter(
             os.path.join(path, "bottleneck_adapter"), params, run.lora_config, run.model_config
@@ -363,7 +348,7 @@ def export(run, params, path):
     if run.lora_config is not None:
         from jaxalign import lora
 
-        base = run.ref_params
+        base = run.adapter_base()
         checkpoints.save_hf_model(
             path,
             run.model_config,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxalign import registry
+from jaxalign.lora import kinds
 from jaxalign.trainers import objectives, preemption
 from jaxalign.trainers.objectives import hparams
 from jaxalign.trainers.state import TrainState
@@ -29,19 +30,12 @@ from jaxalign.trainers.state import TrainState
 def make_loss_fn(model, config):
     """The offline objective's `loss_fn(params, frozen, batch)`, built by its registry entry's builder.
 
-    With adapters (`model` is a `lora.LoraModel`), `params` are the adapters and `frozen` the frozen base,
+    With adapters (`model` is a `lora.LoraModel` or `BottleneckModel`), `params` are the adapters and `frozen` the frozen base,
     which is also the reference policy."""
     builder = getattr(objectives, registry.get(config.objective).loss)  # make_<objective>_loss
     loss_fn = builder(model, hparams(config))
-    if "lora" in config and config.lora.enabled:
-        from jaxalign import lora
-
-        loss_fn = lora.lora_loss_fn(loss_fn)
-    elif "adapters" in config and config.adapters.kind == "bottleneck":  # `model` is a BottleneckModel
-        from jaxalign import lora
-
-        loss_fn = lora.bottleneck_loss_fn(loss_fn)
-    return loss_fn
+    adapter_config = kinds.config_of(config)
+    return loss_fn if adapter_config is None else kinds.wrap_loss(adapter_config, loss_fn)
 
 
 def _split_micro(batch, n):

@@ -70,7 +70,7 @@ def _check_target_patterns(field, targets):
 
 def _check_adapters(config, spec):
     """`config.adapters`: kind in {lora, bottleneck}; for bottleneck adapters their size, targets, init,
-    and that they apply (not with lora.enabled, not to reward models, not to the RL trainers yet)."""
+    and that they apply (not with lora.enabled, not to reward models)."""
     ad = config.adapters
     if ad.kind not in ("lora", "bottleneck"):
         _fail("adapters.kind", ad.kind, "expected lora (LoRA when lora.enabled) or bottleneck")
@@ -96,8 +96,6 @@ def _check_adapters(config, spec):
         _fail(
             "adapters.kind", ad.kind, "bottleneck reward models are not supported (the score head must train)"
         )
-    if spec.trainer != "offline":
-        _fail("adapters.kind", ad.kind, "bottleneck adapters are not supported by the RL trainers yet")
 
 
 def _check_lora(lo):
@@ -184,8 +182,6 @@ def validate_common(config, num_devices, process_count=1):
     lo = config.get("lora")
     if lo is not None and lo.enabled:
         _check_lora(lo)
-        if spec.head == "score":
-            _fail("lora.enabled", True, "LoRA reward models are not supported (the score head must train)")
     if "adapters" in config:
         _check_adapters(config, spec)
 

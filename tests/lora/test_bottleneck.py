@@ -328,8 +328,11 @@ def test_validation_names_the_field():
         lambda c: (setattr(c.adapters, "kind", "bottleneck"), setattr(c.adapters, "targets", ("oproj",))),
         r"config\.adapters\.targets=.*unknown module 'oproj'",
     )
-    for name, why in (("reward", "reward models"), ("ppo", "RL trainers")):
-        _bad(lambda c: setattr(c.adapters, "kind", "bottleneck"), f"config\\.adapters\\.kind=.*{why}", name)
+    _bad(
+        lambda c: setattr(c.adapters, "kind", "bottleneck"),
+        r"config\.adapters\.kind=.*reward models",
+        "reward",
+    )
 
 
 @pytest.mark.slow

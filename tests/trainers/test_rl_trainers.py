@@ -296,6 +296,30 @@ def test_grpo_with_lora_trains_adapters_and_the_frozen_base_is_the_reference(tin
     assert all(np.isfinite(v) for m in metrics for v in m.values())
 
 
+def test_ppo_with_lora_adapts_policy_and_critic(tiny):
+    """PPO with LoRA: the policy's adapters, and the critic's own adapters with its score head trained in
+    full (PEFT's modules_to_save); both bases frozen in the step's `frozen` argument."""
+    c = tiny_config(tiny, "ppo", **{"lora.enabled": True, "lora.rank": 4})
+    metrics, state, run = run_steps(c, steps=1)
+    assert _leaf_names(state.params["policy"]) == {"lora_a", "lora_b"}
+    assert _leaf_names(state.params["value"]) == {"lora_a", "lora_b", "kernel"}
+    assert set(state.params["value"]["score"]) == {"kernel"}
+    assert sorted(run.ref_params) == ["policy", "value"]
+    assert abs(metrics[0]["kl/sequence"]) < 1e-6 and np.isfinite(metrics[0]["loss"])
+
+
+def test_grpo_with_bottleneck_adapters(tiny):
+    c = tiny_config(tiny, "grpo", **{"adapters.kind": "bottleneck", "adapters.bottleneck_dim": 8})
+    metrics, state, run = run_steps(c, steps=2)
+    assert _leaf_names(state.params["policy"]) == {
+        "adapter_down",
+        "adapter_down_bias",
+        "adapter_up",
+        "adapter_up_bias",
+    }
+    assert abs(metrics[0]["kl/sequence"]) < 1e-6 and abs(metrics[1]["kl/sequence"]) > 1e-7
+
+
 def test_gradient_accumulation_equals_whole_minibatches(tiny):
     """GRPO with the per-sequence reduction: a minibatch's gradient is the mean of its micro-batches', so
     grad_accum_steps=2 gives the same updates as 1 (up to float error)."""
