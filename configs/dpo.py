@@ -8,16 +8,16 @@ Rafailov et al. 2023, "Direct Preference Optimization" (arXiv:2305.18290).
 
 import ml_collections
 
-from configs import common
+from jaxalign import defaults
 
 
 def get_config(arg=None):
     del arg
-    c = common.base_config(
+    c = defaults.base_config(
         "dpo",
-        train=common.PREFERENCE_TRAIN,
-        eval_=common.asset("preference_test.jsonl"),
-        model_path=common.asset("checkpoints", "sft"),
+        train=defaults.PREFERENCE_TRAIN,
+        eval_=defaults.asset("preference_test.jsonl"),
+        model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=3e-4,  # Measured, eval of the export (SFT: task accuracy 46.7%, refusal 0%):
         # rpo_alpha 1, 300 steps: reward acc. 0 -> 94%, task 57.3%, refusal
         # 100%, over-refusal 0%, KL 2.1. Plain DPO (rpo_alpha 0) pushes the
@@ -36,6 +36,6 @@ def get_config(arg=None):
     d.precompute_ref = True  # Reference log-probs in one pass up front (then cached, below): no
     # reference in memory, no reference forward in the step (DPO step -19%
     # to -22%, benchmarks/README.md). False: a frozen copy runs every step.
-    d.ref_cache_dir = common.REF_CACHE_DIR  # precompute_ref: keep them on disk, keyed by data + checkpoint
+    d.ref_cache_dir = defaults.REF_CACHE_DIR  # precompute_ref: keep them on disk, keyed by data + checkpoint
     # (jaxalign/trainers/reference_cache.py); "" = recompute every run.
-    return common.lock(c)
+    return defaults.lock(c)

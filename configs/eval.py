@@ -10,7 +10,7 @@ win rate = 0.5: a sanity check) with the embedded reward model, on prompts_test 
 
 import ml_collections
 
-from configs import common
+from jaxalign import defaults
 
 
 def get_config(arg=None):
@@ -19,13 +19,13 @@ def get_config(arg=None):
     c.objective = "eval"
     c.seed = 0  # Sampling seed (unused when greedy).
     e = c.eval = ml_collections.ConfigDict()
-    e.checkpoint = common.asset("checkpoints", "sft")  # The policy: an HF directory.
+    e.checkpoint = defaults.asset("checkpoints", "sft")  # The policy: an HF directory.
     e.tokenizer = ""  # "" = the checkpoint's own.
-    e.reference = common.asset("checkpoints", "sft")  # KL and win-rate baseline; "" = neither.
-    e.reward_model = common.asset("checkpoints", "reward")  # *ForSequenceClassification; "" = no reward.
+    e.reference = defaults.asset("checkpoints", "sft")  # KL and win-rate baseline; "" = neither.
+    e.reward_model = defaults.asset("checkpoints", "reward")  # *ForSequenceClassification; "" = no reward.
     # Comma-separated prompt files: rows with "prompt" (+ "answer", + "should_refuse" for refusal rates).
-    e.prompts = ",".join([common.asset("prompts_test.jsonl"), common.asset("decline_test.jsonl")])
-    e.text_path = common.asset("pretrain_test.jsonl")  # Held-out {"text"} rows for perplexity; "" = none.
+    e.prompts = ",".join([defaults.asset("prompts_test.jsonl"), defaults.asset("decline_test.jsonl")])
+    e.text_path = defaults.asset("pretrain_test.jsonl")  # Held-out {"text"} rows for perplexity; "" = none.
     e.check_fn = "jaxalign.data.embedded:check_answer"  # (row, completion) -> bool: accuracy.
     e.refusal_fn = "jaxalign.data.embedded:is_refusal"  # (completion) -> bool.
     e.user_turn_fn = "jaxalign.data.embedded:speaks_as_user"  # (completion) -> bool: not a clean stop.
@@ -41,7 +41,7 @@ def get_config(arg=None):
     e.plots = True  # PNG plots (needs matplotlib; skipped with a message without it).
     e.num_examples = 5  # Completions per prompt set shown in eval.md.
 
-    base = common.base_config("eval", train="")
+    base = defaults.base_config("eval", train="")
     c.mesh = base.mesh  # Prompts are sharded over data × fsdp; params as in training.
     c.distributed = base.distributed
-    return common.lock(c)
+    return defaults.lock(c)

@@ -27,7 +27,7 @@ Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization" 
 
 import ml_collections
 
-from configs import common, ppo
+from jaxalign import defaults
 
 
 VARIANTS = ("grpo", "dapo", "dr_grpo", "gspo")
@@ -37,14 +37,14 @@ def get_config(arg=None):
     variant = arg or "grpo"
     if variant not in VARIANTS:
         raise ValueError(f"configs/grpo.py:{variant}: unknown variant; expected one of {list(VARIANTS)}")
-    c = common.base_config(
+    c = defaults.base_config(
         "grpo",
-        train=common.asset("prompts_train.jsonl"),
-        eval_=common.asset("prompts_test.jsonl"),  # 450 held-out prompts, greedy.
-        model_path=common.asset("checkpoints", "sft"),
+        train=defaults.asset("prompts_train.jsonl"),
+        eval_=defaults.asset("prompts_test.jsonl"),  # 450 held-out prompts, greedy.
+        model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=5e-4,  # Measured: 1e-3 collapses (more so with beta = 0); 3e-4 is slower.
     )
-    ppo.prompt_data(c)
+    defaults.prompt_data(c)
     c.train.batch_size = 16  # Prompts per step: 16 × group_size 8 = 128 completions.
     c.train.num_steps = 150  # 150 × 128 = 19,200 rollouts; held-out reward plateaus after ~150.
     c.train.log_every = 25
@@ -52,8 +52,8 @@ def get_config(arg=None):
     c.train.eval_batch_size = 160  # 450 held-out prompts = 3 batches (the last one padded).
     c.optimizer.warmup_steps = 2  # Rollout steps (each is num_iterations × num_minibatches updates).
     c.optimizer.schedule = "constant"
-    c.rollout = ppo.rollout_config()
-    c.reward = ppo.reward_config()
+    c.rollout = defaults.rollout_config()
+    c.reward = defaults.reward_config()
 
     g = c.grpo = ml_collections.ConfigDict()
     g.advantage = "grpo"  # grpo (group-standardised) | rloo (leave-one-out baseline).
@@ -80,4 +80,4 @@ def get_config(arg=None):
         g.importance_level, g.loss_reduction, g.beta = "sequence", "sequence", 0.0
         g.clip_eps, g.clip_eps_high = 3e-4, 4e-4
         g.num_iterations = 2
-    return common.lock(c)
+    return defaults.lock(c)

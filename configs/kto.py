@@ -5,16 +5,16 @@ python -m jaxalign.main --config=configs/kto.py --workdir=/tmp/kto
 
 import ml_collections
 
-from configs import common
+from jaxalign import defaults
 
 
 def get_config(arg=None):
     del arg
-    c = common.base_config(
+    c = defaults.base_config(
         "kto",
-        train=common.asset("kto_train.jsonl"),
-        eval_=common.asset("kto_test.jsonl"),
-        model_path=common.asset("checkpoints", "sft"),
+        train=defaults.asset("kto_train.jsonl"),
+        eval_=defaults.asset("kto_test.jsonl"),
+        model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=5e-4,  # Measured, 150 steps, on the task before its 2026-11-24 regeneration:
         # held-out task accuracy 34% (SFT) -> 36%, stop 100%.
     )
@@ -24,5 +24,5 @@ def get_config(arg=None):
     k.desirable_weight = 1.0  # lambda_D
     k.undesirable_weight = 1.0  # lambda_U
     k.precompute_ref = True  # Reference log-probs in one pass up front, cached (see configs/dpo.py).
-    k.ref_cache_dir = common.REF_CACHE_DIR
-    return common.lock(c)
+    k.ref_cache_dir = defaults.REF_CACHE_DIR
+    return defaults.lock(c)

@@ -5,20 +5,20 @@ python -m jaxalign.main --config=configs/orpo.py --workdir=/tmp/orpo
 
 import ml_collections
 
-from configs import common
+from jaxalign import defaults
 
 
 def get_config(arg=None):
     del arg
-    c = common.base_config(
+    c = defaults.base_config(
         "orpo",
-        train=common.PREFERENCE_TRAIN,
-        eval_=common.asset("preference_test.jsonl"),
-        model_path=common.asset("checkpoints", "sft"),
+        train=defaults.PREFERENCE_TRAIN,
+        eval_=defaults.asset("preference_test.jsonl"),
+        model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=5e-4,  # Measured, 150 steps on preference + decline pairs: held-out task
         # accuracy 46.7% (SFT) -> 62.7%, stop 100%, refusal 100%, over-refusal 0%.
     )
     c.train.num_steps = 150
     o = c.orpo = ml_collections.ConfigDict()
     o.beta = 0.1  # Weight of the odds-ratio term (the paper's lambda).
-    return common.lock(c)
+    return defaults.lock(c)

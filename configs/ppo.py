@@ -18,47 +18,19 @@ Schulman et al. 2017, "Proximal Policy Optimization Algorithms" (arXiv:1707.0634
 
 import ml_collections
 
-from configs import common
-
-
-def rollout_config(max_new_tokens=24):
-    """Sampling for training (and, greedy, for evaluation)."""
-    r = ml_collections.ConfigDict()
-    r.max_new_tokens = max_new_tokens  # N; embedded answers take ~7 tokens + EOS.
-    # 1.0: the behaviour policy is the policy. Other values (or top_k / top_p) sample from a different
-    # distribution than the one whose log-probs the update uses (recomputed at temperature 1).
-    r.temperature = 1.0
-    r.top_k = 0  # 0 = off.
-    r.top_p = 1.0  # 1 = off.
-    r.cache_buckets = 1  # >1: grow the KV cache in phases (long N, see sampling.make_generate_fn).
-    return r
-
-
-def reward_config(model_path="", function="jaxalign.data.embedded:reward"):
-    """Where rewards come from. The trained-on score is the reward model's if set, else the function's."""
-    rw = ml_collections.ConfigDict()
-    rw.model_path = model_path  # Reward model (*ForSequenceClassification); "" = use `function`.
-    rw.function = function  # "module:fn", fn(answer, completion_text_with_special_tokens) -> float.
-    rw.check_fn = "jaxalign.data.embedded:check_answer"  # (answer, text) -> bool: accuracy; "" = none.
-    rw.missing_eos_penalty = 0.0  # Subtracted from the score of a completion with no EOS in N tokens.
-    return rw
-
-
-def prompt_data(c):
-    c.data.max_prompt_length = 32  # P: embedded prompts are <= 30 tokens (left-padded to P).
-    c.data.max_length = 56  # P + N = 32 + 24: the longest sequence.
+from jaxalign import defaults
 
 
 def get_config(arg=None):
     del arg
-    c = common.base_config(
+    c = defaults.base_config(
         "ppo",
-        train=common.asset("prompts_train.jsonl"),
-        eval_=common.asset("prompts_test.jsonl"),  # 450 held-out prompts, greedy.
-        model_path=common.asset("checkpoints", "sft"),
+        train=defaults.asset("prompts_train.jsonl"),
+        eval_=defaults.asset("prompts_test.jsonl"),  # 450 held-out prompts, greedy.
+        model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=5e-4,  # Measured: 1e-3 gets there faster but collapses with a smaller kl_coef.
     )
-    prompt_data(c)
+    defaults.prompt_data(c)
     c.train.batch_size = 64  # Prompts (= rollouts) per step.
     c.train.num_steps = 300  # 300 × 64 = 19,200 rollouts (~13 passes over the 1,500 prompts).
     c.train.log_every = 25
@@ -66,8 +38,8 @@ def get_config(arg=None):
     c.train.eval_batch_size = 160  # 450 held-out prompts = 3 batches (the last one padded).
     c.optimizer.warmup_steps = 2  # Rollout steps (each is ppo_epochs × num_minibatches updates).
     c.optimizer.schedule = "constant"
-    c.rollout = rollout_config()
-    c.reward = reward_config()  # The task's reward function (see the module docstring for the RM).
+    c.rollout = defaults.rollout_config()
+    c.reward = defaults.reward_config()  # The task's reward function (see the module docstring for the RM).
 
     p = c.ppo = ml_collections.ConfigDict()
     p.critic_path = ""  # Critic init (ScalarHead); "" = reward.model_path, else model.path.
@@ -84,4 +56,4 @@ def get_config(arg=None):
     p.adaptive_kl = False  # Ziegler et al.'s controller drives KL (Σ per completion) to kl_target.
     p.kl_target = 2.0
     p.kl_horizon = 10000  # In rollouts: β changes by at most 20% × batch / horizon per step.
-    return common.lock(c)
+    return defaults.lock(c)

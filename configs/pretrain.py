@@ -7,18 +7,18 @@ Model: 2 layers × d=64 Llama; 4 heads, 2 KV heads; ≈ 120k parameters with the
 
 import ml_collections
 
-from configs import common
+from jaxalign import defaults
 
 
 def get_config(arg=None):
     del arg
-    c = common.base_config(
+    c = defaults.base_config(
         "clm",
-        train=common.asset("pretrain_train.jsonl"),
-        eval_=common.asset("pretrain_test.jsonl"),
+        train=defaults.asset("pretrain_train.jsonl"),
+        eval_=defaults.asset("pretrain_test.jsonl"),
         learning_rate=3e-3,
     )
-    c.model.tokenizer = common.asset("tokenizer")
+    c.model.tokenizer = defaults.asset("tokenizer")
     c.model.init = ml_collections.ConfigDict(
         dict(
             model_type="llama",
@@ -39,4 +39,4 @@ def get_config(arg=None):
     c.train.eval_every = 200
     c.clm = ml_collections.ConfigDict()
     c.clm.z_loss = 0.0  # PaLM's log(Z)^2 regulariser weight.
-    return common.lock(c)
+    return defaults.lock(c)

@@ -7,19 +7,19 @@ python -m jaxalign.main --config=configs/sft.py --config.data.assistant_only_los
 
 import ml_collections
 
-from configs import common
+from jaxalign import defaults
 
 
 def get_config(arg=None):
     del arg
-    c = common.base_config(
+    c = defaults.base_config(
         "sft",
-        train=common.asset("sft_train.jsonl"),
-        eval_=common.asset("sft_test.jsonl"),
-        model_path=common.asset("checkpoints", "pretrain"),
+        train=defaults.asset("sft_train.jsonl"),
+        eval_=defaults.asset("sft_test.jsonl"),
+        model_path=defaults.asset("checkpoints", "pretrain"),
         learning_rate=2e-3,
     )
     c.train.num_steps = 300
     c.train.eval_every = 100
     c.sft = ml_collections.ConfigDict()
-    return common.lock(c)
+    return defaults.lock(c)

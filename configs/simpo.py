@@ -5,16 +5,16 @@ python -m jaxalign.main --config=configs/simpo.py --workdir=/tmp/simpo
 
 import ml_collections
 
-from configs import common
+from jaxalign import defaults
 
 
 def get_config(arg=None):
     del arg
-    c = common.base_config(
+    c = defaults.base_config(
         "simpo",
-        train=common.asset("preference_train.jsonl"),
-        eval_=common.asset("preference_test.jsonl"),
-        model_path=common.asset("checkpoints", "sft"),
+        train=defaults.asset("preference_train.jsonl"),
+        eval_=defaults.asset("preference_test.jsonl"),
+        model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=3e-5,  # Measured, 150 steps, on the task before its 2026-11-24 regeneration
         # (SFT held-out task accuracy 34%): 5e-4 -> 18%, stop 87%, KL 30
         # (destroyed); 1e-4 -> 33%, stop 94%; 3e-5 -> 45%, stop 100%.
@@ -23,4 +23,4 @@ def get_config(arg=None):
     s = c.simpo = ml_collections.ConfigDict()
     s.beta = 2.0  # Scale of the average log-prob reward.
     s.gamma = 1.0  # Target reward margin (gamma / beta = 0.5, the TRL default ratio).
-    return common.lock(c)
+    return defaults.lock(c)

@@ -13,28 +13,10 @@ line on stderr, `error: <where>: <what is wrong>`, before anything is written to
 """
 
 import os
-import sys
 
 
-def _config_root_on_path(argv):
-    """Config files import `configs.common`: put the directory holding `configs/` on sys.path."""
-    for i, a in enumerate(argv):
-        path = (
-            a.split("=", 1)[1]
-            if a.startswith("--config=")
-            else (argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
-        )
-        if path:
-            path = path.split(":", 1)[0]
-            root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-            if root not in sys.path:
-                sys.path.insert(0, root)
-
-
-_config_root_on_path(sys.argv)
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "", "Checkpoints, logs and exports; default runs/<objective>.")

@@ -23,15 +23,13 @@ decline slice >= 90% with over-refusal of benign look-alikes <= 5%.
 """
 
 import argparse
-import importlib
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jaxalign import defaults
 
-from configs import common  # noqa: E402
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 GOAL_ACC_GAIN = 0.15
 GOAL_STOP = 0.98
@@ -87,7 +85,7 @@ SIZES = {
 
 def load_config(name, **overrides):
     """configs/<name>.py's get_config() with dotted-path `overrides` ({"train.num_steps": 10})."""
-    c = importlib.import_module(f"configs.{name}").get_config()
+    c = defaults.load_config_file(os.path.join(CONFIGS, f"{name}.py"))
     for key, value in overrides.items():
         if value is None:
             continue
@@ -141,7 +139,7 @@ class Pipeline:
                 return json.load(f)
         return evaluate_checkpoint(
             hf,
-            [common.asset("prompts_test.jsonl"), common.asset("decline_test.jsonl")],
+            [defaults.asset("prompts_test.jsonl"), defaults.asset("decline_test.jsonl")],
             reference=reference,
             reward_model=reward_model,
             max_new_tokens=24,
@@ -158,7 +156,7 @@ def _prompt_rows_file(out):
 
     rows = []
     for name in ("prompts_train.jsonl", "decline_train.jsonl"):
-        for line in open(common.asset(name)):
+        for line in open(defaults.asset(name)):
             row = json.loads(line)
             rows.append({"prompt": row["prompt"], "answer": row["answer"]})
     random.Random(0).shuffle(rows)
@@ -174,7 +172,9 @@ def run(workdir, size="ci", resume=False):
     start = time.time()
     steps = lambda k: {"train.num_steps": s[k]}  # noqa: E731
     pref_data = {
-        "data.train": ",".join([common.asset("preference_train.jsonl"), common.asset("decline_train.jsonl")])
+        "data.train": ",".join(
+            [defaults.asset("preference_train.jsonl"), defaults.asset("decline_train.jsonl")]
+        )
     }
 
     pre = p.train("pretrain", "pretrain", **steps("pretrain"), **s["model"])
@@ -370,7 +370,7 @@ def breakdown(workdir, names):
     """Held-out accuracy by operation and by what is held out (a new phrasing, or the commuted pair of a
     training question), from each model's eval/completions.jsonl and the rows of prompts_test:
     {name: {"plus": acc, "minus": ..., "times": ..., "phrasing": ..., "pair": ...}}."""
-    with open(common.asset("prompts_test.jsonl")) as f:
+    with open(defaults.asset("prompts_test.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     out = {}
     for name in names:

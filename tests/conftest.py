@@ -16,7 +16,7 @@ import warnings
 
 import pytest
 
-# Config files import `configs.common`: the repository root must be importable.
+# Tests import `configs.<name>` and `launch/`: the repository root must be importable.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)

@@ -9,31 +9,14 @@ before truncation) and how many examples ``data.max_length`` / ``data.max_prompt
 data ends like the trainer: ``error: <file> line <N>: ...`` and exit code 2.
 """
 
-import os
 import sys
 
 
-def _config_root_on_path(argv):
-    """Config files import `configs.common`: put the directory holding `configs/` on sys.path."""
-    for i, a in enumerate(argv):
-        path = (
-            a.split("=", 1)[1]
-            if a.startswith("--config=")
-            else (argv[i + 1] if a == "--config" and i + 1 < len(argv) else None)
-        )
-        if path:
-            root = os.path.dirname(os.path.dirname(os.path.abspath(path.split(":", 1)[0])))
-            if root not in sys.path:
-                sys.path.insert(0, root)
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
-
-_config_root_on_path(sys.argv)
-
-import numpy as np  # noqa: E402
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from jaxalign.data import loading, templates  # noqa: E402
+from jaxalign.data import loading, templates
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().", lock_config=True)
 

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from jaxalign import checkpoints, models, sampling, sharding
+from jaxalign import checkpoints, hosts, models, sampling, sharding
 from jaxalign.data import pipeline, sources
 from jaxalign.eval import metrics, report
 from jaxalign.eval.scoring import make_completion_logprobs_fn, make_nll_fn, make_reward_fn
@@ -158,7 +158,7 @@ def validate_config(config, num_devices: int, process_count: int = 1) -> tuple[i
         mesh_shape = _mesh_shape(m.data, m.fsdp, m.tensor, num_devices)
     except ValueError as err:
         _fail("mesh", f"data={m.data} fsdp={m.fsdp} tensor={m.tensor}", str(err))
-    shards = mesh_shape[0] * mesh_shape[1]
+    shards = hosts.batch_shards(mesh_shape)
     if e.batch_size < 1 or e.batch_size % shards:
         _fail("eval.batch_size", e.batch_size, f"must be a positive multiple of data × fsdp = {shards}")
     if e.batch_size % process_count:
@@ -181,8 +181,6 @@ def _mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[in
 
 def evaluate_and_report(config, workdir: str, devices=None) -> dict:
     """The `objective="eval"` runner of `jaxalign.main`: validate, evaluate, write the report."""
-    from jaxalign import hosts
-
     hosts.maybe_initialize(config.distributed)
     devices = jax.devices() if devices is None else devices
     mesh = sharding.make_mesh(*validate_config(config, len(devices), jax.process_count()), devices=devices)
@@ -238,24 +236,6 @@ def _global_batches(n: int, global_batch: int):
     for start in range(0, n, global_batch):
         idx = np.arange(start, min(start + global_batch, n))
         yield np.concatenate([idx, np.full(global_batch - len(idx), -1, np.int64)])
-
-
-def _local_slice(idx: np.ndarray) -> np.ndarray:
-    per = len(idx) // jax.process_count()
-    return idx[jax.process_index() * per : (jax.process_index() + 1) * per]
-
-
-def _to_global(x: np.ndarray, batch_sharding):
-    return jax.make_array_from_process_local_data(batch_sharding, np.asarray(x))
-
-
-def _gather(tree) -> dict:
-    """Global (batch-sharded) arrays -> numpy on every host, in global batch order."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 class _Model(types.SimpleNamespace):
@@ -342,7 +322,7 @@ def evaluate_checkpoint(
     if mesh is None:
         mesh = sharding.make_mesh(1, -1, 1)
     batch_sharding = sharding.batch_sharding(mesh)
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = hosts.batch_shards(mesh)
     if batch_size % shards or batch_size % jax.process_count():
         raise ValueError(
             f"batch_size={batch_size} must divide by data × fsdp = {shards} and by the "
@@ -473,8 +453,8 @@ def _rollout_set(ds, policy, ref, rm, fn_for, batch_size, batch_sharding, rng) -
     with both ref_tokens/ref_mask [n, N] (the reference's own answers) and ref_reward [n]."""
     chunks = []
     for b, idx in enumerate(_global_batches(len(ds), batch_size)):
-        local = ds.take(_local_slice(idx))
-        ids, seg = (_to_global(local[k], batch_sharding) for k in PROMPT_KEYS)
+        local = ds.take(hosts.local_rows(idx))
+        ids, seg = (hosts.to_global(local[k], batch_sharding) for k in PROMPT_KEYS)
         key = jax.random.fold_in(rng, b)
         out = fn_for("generate", policy)(policy.params, ids, seg, key)
         row = {"tokens": out.tokens, "mask": out.mask}
@@ -487,7 +467,7 @@ def _rollout_set(ds, policy, ref, rm, fn_for, batch_size, batch_sharding, rng) -
                 ref_out = fn_for("generate", ref)(ref.params, ids, seg, jax.random.fold_in(key, 1))
                 row["ref_tokens"], row["ref_mask"] = ref_out.tokens, ref_out.mask
                 row["ref_reward"] = fn_for("reward", rm)(rm.params, ids, seg, ref_out.tokens, ref_out.mask)
-        row = _gather(row)
+        row = hosts.gather(row)
         keep = idx >= 0
         chunks.append({k: np.asarray(v)[keep] for k, v in row.items()})
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
@@ -567,9 +547,9 @@ def _perplexity(text_path, tok, nll_fn, params, max_length, batch_size, batch_sh
     ds = pipeline.build_dataset(text_path, kind="clm", tokenizer=tok, max_length=max_length, split="test")
     nll, count = 0.0, 0.0
     for idx in _global_batches(len(ds), batch_size):
-        local = ds.take(_local_slice(idx))
+        local = ds.take(hosts.local_rows(idx))
         batch = {
-            k: _to_global(local[k], batch_sharding)
+            k: hosts.to_global(local[k], batch_sharding)
             for k in ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
         }
         s, c = jax.device_get(nll_fn(params, batch))

@@ -11,44 +11,37 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign import losses
-from jaxalign.models import last_token_scores
-from jaxalign.sampling import GenerateOutput, prompt_positions, to_training_batch
+from jaxalign.sampling import scoring
+
+
+def _rollout(prompt_ids, prompt_segment_ids, tokens, mask):
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_segment_ids": prompt_segment_ids,
+        "tokens": tokens,
+        "mask": mask,
+    }
 
 
 def make_completion_logprobs_fn(model):
     """`fn(params, prompt_ids, prompt_segment_ids, tokens, mask) -> [B, N] float32`: log p of each
     generated token under `model` (teacher-forced over prompt + completion, temperature 1), 0 where
-    `mask` is 0. The same function for the policy and the reference, so a model against itself gives
-    exactly 0 KL.
+    `mask` is 0 (`sampling.scoring.completion_logprobs`, as the RL trainers score). The same function for
+    the policy and the reference, so a model against itself gives exactly 0 KL.
 
     Args:
       prompt_ids, prompt_segment_ids: [B, P] left-padded prompts; tokens, mask: [B, N] from the sampler.
     """
-
-    def fn(params, prompt_ids, prompt_segment_ids, tokens, mask):
-        p = prompt_ids.shape[1]
-        zeros = jnp.zeros(tokens.shape, jnp.float32)
-        out = GenerateOutput(tokens.astype(jnp.int32), zeros, zeros, mask.astype(jnp.int32), mask.sum(-1))
-        batch = to_training_batch(prompt_ids, prompt_segment_ids, out)  # [B, P+N-1]
-        logits = model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
-        lp = losses.token_logprobs(logits, batch["targets"]) * batch["loss_mask"]  # [B, P+N-1]
-        return lp[:, p - 1 :]  # [B, N]
-
-    return jax.jit(fn)
+    return jax.jit(lambda params, *rollout: scoring.completion_logprobs(model, params, _rollout(*rollout))[0])
 
 
 def make_reward_fn(reward_model):
     """`fn(params, prompt_ids, prompt_segment_ids, tokens, mask) -> [B] float32`: the reward model's
     score (a `ScalarHeadModel`) at the last real token of prompt + completion, the token a Bradley-Terry
     reward model is trained to read (the EOS when the completion stopped)."""
-
-    def fn(params, prompt_ids, prompt_segment_ids, tokens, mask):
-        ids = jnp.concatenate([prompt_ids.astype(jnp.int32), tokens.astype(jnp.int32)], axis=1)  # [B, P+N]
-        seg = jnp.concatenate([prompt_segment_ids != 0, mask != 0], axis=1).astype(jnp.int32)
-        scores = reward_model.apply({"params": params}, ids, prompt_positions(seg), seg)  # [B, P+N]
-        return last_token_scores(scores, seg)
-
-    return jax.jit(fn)
+    return jax.jit(
+        lambda params, *rollout: scoring.reward_model_scores(reward_model, params, _rollout(*rollout))
+    )
 
 
 def make_nll_fn(model):

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign import losses
-from jaxalign.trainers.rewards import completion_logprobs, rollout_metrics
+from jaxalign.sampling.scoring import completion_logprobs
+from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
 ADVANTAGES = ("grpo", "rloo")

@@ -23,7 +23,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxalign import losses
-from jaxalign.trainers.rewards import completion_logprobs, completion_values, rollout_metrics
+from jaxalign.sampling.scoring import completion_logprobs, completion_values
+from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
 

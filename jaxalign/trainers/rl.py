@@ -37,6 +37,7 @@ import numpy as np
 from jaxalign import checkpoints, data, hosts, models, plugins, registry, sampling, sharding
 from jaxalign.data import pipeline
 from jaxalign.lora import kinds
+from jaxalign.sampling import scoring
 from jaxalign.trainers import grpo, ppo, rewards, setup
 from jaxalign.trainers.validate import (
     ConfigError,
@@ -329,9 +330,9 @@ def build_run(config, mesh):
             out_shardings=bs,
         ),
         prepare=jax.jit(lambda ro, beta: algo.prepare(ro, beta, hp), out_shardings=(bs, None, None)),
-        eval_logprobs=jax.jit(lambda p, ro: rewards.completion_logprobs(policy, p, ro)[0], out_shardings=bs),
+        eval_logprobs=jax.jit(lambda p, ro: scoring.completion_logprobs(policy, p, ro)[0], out_shardings=bs),
         eval_rm=(
-            jax.jit(lambda p, ro: rewards.reward_model_scores(reward_model, p, ro), out_shardings=bs)
+            jax.jit(lambda p, ro: scoring.reward_model_scores(reward_model, p, ro), out_shardings=bs)
             if reward_model is not None
             else None
         ),
@@ -462,7 +463,7 @@ def evaluate(src, params):
             "tokens": rollout["tokens"],
             "mask": rollout["mask"],
             "kl": jnp.sum(lp - ref_lp, axis=-1),
-            "stopped": rewards.stopped(rollout["tokens"], rollout["mask"], src.eos_ids),
+            "stopped": scoring.stopped(rollout["tokens"], rollout["mask"], src.eos_ids),
         }
         if src.eval_rm is not None:
             dev["rm_score"] = src.eval_rm(src.rm_params, rollout)

@@ -4,7 +4,7 @@ import math
 import os
 import re
 
-from jaxalign import registry
+from jaxalign import hosts, registry
 from jaxalign.errors import ConfigError, check_path, config_fail  # noqa: F401  (ConfigError re-exported)
 
 
@@ -240,7 +240,7 @@ def validate_common(config, num_devices, process_count=1):
             f"data={mesh.data} fsdp={mesh.fsdp} tensor={mesh.tensor}",
             f"uses {math.prod(sizes)} devices but there are {num_devices}",
         )
-    batch_shards = sizes[0] * sizes[1]
+    batch_shards = hosts.batch_shards(sizes)
     micro = t.batch_size // t.grad_accum_steps
     if micro % batch_shards:
         _fail(

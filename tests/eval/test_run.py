@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import common
+from jaxalign import defaults as common
 from jaxalign import checkpoints, losses, models, sampling, sharding
 from jaxalign.data import pipeline
 from jaxalign.eval import SET_METRICS, evaluate_checkpoint, metrics

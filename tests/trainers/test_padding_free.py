@@ -15,7 +15,7 @@ from jaxalign import models, registry
 from jaxalign.data import batching, embedded, pipeline
 from jaxalign.trainers import objectives
 
-from configs import common
+from jaxalign import defaults as common
 
 T = 48
 

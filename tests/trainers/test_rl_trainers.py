@@ -17,7 +17,7 @@ from jaxalign import sharding
 from jaxalign.trainers import loop, rl
 from jaxalign.trainers.validate import ConfigError
 
-from configs import common
+from jaxalign import defaults as common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -1,10 +1,11 @@
-"""Shared pieces of every jaxalign config: one sub-dict per component.
+"""Shared pieces of every jaxalign config: one sub-dict per component (`from jaxalign import defaults`).
 
 Configs are deltas: each `configs/<objective>.py` calls `base_config(objective)` and changes a few fields.
 Only the sub-dict of the chosen objective exists (`config.dpo` in a DPO config, never in an SFT one), and
 configs are locked, so a mistyped or inapplicable `--config.x=...` fails at start-up instead of being ignored.
 """
 
+import importlib.util
 import os
 
 import ml_collections
@@ -143,3 +144,41 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
 def lock(c):
     c.lock()
     return c
+
+
+# The RL objectives' sub-dicts (configs/ppo.py, configs/grpo.py).
+def rollout_config(max_new_tokens=24):
+    """Sampling for training (and, greedy, for evaluation)."""
+    r = ml_collections.ConfigDict()
+    r.max_new_tokens = max_new_tokens  # N; embedded answers take ~7 tokens + EOS.
+    # 1.0: the behaviour policy is the policy. Other values (or top_k / top_p) sample from a different
+    # distribution than the one whose log-probs the update uses (recomputed at temperature 1).
+    r.temperature = 1.0
+    r.top_k = 0  # 0 = off.
+    r.top_p = 1.0  # 1 = off.
+    r.cache_buckets = 1  # >1: grow the KV cache in phases (long N, see sampling.make_generate_fn).
+    return r
+
+
+def reward_config(model_path="", function="jaxalign.data.embedded:reward"):
+    """Where rewards come from. The trained-on score is the reward model's if set, else the function's."""
+    rw = ml_collections.ConfigDict()
+    rw.model_path = model_path  # Reward model (*ForSequenceClassification); "" = use `function`.
+    rw.function = function  # "module:fn", fn(answer, completion_text_with_special_tokens) -> float.
+    rw.check_fn = "jaxalign.data.embedded:check_answer"  # (answer, text) -> bool: accuracy; "" = none.
+    rw.missing_eos_penalty = 0.0  # Subtracted from the score of a completion with no EOS in N tokens.
+    return rw
+
+
+def prompt_data(c):
+    c.data.max_prompt_length = 32  # P: embedded prompts are <= 30 tokens (left-padded to P).
+    c.data.max_length = 56  # P + N = 32 + 24: the longest sequence.
+
+
+def load_config_file(path, arg=None):
+    """`get_config(arg)` of a config file (as `--config=path[:arg]` does), without putting its directory
+    on sys.path: config files import only installed packages (`from jaxalign import defaults`)."""
+    spec = importlib.util.spec_from_file_location(f"jaxalign_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
