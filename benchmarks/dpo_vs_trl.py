@@ -74,15 +74,15 @@ def bench_jax(d, tok, rows, args):
     from jaxalign.checkpoints import hf
     from jaxalign.models import Transformer
     from jaxalign.trainers.state import TrainState
-    from jaxalign.trainers.step import make_train_step
+    from jaxalign.trainers.step import make_loss_fn, make_train_step
 
     mcfg, params = hf.load_hf_model(d)
     model = Transformer(mcfg)
     cfg = ml_collections.ConfigDict(
         dict(
             objective="dpo",
-            train=dict(grad_accum_steps=1),
             dpo=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0),
+            lora=dict(enabled=False),  # full fine-tuning: the policy is trained, the reference a copy
         )
     )
     tx = optax.adamw(1e-5)
@@ -90,7 +90,7 @@ def bench_jax(d, tok, rows, args):
         jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key_data(jax.random.key(0))
     )
     ref = jax.tree.map(jnp.copy, params)
-    step = jax.jit(make_train_step(model, tx, cfg), donate_argnums=0)
+    step = jax.jit(make_train_step(make_loss_fn(model, cfg), tx), donate_argnums=0)
 
     def encode(batch_rows):
         out = {}

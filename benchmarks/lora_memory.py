@@ -4,10 +4,11 @@
   python benchmarks/lora_memory.py --layers=8 --hidden=512 --rank=16 --remat
 
 Full DPO: policy + frozen reference copy + AdamW (m, v) on every parameter, the trainer's own
-  `jaxalign.trainers.step.make_train_step`.
+  `jaxalign.trainers.step.make_train_step` on `make_loss_fn` (DPO).
 LoRA DPO: frozen base + adapters r on q, k, v, o, gate, up, down + AdamW on the adapters only; the
   reference is the base with adapters off (no copy). Same objective glue (`make_dpo_loss` on a
-  `LoraModel`, wrapped by `lora.lora_loss_fn`) and the same step body as make_train_step.
+  `LoraModel`, wrapped by `lora.lora_loss_fn`) and the same step, make_train_step, with (adapters, base)
+  as its (params, frozen).
 Both: float32, sigmoid DPO (beta 0.1), state donated, reference/base not donated.
 
 Memory, per arm (each arm runs in its own process so RSS figures don't mix):
@@ -97,8 +98,8 @@ def run_arm(args) -> dict:
     config = ml_collections.ConfigDict(
         dict(
             objective="dpo",
-            train=dict(grad_accum_steps=1),
             dpo=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0),
+            lora=dict(enabled=False),  # the LoRA arm wraps the loss itself (lora.lora_loss_fn)
         )
     )
     tx = optax.adamw(1e-5)
@@ -123,7 +124,7 @@ def run_arm(args) -> dict:
         )
 
     if args.arm == "full":
-        step = make_train_step(model, tx, config)
+        step = make_train_step(make_loss_fn(model, config), tx)
 
         def make_state(key):
             params = init_params(mcfg, key)
@@ -132,20 +133,7 @@ def run_arm(args) -> dict:
             ), params  # ref = a copy
     else:
         loss_fn = lora.lora_loss_fn(make_loss_fn(lora.LoraModel(model, lora_cfg), config))
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-        def step(state, batch, base):  # the body of make_train_step, with (adapters, base) as arguments
-            (loss, metrics), grads = grad_fn(state.params, base, batch)
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            metrics = dict(
-                metrics,
-                loss=loss,
-                grad_norm=optax.global_norm(grads),
-                param_norm=optax.global_norm(params),
-                update_norm=optax.global_norm(updates),
-            )
-            return TrainState(state.step + 1, params, opt_state, state.rng), metrics
+        step = make_train_step(loss_fn, tx)  # state.params = the adapters, frozen = the base
 
         def make_state(key):
             base = init_params(mcfg, key)

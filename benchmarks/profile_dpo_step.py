@@ -59,7 +59,8 @@ def main():
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     run = setup.build_run(c, mesh)
     tx, schedule = make_optimizer(c.optimizer, 40)
-    batches = [next(run.train_iter) for _ in range(6)]
+    batches = [next(run.batches.iterator) for _ in range(6)]  # host batches, as the loop's source reads them
+    run.batches.close()
     print("row shapes of 6 batches:", [b.get("input_ids", b.get("chosen_input_ids")).shape for b in batches])
     b = {k: v for k, v in batches[1].items() if k not in ("weight", "answer")}
     with jax.set_mesh(mesh):
@@ -70,8 +71,10 @@ def main():
             opt_state=tx.init(params),
             rng=jax.random.key_data(jax.random.key(0)),
         )
-        step = jax.jit(make_train_step(run.model, tx, c, schedule))
-        loss_fn = objectives.make_dpo_loss(run.model, objectives.hparams(c))
+        step = jax.jit(
+            make_train_step(run.loss_fn, tx, grad_accum_steps=c.train.grad_accum_steps, schedule=schedule)
+        )
+        loss_fn = run.loss_fn  # the DPO loss (`objectives.make_dpo_loss`), as the step differentiates it
         rows = b if c.data.packing else objectives._pair(b)
         ids, pos, seg = rows["input_ids"], rows["positions"], rows["segment_ids"]
         apply = lambda p: run.model.apply({"params": p}, ids, pos, seg)

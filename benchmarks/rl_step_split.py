@@ -9,9 +9,11 @@ to back as well (the host's reward work waits for the sampled tokens, the update
 phase times add up to its step time:
 
   sample        the jitted sampler: prefill + decode loop with the KV cache           (rl.sample)
-  score/device  forward passes: policy and reference log-probs, critic values, RM      (run.score)
+  score/device  forward passes: policy and reference log-probs, critic values, RM      (Rollouts.score_fn)
   score/host    tokens to the host, decode, the Python reward / check functions       (rl.host_scores)
-  update        advantages + epochs × minibatches of forward/backward/optimiser       (run.update)
+  update        advantages + epochs × minibatches of forward/backward/optimiser       (Rollouts.prepare,
+                                                                                        the loop's step)
+The run, state and step are the loop's own (`loop.build`); score/device + score/host are `rl.score`.
 
 Prints milliseconds per step and the share of each phase, and the rollout throughput in generated tokens/s.
 """
@@ -35,34 +37,39 @@ PHASES = ("sample", "score/device", "score/host", "update")
 def main(argv):
     del argv
     import jax
+    import jax.numpy as jnp
     import numpy as np
     from jaxalign import sharding
-    from jaxalign.trainers import rl
+    from jaxalign.trainers import loop, rl
 
     config = _CONFIG.value
-    mesh = sharding.make_mesh(*rl.validate(config, jax.device_count()))
-    run, state = rl.build(config, mesh)
+    mesh = sharding.make_mesh(*rl.validate(config, jax.device_count(), jax.process_count()))
     times = {p: [] for p in PHASES}
     tokens = []
     with jax.set_mesh(mesh):
+        run, state, train_step = loop.build(config, mesh)
+        src = run.batches  # rl.Rollouts: the loop's batch source, its phases timed one by one
         for i in range(_WARMUP.value + _STEPS.value):
-            batch = next(run.train_iter)
+            prompts = next(src.prompts)
             t0 = time.perf_counter()
-            rollout, answers = rl.sample(run, state.params["policy"], batch, rl.rollout_key(state))
+            rollout, answers = rl.sample(src, src.policy_tree(state.params), prompts, rl.rollout_key(state))
             jax.block_until_ready(rollout)
             t1 = time.perf_counter()
-            scored = jax.block_until_ready(run.score(state.params, run.ref_params, run.rm_params, rollout))
+            scored = jax.block_until_ready(src.score_fn(state.params, src.ref_params, src.rm_params, rollout))
             t2 = time.perf_counter()
-            host, n = rl.host_scores(run, rollout, answers)
-            rollout = rl.combine(run, rollout, scored, host)
+            host, n = rl.host_scores(src, rollout, answers)
+            rollout = rl.combine(src, rollout, scored, host)
             t3 = time.perf_counter()
-            state, metrics = run.update(state, rollout)
+            batch, _, kl_coef = src.prepare(rollout, jnp.float32(src.kl_coef))
+            src.kl_coef = float(kl_coef)  # β for the next rollout (PPO's adaptive controller)
+            state, metrics = train_step(state, batch, run.ref_params)
             jax.block_until_ready((state, metrics))
             t4 = time.perf_counter()
             if i >= _WARMUP.value:
                 for p, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                     times[p].append(dt)
                 tokens.append(n)
+        run.batches.close()
     ms = {p: 1e3 * float(np.median(v)) for p, v in times.items()}
     total = sum(ms.values())
     rows = config.train.batch_size * rl.group_size(config)

@@ -40,50 +40,31 @@ def main(argv):
     del argv
     import jax
     import numpy as np
-    from jaxalign import sharding
-    from jaxalign.trainers import loop, setup
-    from jaxalign import registry
-    from jaxalign.trainers.optim import make_optimizer
-    from jaxalign.trainers.state import TrainState
-    from jaxalign.trainers.step import make_train_step
-    from jaxalign.trainers.validate import validate
-    import jax.numpy as jnp
+    from jaxalign import registry, sharding
+    from jaxalign.trainers import loop
 
     config = _CONFIG.value
-    mesh = sharding.make_mesh(*validate(config, jax.device_count()))
-    run = setup.build_run(config, mesh)
-    tx, schedule = make_optimizer(config.optimizer, config.train.num_steps)
-    state = TrainState(
-        jnp.zeros((), jnp.int32),
-        run.params,
-        jax.jit(tx.init)(run.params),
-        jax.random.key_data(jax.random.key(0)),
-    )
-    shard = jax.tree.map(lambda x: x.sharding, state)
-    ref_sh = jax.tree.map(lambda x: x.sharding, run.ref_params) if run.ref_params is not None else None
-    bs = sharding.batch_sharding(mesh)
-    step = jax.jit(
-        make_train_step(run.model, tx, config, schedule),
-        in_shardings=(shard, bs, ref_sh),
-        out_shardings=(shard, None),
-        donate_argnums=0,
-    )
-    batches = [loop._to_global(next(run.train_iter), bs) for _ in range(4)]
-    for i in range(2):
-        state, m = step(state, batches[i % 4], run.ref_params)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for i in range(_STEPS.value):
-        state, m = step(state, batches[i % 4], run.ref_params)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t0) / _STEPS.value
+    mesh = sharding.make_mesh(*loop.builder(config).validate(config, jax.device_count(), jax.process_count()))
+    with jax.set_mesh(mesh):
+        # The loop's own run, state and jitted step (sharded, state donated, reference not).
+        run, state, step = loop.build(config, mesh)
+        n_params = sum(x.size for x in jax.tree.leaves(state.params))
+        batches = [run.batches.next(state)[0] for _ in range(4)]
+        run.batches.close()
+        for i in range(2):
+            state, m = step(state, batches[i % 4], run.ref_params)
+        jax.block_until_ready(m)
+        t0 = time.perf_counter()
+        for i in range(_STEPS.value):
+            state, m = step(state, batches[i % 4], run.ref_params)
+        jax.block_until_ready(m)
+        dt = (time.perf_counter() - t0) / _STEPS.value
 
     b0 = jax.device_get(batches[0])
     seq_keys = [k for k in b0 if k.endswith("input_ids")]
     tokens = sum(int(np.prod(b0[k].shape)) for k in seq_keys)  # padded tokens processed
     real = sum(int((b0[k.replace("input_ids", "segment_ids")] > 0).sum()) for k in seq_keys)
     mc = run.model_config
-    n_params = sum(x.size for x in jax.tree.leaves(run.params))
     n_embed = mc.vocab_size * mc.hidden_size
     t_len = b0[seq_keys[0]].shape[1]
     attn = 12 * mc.num_layers * t_len * mc.hidden_size
