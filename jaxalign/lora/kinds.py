@@ -22,7 +22,7 @@ def kind_of(config):
     """ "lora" (`lora.enabled`), "bottleneck" (`adapters.kind=bottleneck`), or None: full fine-tuning."""
     if bottleneck.enabled(config):
         return "bottleneck"
-    return "lora" if config.lora.enabled else None
+    return "lora" if "lora" in config and config.lora.enabled else None
 
 
 def config_of(config):

@@ -17,6 +17,7 @@ def dpo_loss(
     policy_rejected_logps: Array,
     ref_chosen_logps: Array,
     ref_rejected_logps: Array,
+    *,
     beta: float = 0.1,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,

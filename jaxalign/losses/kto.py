@@ -15,6 +15,7 @@ def kto_loss(
     ref_logps: Array,
     labels: Array,
     kl: Array,
+    *,
     beta: float = 0.1,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,

@@ -15,6 +15,7 @@ def ppo_clip_loss(
     old_logprobs: Array,
     advantages: Array,
     mask: Array,
+    *,
     clip_eps: float = 0.2,
     reduction: str = "token",
 ) -> tuple[Array, dict]:
@@ -63,7 +64,7 @@ def ppo_clip_loss(
 
 
 def value_loss(
-    values: Array, old_values: Array, returns: Array, mask: Array, clip_eps: float = 0.2
+    values: Array, old_values: Array, returns: Array, mask: Array, *, clip_eps: float = 0.2
 ) -> tuple[Array, dict]:
     """Clipped value loss, as OpenAI baselines' PPO2 and TRL's PPO trainer.
 
@@ -100,7 +101,7 @@ def value_loss(
 
 
 def gae(
-    rewards: Array, values: Array, mask: Array, gamma: float = 1.0, lam: float = 0.95
+    rewards: Array, values: Array, mask: Array, *, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[Array, Array]:
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over the last axis, by a reverse scan.
 

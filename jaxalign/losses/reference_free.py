@@ -22,7 +22,7 @@ def log1mexp(x: Array) -> Array:
 
 
 def orpo_loss(
-    chosen_logps: Array, rejected_logps: Array, nll_chosen: Array, beta: float = 0.1
+    chosen_logps: Array, rejected_logps: Array, nll_chosen: Array, *, beta: float = 0.1
 ) -> tuple[Array, dict]:
     """Odds-Ratio Preference Optimization (Hong et al. 2024, eq. 6-7), as TRL's ORPOTrainer.
 
@@ -63,6 +63,7 @@ def orpo_loss(
 def simpo_loss(
     chosen_logps: Array,
     rejected_logps: Array,
+    *,
     beta: float = 2.0,
     gamma: float | None = None,
     gamma_beta_ratio: float | None = None,

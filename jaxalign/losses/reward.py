@@ -11,7 +11,7 @@ Array = jax.Array
 
 
 def reward_bt_loss(
-    chosen_rewards: Array, rejected_rewards: Array, margin: Array | None = None, center_coef: float = 0.0
+    chosen_rewards: Array, rejected_rewards: Array, margin: Array | None = None, *, center_coef: float = 0.0
 ) -> tuple[Array, dict]:
     """Bradley-Terry pairwise loss for reward models (Ouyang et al. 2022, eq. 1), as TRL's RewardTrainer.
 

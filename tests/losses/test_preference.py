@@ -65,7 +65,7 @@ def test_reward_bt_matches_reference(with_margin, center_coef):
     rng = np.random.default_rng(0)
     rc, rr, margin = (rng.standard_normal(N).astype(np.float32) * 3 for _ in range(3))
     margin = np.abs(margin) if with_margin else None
-    got = jax.jit(reward_bt_loss)(rc, rr, margin, center_coef)
+    got = jax.jit(reward_bt_loss, static_argnames=())(rc, rr, margin, center_coef=center_coef)
     _check(got, *ref_reward(rc, rr, margin, center_coef))
 
 

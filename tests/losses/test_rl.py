@@ -99,7 +99,7 @@ def test_ppo_clip_matches_reference(reduction, per_sequence_adv):
     new, old, _, adv, mask = _rl_inputs(1)
     if per_sequence_adv:
         adv = adv[:, 0]
-    loss, metrics = jax.jit(ppo_clip_loss, static_argnames="reduction")(new, old, adv, mask, 0.2, reduction)
+    loss, metrics = jax.jit(ppo_clip_loss, static_argnames="reduction")(new, old, adv, mask, clip_eps=0.2, reduction=reduction)
     want_loss, want = ref_ppo(new, old, adv, mask, 0.2, reduction)
     _close(loss, want_loss)
     for k in want:
@@ -199,7 +199,7 @@ def test_gae_matches_reference(gamma, lam):
     rng = np.random.default_rng(4)
     rewards, values = rng.standard_normal((2, B, T)).astype(np.float32)
     mask = _mask(4)
-    adv, ret = jax.jit(gae)(rewards, values, mask, gamma, lam)
+    adv, ret = jax.jit(gae)(rewards, values, mask, gamma=gamma, lam=lam)
     want_adv, want_ret = ref_gae(rewards, values, mask, gamma, lam)
     _close(adv, want_adv)
     _close(ret, want_ret)
@@ -219,10 +219,10 @@ def test_gae_masked_positions_neither_contribute_nor_break_bootstrapping():
     rng = np.random.default_rng(6)
     rewards, values = rng.standard_normal((2, B, T)).astype(np.float32)
     mask = _mask(6)
-    adv, ret = gae(rewards, values, mask, 0.99, 0.95)
+    adv, ret = gae(rewards, values, mask, gamma=0.99, lam=0.95)
     # Garbage at masked positions changes nothing.
     noisy = lambda x: np.where(mask == 0, 1e3 * rng.standard_normal(x.shape), x).astype(np.float32)
-    adv2, ret2 = gae(noisy(rewards), noisy(values), mask, 0.99, 0.95)
+    adv2, ret2 = gae(noisy(rewards), noisy(values), mask, gamma=0.99, lam=0.95)
     _close(adv2, adv)
     _close(ret2, ret)
     assert np.all(np.asarray(adv)[mask == 0] == 0) and np.all(np.asarray(ret)[mask == 0] == 0)
@@ -231,7 +231,7 @@ def test_gae_masked_positions_neither_contribute_nor_break_bootstrapping():
     keep = mask[row] > 0
     squeezed = lambda x: np.concatenate([x[row][keep], np.zeros(T - keep.sum(), np.float32)])[None]
     m_sq = np.concatenate([np.ones(keep.sum()), np.zeros(T - keep.sum())])[None].astype(np.float32)
-    adv_sq, _ = gae(squeezed(rewards), squeezed(values), m_sq, 0.99, 0.95)
+    adv_sq, _ = gae(squeezed(rewards), squeezed(values), m_sq, gamma=0.99, lam=0.95)
     _close(np.asarray(adv)[row][keep], np.asarray(adv_sq)[0][: keep.sum()])
 
 
@@ -248,7 +248,7 @@ def test_gae_right_padding_matches_trl_recursion():
         next_v = v[:, t + 1] if t < T - 1 else 0.0
         last = r[:, t] + 0.9 * next_v - v[:, t] + 0.9 * 0.95 * last
         adv[:, t] = last
-    got, _ = gae(rewards, values, mask, 0.9, 0.95)
+    got, _ = gae(rewards, values, mask, gamma=0.9, lam=0.95)
     _close(np.asarray(got) * mask, adv * mask)
 
 
