@@ -99,7 +99,9 @@ def test_ppo_clip_matches_reference(reduction, per_sequence_adv):
     new, old, _, adv, mask = _rl_inputs(1)
     if per_sequence_adv:
         adv = adv[:, 0]
-    loss, metrics = jax.jit(ppo_clip_loss, static_argnames="reduction")(new, old, adv, mask, clip_eps=0.2, reduction=reduction)
+    loss, metrics = jax.jit(ppo_clip_loss, static_argnames="reduction")(
+        new, old, adv, mask, clip_eps=0.2, reduction=reduction
+    )
     want_loss, want = ref_ppo(new, old, adv, mask, 0.2, reduction)
     _close(loss, want_loss)
     for k in want:
