@@ -3,7 +3,7 @@
     kind = kinds.kind_of(config)                 # "lora" (lora.enabled), "bottleneck" (adapters.kind) or None
     adapters, cfg, model = kinds.make(config, model, params, mesh, rng)   # trainable tree on the mesh
     tree = kinds.attach(cfg, base, adapters)     # what `model.apply` runs: base + adapters
-    loss_fn = kinds.wrap_loss(cfg, loss_fn)      # (adapters, base, batch) -> loss_fn(attach(...), base, batch)
+    loss_fn = kinds.wrap_loss(kind, loss_fn)     # (adapters, base, batch) -> loss_fn(attach(...), base, batch)
 
 Either way the frozen base with the adapters off is the reference policy, so no second copy exists.
 """
@@ -37,8 +37,9 @@ def config_of(config):
     return None
 
 
-def _is_bottleneck(adapter_config):
-    return isinstance(adapter_config, bottleneck.BottleneckConfig)
+def _is_bottleneck(adapter):
+    """`adapter`: an adapter config, or a kind name from `kind_of`."""
+    return adapter == "bottleneck" or isinstance(adapter, bottleneck.BottleneckConfig)
 
 
 def make(config, model, params, mesh, rng):
@@ -72,8 +73,9 @@ def attach(adapter_config, base, adapters):
     return fn(base, adapters)
 
 
-def wrap_loss(adapter_config, loss_fn):
+def wrap_loss(adapter, loss_fn):
     """`loss_fn(params, frozen, batch)` of a model with adapters -> `f(adapters, base, batch)`: the
-    adapters are what is trained, the base is the frozen argument (and the reference)."""
-    fn = bottleneck.bottleneck_loss_fn if _is_bottleneck(adapter_config) else lora_adapters.lora_loss_fn
+    adapters are what is trained, the base is the frozen argument (and the reference). `adapter`: the
+    adapters' config or their kind."""
+    fn = bottleneck.bottleneck_loss_fn if _is_bottleneck(adapter) else lora_adapters.lora_loss_fn
     return fn(loss_fn)

@@ -34,8 +34,8 @@ def make_loss_fn(model, config):
     which is also the reference policy."""
     builder = getattr(objectives, registry.get(config.objective).loss)  # make_<objective>_loss
     loss_fn = builder(model, hparams(config))
-    adapter_config = kinds.config_of(config)
-    return loss_fn if adapter_config is None else kinds.wrap_loss(adapter_config, loss_fn)
+    kind = kinds.kind_of(config)
+    return loss_fn if kind is None else kinds.wrap_loss(kind, loss_fn)
 
 
 def _split_micro(batch, n):
