@@ -1,0 +1,25 @@
+"""DPO (sigmoid loss, beta 0.1, reference log-probs precomputed) on trl-lib/ultrafeedback_binarized, Llama-3.2-1B-Instruct.
+
+Topologies (the config argument; default v5e-8): v5e-8, v5p-8, 8xH100. bf16 compute, fp32 master
+weights, remat, scanned layers; mesh and batch per topology in configs/recipes/_build.py (MODELS).
+model.path: $JAXALIGN_MODELS/Llama-3.2-1B-Instruct (default ~/models/...), or --config.model.path=DIR.
+
+  # TPU v5e-8 (launch/README.md):
+  launch/tpu_vm.sh all --name=run1 --zone=us-east5-a --tpu-type=v5litepod-8 -- \
+    --config=configs/recipes/dpo_llama3_2_1b.py:v5e-8 --workdir=runs/dpo_llama3_2_1b
+  # 8xH100 (SLURM, launch/README.md):
+  sbatch --nodes=1 launch/slurm.sbatch --config=configs/recipes/dpo_llama3_2_1b.py:8xH100 \
+    --workdir=/shared/runs/dpo_llama3_2_1b
+  # anywhere, one host:
+  python -m jaxalign.main --config=configs/recipes/dpo_llama3_2_1b.py:v5e-8 --workdir=/tmp/dpo_llama3_2_1b
+"""
+
+import os
+
+from jaxalign import defaults
+
+BUILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build.py")
+
+
+def get_config(arg=None):
+    return defaults.load_config_file(BUILD, ("dpo", "llama-3.2-1b", arg))
