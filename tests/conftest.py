@@ -1,11 +1,26 @@
 """Test setup: 8 fake CPU devices so sharded code is testable on one machine."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# JAX's persistent compilation cache, one per test session (set before anything imports jax). Tests, the
+# command-line programs they start and the pipeline's stages build the same XLA programs again and again
+# from new Python closures (new jit objects: in-memory cache misses); this cache is keyed by the program
+# (and the devices, flags and jax version), so the repeats load the compiled executable instead. The
+# directory is this session's own and removed at exit: nothing carries over between sessions. Set
+# JAX_COMPILATION_CACHE_DIR to use another one (kept), or JAX_ENABLE_COMPILATION_CACHE=false to turn it off.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix=f"jaxalign-tests-jax-cache-{os.getpid()}-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import contextlib
 import runpy

@@ -8,19 +8,22 @@ from jaxalign import losses, models
 from jaxalign.trainers import objectives
 
 
+CFG = models.ModelConfig(
+    vocab_size=32,
+    hidden_size=16,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=8,
+    intermediate_size=32,
+)
+# Compiled once for every test (op by op, `module.init` dispatches each primitive: seconds on a busy CPU).
+_init = jax.jit(lambda k: models.init_params(CFG, k))
+
+
 def _setup(seed=0, b=3, t=7):
-    cfg = models.ModelConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=8,
-        intermediate_size=32,
-    )
-    model = models.Transformer(cfg)
-    params = models.init_params(cfg, jax.random.key(seed))
-    ref = models.init_params(cfg, jax.random.key(seed + 1))
+    model = models.Transformer(CFG)
+    params, ref = _init(jax.random.key(seed)), _init(jax.random.key(seed + 1))
     rng = np.random.default_rng(seed)
     batch = {}
     for side in ("chosen", "rejected"):
@@ -48,13 +51,22 @@ def test_dpo_objective_with_rpo_term_equals_dpo_plus_chosen_nll():
     model, params, ref, batch = _setup()
     hp = dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0, rpo_alpha=0.5)
     loss, metrics = jax.jit(objectives.make_dpo_loss(model, hp))(params, ref, batch)
-    pc, pr = _logps(model, params, batch, "chosen"), _logps(model, params, batch, "rejected")
-    rc, rr = _logps(model, ref, batch, "chosen"), _logps(model, ref, batch, "rejected")
-    dpo, _ = losses.dpo_loss(pc, pr, rc, rr, beta=0.1)
-    logits = model.apply(
-        {"params": params}, batch["chosen_input_ids"], batch["chosen_positions"], batch["chosen_segment_ids"]
-    )
-    nll, _ = losses.sft_loss(logits, batch["chosen_targets"], batch["chosen_loss_mask"])
+
+    @jax.jit  # the separate computation, compiled once (op by op it dispatches every primitive)
+    def expected(params, ref, batch):
+        pc, pr = _logps(model, params, batch, "chosen"), _logps(model, params, batch, "rejected")
+        rc, rr = _logps(model, ref, batch, "chosen"), _logps(model, ref, batch, "rejected")
+        dpo, _ = losses.dpo_loss(pc, pr, rc, rr, beta=0.1)
+        logits = model.apply(
+            {"params": params},
+            batch["chosen_input_ids"],
+            batch["chosen_positions"],
+            batch["chosen_segment_ids"],
+        )
+        nll, _ = losses.sft_loss(logits, batch["chosen_targets"], batch["chosen_loss_mask"])
+        return dpo, nll
+
+    dpo, nll = expected(params, ref, batch)
     np.testing.assert_allclose(loss, dpo + 0.5 * nll, rtol=1e-5)
     np.testing.assert_allclose(metrics["nll_chosen"], nll, rtol=1e-5)
 
