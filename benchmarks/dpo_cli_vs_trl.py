@@ -71,7 +71,7 @@ truncated sequences with jaxalign's `build_dataset` arrays and prints how many p
     (a cut completion loses its EOS on both).
   * Padding (not the same, on purpose: that is what each user gets): TRL pads to the longest sequence
     of the batch. jaxalign's DPO default is now padding-free batches (`data.packing=True` in
-    configs/common.py: each batch's sequences packed into few rows of `max_length`);
+    jaxalign/defaults.py: each batch's sequences packed into few rows of `max_length`);
     `--jax_args=--config.data.packing=False` gives one row per sequence padded to `max_length`. The
     sequence check above is about tokens and truncation, which packing does not change.
 

@@ -3,10 +3,10 @@
     from jaxalign import registry
     spec = registry.get("dpo")      # Objective(name="dpo", data="preference", head="lm", reference=True, ...)
 
-`main` picks the trainer from it, `configs/common.py` the padding-free default, validation the config
+`main` picks the trainer from it, `jaxalign/defaults.py` the padding-free default, validation the config
 checks and what packing allows, `trainers/setup.py` the dataset kind, the head and whether a frozen
-reference exists, `trainers/step.py` the loss builder, `data/inspect.py` the dataset kind, and the
-pipeline the trainer. Adding an offline objective = a loss in `losses/`, its glue
+reference exists, `trainers/step.py` the loss builder, `data/inspect.py` the dataset kind, the pipeline
+the trainer, and `trainers/loop.py` which module builds its run (`SOURCES`). Adding an offline objective = a loss in `losses/`, its glue
 `make_<name>_loss(model, hp)` in `trainers/objectives.py`, and one entry here.
 
 This module imports nothing heavy (no JAX): configs and the data inspector read it.
