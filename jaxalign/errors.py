@@ -140,8 +140,17 @@ def flag_error_message(exc, argv, flag_values=None):
         for pattern, expected in _PARSE_WHY:
             if re.search(pattern, why):
                 why = expected
-        return f"{'' if '.' in name else '--'}{name}={value}: {why}"  # config.<field>=..., --flag=...
-    return text
+        return f"{'' if '.' in name else '--'}{name}={value}: {_last_exception(why)}"  # config.<field>=...
+    return _last_exception(text)
+
+
+def _last_exception(text):
+    """A folded traceback (absl quotes one when a config file's get_config raises) -> its last line's
+    message, e.g. "Error whilst parsing config file: Traceback ... ValueError: <msg>" -> "<msg>"."""
+    if "Traceback (most recent call last)" not in text:
+        return text
+    found = list(re.finditer(r"\b[A-Za-z_][\w.]*(?:Error|Exception): ", text))
+    return text[found[-1].end() :] if found else text
 
 
 def parse_flags(argv):

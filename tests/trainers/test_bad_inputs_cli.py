@@ -88,6 +88,7 @@ FLAG_CASES = [
     ),
     ("grpo.py", ["--config.grpo=3"], ["config.grpo=3"]),
     ("nope.py", [], ["--config=", "nope.py: no such file"]),
+    ("grpo.py:nope", [], ["grpo.py:nope", "unknown variant; expected one of"]),  # get_config raises
     ("dpo.py", ["--no_such_flag=1"], ["no_such_flag"]),
 ]
 
