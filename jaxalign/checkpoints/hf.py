@@ -3,10 +3,18 @@
     config, params = load_hf_model("path/to/hf_dir", mesh=mesh)               # onto the mesh directly
     save_hf_model("out_dir", config, params, tokenizer=tok)                    # transformers loads it
 
-Loading reads one safetensors tensor at a time (memory-mapped), converts it to our layout, and places it
-with its NamedSharding via `jax.make_array_from_callback`: every device receives only its own shard and
-the host never holds more than one full tensor (or one layer group, for `scan_layers`). Export gathers
-one parameter at a time (`process_allgather` for multi-host arrays) and writes sharded safetensors.
+Loading reads one safetensors tensor at a time (with plain reads, not a memory map whose touched pages
+would stay in the process's memory), converts it to our layout, and places it with its NamedSharding via
+`jax.make_array_from_callback`: every device receives only its own shard and the host never holds more
+than a few copies of one tensor. Scanned layers (`scan_layers`) are written one layer at a time into
+their stacked array, allocated once on the mesh (a donated in-place update, never a second copy).
+
+Export plans the files up front from the parameters' shapes and dtypes, then streams: one HF tensor at a
+time is gathered (one layer of a scanned parameter; `process_allgather` for multi-host arrays, in the
+same order on every process) and written straight to its place in its safetensors file, so a host holds
+about one tensor, never the model. With several processes file i is written by process i % count (the
+directory must be one that every process sees, as for training checkpoints); process 0 writes the
+config, the index and the tokenizer. Files are written under a temporary name and renamed when complete.
 Only safetensors are read: pickled `pytorch_model.bin` files are refused.
 
 A missing, unreadable or mismatched checkpoint (no directory, no or corrupt config.json, an unsupported
@@ -24,21 +32,25 @@ already [in, out], and its fused `c_attn` [D, 3D] splits into q/k/v):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import re
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from jaxalign.errors import CheckpointError
 from jaxalign.models.config import ARCHITECTURES, ModelConfig
@@ -149,6 +161,40 @@ def _to_hf(arr: np.ndarray, kind, path: tuple[str, ...]) -> np.ndarray:
     return flat.T if kind == "linear" else flat
 
 
+def _hf_shape(shape: tuple[int, ...], kind, path: tuple[str, ...]) -> tuple[int, ...]:
+    """The shape `_to_hf` gives an array of `shape` (without reading it)."""
+    if path[-1] == "bias":
+        return (math.prod(shape),)
+    if kind == "same":
+        return tuple(shape)
+    in_dims = 2 if path[-2] == "o_proj" else 1
+    flat = (math.prod(shape[:in_dims]), math.prod(shape[in_dims:]))
+    return flat[::-1] if kind == "linear" else flat
+
+
+# safetensors dtype names, in the order of safetensors' own Dtype enum (its writer sorts the data by
+# descending dtype, then by name; `_write_plan` lays files out the same way).
+_ST_DTYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "I16": np.dtype(np.int16),
+    "U16": np.dtype(np.uint16),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I32": np.dtype(np.int32),
+    "U32": np.dtype(np.uint32),
+    "F32": np.dtype(np.float32),
+    "F64": np.dtype(np.float64),
+    "I64": np.dtype(np.int64),
+    "U64": np.dtype(np.uint64),
+}
+_ST_NAMES = {dt: name for name, dt in _ST_DTYPES.items()}
+_ST_RANK = {name: i for i, name in enumerate(_ST_DTYPES)}
+
+
 # --------------------------------------------------------------------------------------------- reading
 class _SafetensorsReader:
     """Lazily opened safetensors file(s) of a HF directory (single file or sharded index)."""
@@ -156,6 +202,7 @@ class _SafetensorsReader:
     def __init__(self, path: Path):
         index = path / "model.safetensors.index.json"
         self._handles: dict[Path, Any] = {}
+        self._headers: dict[Path, tuple[int, dict]] = {}
         if index.exists():
             weight_map = _read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
@@ -190,10 +237,40 @@ class _SafetensorsReader:
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
+    def _header(self, file: Path) -> tuple[int, dict]:
+        """(offset of the data section, header JSON) of a file that safe_open has validated."""
+        if file not in self._headers:
+            with open(file, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                self._headers[file] = (8 + n, json.loads(f.read(n)))
+        return self._headers[file]
+
     def get(self, name: str) -> np.ndarray:
+        """One tensor, read into a fresh array (a plain read: safe_open's arrays are views of a memory
+        map, and every page they touch stays in the process's resident memory until the file is
+        closed, i.e. the whole checkpoint by the end of loading)."""
         file = self.files[name]
         try:
-            return self._open(file).get_tensor(name)
+            self._open(file)  # validates the header (and that the file holds all the bytes it lists)
+            start, header = self._header(file)
+            info = header[name]
+            dtype = _ST_DTYPES.get(info["dtype"])
+            if dtype is None:  # a dtype numpy has no name for here: safetensors' own (mapped) read
+                return np.array(self._open(file).get_tensor(name))
+            begin, end = info["data_offsets"]
+            arr = np.empty(tuple(info["shape"]), dtype)
+            if arr.nbytes != end - begin:
+                raise ValueError(f"{end - begin} bytes for {info['dtype']}{info['shape']}")
+            buf = arr.reshape(-1).view(np.uint8)
+            with open(file, "rb", buffering=0) as f:
+                f.seek(start + begin)
+                done = 0
+                while done < arr.nbytes:
+                    got = f.readinto(buf[done:])
+                    if not got:
+                        raise ValueError(f"the file ends {arr.nbytes - done} bytes early")
+                    done += got
+            return arr
         except CheckpointError:
             raise
         except Exception as e:  # a header that promises more bytes than the file has, a missing tensor
@@ -279,6 +356,11 @@ def _put(arr: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
 
 
+def _set_layer(stacked: jax.Array, layer: jax.Array, i) -> jax.Array:
+    """stacked[i] = layer; jitted with `stacked` donated, so it is updated in place."""
+    return lax.dynamic_update_index_in_dim(stacked, layer.astype(stacked.dtype), i, 0)
+
+
 def load_hf_model(
     path: str | os.PathLike,
     mesh: Mesh | None = None,
@@ -355,64 +437,181 @@ def load_hf_model(
     for full_path, sds in flat_shapes.items():
         ours = full_path[1:] if head == "score" and full_path[0] == "transformer" else full_path
         sharding = flat_shardings[full_path]
-        if ours[0] == "layers":  # scanned: load layer by layer onto the mesh, stack on device
+        if ours[0] == "layers":  # scanned: the stacked array once on the mesh, written layer by layer
             layer_sharding = (
                 sharding
                 if isinstance(sharding, SingleDeviceSharding)
                 else NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[1:]))
             )
-            per_layer = [
-                _put(hf_array(ours[1:], i, sds.shape[1:]).astype(np_dtype), layer_sharding)
-                for i in range(sds.shape[0])
-            ]
-            out[full_path] = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding)(*per_layer)
-            del per_layer
+            stacked = jax.jit(functools.partial(jnp.zeros, sds.shape, np_dtype), out_shardings=sharding)()
+            write = jax.jit(_set_layer, donate_argnums=0, out_shardings=sharding)
+            for i in range(sds.shape[0]):
+                layer = _put(
+                    hf_array(ours[1:], i, sds.shape[1:]).astype(np_dtype, copy=False), layer_sharding
+                )
+                stacked = write(stacked, layer, np.int32(i))
+                del layer
+            out[full_path] = stacked
+            del stacked
         elif re.fullmatch(r"layers_\d+", ours[0]):
             layer = int(ours[0].split("_")[1])
-            out[full_path] = _put(hf_array(ours[1:], layer, sds.shape).astype(np_dtype), sharding)
+            out[full_path] = _put(hf_array(ours[1:], layer, sds.shape).astype(np_dtype, copy=False), sharding)
         else:
-            out[full_path] = _put(hf_array(ours, None, sds.shape).astype(np_dtype), sharding)
+            out[full_path] = _put(hf_array(ours, None, sds.shape).astype(np_dtype, copy=False), sharding)
     return config, flax.traverse_util.unflatten_dict(out)
 
 
 # --------------------------------------------------------------------------------------------- writing
-def _host_array(x) -> np.ndarray:
-    """One parameter gathered to host memory (all processes take part for multi-host arrays)."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
+@dataclass
+class _Tensor:
+    """One HF tensor of an export: name, shape and dtype, and the parameter slices it is made of, each
+    (flat parameter path, index into a scanned leading axis or None, our path, kind); three parts for
+    GPT-2's fused c_attn, joined along the last axis."""
 
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(jax.device_get(x))
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    parts: list[tuple]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _hf_tensors(config: ModelConfig, params: dict, head: str):
-    """Yields (HF name, numpy array) one tensor at a time (fused GPT-2 c_attn parts are joined)."""
-    pending: dict[str, dict[int, np.ndarray]] = {}
-    flat = flax.traverse_util.flatten_dict(params)
-    for full_path, value in flat.items():
+def _export_plan(config: ModelConfig, params: dict, head: str) -> list[_Tensor]:
+    """The HF tensors of an export in the order they are written, from the parameters' shapes and dtypes
+    alone (nothing is read)."""
+    plan: list[_Tensor] = []
+    pending: dict[str, dict[int, tuple]] = {}
+    for full_path, value in flax.traverse_util.flatten_dict(params).items():
         ours = full_path[1:] if head == "score" and full_path[0] == "transformer" else full_path
         if head == "lm" and ours[0] == "score":
             continue
-        arr = _host_array(value)
+        shape, dtype = tuple(value.shape), np.dtype(value.dtype)
         if ours[0] == "layers":
-            items = [(ours[1:], i, arr[i]) for i in range(arr.shape[0])]
+            items = [(ours[1:], i, i, shape[1:]) for i in range(shape[0])]
         elif re.fullmatch(r"layers_\d+", ours[0]):
-            items = [(ours[1:], int(ours[0].split("_")[1]), arr)]
+            items = [(ours[1:], int(ours[0].split("_")[1]), None, shape)]
         else:
-            items = [(ours, None, arr)]
-        for rel, layer, a in items:
+            items = [(ours, None, None, shape)]
+        for rel, layer, index, part_shape in items:
             name, kind = _hf_name(config, rel, layer)
             if name == "lm_head.weight" and head == "score":
                 continue
-            hf_arr = _to_hf(a, kind, rel)
-            if isinstance(kind, tuple):
+            part = ((full_path, index, rel, kind), _hf_shape(part_shape, kind, rel), dtype)
+            if isinstance(kind, tuple):  # one third of a fused tensor: complete once all three are seen
                 parts = pending.setdefault(name, {})
-                parts[kind[1]] = hf_arr
+                parts[kind[1]] = part
                 if len(parts) == 3:
-                    yield name, np.concatenate([parts[j] for j in range(3)], axis=-1)
+                    ps = [parts[j] for j in range(3)]
+                    joined = ps[0][1][:-1] + (sum(p[1][-1] for p in ps),)
+                    plan.append(
+                        _Tensor(name, joined, np.result_type(*(p[2] for p in ps)), [p[0] for p in ps])
+                    )
                     del pending[name]
             else:
-                yield name, hf_arr
+                plan.append(_Tensor(name, part[1], dtype, [part[0]]))
+    return plan
+
+
+def _shard_files(plan: list[_Tensor], max_shard_bytes: int) -> list[list[_Tensor]]:
+    """Consecutive runs of tensors, a new file whenever the next tensor would pass `max_shard_bytes`."""
+    files: list[list[_Tensor]] = [[]]
+    size = 0
+    for t in plan:
+        if size and size + t.nbytes > max_shard_bytes:
+            files.append([])
+            size = 0
+        files[-1].append(t)
+        size += t.nbytes
+    return files
+
+
+@jax.jit
+def _take_layer(x: jax.Array, i) -> jax.Array:
+    return lax.dynamic_index_in_dim(x, i, 0, keepdims=False)
+
+
+def _host_part(x, index: int | None, keep: bool) -> np.ndarray | None:
+    """A parameter, or layer `index` of a scanned one, in host memory; None where this process does not
+    keep it. Every process calls this for every part in the same order: a multi-host array that is not
+    replicated is gathered with a collective (`process_allgather`), which all processes join."""
+    if not isinstance(x, jax.Array):
+        return None if not keep else (np.asarray(x) if index is None else np.asarray(x)[index])
+    if index is not None:
+        x = _take_layer(x, np.int32(index))  # on every process: the same jitted computations everywhere
+    if not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        arr = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return arr if keep else None
+    if not keep:
+        return None
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(x.addressable_data(0))  # replicated over several processes: the local copy
+
+
+def _export_tensor(flat: dict, t: _Tensor, keep: bool) -> np.ndarray | None:
+    """HF tensor `t` in host memory (None where not kept; the collectives run either way)."""
+    arrays = []
+    for key, index, rel, kind in t.parts:
+        a = _host_part(flat[key], index, keep)
+        if a is not None:
+            arrays.append(_to_hf(a, kind, rel))
+        del a
+    if not keep:
+        return None
+    arr = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1)
+    if arr.shape != t.shape or arr.dtype != t.dtype:  # the plan and the data disagree: a bug here
+        raise AssertionError(f"{t.name}: planned {t.dtype}{list(t.shape)}, got {arr.dtype}{list(arr.shape)}")
+    return arr
+
+
+class _SafetensorsWriter:
+    """One safetensors file, written tensor by tensor in any order, each straight to its place, under
+    `<name>.partial` until the last one is in. The layout is safetensors' own (data sorted by descending
+    dtype, then by name; compact header JSON padded with spaces to 8 bytes), so the file is byte for
+    byte what `safetensors.numpy.save_file(tensors, file, metadata={"format": "pt"})` writes."""
+
+    def __init__(self, file: Path, tensors: list[_Tensor]):
+        for t in tensors:
+            if t.dtype not in _ST_NAMES:
+                raise ValueError(f"{t.name}: dtype {t.dtype} has no safetensors name")
+        self.file, self.tmp = file, file.with_name(file.name + ".partial")
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        self.offsets: dict[str, int] = {}
+        pos = 0
+        for t in sorted(tensors, key=lambda t: (-_ST_RANK[_ST_NAMES[t.dtype]], t.name)):
+            header[t.name] = {
+                "dtype": _ST_NAMES[t.dtype],
+                "shape": list(t.shape),
+                "data_offsets": [pos, pos + t.nbytes],
+            }
+            self.offsets[t.name] = pos
+            pos += t.nbytes
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.data_start, self.size = 8 + len(raw), 8 + len(raw) + pos
+        self.left = set(self.offsets)
+        self.f = open(self.tmp, "wb")  # noqa: SIM115 (closed by close() or abort())
+        self.f.write(struct.pack("<Q", len(raw)) + raw)
+
+    def write(self, name: str, arr: np.ndarray) -> None:
+        self.f.seek(self.data_start + self.offsets[name])
+        self.f.write(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
+        self.left.remove(name)
+
+    def close(self) -> None:
+        if self.left:
+            raise AssertionError(f"{self.file}: tensors never written: {sorted(self.left)}")
+        self.f.truncate(self.size)
+        self.f.close()
+        os.replace(self.tmp, self.file)
+
+    def abort(self) -> None:
+        self.f.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def save_hf_model(
@@ -428,33 +627,53 @@ def save_hf_model(
 
     head="lm": `*ForCausalLM`; head="score": `*ForSequenceClassification` with num_labels=1 and
     pad_token_id set (needed by transformers to find each row's last real token).
-    All processes must call this (multi-host gathers); only process 0 writes.
+    `max_shard_bytes` bounds each safetensors file (a larger single tensor gets a file of its own).
+    All processes must call this (multi-host gathers, in the same order everywhere). The tensors are
+    streamed: a host holds about one HF tensor at a time, never the model. With several processes file i
+    is written by process i % process_count (so `path` must be a directory every process sees) and
+    process 0 writes the index, the configs and the tokenizer; every file is complete when this returns.
     """
     if head not in HEADS:
         raise ValueError(f"head={head!r} must be one of {HEADS}")
     path = Path(path)
-    writer = jax.process_index() == 0
-    if writer:
+    files = _shard_files(_export_plan(config, params, head), max_shard_bytes)
+    names = (
+        ["model.safetensors"]
+        if len(files) == 1
+        else [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))]
+    )
+    me, count = jax.process_index(), jax.process_count()
+    if me == 0 or len(files) > me:
         path.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name, arr in _hf_tensors(config, params, head):
-        if size and size + arr.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = np.ascontiguousarray(arr)
-        size += arr.nbytes
-    if not writer:
-        return
-    if len(shards) == 1:
-        save_file(shards[0], str(path / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        weight_map, total = {}, 0
-        for i, shard in enumerate(shards):
-            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(path / fname), metadata={"format": "pt"})
-            weight_map.update({k: fname for k in shard})
-            total += sum(a.nbytes for a in shard.values())
+    flat = flax.traverse_util.flatten_dict(params)
+    for i, tensors in enumerate(files):  # the same order on every process (collective gathers)
+        writer = _SafetensorsWriter(path / names[i], tensors) if i % count == me else None
+        try:
+            for t in tensors:
+                arr = _export_tensor(flat, t, keep=writer is not None)
+                if writer is not None:
+                    writer.write(t.name, arr)
+                del arr
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            writer.close()
+            log.info("process %d wrote %s", me, path / names[i])
+    if me == 0:
+        _write_metadata(path, config, files, names, tokenizer, head)
+    if count > 1:  # every process's files are complete when any process returns
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxalign.checkpoints.save_hf_model")
+
+
+def _write_metadata(path: Path, config: ModelConfig, files, names, tokenizer, head: str) -> None:
+    """The index (for several files), config.json, generation_config.json and the tokenizer."""
+    if len(files) > 1:
+        weight_map = {t.name: fname for tensors, fname in zip(files, names) for t in tensors}
+        total = sum(t.nbytes for tensors in files for t in tensors)
         (path / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
         )
