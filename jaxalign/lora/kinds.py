@@ -42,27 +42,38 @@ def _is_bottleneck(adapter):
     return adapter == "bottleneck" or isinstance(adapter, bottleneck.BottleneckConfig)
 
 
+def _parts(cfg):
+    """(init, shardings, stand-in model class) of the adapters of config `cfg`."""
+    if _is_bottleneck(cfg):
+        return bottleneck.init_bottleneck, bottleneck.bottleneck_shardings, bottleneck.BottleneckModel
+    return lora_adapters.init_lora, lora_adapters.lora_shardings, lora_adapters.LoraModel
+
+
 def make(config, model, params, mesh, rng):
     """Adapters for `model` (a Transformer or ScalarHeadModel) on the frozen `params`, initialised from
     `rng` and sharded like the kernels they sit on. Returns (adapter tree, adapter config, the stand-in
     model that runs base + adapters)."""
     cfg = config_of(config)
-    if _is_bottleneck(cfg):
-        init, shardings, stand_in = (
-            bottleneck.init_bottleneck,
-            bottleneck.bottleneck_shardings,
-            bottleneck.BottleneckModel,
-        )
-    else:
-        init, shardings, stand_in = (
-            lora_adapters.init_lora,
-            lora_adapters.lora_shardings,
-            lora_adapters.LoraModel,
-        )
+    init, shardings, stand_in = _parts(cfg)
     base_axes = models.param_logical_axes(model.config, model)
     shapes = jax.eval_shape(lambda k: init(model, params, cfg, k), rng)
     tree = jax.jit(lambda k: init(model, params, cfg, k), out_shardings=shardings(shapes, base_axes, mesh))(
         rng
+    )
+    return tree, cfg, stand_in(model, cfg)
+
+
+def abstract(config, model, params, mesh):
+    """`make` without computing anything (`params` may be abstract): (adapter ShapeDtypeStructs with
+    their shardings, adapter config, stand-in model). For `jaxalign.plan`."""
+    cfg = config_of(config)
+    init, shardings, stand_in = _parts(cfg)
+    base_axes = models.param_logical_axes(model.config, model)
+    shapes = jax.eval_shape(lambda k: init(model, params, cfg, k), jax.random.key(0))
+    tree = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        shapes,
+        shardings(shapes, base_axes, mesh),
     )
     return tree, cfg, stand_in(model, cfg)
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jaxalign.models.attention import Attention, cache_mask, segment_mask
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import MLP, Embed, gemma_embed_normalizer, make_norm, rope_tables
+from jaxalign.sharding import constrain
 
 Cache = dict[str, Any]
 
@@ -38,12 +39,13 @@ class Block(nn.Module):
     def __call__(self, x, shared, layer_cache):
         mask, rope, index = shared
         cfg = self.config
+        x = constrain(x, ("batch", None))  # tokens split over the batch axes, whatever the weights' layout
         attn_out, new_cache = Attention(cfg, name="attn")(
             make_norm(cfg, "attn_norm")(x), mask, rope, layer_cache, index
         )
-        x = x + attn_out
+        x = constrain(x + attn_out, ("batch", None))
         x = x + MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
-        return x, new_cache
+        return constrain(x, ("batch", None)), new_cache
 
 
 class Transformer(nn.Module):
@@ -76,7 +78,7 @@ class Transformer(nn.Module):
         cfg = self.config
         b, t = input_ids.shape
         embed = Embed(cfg.vocab_size, cfg, name="embed")
-        x = embed(input_ids.reshape(-1))  # [N, D]
+        x = constrain(embed(input_ids.reshape(-1)), ("batch", None))  # [N, D]
         if cfg.embed_scale:
             x = x * gemma_embed_normalizer(cfg)
         if cfg.position_embedding == "learned":
@@ -118,7 +120,7 @@ class Transformer(nn.Module):
                 )
                 new_layer_caches.append(c)
 
-        x = make_norm(cfg, "final_norm")(x)  # [N, D]
+        x = constrain(make_norm(cfg, "final_norm")(x), ("batch", None))  # [N, D]
         hidden = x.reshape(b, t, cfg.hidden_size)
         if hidden_only:
             out = hidden

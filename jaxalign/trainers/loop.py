@@ -24,9 +24,8 @@ from absl import logging
 from jaxalign import hosts, registry, sharding
 from jaxalign.models.attention import CAUSAL_CHUNK
 from jaxalign.checkpoints.orbax_state import StateCheckpointer, abstract_like
-from jaxalign.trainers import flops, preemption
+from jaxalign.trainers import flops, optim, preemption
 from jaxalign.trainers.metrics_writer import MetricsWriter
-from jaxalign.trainers.optim import make_optimizer
 from jaxalign.trainers.state import TrainState
 from jaxalign.trainers.step import make_train_step
 
@@ -60,32 +59,56 @@ def builder(config):
 def build(config, mesh):
     """(run, initial TrainState, jitted train step) for `config` on `mesh`."""
     run = builder(config).build_run(config, mesh)
-    tx, schedule = make_optimizer(run.optimizer_config, run.total_updates)
+    tx, schedule = optim.make_optimizer(run.optimizer_config, run.total_updates)
     with jax.set_mesh(mesh):
         state = TrainState(
             step=jnp.zeros((), jnp.int32),
             params=run.params,
-            opt_state=jax.jit(tx.init)(run.params),
+            opt_state=optim.init_state(tx, run.params),
             rng=jax.random.key_data(jax.random.key(config.seed)),
         )
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    frozen_shardings = jax.tree.map(lambda x: x.sharding, run.ref_params)
-    train_step = jax.jit(
-        make_train_step(
-            run.loss_fn,
-            tx,
-            grad_accum_steps=config.train.grad_accum_steps,
-            epochs=run.epochs,
-            num_minibatches=run.num_minibatches,
-            schedule=schedule,
-            batch_sharding=run.batch_sharding,
-        ),
-        in_shardings=(state_shardings, run.batch_sharding, frozen_shardings),
-        out_shardings=(state_shardings, None),
-        donate_argnums=0,
+    train_step = jit_train_step(
+        config,
+        run.loss_fn,
+        tx,
+        schedule,
+        jax.tree.map(lambda x: x.sharding, state),
+        jax.tree.map(lambda x: x.sharding, run.ref_params),
+        run.batch_sharding,
+        epochs=run.epochs,
+        num_minibatches=run.num_minibatches,
     )
     run.params = None  # the state holds them now (donated at the first step)
     return run, state, train_step
+
+
+def jit_train_step(
+    config,
+    loss_fn,
+    tx,
+    schedule,
+    state_shardings,
+    frozen_shardings,
+    batch_sharding,
+    epochs=1,
+    num_minibatches=1,
+):
+    """The jitted, sharded train step with the state donated: what the loop runs and `jaxalign.plan`
+    compiles ahead of time."""
+    return jax.jit(
+        make_train_step(
+            loss_fn,
+            tx,
+            grad_accum_steps=config.train.grad_accum_steps,
+            epochs=epochs,
+            num_minibatches=num_minibatches,
+            schedule=schedule,
+            batch_sharding=batch_sharding,
+        ),
+        in_shardings=(state_shardings, batch_sharding, frozen_shardings),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
 
 
 def one_step(run, train_step, state):

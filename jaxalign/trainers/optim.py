@@ -43,3 +43,23 @@ def make_optimizer(cfg, num_steps):
     if cfg.max_grad_norm and cfg.max_grad_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), opt)
     return opt, schedule
+
+
+def state_shardings(tx, params):
+    """Shardings of `tx`'s state for `params` (arrays or ShapeDtypeStructs with shardings): moments shaped
+    like a parameter are sharded like it (FSDP shards Adam's mu and nu with the weights), the rest (step
+    counts) replicated. Without it XLA replicates the whole optimiser state on every device."""
+    leaves = jax.tree.leaves(params)
+    replicated = jax.sharding.NamedSharding(leaves[0].sharding.mesh, jax.sharding.PartitionSpec())
+    return optax.tree_map_params(
+        tx,
+        lambda _, s: s,
+        jax.eval_shape(tx.init, params),
+        jax.tree.map(lambda x: x.sharding, params),
+        transform_non_params=lambda _: replicated,
+    )
+
+
+def init_state(tx, params):
+    """`tx.init(params)` laid out by `state_shardings`."""
+    return jax.jit(tx.init, out_shardings=state_shardings(tx, params))(params)
