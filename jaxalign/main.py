@@ -9,7 +9,9 @@ from automatically), metrics.jsonl, TensorBoard events and the final Hugging Fac
 
 Bad input (a flag, config value, data file, checkpoint or tokenizer) ends the run with exit code 2 and one
 line on stderr, `error: <where>: <what is wrong>`, before anything is written to the workdir;
-`--verbosity=1` prints the traceback too.
+`--verbosity=1` prints the traceback too. In a multi-process run, a process that dies makes the others
+exit with code 69 and one line, `error: process I of N lost contact with another process ...`
+(`jaxalign.hosts.exit_if_a_peer_is_lost`).
 """
 
 import os
@@ -48,7 +50,10 @@ def main(argv):
         )
     # The objective's trainer (jaxalign/registry.py): the offline loop, the RL loop or the evaluator.
     module, fn = registry.TRAINERS[registry.get(config.objective).trainer].split(":")
-    getattr(importlib.import_module(module), fn)(config, workdir)
+    from jaxalign import hosts
+
+    with hosts.exit_if_a_peer_is_lost(workdir):  # another process died: one line and exit code 69
+        getattr(importlib.import_module(module), fn)(config, workdir)
 
 
 if __name__ == "__main__":
