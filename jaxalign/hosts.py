@@ -21,7 +21,12 @@ continue. What JAX 0.10 (gloo collectives on CPU, the coordination service) does
     all processes ...``, and leaves with `EXIT_LOST_PEER` through ``os._exit``: a normal exit would run
     jax's atexit ``distributed.shutdown``, which waits at a barrier for the dead process until the
     heartbeat timeout and then aborts. Leaving at once also closes this process's connections, so the
-    processes waiting on it fail in turn: every survivor exits within seconds.
+    processes waiting on it fail in turn: every survivor exits within a second or so (tested with 4
+    processes). One race remains: when process 0, which hosts the coordination service, exits, a process
+    still waiting on it may be aborted by jax's client (below) before its collective error reaches Python.
+  * A process waiting in the coordination service instead (orbax's barrier after an asynchronous
+    checkpoint write) learns of the death only at the heartbeat timeout; the barrier's error then gives
+    the same line, racing with the abort below.
   * The coordination service declares a process dead when its heartbeats stop for
     ``config.distributed.heartbeat_timeout_seconds`` (`HEARTBEAT_TIMEOUT_SECONDS` when the field is absent;
     jax's default is 100 s) and then terminates every other process from a C++ thread (LOG(FATAL):
