@@ -138,6 +138,7 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
     dist.coordinator_address = ""  # host:port, for jax.distributed.initialize outside TPU/SLURM.
     dist.num_processes = 0
     dist.process_id = -1
+    dist.heartbeat_timeout_seconds = 30  # a process silent this long is dead: the others exit (code 69).
     return c
 
 
