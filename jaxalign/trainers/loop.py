@@ -111,12 +111,29 @@ def jit_train_step(
     )
 
 
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+_compile_seconds = [0.0]  # tracing, lowering and XLA compilation in this process so far
+
+
+def _count_compile(event, duration, **_):
+    if event in _COMPILE_EVENTS:
+        _compile_seconds[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
 def one_step(run, train_step, state):
     """Next batch from the run's source, then the update. Returns (state, metrics as device arrays,
-    {"tokens", "flops"} of the batch)."""
+    {"tokens", "flops", "compile_s"}: the batch's counts and the seconds spent compiling the step)."""
     batch, info, source_metrics = run.batches.next(state)
+    before = _compile_seconds[0]
     state, metrics = train_step(state, batch, run.ref_params)
-    return state, {**source_metrics, **metrics}, info
+    return state, {**source_metrics, **metrics}, {**info, "compile_s": _compile_seconds[0] - before}
 
 
 def train_and_evaluate(config, workdir, devices=None, stop_after=None):
@@ -167,6 +184,8 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
                 )
             for step in range(start + 1, t.num_steps + 1):
                 state, metrics, info = one_step(run, train_step, state)
+                if step == start + 1:
+                    print(f"Compiled the train step in {info['compile_s']:.1f} s", flush=True)
                 pending.append(metrics)
                 tokens += info["tokens"]
                 step_flops += info["flops"]
