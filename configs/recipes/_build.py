@@ -13,17 +13,12 @@ one saved layer input per layer under remat); they are not measured on the hardw
 import os
 
 from jaxalign import defaults
+from jaxalign.plan import TOPOLOGIES  # noqa: F401  (re-exported: recipes and tests read it here)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# name -> (devices in the JAX sense (chips / GPUs), hosts (= jax processes, one per host)).
-TOPOLOGIES = {
-    "v5e-8": (8, 1),  # one v5litepod-8 host: 8 chips x 16 GiB HBM
-    "v5p-8": (4, 1),  # one v5p host: 4 chips x 95 GiB (the 8 counts TensorCores)
-    "v5p-32": (16, 4),  # 4 v5p hosts: 16 chips x 95 GiB
-    "8xH100": (8, 1),  # one node, 8 x H100 80 GiB
-    "2x8xH100": (16, 2),  # two nodes, 8 x H100 80 GiB each (launch/slurm.sbatch, one process per node)
-}
+# The topologies (devices, hosts, memory per device) are `jaxalign.plan.TOPOLOGIES`: the planner and the
+# recipes share them.
 
 # Where model directories (config.json + *.safetensors + tokenizer files, e.g. from
 # `huggingface-cli download <hub> --local-dir $JAXALIGN_MODELS/<dir>`) are looked for; the same path on

@@ -55,7 +55,7 @@ def test_recipe_validates_on_its_topology(name, model, topology):
         c.model.path = ""
         c.model.init = ml_collections.ConfigDict(hf)
         c.model.tokenizer = defaults.asset("tokenizer")
-    devices, hosts = BUILD.TOPOLOGIES[topology]
+    devices, hosts = BUILD.TOPOLOGIES[topology][:2]
     mesh = validate(c, num_devices=devices, process_count=hosts)
     assert mesh == tuple(BUILD.MODELS[model]["topologies"][topology]["mesh"].values())
 
