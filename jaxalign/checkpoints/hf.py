@@ -173,7 +173,7 @@ def _hf_shape(shape: tuple[int, ...], kind, path: tuple[str, ...]) -> tuple[int,
 
 
 # safetensors dtype names, in the order of safetensors' own Dtype enum (its writer sorts the data by
-# descending dtype, then by name; `_write_plan` lays files out the same way).
+# descending dtype, then by name; `_SafetensorsWriter` lays files out the same way).
 _ST_DTYPES = {
     "BOOL": np.dtype(np.bool_),
     "U8": np.dtype(np.uint8),
@@ -255,7 +255,7 @@ class _SafetensorsReader:
             start, header = self._header(file)
             info = header[name]
             dtype = _ST_DTYPES.get(info["dtype"])
-            if dtype is None:  # a dtype numpy has no name for here: safetensors' own (mapped) read
+            if dtype is None:  # not in the table: safetensors' own (memory-mapped) read, copied
                 return np.array(self._open(file).get_tensor(name))
             begin, end = info["data_offsets"]
             arr = np.empty(tuple(info["shape"]), dtype)
