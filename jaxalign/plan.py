@@ -237,20 +237,16 @@ def make_plan(config, topology, devices=None):
     hp = objectives.hparams(config)
     precompute = spec.reference and bool(hp.get("precompute_ref", False))
     ref = params if spec.reference and not precompute else None
+    ref_fn = objectives.make_reference_fn(model, config.objective, hp) if precompute else None
     if kinds.kind_of(config) is not None:  # the adapters train; the frozen base is also the reference
         ref = params
         params, _, model = kinds.abstract(config, model, params, mesh)
 
-    ref_fn = None
-    if precompute:
-        fn = objectives.make_reference_fn(setup.make_model(mcfg, spec.head), config.objective, hp)
+    def reference_keys(batch):  # the per-example columns the reference pass adds
+        host = {k: np.asarray(v) for k, v in batch.items() if k not in HOST_KEYS}
+        return jax.eval_shape(ref_fn, shapes, host)
 
-        def ref_fn(batch):  # the per-example columns the reference pass adds
-            return jax.eval_shape(
-                fn, shapes, {k: np.asarray(v) for k, v in batch.items() if k not in HOST_KEYS}
-            )
-
-    host_batch = synthetic_batch(config, spec.data, ref_fn)
+    host_batch = synthetic_batch(config, spec.data, reference_keys if precompute else None)
     bs = sharding.batch_sharding(mesh)
 
     batch = {
@@ -361,6 +357,11 @@ def gib(n):
     return n / GIB
 
 
+def size(n):
+    """Bytes as GiB, or MiB below one GiB."""
+    return f"{n / GIB:9.2f} GiB" if n >= GIB else f"{n / 2**20:9.1f} MiB"
+
+
 def suggestions(plan, config):
     """What to change when the plan does not fit (or has under 10% headroom), with the saving estimated."""
     out = []
@@ -402,26 +403,28 @@ def suggestions(plan, config):
 
 def report(plan, config):
     t = plan.topology
+    n = plan.num_params
+    count = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
     lines = [
         f"Plan for {config.objective} on {t.name} ({t.devices} devices, {t.hosts} host"
         f"{'s' if t.hosts > 1 else ''}"
-        f"{f', {t.gib:g} GiB each' if t.gib else ''}): mesh {plan.mesh}, "
-        f"{plan.num_params / 1e9:.2f}B parameters, batch {config.train.batch_size} × {config.data.max_length} "
-        f"tokens, {config.model.dtype} compute, remat={config.model.remat}, scan={config.model.scan_layers}",
+        f"{f', {t.gib:g} GiB each' if t.gib else ''}): mesh {plan.mesh}, {count} parameters, "
+        f"batch {config.train.batch_size} × {config.data.max_length} tokens, {config.model.dtype} compute, "
+        f"remat={config.model.remat}, scan={config.model.scan_layers}",
         "Per device:",
     ]
     rows = [
-        ("parameters", plan.parameters),
+        ("parameters (trained)", plan.parameters),
         ("optimiser state", plan.optimizer),
-        ("reference", plan.reference),
+        ("reference / frozen base", plan.reference),
         ("batch", plan.batch),
         ("gradients", plan.gradients),
         ("activations (saved for backward)", plan.activations),
         ("other temporaries", plan.other_temporaries),
     ]
     for name, n in rows:
-        lines.append(f"  {name:<34} {gib(n):9.3f} GiB")
-    lines.append(f"  {'total (XLA buffer assignment)':<34} {gib(plan.total):9.3f} GiB")
+        lines.append(f"  {name:<34} {size(n)}")
+    lines.append(f"  {'total (XLA buffer assignment)':<34} {size(plan.total)}")
     fits = plan.fits()
     if fits is None:
         lines.append("Verdict: no memory size given (--topology=NxDEVICE:GiB for a verdict)")

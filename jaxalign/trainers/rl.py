@@ -487,10 +487,3 @@ def evaluate(src, params):
     names = [k for k in EVAL_METRICS if k in sums]
     totals = hosts.sum_over_hosts(np.asarray([sums[k] for k in names] + [count]))  # each host its rows
     return {k: float(totals[i] / max(totals[-1], 1.0)) for i, k in enumerate(names)}
-
-
-def train_and_evaluate(config, workdir, devices=None, stop_after=None):
-    """The one loop (`trainers/loop.py`), which builds RL runs with `build_run`."""
-    from jaxalign.trainers import loop
-
-    return loop.train_and_evaluate(config, workdir, devices=devices, stop_after=stop_after)

@@ -362,11 +362,11 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
         },
     )
     wd = str(tmp_path / "run")
-    rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    loop.train_and_evaluate(config, wd, devices=jax.devices()[:1])
     first = _train_records(wd)
     shutil.rmtree(os.path.join(wd, "checkpoints", "4"))
     os.rename(os.path.join(wd, "metrics.jsonl"), os.path.join(wd, "first.jsonl"))
-    rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    loop.train_and_evaluate(config, wd, devices=jax.devices()[:1])
     again = _train_records(wd)
     assert sorted(again) == [3, 4]
     for step in (3, 4):
@@ -435,7 +435,7 @@ def test_grpo_sigterm_resumes_equal_and_nan_reward_steps_are_skipped(tiny, tmp_p
     config = tiny_config(tiny, "grpo", steps=4, **{"reward.function": "jaxalign.data.embedded:reward"})
     monkeypatch.setenv(preemption.TEST_NAN_ENV, "2")
     full = str(tmp_path / "full")
-    rl.train_and_evaluate(config, full, devices=jax.devices()[:1])
+    loop.train_and_evaluate(config, full, devices=jax.devices()[:1])
     ref = _train_records(full)
     assert [ref[s]["train/nonfinite"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.0]
     assert ref[4]["train/skipped_nonfinite"] == 1.0
@@ -443,13 +443,13 @@ def test_grpo_sigterm_resumes_equal_and_nan_reward_steps_are_skipped(tiny, tmp_p
     wd = str(tmp_path / "run")
     monkeypatch.setenv(preemption.TEST_SIGNAL_ENV, "2")
     with pytest.raises(preemption.Preempted) as e:
-        rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+        loop.train_and_evaluate(config, wd, devices=jax.devices()[:1])
     assert e.value.step == 2 and e.value.code == preemption.EXIT_PREEMPTED
     ckpt = StateCheckpointer(os.path.join(wd, "checkpoints"))
     assert ckpt.latest_step() == 2
     ckpt.close()
     monkeypatch.delenv(preemption.TEST_SIGNAL_ENV)
-    rl.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    loop.train_and_evaluate(config, wd, devices=jax.devices()[:1])
     again = _train_records(wd)
     assert sorted(again) == [1, 2, 3, 4]
     for step in (1, 2, 3, 4):
