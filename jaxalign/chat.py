@@ -89,7 +89,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 
 MIN_COLUMN = 24  # characters: narrower terminals get rows
 _SEPARATOR = " │ "
-_PAD_TO = 16  # prompt lengths are padded to a multiple of this: few distinct shapes, few compilations
+_MIN_PROMPT = 32  # prompts are left-padded to a power of two from this: few shapes, few compilations
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -134,7 +134,10 @@ class Settings:
                 f"{name}={value.strip()}: expected {'a number' if kind is float else 'an integer'}"
             )
         new = dataclasses.replace(self, **{name: parsed})
-        new.check()
+        try:
+            new.check()
+        except UserError as e:  # the value as the user wrote it
+            raise UserError(f"{name}={value.strip()}: {str(e).partition(': ')[2]}") from None
         return new
 
     def describe(self) -> str:
@@ -260,6 +263,12 @@ def fit_prompt(encode, messages: Sequence[dict], budget: int) -> tuple[list[int]
 # ------------------------------------------------------------------------------------------------------
 
 
+def padded_length(n: int) -> int:
+    """The prompt width for n tokens: the next power of two from _MIN_PROMPT (positions count real tokens
+    only, so padding costs cache slots, not positions; a growing conversation compiles log-many times)."""
+    return max(_MIN_PROMPT, 1 << max(n - 1, 0).bit_length())
+
+
 class Chat:
     """Several models in one conversation (see the module docstring)."""
 
@@ -344,7 +353,7 @@ class Chat:
         rng = jax.random.fold_in(jax.random.key(s.seed), len(self.turns))
         pending = []
         for m, ids in zip(self.models, self.prompts(user)):  # dispatch all (asynchronous), then wait for each
-            batch = sampling.left_pad([ids], m.pad_id, pad_to_multiple=_PAD_TO)
+            batch = sampling.left_pad([ids], m.pad_id, length=padded_length(len(ids)))
             out = sampling.generate(
                 m.model,
                 m.params,
