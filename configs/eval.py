@@ -40,6 +40,20 @@ def get_config(arg=None):
     e.dtype = "float32"  # Compute dtype: float32 | bfloat16.
     e.plots = True  # PNG plots (needs matplotlib; skipped with a message without it).
     e.num_examples = 5  # Completions per prompt set shown in eval.md.
+    # Another scorer of the policy's answers: any single-logit *ForSequenceClassification directory (a reward
+    # model, a binary classifier), read with its own tokenizer; "" = none. num_labels > 1 is refused.
+    e.classifier = ""
+    e.classifier_input = "prompt_answer"  # prompt_answer | answer: what the classifier reads.
+    # Multiple-choice benchmarks scored by log-likelihood as lm-evaluation-harness does (comma-separated
+    # files or directories; MMLU or TruthfulQA-MC rows, e.g. jaxalign/assets/benchmarks/mmlu_sample.jsonl);
+    # "" = none. Each is one more column of the table; eval.prompts may then be "".
+    e.multiple_choice = ""
+    e.mc_schema = "auto"  # auto | mmlu | truthfulqa_mc.
+    e.mc_chat = False  # The question as a user message through the chat template.
+    e.mc_truthfulqa_preamble = (
+        False  # lm-eval's 6-question QA primer (~400 tokens here: set True for parity).
+    )
+    e.mc_max_questions = 0  # First this many questions of each file; 0 = all.
 
     base = defaults.base_config("eval", train="")
     c.mesh = base.mesh  # Prompts are sharded over data × fsdp; params as in training.

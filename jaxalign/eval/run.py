@@ -14,9 +14,16 @@ Flow, per prompt set, per global batch of prompts (one jitted sampler call per m
         └─▶ reward model at the last token of prompt + answer; the reference's own answers scored the
             same way ─▶ reward, win rate
 and once: token-mean NLL of the held-out text (`build_dataset(kind="clm")`) ─▶ perplexity.
+With `classifier` (any single-logit `*ForSequenceClassification` directory, its own tokenizer) the
+policy's decoded answers are scored again ─▶ classifier/mean, classifier/sigmoid_mean per set
+(`eval.classifier`). With `multiple_choice` (MMLU or TruthfulQA-MC files) every (context, choice) pair is
+scored by log-likelihood in batched forwards, as lm-evaluation-harness does ─▶ mc/acc, mc/acc_norm or
+truthfulqa/mc1, mc1_norm, mc2, as one more column of the sets table (`eval.multiple_choice`; see
+`multiple_choice`).
 
 Outputs in `workdir`: eval.json (the dict `evaluate_checkpoint` returns), eval.md (tables, plots,
-example completions), completions.jsonl (one record per prompt), eval_*.png (with matplotlib).
+example completions), completions.jsonl (one record per prompt), eval_*.png (with matplotlib), and with
+multiple-choice sets multiple_choice.jsonl (one record per question: per-choice log-likelihoods).
 Every host runs the same program; each feeds its slice of a global batch and results are gathered, so
 every host computes the same numbers and process 0 writes the files.
 """
@@ -34,7 +41,10 @@ import numpy as np
 
 from jaxalign import checkpoints, hosts, models, sampling, sharding
 from jaxalign.data import pipeline, sources
+from jaxalign.eval import classifier as clf_lib
 from jaxalign.eval import metrics, report
+from jaxalign.eval import multiple_choice as mc
+from jaxalign.eval.multiple_choice import make_loglikelihood_fn as make_mc_fn
 from jaxalign.eval.scoring import make_completion_logprobs_fn, make_nll_fn, make_reward_fn
 from jaxalign.errors import ConfigError, check_path as _check_path, config_fail as _fail
 from jaxalign.plugins import resolve_fn
@@ -123,9 +133,27 @@ def validate_config(config, num_devices: int, process_count: int = 1) -> tuple[i
             "is a causal-LM checkpoint (config.json architectures), not "
             "a reward model (*ForSequenceClassification); its score head would be random",
         )
+    if e.classifier:
+        _check_path("eval.classifier", e.classifier)
+        clf_lib.check_classifier(e.classifier)  # CheckpointError naming its config.json
+    if e.classifier_input not in clf_lib.MODES:
+        _fail("eval.classifier_input", e.classifier_input, f"expected one of {', '.join(clf_lib.MODES)}")
+    mc_files = _split_paths(e.multiple_choice)
+    for p in mc_files:
+        _check_path("eval.multiple_choice", p)
+    if e.mc_schema not in mc.SCHEMAS:
+        _fail("eval.mc_schema", e.mc_schema, f"expected one of {', '.join(mc.SCHEMAS)}")
+    if e.mc_max_questions < 0:
+        _fail("eval.mc_max_questions", e.mc_max_questions, "must be >= 0 (0 = every question)")
     prompts = _split_paths(e.prompts)
-    if not prompts:
-        _fail("eval.prompts", e.prompts, "is required (comma-separated prompt files)")
+    if not prompts and e.classifier:
+        _fail("eval.prompts", e.prompts, "is required with eval.classifier (it scores the answers to them)")
+    if not prompts and not mc_files:
+        _fail(
+            "eval.prompts",
+            e.prompts,
+            "is required (comma-separated prompt files) unless eval.multiple_choice is set",
+        )
     for p in prompts:
         _check_path("eval.prompts", p)
     _check_path("eval.text_path", e.text_path, required=False)
@@ -209,9 +237,18 @@ def evaluate_and_report(config, workdir: str, devices=None) -> dict:
         workdir=workdir,
         plots=e.plots,
         num_examples=e.num_examples,
+        classifier=e.classifier or None,
+        classifier_input=e.classifier_input,
+        multiple_choice=e.multiple_choice or None,
+        mc_schema=e.mc_schema,
+        mc_chat=e.mc_chat,
+        mc_truthfulqa_preamble=e.mc_truthfulqa_preamble,
+        mc_max_questions=e.mc_max_questions,
     )
     if jax.process_index() == 0:
         print(report.summary_table(results), flush=True)
+        for name, d in (results.get("multiple_choice") or {}).items():
+            print(f"{name}: {mc.describe(d)}", flush=True)
     return results
 
 
@@ -281,6 +318,13 @@ def evaluate_checkpoint(
     workdir: str | None = None,
     plots: bool = True,
     num_examples: int = 5,
+    classifier: str | None = None,
+    classifier_input: str = "prompt_answer",
+    multiple_choice: str | Sequence[str] | None = None,
+    mc_schema: str = "auto",
+    mc_chat: bool = False,
+    mc_truthfulqa_preamble: bool = False,
+    mc_max_questions: int = 0,
 ) -> dict:
     """Evaluates the HF checkpoint at `path`; returns the results dict (also `<workdir>/eval.json`).
 
@@ -311,11 +355,25 @@ def evaluate_checkpoint(
       workdir: where eval.json, eval.md, completions.jsonl and plots go (process 0); None writes nothing.
       plots: PNG plots (needs matplotlib; skipped with a message if it is missing).
       num_examples: completions per set shown in eval.md.
+      classifier: a single-logit `*ForSequenceClassification` directory (a reward model, a binary
+        classifier) that scores the policy's decoded answers with its own tokenizer: classifier/mean and
+        classifier/sigmoid_mean in every prompt set (`eval.classifier`). None skips it.
+      classifier_input: "prompt_answer" (prompt + answer, as the trainers encode a pair) or "answer".
+      multiple_choice: benchmark files (a list or comma-separated) in the MMLU or TruthfulQA-MC schema,
+        scored by log-likelihood (`eval.multiple_choice`); each is one more set of `sets`, with the
+        metrics mc/acc, mc/acc_norm (MMLU) or truthfulqa/mc1, mc1_norm, mc2. `prompts_path` may then be
+        empty.
+      mc_schema: "auto" (from the first row's keys), "mmlu" or "truthfulqa_mc".
+      mc_chat: the context as a user message through the chat template.
+      mc_truthfulqa_preamble: lm-eval's six-question QA primer before each TruthfulQA question.
+      mc_max_questions: the first this many questions of each benchmark file (0 = all).
 
     Returns:
       {"checkpoint", "reference", "reward_model", "text_path", "settings": {...},
-       "sets": {name: {metric: value} for the keys in SET_METRICS},
-       "perplexity": {"perplexity", "nll", "num_tokens", "num_sequences"} or None, "wall_s"}.
+       "sets": {name: {metric: value} for the keys in SET_METRICS (+ classifier/*); multiple-choice sets:
+       num_prompts and their own metrics},
+       "perplexity": {"perplexity", "nll", "num_tokens", "num_sequences"} or None, "wall_s",
+       "classifier": path or None, "multiple_choice": {name: {"file", "schema", "by_subject", ...}} or None}.
     """
     start = time.time()
     check_fn, refusal_fn, user_turn_fn = map(resolve_fn, (check_fn, refusal_fn, user_turn_fn))
@@ -329,6 +387,20 @@ def evaluate_checkpoint(
             f"{jax.process_count()} processes"
         )
     prompt_files = _split_paths(prompts_path)
+    if classifier_input not in clf_lib.MODES:
+        raise ConfigError(
+            f"config.eval.classifier_input={classifier_input!r}: expected one of {clf_lib.MODES}"
+        )
+    mc_files = _split_paths(multiple_choice or [])
+    names = _set_names(prompt_files + mc_files)
+    set_names, mc_names = names[: len(prompt_files)], names[len(prompt_files) :]
+    # Benchmark rows are read and checked before any model loads: a bad row fails in a second.
+    benchmarks = {
+        n: mc.load_items(
+            f, mc_schema, truthfulqa_preamble=mc_truthfulqa_preamble, max_questions=mc_max_questions
+        )
+        for n, f in zip(mc_names, mc_files)
+    }
     tok = checkpoints.load_tokenizer(tokenizer or path)
     loaded: dict = {}
     with jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else mesh:
@@ -347,6 +419,7 @@ def evaluate_checkpoint(
         if reward_model:
             _same_tokenizer(tok, reward_model, "reward_model")
             rm = _load(reward_model, mesh, "score", dtype, loaded)
+        clf = clf_lib.load_classifier(classifier, mesh, dtype, tokenizer=tok) if classifier else None
 
         eos_ids = sampling.eos_ids_of(tok, _extra_eos(policy.config))
         gen_kwargs = dict(
@@ -377,7 +450,7 @@ def evaluate_checkpoint(
 
         rng = jax.random.key(seed)
         sets, examples = {}, {}
-        for name, file in zip(_set_names(prompt_files), prompt_files):
+        for name, file in zip(set_names, prompt_files):
             source = sources.load_rows(file, "test")
             rows = [
                 source[i] for i in range(len(source) if not max_prompts else min(max_prompts, len(source)))
@@ -404,6 +477,37 @@ def evaluate_checkpoint(
                 ref is not None,
                 rm is not None,
             )
+            if clf is not None:
+                answers = _decode(tok, out["tokens"], out["mask"], keep_special=False)
+                prompts = [r.get("prompt", r.get("messages")) for r in rows]
+                scores = clf_lib.score_answers(
+                    clf,
+                    prompts,
+                    answers,
+                    mode=classifier_input,
+                    batch_size=batch_size,
+                    batch_sharding=batch_sharding,
+                )
+                sets[name].update(clf_lib.summary(scores))
+                for rec, s in zip(examples[name], scores):
+                    rec["classifier"] = float(s)
+        mc_details, mc_records = {}, {}
+        if benchmarks:
+            ll_fn = make_mc_fn(policy.module)
+            for name, file in zip(mc_names, mc_files):
+                schema, items = benchmarks[name]
+                sets[name], details, mc_records[name] = mc.evaluate_items(
+                    schema,
+                    items,
+                    tok,
+                    ll_fn,
+                    policy.params,
+                    batch_size=batch_size,
+                    batch_sharding=batch_sharding,
+                    max_length=limit,
+                    chat=mc_chat,
+                )
+                mc_details[name] = {"file": str(file), **details}
         ppl = None
         if text_path:
             ppl = _perplexity(
@@ -437,10 +541,43 @@ def evaluate_checkpoint(
         "sets": sets,
         "perplexity": ppl,
         "wall_s": round(time.time() - start, 2),
+        "classifier": str(classifier) if classifier else None,
+        "multiple_choice": mc_details or None,
     }
+    if classifier:
+        results["settings"]["classifier_input"] = classifier_input
     if workdir and jax.process_index() == 0:
         report.write_outputs(results, examples, workdir, plots=plots, num_examples=num_examples)
+        if mc_details:
+            _write_multiple_choice(workdir, mc_details, mc_records)
     return results
+
+
+def _write_multiple_choice(workdir: str, details: dict, records: dict) -> None:
+    """multiple_choice.jsonl (a record per question) and a section of eval.md about the benchmarks."""
+    with open(os.path.join(workdir, "multiple_choice.jsonl"), "w") as f:
+        for name, recs in records.items():
+            f.writelines(json.dumps({"set": name, **r}, ensure_ascii=False) + "\n" for r in recs)
+    lines = ["## Multiple choice", ""]
+    for name, d in details.items():
+        lines.append(f"- {name} (`{d['file']}`): {mc.describe(d)}")
+        if d.get("by_subject"):
+            lines.append(
+                "  - accuracy by subject: " + ", ".join(f"{s} {a:.3f}" for s, a in d["by_subject"].items())
+            )
+    lines += [
+        "",
+        (
+            "Scored by log-likelihood as lm-evaluation-harness does: mc/acc, the choice with the highest summed "
+            "log-probability of its continuation is the answer; mc/acc_norm, the same divided by the "
+            "continuation's UTF-8 byte length; truthfulqa/mc1, the true choice of mc1_targets wins; "
+            "truthfulqa/mc2, probability mass on the true choices of mc2_targets. Per-choice log-likelihoods "
+            "are in multiple_choice.jsonl."
+        ),
+        "",
+    ]
+    with open(os.path.join(workdir, "eval.md"), "a") as f:
+        f.write("\n".join(lines))
 
 
 def _fn_name(fn) -> str:
