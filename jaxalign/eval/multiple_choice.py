@@ -254,16 +254,18 @@ def make_loglikelihood_fn(model):
 
 def loglikelihoods(
     fn, params, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int, batch_sharding, max_length: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Scores token pairs (context ids, continuation ids) with `fn` (`make_loglikelihood_fn`). Returns
-    numpy (ll [n] float32, greedy [n] bool) in the order of `pairs`. Every host passes the same pairs."""
+    numpy (ll [n] float32, greedy [n] bool) in the order of `pairs`, and the padded widths of the batches
+    (one compile each). Every host passes the same pairs."""
     n = len(pairs)
     lengths = np.asarray([len(c) + len(t) - 1 for c, t in pairs])  # model inputs per pair
     order = np.argsort(-lengths, kind="stable")  # longest first: the widths only shrink
-    ll, greedy = np.zeros(n, np.float32), np.zeros(n, bool)
+    ll, greedy, widths = np.zeros(n, np.float32), np.zeros(n, bool), []
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         w = width_for(int(lengths[idx].max()), max_length)
+        widths.append(w)
         arrays = {k: np.zeros((batch_size, w), np.int32) for k in ("ids", "pos", "seg", "tgt", "mask")}
         for r, j in enumerate(idx):
             ctx, cont = pairs[j]
@@ -278,7 +280,7 @@ def loglikelihoods(
         out_ll, out_greedy = hosts.gather(fn(params, *args))
         ll[idx] = np.asarray(out_ll)[: len(idx)]
         greedy[idx] = np.asarray(out_greedy)[: len(idx)]
-    return ll, greedy
+    return ll, greedy, widths
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -377,7 +379,7 @@ def evaluate_items(
                 truncated.add(q)
             pairs.append((ctx, cont_ids))
             owner.append(q)
-    ll, greedy = loglikelihoods(fn, params, pairs, batch_size, batch_sharding, max_length)
+    ll, greedy, widths = loglikelihoods(fn, params, pairs, batch_size, batch_sharding, max_length)
     owner = np.asarray(owner)
     lls = [ll[owner == q] for q in range(len(items))]
     metrics, records = score_items(schema, items, lls)
@@ -388,7 +390,7 @@ def evaluate_items(
         "num_truncated": len(truncated),
         "greedy_rate": float(np.mean(greedy)),
         "chat": chat,
-        "widths": sorted({width_for(len(c) + len(t) - 1, max_length) for c, t in pairs}),
+        "widths": sorted(set(widths)),
     }
     return metrics, details, records
 
