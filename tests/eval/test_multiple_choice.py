@@ -116,10 +116,16 @@ def test_truthfulqa_sample_and_compiles_once_per_width(sft):
     assert schema == "truthfulqa_mc" and len(items) == 8
     fn = mc.make_loglikelihood_fn(sft["model"])
     with jax.set_mesh(sft["mesh"]) if hasattr(jax, "set_mesh") else sft["mesh"]:
-        metrics, details, records = mc.evaluate_items(
-            schema, items, sft["tok"], fn, sft["params"], batch_size=16,
-            batch_sharding=sft["sharding"], max_length=128,
-        )  # fmt: skip
+        metrics, details, _ = mc.evaluate_items(
+            schema,
+            items,
+            sft["tok"],
+            fn,
+            sft["params"],
+            batch_size=16,
+            batch_sharding=sft["sharding"],
+            max_length=128,
+        )
     assert set(metrics) == {"num_prompts", "truthfulqa/mc1", "truthfulqa/mc1_norm", "truthfulqa/mc2"}
     assert 0 <= metrics["truthfulqa/mc2"] <= 1 and details["num_pairs"] == 58
     assert fn._cache_size() == len(details["widths"]) <= 3  # 58 pairs, a handful of compiles
