@@ -5,9 +5,9 @@ Not a recipe itself: each `configs/recipes/<objective>_<model>.py` calls
 A recipe is `configs/dpo.py` or `configs/sft.py` with the model, data, numerics, mesh and batch of one
 (model, topology) pair; every field stays overridable with `--config.x=...`.
 
-The batch sizes and lengths are starting points sized by hand from the parameter, optimiser-state and
-activation bytes per device (fp32 master weights and Adam moments sharded over fsdp, bf16 activations,
-one saved layer input per layer under remat); they are not measured on the hardware.
+The batch sizes and lengths were sized by hand and each (model, topology) is checked by the memory planner
+(`python -m jaxalign.plan --config=<recipe>:<topology> --topology=<topology>`: all fit, 30–90% of device
+memory, README "Scaling out"); none has been measured on the hardware.
 """
 
 import os
