@@ -4,6 +4,7 @@ the command line."""
 
 import json
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -151,6 +152,17 @@ def test_schema_detection_and_choice():
         mc.load_items(TQA, "mmlu")
     with pytest.raises(ConfigError, match="mc_schema"):
         mc.load_items(MMLU, "hellaswag")
+
+
+def test_parquet_rows_as_the_hub_exports_them(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    for path in (MMLU, TQA):
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "test.parquet"))
+        got, want = mc.load_items(str(tmp_path)), mc.load_items(path)  # a directory: its "test" split
+        assert got[0] == want[0] and len(got[1]) == len(want[1])
+        assert [i["context"] for i in got[1]] == [i["context"] for i in want[1]]
+        assert got[1][2]["where"] == f"{tmp_path / 'test.parquet'} row 3"
 
 
 def _write(tmp_path, rows, name="bench.jsonl"):
