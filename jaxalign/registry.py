@@ -166,6 +166,7 @@ OBJECTIVES: dict[str, Objective] = {
         ),
         Objective("ppo", trainer="rl", data="prompt", reference=True),
         Objective("grpo", trainer="rl", data="prompt", reference=True),
+        Objective("online_dpo", trainer="rl", data="prompt", reference=True),
         Objective("eval", trainer="eval"),
     )
 }

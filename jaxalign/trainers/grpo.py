@@ -80,6 +80,11 @@ def group_size(hp):
     return int(hp["group_size"])
 
 
+def rows_per_prompt(hp):
+    """Rows of the prepared batch per prompt: its G answers."""
+    return int(hp["group_size"])
+
+
 def epochs(hp):
     """Passes over each rollout batch (GRPO's μ)."""
     return int(hp["num_iterations"])

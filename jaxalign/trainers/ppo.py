@@ -37,6 +37,12 @@ def group_size(hp):
     return 1
 
 
+def rows_per_prompt(hp):
+    """Rows of the prepared batch per prompt: its one answer."""
+    del hp
+    return 1
+
+
 def epochs(hp):
     """Passes over each rollout batch."""
     return int(hp["ppo_epochs"])

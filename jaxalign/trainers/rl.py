@@ -1,4 +1,5 @@
-"""On-policy RL as a batch source of the one training loop: objectives "ppo" and "grpo" (GRPO / RLOO).
+"""On-policy RL as a batch source of the one training loop: objectives "ppo", "grpo" (GRPO / RLOO and
+the GRPO family) and "online_dpo" (DPO on best-vs-worst pairs of the policy's own samples).
 
 `build_run(config, mesh)` gives `trainers/loop.py` a run like any other objective's: the algorithm's loss
 (`ppo.make_loss_fn` / `grpo.make_loss_fn`), and a batch source whose `next(state)` makes one rollout batch
@@ -38,7 +39,7 @@ from jaxalign import checkpoints, data, hosts, models, plugins, registry, sampli
 from jaxalign.data import pipeline
 from jaxalign.lora import kinds
 from jaxalign.sampling import scoring
-from jaxalign.trainers import grpo, ppo, rewards, setup
+from jaxalign.trainers import grpo, online_dpo, ppo, rewards, setup
 from jaxalign.trainers.validate import (
     ConfigError,
     _check_path,
@@ -47,14 +48,14 @@ from jaxalign.trainers.validate import (
     validate_common,
 )
 
-RL_OBJECTIVES = {"ppo": ppo, "grpo": grpo}
+RL_OBJECTIVES = {"ppo": ppo, "grpo": grpo, "online_dpo": online_dpo}
 
 
 # ----------------------------------------------------------------------------------------------------
 # Config.
 # ----------------------------------------------------------------------------------------------------
 def algorithm(config):
-    """The RL objective's module (`ppo` or `grpo`): its checks, update function and the few numbers the
+    """The RL objective's module (`ppo`, `grpo` or `online_dpo`): its checks, update function and the few numbers the
     loop needs (group_size, updates_per_step, kl_coef, uses_reference, needs_old_logprobs, CRITIC)."""
     return RL_OBJECTIVES[config.objective]
 
@@ -129,7 +130,7 @@ def validate(config, num_devices, process_count=1):
             checkpoints.hf.check_hf_dir(config.ppo.critic_path)
 
     shards = hosts.batch_shards(mesh_shape)
-    rows = config.train.batch_size * group_size(config)
+    rows = config.train.batch_size * algorithm(config).rows_per_prompt(config.get(obj))  # the update's rows
     mb = config.get(obj).num_minibatches
     if rows % mb or (rows // mb) % shards:
         _fail(

@@ -30,12 +30,10 @@ def test_config_loads_locked_and_valid(name):
         from jaxalign.eval import run as eval_run
 
         assert eval_run.validate_config(c, num_devices=8) == (1, 8, 1)
-    elif c.objective in ("ppo", "grpo"):
-        from jaxalign.trainers import rl
+    else:  # the module the registry names for the objective (offline setup or RL)
+        from jaxalign.trainers import loop
 
-        assert rl.validate(c, num_devices=8) == (1, 8, 1)
-    else:
-        assert validate(c, num_devices=8) == (1, 8, 1)
+        assert loop.builder(c).validate(c, 8) == (1, 8, 1)
 
 
 def _bad(mutate, match, num_devices=8):

@@ -10,6 +10,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -461,3 +462,95 @@ def test_grpo_sigterm_resumes_equal_and_nan_reward_steps_are_skipped(tiny, tmp_p
             "train/skipped_nonfinite",
         ):
             np.testing.assert_array_equal(again[step][k], ref[step][k], err_msg=f"{step} {k}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Online DPO (trainers/online_dpo.py).
+# ----------------------------------------------------------------------------------------------------
+def _online_hp(**changes):
+    hp = dict(common.load_config_file(os.path.join(ROOT, "configs", "online_dpo.py")).online_dpo.to_dict())
+    hp.update(missing_eos_penalty=0.0, max_new_tokens=3, **changes)
+    return hp
+
+
+def test_online_dpo_pairs_best_with_worst_and_drops_small_margins():
+    from jaxalign.trainers import online_dpo
+
+    # 2 prompts x n=3 answers; prompt 0 scores (0, 1, 0.5): chosen row 1, rejected row 0, margin 1;
+    # prompt 1 scores (0.5, 0.5, 0.25): margin 0.25 < min_margin 0.5 -> weight 0.
+    score = jnp.array([0.0, 1.0, 0.5, 0.5, 0.5, 0.25])
+    tokens = jnp.arange(18, dtype=jnp.int32).reshape(6, 3)
+    mask = jnp.array([[1, 1, 0]] * 6, jnp.int32)
+    ref = jnp.arange(18, dtype=jnp.float32).reshape(6, 3) / 10
+    rollout = {
+        "prompt_ids": jnp.repeat(jnp.array([[5, 6], [7, 8]], jnp.int32), 3, axis=0),
+        "prompt_segment_ids": jnp.ones((6, 2), jnp.int32),
+        "tokens": tokens,
+        "mask": mask,
+        "ref_logprobs": ref,
+        "score": score,
+        "stopped": jnp.ones(6),
+    }
+    pairs, metrics, beta = online_dpo.prepare(rollout, 0.0, _online_hp(n=3))
+    assert beta == 0.0
+    np.testing.assert_array_equal(pairs["chosen_tokens"][0], tokens[1])
+    np.testing.assert_array_equal(pairs["rejected_tokens"][0], tokens[0])
+    np.testing.assert_array_equal(pairs["prompt_ids"][1], [7, 8])
+    np.testing.assert_array_equal(pairs["weight"], [1.0, 0.0])
+    np.testing.assert_allclose(pairs["ref_chosen_logps"][0], 0.3 + 0.4)  # row 1, masked sum
+    np.testing.assert_allclose(pairs["ref_rejected_logps"][0], 0.0 + 0.1)
+    assert float(metrics["pairs/kept_frac"]) == 0.5 and float(metrics["pairs/margin"]) == 1.0
+
+
+def test_online_dpo_loss_is_dpo_on_the_kept_pairs(tiny):
+    from jaxalign import checkpoints, losses, models
+    from jaxalign.sampling.scoring import completion_logprobs
+    from jaxalign.trainers import online_dpo
+
+    mcfg, params = checkpoints.load_hf_model(tiny["model"])
+    model = models.Transformer(mcfg)
+    rng = np.random.default_rng(0)
+    pairs = {
+        "prompt_ids": jnp.asarray(rng.integers(3, 50, (3, 4)), jnp.int32),
+        "prompt_segment_ids": jnp.ones((3, 4), jnp.int32),
+        "chosen_tokens": jnp.asarray(rng.integers(3, 50, (3, 5)), jnp.int32),
+        "chosen_mask": jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], jnp.int32),
+        "rejected_tokens": jnp.asarray(rng.integers(3, 50, (3, 5)), jnp.int32),
+        "rejected_mask": jnp.array([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], jnp.int32),
+        "ref_chosen_logps": jnp.array([-3.0, -9.0, -2.0]),
+        "ref_rejected_logps": jnp.array([-4.0, -5.0, -7.0]),
+        "weight": jnp.array([1.0, 0.0, 1.0]),
+    }
+    hp = _online_hp(beta=0.3)
+    loss, metrics = online_dpo.make_loss_fn(model, None, hp)({"policy": params}, None, pairs)
+
+    def logps(prefix):
+        ro = {k: pairs[k] for k in ("prompt_ids", "prompt_segment_ids")}
+        ro.update(tokens=pairs[prefix + "tokens"], mask=pairs[prefix + "mask"])
+        return jnp.sum(completion_logprobs(model, params, ro)[0], -1)
+
+    kept = np.array([0, 2])
+    want, want_metrics = losses.dpo_loss(
+        logps("chosen_")[kept],
+        logps("rejected_")[kept],
+        pairs["ref_chosen_logps"][kept],
+        pairs["ref_rejected_logps"][kept],
+        beta=0.3,
+    )
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    np.testing.assert_allclose(metrics["rewards/margins"], want_metrics["rewards/margins"], rtol=1e-5)
+
+
+def test_online_dpo_runs_through_the_one_loop(tiny, tmp_path):
+    config = tiny_config(tiny, "online_dpo", steps=2, **{"reward.function": "jaxalign.data.embedded:reward"})
+    loop.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+    records = _train_records(str(tmp_path / "run"))
+    assert sorted(records) == [1, 2]
+    for k in ("train/pairs/kept_frac", "train/pairs/margin", "train/rewards/margins", "train/loss"):
+        assert np.isfinite(records[2][k]), k
+
+
+def test_online_dpo_bad_values_are_one_line(tiny):
+    config = tiny_config(tiny, "online_dpo", **{"online_dpo.n": 1})
+    with pytest.raises(ConfigError, match=r"online_dpo.n=1: must be >= 2"):
+        rl.validate(config, 1)

@@ -1,0 +1,49 @@
+"""Online (iterative) DPO on the embedded arithmetic task from the SFT checkpoint, labelled by the task's
+reward function: each step samples `n` answers per prompt from the current policy, pairs the best with the
+worst (margin >= `min_margin`) and makes DPO updates on the pairs (jaxalign/trainers/online_dpo.py).
+
+  python -m jaxalign.main --config=configs/online_dpo.py --workdir=/tmp/online_dpo
+  python -m jaxalign.main --config=configs/online_dpo.py \
+      --config.reward.model_path=jaxalign/assets/embedded/checkpoints/reward   # a reward model labels
+
+The reward is `jaxalign.data.embedded:reward` (1 correct and stopped, 0.5 correct but not stopped, 0
+wrong, -1 speaking as the user) unless `reward.model_path` names a reward model; the metrics report the
+pairs kept (`pairs/kept_frac`: prompts whose answers did not all score the same), their mean margin and
+the chosen and rejected answers' scores, and accuracy against the checkable answer (`reward.check_fn`).
+"""
+
+import ml_collections
+
+from jaxalign import defaults
+
+
+def get_config(arg=None):
+    if arg:
+        raise ValueError(f"configs/online_dpo.py:{arg}: this config takes no argument")
+    c = defaults.base_config(
+        "online_dpo",
+        train=defaults.asset("prompts_train.jsonl"),
+        eval_=defaults.asset("prompts_test.jsonl"),  # 450 held-out prompts, greedy.
+        model_path=defaults.asset("checkpoints", "sft"),
+        learning_rate=2e-4,
+    )
+    defaults.prompt_data(c)
+    c.train.batch_size = 16  # Prompts per step (round): 16 × n 4 = 64 answers, at most 16 pairs.
+    c.train.num_steps = 150
+    c.train.log_every = 25
+    c.train.eval_every = 50
+    c.train.eval_batch_size = 160  # 450 held-out prompts = 3 batches (the last one padded).
+    c.optimizer.warmup_steps = 2
+    c.optimizer.schedule = "constant"
+    c.rollout = defaults.rollout_config()
+    c.reward = defaults.reward_config()
+
+    o = c.online_dpo = ml_collections.ConfigDict()
+    o.n = 4  # Answers sampled per prompt; the best and the worst make the pair.
+    o.min_margin = 0.5  # Pairs whose score margin is below this are dropped (0 keeps every unequal pair).
+    o.beta = 0.1  # DPO's beta: reward = beta * log(pi / pi_ref), pi_ref = the starting (SFT) policy.
+    o.loss_type = "sigmoid"  # sigmoid | ipo | hinge | robust (losses.dpo_loss).
+    o.label_smoothing = 0.0  # cDPO / robust DPO's ε.
+    o.epochs = 1  # Passes over each round's pairs.
+    o.num_minibatches = 1  # Updates per pass.
+    return defaults.lock(c)
