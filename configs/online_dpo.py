@@ -28,7 +28,7 @@ def get_config(arg=None):
         learning_rate=2e-4,
     )
     defaults.prompt_data(c)
-    c.train.batch_size = 16  # Prompts per step (round): 16 × n 4 = 64 answers, at most 16 pairs.
+    c.train.batch_size = 16  # Prompts per step (round): 16 × n 8 = 128 answers, at most 16 pairs.
     c.train.num_steps = 150
     c.train.log_every = 25
     c.train.eval_every = 50
@@ -39,7 +39,9 @@ def get_config(arg=None):
     c.reward = defaults.reward_config()
 
     o = c.online_dpo = ml_collections.ConfigDict()
-    o.n = 4  # Answers sampled per prompt; the best and the worst make the pair.
+    # Answers sampled per prompt; the best and the worst make the pair. Measured (held-out accuracy at steps
+    # 0/50/100/150): n=8 0.467/0.478/0.513/0.536 (72% of prompts give a pair); n=4 0.467/0.520/0.598/0.496 (53%).
+    o.n = 8
     o.min_margin = 0.5  # Pairs whose score margin is below this are dropped (0 keeps every unequal pair).
     o.beta = 0.1  # DPO's beta: reward = beta * log(pi / pi_ref), pi_ref = the starting (SFT) policy.
     o.loss_type = "sigmoid"  # sigmoid | ipo | hinge | robust (losses.dpo_loss).
