@@ -20,23 +20,8 @@ from jaxalign import defaults
 def get_config(arg=None):
     if arg:
         raise ValueError(f"configs/online_dpo.py:{arg}: this config takes no argument")
-    c = defaults.base_config(
-        "online_dpo",
-        train=defaults.asset("prompts_train.jsonl"),
-        eval_=defaults.asset("prompts_test.jsonl"),  # 450 held-out prompts, greedy.
-        model_path=defaults.asset("checkpoints", "sft"),
-        learning_rate=2e-4,
-    )
-    defaults.prompt_data(c)
-    c.train.batch_size = 16  # Prompts per step (round): 16 × n 8 = 128 answers, at most 16 pairs.
-    c.train.num_steps = 150
-    c.train.log_every = 25
-    c.train.eval_every = 50
-    c.train.eval_batch_size = 160  # 450 held-out prompts = 3 batches (the last one padded).
-    c.optimizer.warmup_steps = 2
-    c.optimizer.schedule = "constant"
-    c.rollout = defaults.rollout_config()
-    c.reward = defaults.reward_config()
+    # 16 prompts a step (round) × n 8 = 128 answers, at most 16 pairs.
+    c = defaults.rl_config("online_dpo", learning_rate=2e-4, batch_size=16, num_steps=150, eval_every=50)
 
     o = c.online_dpo = ml_collections.ConfigDict()
     # Answers sampled per prompt; the best and the worst make the pair. Measured (held-out accuracy at steps

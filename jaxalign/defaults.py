@@ -176,6 +176,30 @@ def prompt_data(c):
     c.data.max_length = 56  # P + N = 32 + 24: the longest sequence.
 
 
+def rl_config(objective, *, learning_rate, batch_size, num_steps, eval_every):
+    """What the RL configs share: the embedded prompts (held-out greedy evaluation), the SFT checkpoint as
+    the start and the reference, prompt lengths, logging, a short warm-up and a constant learning rate,
+    the rollout and the reward (the task's checkable reward function). Steps count rollout batches."""
+    c = base_config(
+        objective,
+        train=asset("prompts_train.jsonl"),
+        eval_=asset("prompts_test.jsonl"),  # 450 held-out prompts, greedy.
+        model_path=asset("checkpoints", "sft"),
+        learning_rate=learning_rate,
+    )
+    prompt_data(c)
+    c.train.batch_size = batch_size  # Prompts per step.
+    c.train.num_steps = num_steps
+    c.train.log_every = 25
+    c.train.eval_every = eval_every
+    c.train.eval_batch_size = 160  # 450 held-out prompts = 3 batches (the last one padded).
+    c.optimizer.warmup_steps = 2  # Rollout steps (each is epochs × minibatches updates).
+    c.optimizer.schedule = "constant"
+    c.rollout = rollout_config()
+    c.reward = reward_config()
+    return c
+
+
 def load_config_file(path, arg=None):
     """`get_config(arg)` of a config file (as `--config=path[:arg]` does), without putting its directory
     on sys.path: config files import only installed packages (`from jaxalign import defaults`)."""
