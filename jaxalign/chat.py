@@ -56,36 +56,40 @@ def default_checkpoint() -> str:
     return defaults.asset("checkpoints", "sft")
 
 
-_CHECKPOINT = flags.DEFINE_multi_string(
-    "checkpoint",
-    None,
-    "HF model directory (config.json, safetensors, tokenizer with a chat template); comma-separated "
-    "and/or repeated to compare several. Default: the shipped embedded SFT checkpoint.",
-)
-_NAMES = flags.DEFINE_string(
-    "names", "", "Comma-separated display names, one per checkpoint (default: from the directory names)."
-)
-_SYSTEM = flags.DEFINE_string("system", "", "A system message put first in every model's conversation.")
-_SHARED_HISTORY = flags.DEFINE_string(
-    "shared_history",
-    "",
-    "Name of the model whose answers make the conversation every model continues. Default (empty): each "
-    "model keeps its own history of its own answers.",
-)
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens generated at most per answer.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 = greedy.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1] (1 = off).")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed (turn k samples with fold_in(key(seed), k)).")
-_STOP = flags.DEFINE_multi_string("stop", [], "Stop string(s), in addition to the EOS token.")
-_LAYOUT = flags.DEFINE_enum(
-    "layout",
-    "auto",
-    ["auto", "columns", "rows"],
-    "columns: answers side by side; rows: one after another; auto: columns when stdout is a terminal "
-    "wide enough.",
-)
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+def define_flags():
+    """The command line's flags (defined when run as a program, so that importing this module for its
+    functions defines nothing on absl's global flags)."""
+    flags.DEFINE_multi_string(
+        "checkpoint",
+        None,
+        "HF model directory (config.json, safetensors, tokenizer with a chat template); comma-separated "
+        "and/or repeated to compare several. Default: the shipped embedded SFT checkpoint.",
+    )
+    flags.DEFINE_string(
+        "names", "", "Comma-separated display names, one per checkpoint (default: from the directory names)."
+    )
+    flags.DEFINE_string("system", "", "A system message put first in every model's conversation.")
+    flags.DEFINE_string(
+        "shared_history",
+        "",
+        "Name of the model whose answers make the conversation every model continues. Default (empty): each "
+        "model keeps its own history of its own answers.",
+    )
+    flags.DEFINE_integer("max_new_tokens", 64, "Tokens generated at most per answer.")
+    flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 = greedy.")
+    flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = all).")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass in (0, 1] (1 = off).")
+    flags.DEFINE_integer("seed", 0, "PRNG seed (turn k samples with fold_in(key(seed), k)).")
+    flags.DEFINE_multi_string("stop", [], "Stop string(s), in addition to the EOS token.")
+    flags.DEFINE_enum(
+        "layout",
+        "auto",
+        ["auto", "columns", "rows"],
+        "columns: answers side by side; rows: one after another; auto: columns when stdout is a terminal "
+        "wide enough.",
+    )
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+
 
 MIN_COLUMN = 24  # characters: narrower terminals get rows
 _SEPARATOR = " │ "
@@ -479,34 +483,37 @@ def run(chat: Chat, stream, layout: str = "auto") -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    paths = [c for arg in (_CHECKPOINT.value or [default_checkpoint()]) for c in arg.split(",") if c]
+    paths = [c for arg in (flags.FLAGS.checkpoint or [default_checkpoint()]) for c in arg.split(",") if c]
     if not paths:
         raise UserError("--checkpoint: no checkpoint directory given")
-    names = [n.strip() for n in _NAMES.value.split(",")] if _NAMES.value else default_names(paths)
+    names = [n.strip() for n in flags.FLAGS.names.split(",")] if flags.FLAGS.names else default_names(paths)
     if len(names) != len(paths) or not all(names):
-        raise UserError(f"--names={_NAMES.value}: expected {len(paths)} non-empty names, one per checkpoint")
+        raise UserError(
+            f"--names={flags.FLAGS.names}: expected {len(paths)} non-empty names, one per checkpoint"
+        )
     settings = Settings(
-        temperature=_TEMPERATURE.value,
-        top_p=_TOP_P.value,
-        top_k=_TOP_K.value,
-        max_new_tokens=_MAX_NEW_TOKENS.value,
-        seed=_SEED.value,
+        temperature=flags.FLAGS.temperature,
+        top_p=flags.FLAGS.top_p,
+        top_k=flags.FLAGS.top_k,
+        max_new_tokens=flags.FLAGS.max_new_tokens,
+        seed=flags.FLAGS.seed,
     )
     settings.check(prefix="--")
-    loaded = [ChatModel.load(p, n, dtype=_DTYPE.value) for p, n in zip(paths, names)]
+    loaded = [ChatModel.load(p, n, dtype=flags.FLAGS.dtype) for p, n in zip(paths, names)]
     chat = Chat(
         loaded,
         settings,
-        system=_SYSTEM.value,
-        shared_history=_SHARED_HISTORY.value,
-        stop=_STOP.value,
+        system=flags.FLAGS.system,
+        shared_history=flags.FLAGS.shared_history,
+        stop=flags.FLAGS.stop,
     )
     if sys.stdin.isatty():
         print(f"chatting with {', '.join(names)}; /help for commands, /quit or Ctrl-D to leave", flush=True)
-    run(chat, sys.stdin, _LAYOUT.value)
+    run(chat, sys.stdin, flags.FLAGS.layout)
 
 
 if __name__ == "__main__":
     from jaxalign.errors import run_main
 
+    define_flags()
     run_main(main)  # a bad flag or checkpoint: `error: <one line>`, exit code 2 (--verbosity=1: traceback)
