@@ -11,6 +11,7 @@ win rate = 0.5: a sanity check) with the embedded reward model, on prompts_test 
 import ml_collections
 
 from jaxalign import defaults
+from jaxalign.eval import judge
 
 
 def get_config(arg=None):
@@ -54,6 +55,12 @@ def get_config(arg=None):
         False  # lm-eval's 6-question QA primer (~400 tokens here: set True for parity).
     )
     e.mc_max_questions = 0  # First this many questions of each file; 0 = all.
+    # An LLM judge: any HF chat model directory (its own tokenizer and chat template) compares the policy's
+    # answer with the reference's to each prompt, in both orders (position bias cancels), from its
+    # next-token probabilities of "1" and "2" (no sampling): judge/win_rate, judge/win_rate_hard,
+    # judge/position_consistency, judge/first_position_bias next to win_rate. Needs eval.reference; "" = off.
+    e.judge = ""
+    e.judge_template = judge.DEFAULT_TEMPLATE  # One user message with {question}, {answer_1}, {answer_2}.
 
     base = defaults.base_config("eval", train="")
     c.mesh = base.mesh  # Prompts are sharded over data × fsdp; params as in training.

@@ -19,7 +19,10 @@ policy's decoded answers are scored again ─▶ classifier/mean, classifier/sig
 (`eval.classifier`). With `multiple_choice` (MMLU or TruthfulQA-MC files) every (context, choice) pair is
 scored by log-likelihood in batched forwards, as lm-evaluation-harness does ─▶ mc/acc, mc/acc_norm or
 truthfulqa/mc1, mc1_norm, mc2, as one more column of the sets table (`eval.multiple_choice`; see
-`multiple_choice`).
+`multiple_choice`). With `judge` (any HF chat model, its own tokenizer and chat template) the policy's
+and the reference's decoded answers are compared pairwise in both orders from the judge's next-token
+probabilities of "1" and "2" ─▶ judge/win_rate, judge/win_rate_hard, judge/position_consistency,
+judge/first_position_bias next to the reward-model win rate (`eval.judge`; see `judge`).
 
 Outputs in `workdir`: eval.json (the dict `evaluate_checkpoint` returns), eval.md (tables, plots,
 example completions), completions.jsonl (one record per prompt), eval_*.png (with matplotlib), and with
@@ -42,6 +45,7 @@ import numpy as np
 from jaxalign import checkpoints, hosts, models, sampling, sharding
 from jaxalign.data import pipeline, sources
 from jaxalign.eval import classifier as clf_lib
+from jaxalign.eval import judge as judge_lib
 from jaxalign.eval import metrics, report
 from jaxalign.eval import multiple_choice as mc
 from jaxalign.eval.multiple_choice import make_loglikelihood_fn as make_mc_fn
@@ -136,6 +140,12 @@ def validate_config(config, num_devices: int, process_count: int = 1) -> tuple[i
     if e.classifier:
         _check_path("eval.classifier", e.classifier)
         clf_lib.check_classifier(e.classifier)  # CheckpointError naming its config.json
+    if e.judge:
+        _check_path("eval.judge", e.judge)
+        if not e.reference:
+            _fail("eval.judge", e.judge, "needs eval.reference (the answers it compares the policy's with)")
+        judge_lib.check_judge(e.judge)  # CheckpointError naming the directory
+    judge_lib.check_template(e.judge_template)
     if e.classifier_input not in clf_lib.MODES:
         _fail("eval.classifier_input", e.classifier_input, f"expected one of {', '.join(clf_lib.MODES)}")
     mc_files = _split_paths(e.multiple_choice)
@@ -148,6 +158,8 @@ def validate_config(config, num_devices: int, process_count: int = 1) -> tuple[i
     prompts = _split_paths(e.prompts)
     if not prompts and e.classifier:
         _fail("eval.prompts", e.prompts, "is required with eval.classifier (it scores the answers to them)")
+    if not prompts and e.judge:
+        _fail("eval.prompts", e.prompts, "is required with eval.judge (it judges the answers to them)")
     if not prompts and not mc_files:
         _fail(
             "eval.prompts",
@@ -244,9 +256,13 @@ def evaluate_and_report(config, workdir: str, devices=None) -> dict:
         mc_chat=e.mc_chat,
         mc_truthfulqa_preamble=e.mc_truthfulqa_preamble,
         mc_max_questions=e.mc_max_questions,
+        judge=e.judge or None,
+        judge_template=e.judge_template,
     )
     if jax.process_index() == 0:
         print(report.summary_table(results), flush=True)
+        if results.get("judge"):
+            print(_judge_line(results), flush=True)
         for name, d in (results.get("multiple_choice") or {}).items():
             print(f"{name}: {mc.describe(d)}", flush=True)
     return results
@@ -325,6 +341,8 @@ def evaluate_checkpoint(
     mc_chat: bool = False,
     mc_truthfulqa_preamble: bool = False,
     mc_max_questions: int = 0,
+    judge: str | None = None,
+    judge_template: str = judge_lib.DEFAULT_TEMPLATE,
 ) -> dict:
     """Evaluates the HF checkpoint at `path`; returns the results dict (also `<workdir>/eval.json`).
 
@@ -367,13 +385,19 @@ def evaluate_checkpoint(
       mc_chat: the context as a user message through the chat template.
       mc_truthfulqa_preamble: lm-eval's six-question QA primer before each TruthfulQA question.
       mc_max_questions: the first this many questions of each benchmark file (0 = all).
+      judge: an HF chat model directory (its own tokenizer and chat template) that compares the policy's
+        answer with the reference's to each prompt, in both orders, from its next-token probabilities of
+        "1" and "2": judge/win_rate, judge/win_rate_hard, judge/position_consistency and
+        judge/first_position_bias in every prompt set (`eval.judge`; needs `reference`). None skips it.
+      judge_template: the judge's user message, with {question}, {answer_1}, {answer_2}.
 
     Returns:
       {"checkpoint", "reference", "reward_model", "text_path", "settings": {...},
        "sets": {name: {metric: value} for the keys in SET_METRICS (+ classifier/*); multiple-choice sets:
        num_prompts and their own metrics},
        "perplexity": {"perplexity", "nll", "num_tokens", "num_sequences"} or None, "wall_s",
-       "classifier": path or None, "multiple_choice": {name: {"file", "schema", "by_subject", ...}} or None}.
+       "classifier": path or None, "multiple_choice": {name: {"file", "schema", "by_subject", ...}} or None,
+       "judge": path or None, "judge_truncated": {set name: pairs cut to fit the judge's window} or None}.
     """
     start = time.time()
     check_fn, refusal_fn, user_turn_fn = map(resolve_fn, (check_fn, refusal_fn, user_turn_fn))
@@ -387,6 +411,10 @@ def evaluate_checkpoint(
             f"{jax.process_count()} processes"
         )
     prompt_files = _split_paths(prompts_path)
+    if judge and not reference:
+        raise ConfigError(f"config.eval.judge={judge!r}: needs eval.reference (the answers it compares with)")
+    if judge:
+        judge_lib.check_template(judge_template)
     if classifier_input not in clf_lib.MODES:
         raise ConfigError(
             f"config.eval.classifier_input={classifier_input!r}: expected one of {clf_lib.MODES}"
@@ -420,6 +448,10 @@ def evaluate_checkpoint(
             _same_tokenizer(tok, reward_model, "reward_model")
             rm = _load(reward_model, mesh, "score", dtype, loaded)
         clf = clf_lib.load_classifier(classifier, mesh, dtype, tokenizer=tok) if classifier else None
+        jdg = None
+        if judge:  # a judge that is one of the models above shares its loaded parameters
+            judge_lib.check_judge(judge)
+            jdg = judge_lib.load_judge(judge, model=_load(judge, mesh, "lm", dtype, loaded))
 
         eos_ids = sampling.eos_ids_of(tok, _extra_eos(policy.config))
         gen_kwargs = dict(
@@ -449,7 +481,7 @@ def evaluate_checkpoint(
             return fns[key]
 
         rng = jax.random.key(seed)
-        sets, examples = {}, {}
+        sets, examples, judge_truncated = {}, {}, {}
         for name, file in zip(set_names, prompt_files):
             source = sources.load_rows(file, "test")
             rows = [
@@ -463,7 +495,15 @@ def evaluate_checkpoint(
                 max_prompt_length=max_prompt_length,
             )
             out = _rollout_set(
-                ds, policy, ref, rm, fn_for, batch_size, batch_sharding, jax.random.fold_in(rng, len(sets))
+                ds,
+                policy,
+                ref,
+                rm,
+                fn_for,
+                batch_size,
+                batch_sharding,
+                jax.random.fold_in(rng, len(sets)),
+                ref_answers=jdg is not None,
             )
             sets[name], examples[name] = _set_metrics(
                 rows,
@@ -491,6 +531,18 @@ def evaluate_checkpoint(
                 sets[name].update(clf_lib.summary(scores))
                 for rec, s in zip(examples[name], scores):
                     rec["classifier"] = float(s)
+            if jdg is not None:
+                sets[name], judge_truncated[name] = _judge_set(
+                    jdg,
+                    rows,
+                    out,
+                    tok,
+                    sets[name],
+                    examples[name],
+                    judge_template,
+                    batch_size,
+                    batch_sharding,
+                )
         mc_details, mc_records = {}, {}
         if benchmarks:
             ll_fn = make_mc_fn(policy.module)
@@ -543,14 +595,83 @@ def evaluate_checkpoint(
         "wall_s": round(time.time() - start, 2),
         "classifier": str(classifier) if classifier else None,
         "multiple_choice": mc_details or None,
+        "judge": str(judge) if judge else None,
+        "judge_truncated": judge_truncated if judge else None,
     }
     if classifier:
         results["settings"]["classifier_input"] = classifier_input
+    if judge:
+        results["settings"]["judge_template"] = judge_template
+        results["settings"]["judge_tokens"] = f"{list(jdg.token_ids)} ({jdg.token_note})"
     if workdir and jax.process_index() == 0:
         report.write_outputs(results, examples, workdir, plots=plots, num_examples=num_examples)
         if mc_details:
             _write_multiple_choice(workdir, mc_details, mc_records)
+        if judge:
+            _write_judge(workdir, results)
     return results
+
+
+def _judge_set(jdg, rows, out, tok, metrics_, records, template, batch_size, batch_sharding):
+    """The judge's verdicts on one prompt set: (metrics with the judge's inserted after win_rate, number
+    of pairs cut to fit its window); per-answer verdicts into `records`."""
+    answers = _decode(tok, out["tokens"], out["mask"], keep_special=False)
+    ref_answers = _decode(tok, out["ref_tokens"], out["ref_mask"], keep_special=False)
+    v = judge_lib.judge_pairs(
+        jdg.module,
+        jdg.params,
+        jdg.tokenizer,
+        [r.get("prompt", r.get("messages")) for r in rows],
+        answers,
+        ref_answers,
+        template=template,
+        batch_size=batch_size,
+        batch_sharding=batch_sharding,
+        verdict_fn=jdg.fn,
+    )
+    m = {}
+    for k, val in metrics_.items():
+        m[k] = val
+        if k == "win_rate":
+            m.update(judge_lib.summary(v))
+    for rec, p, p_ab, p_ba, cut in zip(records, v["p"], v["p_ab"], v["p_ba"], v["truncated"]):
+        rec["judge"] = {
+            "p_policy_better": float(p),
+            "p_policy_first": float(p_ab),
+            "p_reference_first": float(p_ba),
+            "truncated": bool(cut),
+        }
+    return m, int(v["truncated"].sum())
+
+
+def _judge_line(results: dict) -> str:
+    cut = ", ".join(f"{s} {n}" for s, n in results["judge_truncated"].items())
+    return (
+        f"judge {results['judge']}: verdict tokens {results['settings']['judge_tokens']}; "
+        f"pairs cut to fit its window: {cut}"
+    )
+
+
+def _write_judge(workdir: str, results: dict) -> None:
+    """A section of eval.md about the LLM judge."""
+    lines = [
+        "## LLM judge",
+        "",
+        f"- judge: `{results['judge']}`; {_judge_line(results).split('; ', 1)[1]}",
+        "- template: " + report._cell(results["settings"]["judge_template"]),
+        "",
+        (
+            "Each prompt's policy answer (A) and reference answer (B) are judged twice, A as Answer 1 and then B "
+            "as Answer 1; p(Answer 1 wins) = softmax over the judge's next-token logits of '1' and '2', and "
+            "p(A better) is the mean of the two orders (position bias cancels). judge/win_rate: mean p(A "
+            "better); judge/win_rate_hard: p > 0.5 (ties ½); judge/position_consistency: both orders pick the "
+            "same winner; judge/first_position_bias: mean p(Answer 1 wins) over all judgements (0.5 = none). "
+            "Per-answer verdicts are the `judge` field of completions.jsonl."
+        ),
+        "",
+    ]
+    with open(os.path.join(workdir, "eval.md"), "a") as f:
+        f.write("\n".join(lines))
 
 
 def _write_multiple_choice(workdir: str, details: dict, records: dict) -> None:
@@ -584,10 +705,13 @@ def _fn_name(fn) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _rollout_set(ds, policy, ref, rm, fn_for, batch_size, batch_sharding, rng) -> dict:
+def _rollout_set(
+    ds, policy, ref, rm, fn_for, batch_size, batch_sharding, rng, ref_answers: bool = False
+) -> dict:
     """Generates and scores every prompt of `ds`; returns numpy arrays [n, ...] (padding rows dropped):
     tokens/mask [n, N]; with a reference logprobs/ref_logprobs [n, N]; with a reward model reward [n];
-    with both ref_tokens/ref_mask [n, N] (the reference's own answers) and ref_reward [n]."""
+    with a reference and a reward model (or `ref_answers`) ref_tokens/ref_mask [n, N] (the reference's
+    own answers), and with both ref_reward [n]."""
     chunks = []
     for b, idx in enumerate(_global_batches(len(ds), batch_size)):
         local = ds.take(hosts.local_rows(idx))
@@ -600,9 +724,11 @@ def _rollout_set(ds, policy, ref, rm, fn_for, batch_size, batch_sharding, rng) -
             row["ref_logprobs"] = fn_for("logprobs", ref)(ref.params, ids, seg, out.tokens, out.mask)
         if rm is not None:
             row["reward"] = fn_for("reward", rm)(rm.params, ids, seg, out.tokens, out.mask)
-            if ref is not None:  # the reference's own answers, decoded the same way (its own rng stream)
-                ref_out = fn_for("generate", ref)(ref.params, ids, seg, jax.random.fold_in(key, 1))
-                row["ref_tokens"], row["ref_mask"] = ref_out.tokens, ref_out.mask
+        if ref is not None and (rm is not None or ref_answers):
+            # the reference's own answers, decoded the same way (its own rng stream)
+            ref_out = fn_for("generate", ref)(ref.params, ids, seg, jax.random.fold_in(key, 1))
+            row["ref_tokens"], row["ref_mask"] = ref_out.tokens, ref_out.mask
+            if rm is not None:
                 row["ref_reward"] = fn_for("reward", rm)(rm.params, ids, seg, ref_out.tokens, ref_out.mask)
         row = hosts.gather(row)
         keep = idx >= 0
@@ -674,7 +800,9 @@ def _set_metrics(rows, ds, out, tok, eos_ids, check_fn, refusal_fn, user_turn_fn
         if has_rm:
             rec["reward"] = float(out["reward"][i])
         if ref_raw is not None:
-            rec["reference_completion"], rec["reference_reward"] = ref_raw[i], float(out["ref_reward"][i])
+            rec["reference_completion"] = ref_raw[i]
+        if "ref_reward" in out:
+            rec["reference_reward"] = float(out["ref_reward"][i])
         records.append(rec)
     return m, records
 
