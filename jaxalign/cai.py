@@ -59,7 +59,7 @@ from jaxalign.errors import CheckpointError, DataError, UserError, one_line
 
 FILES = ("sft.jsonl", "preferences.jsonl", "critiques.jsonl")
 STATE = "state.json"
-MIN_WIDTH = 32  # prompt widths: powers of two from this (few shapes, few compilations)
+MIN_WIDTH = 128  # prompt widths: powers of two from this (few shapes, few compilations; padding is cheap)
 
 
 def default_policy() -> str:
@@ -278,7 +278,7 @@ class Sampler:
         self, path: str, *, batch_size: int, max_new_tokens: int, temperature: float, top_p: float, top_k: int
     ):
         from jaxalign import checkpoints, models
-        from jaxalign.sampling import eos_ids_of, make_generate_fn, pad_id_of
+        from jaxalign.sampling import eos_ids_of, pad_id_of
 
         config, self.params = checkpoints.load_hf_model(path)
         self.tokenizer = checkpoints.load_tokenizer(path)
@@ -299,15 +299,17 @@ class Sampler:
             )
         self.budget = self.max_positions - max_new_tokens  # prompt tokens at most
         self.batch_size = batch_size
-        self.gen = make_generate_fn(
-            models.Transformer(config),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            eos_ids=self.eos_ids,
-            pad_id=self.pad_id,
-        )
+        self.model = models.Transformer(config)
+        # sampling.generate: one jitted program per (model config, settings, shapes), cached across
+        # Sampler objects (a resumed run in the same process compiles nothing again).
+        self.settings = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "eos_ids": self.eos_ids,
+            "pad_id": self.pad_id,
+        }
 
     def encode(self, messages: Sequence[dict]) -> list[int]:
         try:
@@ -324,11 +326,14 @@ class Sampler:
         """One sampler call: the prompts' token ids (at most batch_size of them) -> stripped texts."""
         import jax
 
-        from jaxalign.sampling import decode_completions, left_pad
+        from jaxalign.sampling import decode_completions, generate, left_pad
 
         rows = list(prompts) + [[]] * (self.batch_size - len(prompts))  # empty rows start done
         b = left_pad(rows, self.pad_id, length=prompt_width(max(len(p) for p in prompts)))
-        out = jax.device_get(self.gen(self.params, b["prompt_ids"], b["prompt_segment_ids"], key))
+        out = generate(
+            self.model, self.params, b["prompt_ids"], b["prompt_segment_ids"], key, **self.settings
+        )
+        out = jax.device_get(out)
         return [t.strip() for t in decode_completions(self.tokenizer, out)[: len(prompts)]]
 
 
@@ -356,34 +361,45 @@ def _write_state(out_dir: str, state: dict) -> None:
     os.replace(tmp, os.path.join(out_dir, STATE))
 
 
-def _open_run(out_dir: str, settings: dict) -> dict:
-    """The state of the run in `out_dir` (files cut back to its last complete batch), or a new one."""
+def _read_run(out_dir: str, settings: dict) -> dict | None:
+    """The state of the run in `out_dir` (None: a new run); UserError when it holds another run or
+    something else. Writes nothing."""
     state_path = os.path.join(out_dir, STATE)
-    if os.path.isfile(state_path):
-        try:
-            with open(state_path) as f:
-                state = json.load(f)
-            sizes = {name: int(state["sizes"][name]) for name in FILES}
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{state_path}: not a jaxalign.cai state file; use another --out") from None
-        if state.get("settings") != settings:
-            old = state.get("settings") or {}
-            diff = [f"{k}={old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    if not os.path.isfile(state_path):
+        found = [name for name in FILES if os.path.exists(os.path.join(out_dir, name))]
+        if found:
             raise UserError(
-                f"--out={out_dir}: holds a run with other settings ({'; '.join(diff)}); rerun with its "
-                "settings to resume it, or give another --out"
+                f"--out={out_dir}: has {found[0]} but no {STATE} (not a jaxalign.cai run); give another --out"
             )
-        for name, size in sizes.items():
-            path = os.path.join(out_dir, name)
-            if not os.path.isfile(path) or os.path.getsize(path) < size:
-                raise UserError(f"{path}: shorter than {STATE} says ({size} bytes); give another --out")
-            os.truncate(path, size)  # a batch that was being written when the run stopped
-        return state
-    found = [name for name in FILES if os.path.exists(os.path.join(out_dir, name))]
-    if found:
+        return None
+    try:
+        with open(state_path) as f:
+            state = json.load(f)
+        sizes = {name: int(state["sizes"][name]) for name in FILES}
+        int(state["batches_done"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{state_path}: not a jaxalign.cai state file; give another --out") from None
+    if state.get("settings") != settings:
+        old = state.get("settings") or {}
+        diff = [f"{k}={old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
         raise UserError(
-            f"--out={out_dir}: has {found[0]} but no {STATE} (not a jaxalign.cai run); give another --out"
+            f"--out={out_dir}: holds a run with other settings ({'; '.join(diff)}); rerun with its "
+            "settings to resume it, or give another --out"
         )
+    for name, size in sizes.items():
+        path = os.path.join(out_dir, name)
+        if not os.path.isfile(path) or os.path.getsize(path) < size:
+            raise UserError(f"{path}: shorter than {STATE} says ({size} bytes); give another --out")
+    return state
+
+
+def _start_run(out_dir: str, settings: dict, state: dict | None) -> dict:
+    """`state` with the files cut back to its last complete batch (a batch that was being written when
+    the run stopped), or a new run's state and empty files."""
+    if state is not None:
+        for name, size in state["sizes"].items():
+            os.truncate(os.path.join(out_dir, name), size)
+        return state
     os.makedirs(out_dir, exist_ok=True)
     for name in FILES:
         open(os.path.join(out_dir, name), "wb").close()
@@ -484,6 +500,17 @@ def run_cai(
         "top_k": top_k,
         "seed": seed,
     }
+    total = -(-len(examples) // batch_size)
+    state = _read_run(out_dir, settings)
+    if state is not None and state["batches_done"] >= total:
+        log(f"[cai] {out_dir}: already complete ({len(examples)} prompts); nothing to do")
+        return {
+            "prompts": len(examples),
+            "prompts_done": state["prompts_done"],
+            "complete": True,
+            **state["stats"],
+        }
+
     logging.set_verbosity(logging.WARNING)
     settings_kw = {
         "batch_size": batch_size,
@@ -495,13 +522,9 @@ def run_cai(
     pol = Sampler(policy, **settings_kw)
     crit = pol if os.path.abspath(critic) == os.path.abspath(policy) else Sampler(critic, **settings_kw)
 
-    state = _open_run(out_dir, settings)
+    state = _start_run(out_dir, settings, state)
     stats = state["stats"]
-    total = -(-len(examples) // batch_size)
     start_batch = state["batches_done"]
-    if start_batch >= total:
-        log(f"[cai] {out_dir}: already complete ({len(examples)} prompts); nothing to do")
-        return {"prompts": len(examples), "complete": True, **stats}
     if start_batch:
         log(
             f"[cai] resuming {out_dir} at batch {start_batch + 1}/{total} ({state['prompts_done']} prompts done)"
