@@ -550,7 +550,7 @@ def run_cai(
         return ids
 
     base_key = jax.random.key(seed)
-    t0, done_here = time.time(), 0
+    t0, done_here, first_batch = time.time(), 0, 0.0
     for bi in range(start_batch, total):
         if max_batches and done_here >= max_batches:
             log(f"[cai] stopped after {done_here} batches (--max_batches); run the same command to go on")
@@ -625,7 +625,10 @@ def run_cai(
         _write_state(out_dir, state)
         done_here += 1
         elapsed = time.time() - t0
-        eta = elapsed / done_here * (total - bi - 1)
+        if done_here == 1:
+            first_batch = elapsed  # includes the sampler's compilation: the ETA leaves it out after
+        per_batch = (elapsed - first_batch) / (done_here - 1) if done_here > 1 else elapsed
+        eta = per_batch * (total - bi - 1)
         log(
             f"[cai] batch {bi + 1}/{total}: {first + len(chunk)}/{len(examples)} prompts, "
             f"{stats['preference_pairs']} pairs, {stats['skipped_equal']} unrevised, "
