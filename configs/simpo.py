@@ -23,4 +23,5 @@ def get_config(arg=None):
     s = c.simpo = ml_collections.ConfigDict()
     s.beta = 2.0  # Scale of the average log-prob reward.
     s.gamma = 1.0  # Target reward margin (gamma / beta = 0.5, the TRL default ratio).
+    s.cpo_alpha = 0.0  # CPO-SimPO: + cpo_alpha × token-mean NLL of the chosen answers (0 = plain SimPO).
     return defaults.lock(c)

@@ -200,7 +200,15 @@ def make_simpo_loss(model, hp):
     def loss_fn(params, ref_params, batch):
         del ref_params
         pol_c, pol_r = _pair_logps(model, params, batch, average=True)
-        return losses.simpo_loss(pol_c, pol_r, beta=hp["beta"], gamma=hp["gamma"])
+        loss, metrics = losses.simpo_loss(pol_c, pol_r, beta=hp["beta"], gamma=hp["gamma"])
+        alpha = hp.get("cpo_alpha", 0.0)
+        if alpha:
+            # CPO-SimPO (TRL's CPOTrainer, loss_type="simpo", cpo_alpha): + alpha * token-mean NLL of the
+            # chosen completions, which keeps the reference-free loss from drifting off the chosen answers.
+            nll = _chosen_nll(pol_c, batch, average=True)
+            loss = loss + alpha * nll
+            metrics = {**metrics, "nll_chosen": nll}
+        return loss, metrics
 
     return loss_fn
 

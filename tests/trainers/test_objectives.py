@@ -71,6 +71,32 @@ def test_dpo_objective_with_rpo_term_equals_dpo_plus_chosen_nll():
     np.testing.assert_allclose(metrics["nll_chosen"], nll, rtol=1e-5)
 
 
+def test_simpo_objective_with_cpo_term_equals_simpo_plus_chosen_nll():
+    model, params, _, batch = _setup(seed=3)
+    hp = dict(beta=2.0, gamma=1.0, cpo_alpha=0.7)
+    loss, metrics = jax.jit(objectives.make_simpo_loss(model, hp))(params, None, batch)
+
+    @jax.jit
+    def expected(params, batch):
+        def avg(side):
+            total = _logps(model, params, batch, side)
+            return total / jnp.sum(batch[f"{side}_loss_mask"], axis=1)
+
+        simpo, _ = losses.simpo_loss(avg("chosen"), avg("rejected"), beta=2.0, gamma=1.0)
+        logits = model.apply(
+            {"params": params},
+            batch["chosen_input_ids"],
+            batch["chosen_positions"],
+            batch["chosen_segment_ids"],
+        )
+        nll, _ = losses.sft_loss(logits, batch["chosen_targets"], batch["chosen_loss_mask"])
+        return simpo, nll
+
+    simpo, nll = expected(params, batch)
+    np.testing.assert_allclose(loss, simpo + 0.7 * nll, rtol=1e-5)
+    np.testing.assert_allclose(metrics["nll_chosen"], nll, rtol=1e-5)
+
+
 def test_reward_objective_reads_the_score_at_the_last_token_including_eos():
     model, params, _, batch = _setup()
     both = objectives._pair(batch)
