@@ -544,6 +544,11 @@ def write_embedded(out: str | os.PathLike, seed: int = 0, scale: float = 1.0) ->
     tok_dir = out / "tokenizer"
     tok_dir.mkdir(exist_ok=True)
     tokenizer.save_pretrained(str(tok_dir))
+    # Derived files (after the tokenizer, which is trained on `rows` alone): the decline slice unpaired
+    # for KTO (each pair -> its chosen answer, label True, and its rejected answer, label False).
+    for split in ("train", "test"):
+        rows[f"decline_kto_{split}"] = unpair(rows[f"decline_{split}"])
+        _write_jsonl(out / f"decline_kto_{split}.jsonl", rows[f"decline_kto_{split}"])
     lengths = _max_tokens(tokenizer, rows)
     too_long = {k: v for k, v in lengths.items() if v > MAX_TOKENS}
     if too_long:
@@ -560,6 +565,17 @@ def write_embedded(out: str | os.PathLike, seed: int = 0, scale: float = 1.0) ->
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
+
+
+def unpair(pairs):
+    """Preference rows -> KTO rows: the chosen completion (label True) and the rejected (label False) of
+    each pair, with the pair's other fields (answer, should_refuse)."""
+    out = []
+    for row in pairs:
+        rest = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+        for side, label in (("chosen", True), ("rejected", False)):
+            out.append({"prompt": row["prompt"], "completion": row[side], "label": label, **rest})
+    return out
 
 
 def embedded_path(name: str, split: str = "train") -> str:

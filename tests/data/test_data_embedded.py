@@ -161,3 +161,23 @@ def test_reward_on_committed_preference_pairs():
     for row in rows:
         assert reward(row, row["chosen"][0]["content"] + EOS) == 1.0
         assert reward(row, row["rejected"][0]["content"] + EOS) == 0.0
+
+
+def test_decline_slice_unpaired_for_kto_is_the_shipped_file():
+    import json
+
+    from jaxalign import data
+    from jaxalign.data import embedded
+
+    for split in ("train", "test"):
+        with open(embedded.embedded_path("decline", split)) as f:
+            pairs = [json.loads(line) for line in f]
+        with open(embedded.embedded_path("decline_kto", split)) as f:
+            shipped = [json.loads(line) for line in f]
+        assert shipped == embedded.unpair(pairs)
+        assert [r["label"] for r in shipped[:2]] == [True, False]
+        assert (
+            shipped[0]["completion"] == pairs[0]["chosen"]
+            and shipped[1]["completion"] == pairs[0]["rejected"]
+        )
+    assert len(data.read(embedded.embedded_path("decline_kto", "train"), kind="kto")) == 1200
