@@ -12,13 +12,18 @@ def get_config(arg=None):
     del arg
     c = defaults.base_config(
         "kto",
-        train=defaults.asset("kto_train.jsonl"),
+        # The arithmetic completions and the decline slice unpaired (refusals of must-refuse requests and
+        # answers to benign look-alikes desirable; the opposite undesirable), as DPO's data.
+        train=",".join([defaults.asset("kto_train.jsonl"), defaults.asset("decline_kto_train.jsonl")]),
         eval_=defaults.asset("kto_test.jsonl"),
         model_path=defaults.asset("checkpoints", "sft"),
-        learning_rate=5e-4,  # Measured, 150 steps, on the task before its 2026-11-24 regeneration:
-        # held-out task accuracy 34% (SFT) -> 36%, stop 100%.
+        # Measured (python -m jaxalign.main --config=configs/eval.py on the export: prompts_test accuracy,
+        # decline_test refusal / over-refusal; SFT: 0.467, 0.000). The old default (no decline slice, 150
+        # steps) never refused (issue 17's table). With the slice: 150 steps 0.464, 1.000, 0.000; 300 steps
+        # 0.582, 1.000, 0.000 (DPO's default: 0.573, 1.000, 0.000).
+        learning_rate=5e-4,
     )
-    c.train.num_steps = 150
+    c.train.num_steps = 300
     k = c.kto = ml_collections.ConfigDict()
     k.beta = 0.1
     k.desirable_weight = 1.0  # lambda_D
