@@ -59,6 +59,7 @@ from safetensors.numpy import save_file
 
 # The one HF naming map (ours -> transformers names) and its layout conversions.
 from jaxalign.checkpoints.hf import _hf_name, _to_hf, _to_ours
+from jaxalign.errors import CheckpointError
 from jaxalign.lora.adapters import (
     LORA_A,
     LORA_B,
@@ -105,7 +106,9 @@ def _hf_module(model_config: ModelConfig, rel: tuple[str, ...], layer: int | Non
     j-th of q, k, v in GPT-2's fused c_attn."""
     name, kind = _hf_name(model_config, rel + ("kernel",), layer)
     if kind not in ("linear", "conv1d") and not isinstance(kind, tuple):
-        raise NotImplementedError(f"{'/'.join(rel)} maps to {name!r} ({kind}), not a Linear or Conv1D")
+        raise ValueError(
+            f"{'/'.join(rel)} maps to {name!r} ({kind}): LoRA adapts Linear and Conv1D modules only"
+        )
     return name[: -len(".weight")], kind
 
 
@@ -210,8 +213,9 @@ def save_peft_adapter(
         for layer, rel, sel in _layer_items(leaf_path[:-1], n_layers):
             hf_name, kind = _hf_name(model_config, rel + leaf_path[-1:], layer)
             if isinstance(kind, tuple):
-                raise NotImplementedError(
-                    f"{'/'.join(leaf_path)} is part of the fused {hf_name}: PEFT saves whole modules"
+                raise ValueError(
+                    f"{'/'.join(leaf_path)} is part of the fused {hf_name}: PEFT saves whole modules, so it "
+                    "cannot be a module to save on its own"
                 )
             value = arr if sel is None else arr[sel]
             tensors[_PREFIX + hf_name] = np.ascontiguousarray(
@@ -280,11 +284,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     for key, plain in _UNSUPPORTED.items():
         value = cfg.get(key, plain)
         if value != plain and not (value in (None, [], {}) and plain in (None, [], {})):
-            raise NotImplementedError(
+            raise CheckpointError(
                 f"{path}: PEFT option {key}={value!r} is not supported (plain LoRA has {plain!r})"
             )
     if cfg.get("task_type") not in _TASKS:
-        raise NotImplementedError(f"{path}: task_type={cfg['task_type']!r}; only {_TASKS[1:]} adapters load")
+        raise CheckpointError(f"{path}: task_type={cfg['task_type']!r}; only {_TASKS[1:]} adapters load")
     return cfg
 
 
@@ -434,9 +438,7 @@ def load_peft_adapter(
     for name, arr in saved.items():
         leaf_path, layer, kind = by_hf_param[name]
         if isinstance(kind, tuple):
-            raise NotImplementedError(
-                f"{path}: {name} is a fused q/k/v tensor; it cannot be a module to save"
-            )
+            raise CheckpointError(f"{path}: {name} is a fused q/k/v tensor; it cannot be a module to save")
         shape = _get(base_params, leaf_path).shape
         per_layer_shape = shape[1:] if "layers" in leaf_path else shape
         try:

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 import peft
 import pytest
+
+from jaxalign.errors import CheckpointError
 import torch
 import transformers
 from lora_torch_reference import TOL, peft_model, perturb, tiny_llama, tmp_dir, token_batch, torch_logits
@@ -89,7 +91,7 @@ def test_unsupported_peft_options_raise(tmp_path):
     (tmp_path / "adapter_config.json").write_text(
         json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_dora": True})
     )
-    with pytest.raises(NotImplementedError, match="use_dora"):
+    with pytest.raises(CheckpointError, match="use_dora"):
         lora.load_peft_adapter(tmp_path, params, config)
 
 
