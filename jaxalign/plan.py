@@ -104,16 +104,10 @@ def hf_config_of(config):
 def model_config_of(config, topology):
     """The ModelConfig the run would build, with the attention the target device runs."""
     from jaxalign import models
+    from jaxalign.trainers.setup import model_overrides
 
-    m = config.model
     hf, _ = hf_config_of(config)
-    overrides = dict(
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        remat=m.remat,
-        scan_layers=m.scan_layers,
-        logits_chunk=m.logits_chunk,
-    )
+    overrides = model_overrides(config)
     # TPU runs XLA's attention; GPU runs cuDNN flash where it can, which this CPU cannot compile: XLA's is
     # its upper bound. A CPU target runs what the trainer picks on CPU.
     if topology.kind != "cpu":

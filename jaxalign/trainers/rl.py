@@ -149,17 +149,6 @@ def validate(config, num_devices, process_count=1):
     return mesh_shape
 
 
-def _overrides(config):
-    m = config.model
-    return dict(
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        remat=m.remat,
-        scan_layers=m.scan_layers,
-        logits_chunk=m.logits_chunk,
-    )
-
-
 # ----------------------------------------------------------------------------------------------------
 # The batch source: sample → score → advantages.
 # ----------------------------------------------------------------------------------------------------
@@ -229,7 +218,7 @@ def build_run(config, mesh):
         critic = hp["critic_path"] or rw.model_path or m.path
         if critic:
             vcfg, params["value"] = checkpoints.load_hf_model(
-                critic, mesh=mesh, head="score", **_overrides(config)
+                critic, mesh=mesh, head="score", **setup.model_overrides(config)
             )
         else:  # a randomly initialised policy (model.init): a randomly initialised critic of the same shape
             vcfg, params["value"] = setup.load_model(config, mesh, "score")

@@ -124,16 +124,22 @@ def make_model(mcfg, head):
     return models.ScalarHeadModel(mcfg) if head == "score" else models.Transformer(mcfg)
 
 
-def load_model(config, mesh, head):
-    """(ModelConfig, params) from `model.path` (HF directory) or a random init from `model.init`."""
+def model_overrides(config):
+    """The ModelConfig fields a run's config sets on top of the checkpoint's (numerics, remat, scan)."""
     m = config.model
-    overrides = dict(
+    return dict(
         dtype=m.dtype,
         param_dtype=m.param_dtype,
         remat=m.remat,
         scan_layers=m.scan_layers,
         logits_chunk=m.logits_chunk,
     )
+
+
+def load_model(config, mesh, head):
+    """(ModelConfig, params) from `model.path` (HF directory) or a random init from `model.init`."""
+    m = config.model
+    overrides = model_overrides(config)
     if m.path:
         mcfg, params = checkpoints.load_hf_model(m.path, mesh=mesh, head=head, **overrides)
     else:
