@@ -5,16 +5,23 @@ worst (margin >= `min_margin`) and makes DPO updates on the pairs (jaxalign/trai
   python -m jaxalign.main --config=configs/online_dpo.py --workdir=/tmp/online_dpo
   python -m jaxalign.main --config=configs/online_dpo.py \
       --config.reward.model_path=jaxalign/assets/embedded/checkpoints/reward   # a reward model labels
+  python -m jaxalign.main --config=configs/online_dpo.py --config.reward.judge=<HF chat model> \
+      --config.online_dpo.min_margin=0.1   # an LLM judge labels (round robin; scores are win rates)
 
 The reward is `jaxalign.data.embedded:reward` (1 correct and stopped, 0.5 correct but not stopped, 0
-wrong, -1 speaking as the user) unless `reward.model_path` names a reward model; the metrics report the
-pairs kept (`pairs/kept_frac`: prompts whose answers did not all score the same), their mean margin and
-the chosen and rejected answers' scores, and accuracy against the checkable answer (`reward.check_fn`).
+wrong, -1 speaking as the user) unless `reward.model_path` names a reward model or `reward.judge` an LLM
+judge (each answer's score is then its mean win probability against the prompt's other n-1 answers, both
+orders judged: see jaxalign/trainers/online_dpo.py); the metrics report the pairs kept (`pairs/kept_frac`:
+prompts whose answers did not all score the same; `pairs/tied_frac` the others), their mean margin and the
+chosen and rejected answers' scores, accuracy against the checkable answer (`reward.check_fn`), and how
+often the labeller chose the correct answer of a pair where one is correct and the other not
+(`pairs/label_accuracy` over `pairs/checkable` pairs a step).
 """
 
 import ml_collections
 
 from jaxalign import defaults
+from jaxalign.eval import judge
 
 
 def get_config(arg=None):
@@ -22,6 +29,15 @@ def get_config(arg=None):
         raise ValueError(f"configs/online_dpo.py:{arg}: this config takes no argument")
     # 16 prompts a step (round) × n 8 = 128 answers, at most 16 pairs.
     c = defaults.rl_config("online_dpo", learning_rate=2e-4, batch_size=16, num_steps=150, eval_every=50)
+
+    # A third labeller, for online DPO only: an LLM judge (an HF chat model directory with its tokenizer and
+    # chat template; "" = off) compares each prompt's answers in a round robin, both orders, from its
+    # next-token probabilities of "1" and "2"; trained on instead of reward.function (reward.model_path
+    # must be ""). Scores are in [0, 1] (mean win probability), so online_dpo.min_margin=0.5 keeps only an
+    # answer that beats the worst one by half the round robin: 0.1 or 0 suits a judge.
+    c.reward.judge = ""
+    # The judge's one user message, with {question}, {answer_1}, {answer_2} (a small judge needs a short one).
+    c.reward.judge_template = judge.DEFAULT_TEMPLATE
 
     o = c.online_dpo = ml_collections.ConfigDict()
     # Answers sampled per prompt; the best and the worst make the pair. Measured (held-out accuracy at steps

@@ -34,6 +34,15 @@ judge/first_position_bias = mean p(Answer 1 wins) over all 2N judgements (0.5 = 
 `pairwise_preferences(...)` -> p(a better) [N] is a pure function of (judge module, params, tokenizer,
 texts), for the evaluator (`eval.judge`) and for online preference rounds (`judge_pairs` also returns
 each order's probability and the truncation flags).
+
+Round robin (online DPO's judge labeller, `reward.judge`): n answers to one prompt are judged in every
+one of their n(n-1)/2 pairs (both orders, as above), and each answer's score is its mean win probability
+against the other n-1 (a Borda count with probabilities; Copeland's with the hard verdicts)::
+
+    s_i = 1/(n-1) · Σ_{j≠i} p(i ≻ j),    p(j ≻ i) = 1 - p(i ≻ j)
+
+so s ∈ [0, 1], Σ_i s_i = n/2, and answers that are all identical score exactly ½ each
+(`round_robin`, `round_robin_scores`).
 """
 
 from __future__ import annotations
@@ -125,6 +134,18 @@ def verdict_tokens(tokenizer) -> tuple[tuple[int, int], str]:
             f"{enc[1]}; no token tells them apart, so the verdict cannot be read"
         )
     return (enc[0][k], enc[1][k]), f"'1' -> {enc[0]}, '2' -> {enc[1]}: token {k} of each is read"
+
+
+def check_fits(tokenizer, window: int, template: str, field: str = "eval.judge_template") -> None:
+    """ConfigError unless `template` with empty question and answers fits the judge's `window` tokens (a
+    longer question or answer is then cut to fit, `encode_judgement`)."""
+    content = template.format(question="", answer_1="", answer_2="")
+    n = len(templates.encode_prompt(tokenizer, [{"role": "user", "content": content}]))
+    if n > window:
+        raise ConfigError(
+            f"config.{field}={_short(template)}: the template alone is {n} tokens for the judge, over its "
+            f"window of {window}; use a shorter template (or a judge with a longer window)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -300,6 +321,49 @@ def pairwise_preferences(
 ) -> np.ndarray:
     """p(answer a better than answer b) [N] float64 in [0, 1], both orders averaged (`judge_pairs`)."""
     return judge_pairs(judge_model, judge_params, tokenizer, prompts, answers_a, answers_b, **kwargs)["p"]
+
+
+def round_robin(p, n: int) -> np.ndarray:
+    """Pairwise preferences -> round-robin scores (module docstring). `p`: [P, n(n-1)/2] (or flat),
+    p(i ≻ j) for the pairs i < j of each prompt in `np.triu_indices(n, 1)` order ((0, 1), (0, 2), ...,
+    (n-2, n-1), as `itertools.combinations`). Returns [P, n] float64: s_i = mean over j ≠ i of p(i ≻ j)."""
+    if n < 2:
+        raise ValueError(f"n={n}: a round robin needs two answers")
+    i, j = np.triu_indices(n, 1)
+    p = np.asarray(p, np.float64).reshape(-1, len(i))
+    wins = np.zeros((p.shape[0], n, n))
+    wins[:, i, j] = p
+    wins[:, j, i] = 1.0 - p
+    return wins.sum(-1) / (n - 1)
+
+
+def round_robin_scores(
+    judge_model,
+    judge_params,
+    tokenizer,
+    prompts: Sequence[Any],
+    answers: Sequence[str],
+    n: int,
+    **kwargs,
+) -> dict:
+    """Each answer's round-robin score among the `n` answers to its prompt: answers [P·n] (rows
+    [p·n, (p+1)·n) answer prompts[p]) -> {"score": [P·n] float64 (`round_robin`), "truncated": judge
+    inputs of pairs cut to fit the window}. `kwargs` go to `judge_pairs` (template, batch_size, ...)."""
+    if len(answers) != len(prompts) * n:
+        raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts × n={n}")
+    i, j = np.triu_indices(n, 1)
+    rows_a = (np.arange(len(prompts))[:, None] * n + i).reshape(-1)
+    rows_b = (np.arange(len(prompts))[:, None] * n + j).reshape(-1)
+    v = judge_pairs(
+        judge_model,
+        judge_params,
+        tokenizer,
+        [prompts[r // n] for r in rows_a],
+        [answers[r] for r in rows_a],
+        [answers[r] for r in rows_b],
+        **kwargs,
+    )
+    return {"score": round_robin(v["p"], n).reshape(-1), "truncated": int(v["truncated"].sum())}
 
 
 def summary(verdicts: dict) -> dict:

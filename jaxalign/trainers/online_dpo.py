@@ -3,17 +3,41 @@
 Each step is one round (Xu et al. 2023, "Some things are more CRINGE than others"; Guo et al. 2024,
 "Direct Language Model Alignment from Online AI Feedback"; TRL's OnlineDPOTrainer with n > 2): every
 prompt of the step is answered `n` times by the current policy (rows [p·n, (p+1)·n) share prompt p), each
-answer is scored (`reward.function`, a checkable reward, or `reward.model_path`, a reward model), and the
-best and the worst answer of each prompt become a pair
+answer is scored by one of three labellers, and the best and the worst answer of each prompt become a
+pair. The labellers:
+
+  reward.function    a checkable reward, Python `(answer, completion) -> float`;
+  reward.model_path  a reward model's scalar score;
+  reward.judge       an LLM judge (any HF chat model: Guo et al.'s AI feedback) in a round robin: each of
+                     the n(n-1)/2 pairs of a prompt's answers is judged in both orders (`eval.judge`,
+                     position bias cancelled: p(i ≻ j) = (p(i wins | i first) + p(i wins | j first)) / 2),
+                     and an answer's score is its mean win probability against the other n-1 (a Borda
+                     count with probabilities)
+
+                         score_{p,i} = 1/(n-1) · Σ_{j≠i} p(i ≻ j),   p(j ≻ i) = 1 - p(i ≻ j),
+
+                     in [0, 1], summing to n/2 over a prompt (`eval.judge.round_robin`; identical answers
+                     tie at exactly ½; `reward.judge_template` is the judge's message).
+
+Then, whatever the labeller,
 
     chosen_p = argmax_i score_{p,i},   rejected_p = argmin_i score_{p,i},
     margin_p = score(chosen_p) - score(rejected_p),   weight_p = 1[margin_p >= min_margin and > 0]
 
 (`score` includes `reward.missing_eos_penalty` for answers that never stopped). Prompts whose answers all
-scored the same give no pair (weight 0: dropped, counted in `pairs/kept_frac`). The DPO loss
-(`losses.dpo_loss`, any `loss_type`) on the kept pairs against the frozen reference (the starting policy),
-averaged over them, is then minimised for `epochs` passes over `num_minibatches` shuffled minibatches of
-pairs: one round = one rollout, several updates.
+scored the same give no pair (weight 0: dropped, counted in `pairs/kept_frac`; their fraction is
+`pairs/tied_frac`). The DPO loss (`losses.dpo_loss`, any `loss_type`) on the kept pairs against the
+frozen reference (the starting policy), averaged over them, is then minimised for `epochs` passes over
+`num_minibatches` shuffled minibatches of pairs: one round = one rollout, several updates.
+
+How good the labels are, whatever the labeller, against the checkable answer (`reward.check_fn`: each
+answer's `correct` c ∈ {0, 1}): over the kept pairs whose chosen and rejected answers differ in
+correctness, `pairs/checkable` = their number in the step and
+
+    pairs/label_accuracy = Σ_p w_p · 1[c(chosen_p) ≠ c(rejected_p)] · c(chosen_p) / pairs/checkable,
+
+the fraction of them whose chosen answer is the correct one (0 in a step with no checkable pair: read it
+with `pairs/checkable`; both absent without `reward.check_fn`).
 """
 
 from __future__ import annotations
@@ -158,9 +182,24 @@ def prepare(rollout, kl_coef, hp):
     metrics = {
         "reward/score": jnp.mean(score),
         "pairs/kept_frac": jnp.mean(weight),
+        "pairs/tied_frac": jnp.mean((margin == 0).astype(jnp.float32)),
         "pairs/margin": jnp.sum(weight * margin) / jnp.maximum(jnp.sum(weight), 1.0),
         "pairs/chosen_score": jnp.mean(score[rows_c]),
         "pairs/rejected_score": jnp.mean(score[rows_r]),
         **rollout_metrics(rollout),
     }
+    if "correct" in rollout:
+        metrics.update(label_accuracy(rollout["correct"][rows_c], rollout["correct"][rows_r], weight))
     return pairs, metrics, kl_coef
+
+
+def label_accuracy(correct_chosen, correct_rejected, weight):
+    """Pairs' labels against the checkable answer (module docstring): {"pairs/label_accuracy",
+    "pairs/checkable"} over the kept pairs (weight 1) whose answers differ in correctness."""
+    c, r = (jnp.asarray(x, jnp.float32) for x in (correct_chosen, correct_rejected))
+    checkable = jnp.asarray(weight, jnp.float32) * (c != r)
+    count = jnp.sum(checkable)
+    return {
+        "pairs/label_accuracy": jnp.sum(checkable * c) / jnp.maximum(count, 1.0),
+        "pairs/checkable": count,
+    }

@@ -5,7 +5,9 @@ shared with evaluation, are in `jaxalign/sampling/scoring.py`).
 
 Host side: completions are decoded with special tokens kept (so `<|eos|>` and user-turn tokens are
 visible to the reward function) and scored by a Python function `(answer, completion_text) -> float`
-named "package.module:function" in the config, e.g. `jaxalign.data.embedded:reward`.
+named "package.module:function" in the config, e.g. `jaxalign.data.embedded:reward`. An LLM judge
+(online DPO's `reward.judge`) reads the prompts as `questions` gives them and the answers decoded without
+special tokens.
 """
 
 from __future__ import annotations
@@ -61,11 +63,32 @@ def make_score_fn(policy_model, eos_ids, *, value_model=None, reward_model=None,
 # ----------------------------------------------------------------------------------------------------
 # Host side.
 # ----------------------------------------------------------------------------------------------------
-def decode(tokenizer, tokens, mask):
-    """[R, N] numpy tokens/mask -> R strings, special tokens kept (EOS visible), padding dropped."""
+def decode(tokenizer, tokens, mask, keep_special=True):
+    """[R, N] numpy tokens/mask -> R strings, special tokens kept (EOS visible) unless `keep_special` is
+    False, padding dropped."""
     return decode_completions(
-        tokenizer, types.SimpleNamespace(tokens=tokens, mask=mask), skip_special_tokens=False
+        tokenizer, types.SimpleNamespace(tokens=tokens, mask=mask), skip_special_tokens=not keep_special
     )
+
+
+def questions(tokenizer, prompt_ids, prompt_segment_ids):
+    """[P, T] left-padded prompt rows -> P strings for a judge to read: each prompt's tokens (segment id
+    > 0) decoded piece by piece between special tokens (BOS, role markers), the non-empty pieces joined by
+    newlines. A one-turn chat is its user message; a conversation is its turns, one a line."""
+    special = {int(t) for t in getattr(tokenizer, "all_special_ids", ())}
+    out = []
+    for ids, seg in zip(np.asarray(prompt_ids), np.asarray(prompt_segment_ids)):
+        pieces, cur = [], []
+        for t in (int(t) for t in ids[seg > 0]):
+            if t in special:
+                pieces.append(cur)
+                cur = []
+            else:
+                cur.append(t)
+        pieces.append(cur)
+        texts = (tokenizer.decode(p, skip_special_tokens=True).strip() for p in pieces if p)
+        out.append("\n".join(t for t in texts if t))
+    return out
 
 
 def rollout_metrics(rollout):

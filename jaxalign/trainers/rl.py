@@ -12,7 +12,9 @@ from the policy being trained, over `train.batch_size` prompts (× `grpo.group_s
                  sampled tokens (recomputed, not the sampler's: see there), the frozen reference's, the
                  critic's values (PPO), the reward model's score (`reward.model_path`); and on the host the
                  completions decoded and scored by `reward.function` (the environment reward, also what is
-                 trained on when there is no reward model) and `reward.check_fn` (accuracy);
+                 trained on when there is no reward model or judge) and `reward.check_fn` (accuracy); for
+                 online DPO with `reward.judge`, an LLM judge's round-robin scores of each prompt's n
+                 answers (`eval.judge.round_robin_scores`), which are then what is trained on;
   3. advantages  the algorithm's `prepare` (jitted): GAE and the KL-penalised rewards (PPO, whose adaptive
                  β is this source's state, checkpointed with the data position) or group-relative
                  advantages (GRPO).
@@ -28,6 +30,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import types
 from typing import Any, Callable, Optional
 
 import jax
@@ -37,6 +41,7 @@ import numpy as np
 
 from jaxalign import checkpoints, data, hosts, models, plugins, registry, sampling, sharding
 from jaxalign.data import pipeline
+from jaxalign.eval import judge as judge_lib
 from jaxalign.lora import kinds
 from jaxalign.sampling import scoring
 from jaxalign.trainers import grpo, online_dpo, ppo, rewards, setup
@@ -111,13 +116,33 @@ def validate(config, num_devices, process_count=1):
         )
 
     rw = config.reward
-    if not rw.model_path and not rw.function:
+    judge = rw.get("judge", "")
+    if not rw.model_path and not rw.function and not judge:
         _fail(
             "reward.function", rw.function, "set reward.function or reward.model_path (nothing to train on)"
         )
     _check_path("reward.model_path", rw.model_path, required=False)
     if rw.model_path:
         checkpoints.hf.check_hf_dir(rw.model_path)  # CheckpointError before the policy is loaded
+    if judge:
+        if obj != "online_dpo":
+            _fail(
+                "reward.judge",
+                judge,
+                f"a judge labels only online_dpo's pairs; {obj} trains on a scalar reward per answer "
+                "(reward.function or reward.model_path)",
+            )
+        if rw.model_path:
+            _fail(
+                "reward.judge",
+                judge,
+                f"and reward.model_path={rw.model_path!r} are both set; one labels the answers: unset one",
+            )
+        _check_path("reward.judge", judge)
+        judge_lib.check_judge(judge)  # CheckpointError naming the directory
+        judge_lib.check_template(
+            rw.get("judge_template", judge_lib.DEFAULT_TEMPLATE), "reward.judge_template"
+        )
     for f in ("function", "check_fn"):
         if rw[f]:
             try:
@@ -175,6 +200,8 @@ class Rollouts:
     group: int  # samples per prompt
     eos_ids: tuple
     kl_coef: float  # PPO's β (the adaptive controller's state); GRPO's fixed β
+    judge: Optional[Any] = None  # online DPO's LLM judge (`eval.judge.load_judge`), or None
+    judge_template: str = judge_lib.DEFAULT_TEMPLATE
 
     def next(self, state):
         """One rollout batch from the state's own policy: (batch of global arrays, {"tokens", "flops"},
@@ -264,6 +291,15 @@ def build_run(config, mesh):
                 f"from the policy's {mcfg.vocab_size}; the reward model reads the policy's token ids"
             )
         reward_model = models.ScalarHeadModel(rcfg)
+    judge = None
+    if rw.get("judge"):
+        shared = None  # the judge is the starting policy: the frozen reference's weights, not a second copy
+        if m.path and os.path.realpath(os.path.expanduser(rw.judge)) == os.path.realpath(m.path):
+            shared = types.SimpleNamespace(module=models.Transformer(mcfg), config=mcfg, params=ref_params)
+        judge = judge_lib.load_judge(rw.judge, mesh=mesh, dtype=m.dtype, model=shared)
+        judge_lib.check_fits(
+            judge.tokenizer, judge.config.max_position_embeddings, rw.judge_template, "reward.judge_template"
+        )
 
     common = dict(
         kind="prompt",
@@ -331,6 +367,8 @@ def build_run(config, mesh):
         group=group_size(config),
         eos_ids=eos_ids,
         kl_coef=algo.kl_coef(hp),
+        judge=judge,
+        judge_template=rw.get("judge_template", judge_lib.DEFAULT_TEMPLATE),
     )
 
     inner = algo.make_loss_fn(policy, value_model, hp)
@@ -355,6 +393,7 @@ def build_run(config, mesh):
         total_updates=config.train.num_steps * updates_per_step(config),
         summary=(
             f"{prompts.num_examples} prompts, {config.train.batch_size} × {source.group} rollouts per step"
+            + (f", labelled by the judge {rw.judge}" if judge is not None else "")
         ),
         epochs=algo.epochs(hp),
         num_minibatches=algo.num_minibatches(hp),
@@ -391,21 +430,50 @@ def sample(src, policy_params, batch, rng, greedy=False):
 
 
 def host_scores(src, rollout, answers):
-    """Decodes this host's rows and runs the Python reward / check functions on them. Returns
-    ({"env_reward", "correct"}: this host's [R/hosts] numpy arrays, number of generated tokens overall)."""
+    """Decodes this host's rows and runs the Python reward / check functions on them, and the judge (if
+    any) on every row. Returns ({"env_reward", "correct", "judge_score"}: this host's [R/hosts] numpy
+    arrays, number of generated tokens overall)."""
     tokens, mask = hosts.gather((rollout["tokens"], rollout["mask"]))
     num_tokens = int(np.sum(mask))
-    if src.reward_fn is None and src.check_fn is None:
-        return {}, num_tokens
-    texts = rewards.decode(src.tokenizer, hosts.local_rows(tokens), hosts.local_rows(mask))
-    return rewards.host_rewards(texts, answers, src.reward_fn, src.check_fn), num_tokens
+    out = {}
+    if src.reward_fn is not None or src.check_fn is not None:
+        texts = rewards.decode(src.tokenizer, hosts.local_rows(tokens), hosts.local_rows(mask))
+        out = rewards.host_rewards(texts, answers, src.reward_fn, src.check_fn)
+    if src.judge is not None:
+        out["judge_score"] = hosts.local_rows(judge_scores(src, rollout, tokens, mask))
+    return out, num_tokens
+
+
+def judge_scores(src, rollout, tokens, mask):
+    """The judge's round-robin score of every row among its prompt's `src.group` answers
+    (`eval.judge.round_robin_scores`): [R] float32, the same on every host (each host builds every judge
+    input; the judge's forward is sharded over the batch axes like the rollout)."""
+    ids, seg = hosts.gather((rollout["prompt_ids"], rollout["prompt_segment_ids"]))
+    n, j = src.group, src.judge
+    out = judge_lib.round_robin_scores(
+        j.module,
+        j.params,
+        j.tokenizer,
+        rewards.questions(src.tokenizer, ids[::n], seg[::n]),
+        rewards.decode(src.tokenizer, tokens, mask, keep_special=False),
+        n,
+        template=src.judge_template,
+        batch_size=int(tokens.shape[0]),  # the rollout's rows: divisible by the batch axes
+        batch_sharding=src.batch_sharding,
+        verdict_fn=j.fn,
+    )
+    return out["score"].astype(np.float32)
 
 
 def combine(src, rollout, scored, host):
     """The rollout the update reads: samples + device scores + host scores (as global arrays) + `score`,
-    the sequence reward trained on (the reward model's if there is one, else the function's)."""
+    the sequence reward trained on (the judge's if there is one, else the reward model's if there is one,
+    else the function's)."""
     rollout = {**rollout, **scored, **hosts.to_global(host, src.batch_sharding)}
-    rollout["score"] = rollout["rm_score"] if "rm_score" in rollout else rollout["env_reward"]
+    for k in ("judge_score", "rm_score", "env_reward"):
+        if k in rollout:
+            rollout["score"] = rollout[k]
+            break
     return rollout
 
 

@@ -554,3 +554,224 @@ def test_online_dpo_bad_values_are_one_line(tiny):
     config = tiny_config(tiny, "online_dpo", **{"online_dpo.n": 1})
     with pytest.raises(ConfigError, match=r"online_dpo.n=1: must be >= 2"):
         rl.validate(config, 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Online DPO labelled by an LLM judge (reward.judge), and how good any labeller's pairs are.
+# ----------------------------------------------------------------------------------------------------
+SHORT_JUDGE = "Q: {question}\n1: {answer_1}\n2: {answer_2}\nBetter? 1 or 2."  # the tiny models' window is 64
+
+
+def _sig(x):
+    return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+
+
+def _stub_judge(tokenizer, quality, bias):
+    """Verdict logits [l("1"), l("2")] = [quality(Answer 1) + bias, quality(Answer 2)], read off the text."""
+    import re
+
+    def fn(seqs):
+        out = []
+        for s in seqs:
+            m = re.search(r"1: (.*)\n2: (.*)\nBetter", tokenizer.decode(s))
+            out.append([quality[m.group(1)] + bias, quality[m.group(2)]])
+        return np.asarray(out)
+
+    return fn
+
+
+def test_judge_score_is_the_round_robin_mean_of_pairwise_preferences():
+    from jaxalign.data import embedded
+    from jaxalign.eval import judge as judge_lib
+
+    tok = embedded.load_tokenizer()
+    q = {"2 plus 2 is 4.": 2.0, "2 plus 2 is 5.": 0.5, "4.": 1.0, "8 times 3 is 24.": 0.0}
+    prompts = ["what is 2 plus 2?", [{"role": "user", "content": "what's 8 times 3?"}]]
+    # Prompt 0: three different answers; prompt 1: three identical ones (a tie: exactly 1/2 each).
+    answers = ["2 plus 2 is 4.", "2 plus 2 is 5.", "4.", *["8 times 3 is 24."] * 3]
+    stub = _stub_judge(tok, q, bias=0.7)  # a position bias, cancelled by the two orders
+    out = judge_lib.round_robin_scores(
+        None, None, tok, prompts, answers, 3, template=SHORT_JUDGE, logits_fn=stub
+    )
+    s = out["score"]
+    assert s.shape == (6,) and out["truncated"] == 0
+
+    # By hand: p(i > j) = (sigmoid(q_i - q_j + b) + sigmoid(q_i - q_j - b)) / 2, i first then j first;
+    # s_i = the mean over the other two answers.
+    def p(d):
+        return (_sig(d + 0.7) + _sig(d - 0.7)) / 2
+
+    want = [(p(2 - 0.5) + p(2 - 1)) / 2, (p(0.5 - 2) + p(0.5 - 1)) / 2, (p(1 - 2) + p(1 - 0.5)) / 2]
+    np.testing.assert_allclose(s[:3], want, rtol=1e-12)
+    assert list(s[3:]) == [0.5, 0.5, 0.5] and s[:3].sum() == pytest.approx(1.5)
+    # The same numbers from pairwise_preferences, every ordered pair of each prompt's answers.
+    for p in range(2):
+        for i in range(3):
+            others = [j for j in range(3) if j != i]
+            pref = judge_lib.pairwise_preferences(
+                None,
+                None,
+                tok,
+                [prompts[p]] * 2,
+                [answers[3 * p + i]] * 2,
+                [answers[3 * p + j] for j in others],
+                template=SHORT_JUDGE,
+                logits_fn=stub,
+            )
+            assert s[3 * p + i] == pytest.approx(np.mean(pref), abs=1e-12)
+    np.testing.assert_allclose(judge_lib.round_robin([[0.9, 0.2, 0.5]], 3), [[0.55, 0.3, 0.65]])
+
+
+def test_online_dpo_label_accuracy_checkable_and_tied_fractions():
+    from jaxalign.trainers import online_dpo
+
+    # 5 prompts × n=3, min_margin 0.5. Chosen = argmax, rejected = argmin of each prompt's scores:
+    #   p0 (0, 1, .5)    correct (0, 1, 0): chosen correct, rejected wrong       -> checkable, right
+    #   p1 (1, 0, .2)    correct (0, 1, 1): chosen wrong, rejected correct       -> checkable, wrong
+    #   p2 (.5, .5, .5)  all tied: no pair (weight 0)
+    #   p3 (1, 0, .3)    correct (1, 1, 0): chosen and rejected both correct     -> not checkable
+    #   p4 (.3, .1, .2)  margin .2 < .5: dropped, although its answers differ in correctness
+    score = jnp.array([0, 1, 0.5, 1, 0, 0.2, 0.5, 0.5, 0.5, 1, 0, 0.3, 0.3, 0.1, 0.2])
+    correct = jnp.array([0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0, 0], jnp.float32)
+    rollout = {
+        "prompt_ids": jnp.ones((15, 2), jnp.int32),
+        "prompt_segment_ids": jnp.ones((15, 2), jnp.int32),
+        "tokens": jnp.ones((15, 3), jnp.int32),
+        "mask": jnp.ones((15, 3), jnp.int32),
+        "ref_logprobs": jnp.zeros((15, 3)),
+        "score": score,
+        "stopped": jnp.ones(15),
+        "correct": correct,
+    }
+    _, m, _ = online_dpo.prepare(rollout, 0.0, _online_hp(n=3))
+    assert float(m["pairs/kept_frac"]) == pytest.approx(3 / 5)
+    assert float(m["pairs/tied_frac"]) == pytest.approx(1 / 5)
+    assert float(m["pairs/checkable"]) == 2 and float(m["pairs/label_accuracy"]) == 0.5
+    # No checkable pair: 0 over 0 pairs, no NaN; no check function: neither metric.
+    _, m, _ = online_dpo.prepare({**rollout, "correct": jnp.zeros(15)}, 0.0, _online_hp(n=3))
+    assert float(m["pairs/checkable"]) == 0 and float(m["pairs/label_accuracy"]) == 0
+    del rollout["correct"]
+    _, m, _ = online_dpo.prepare(rollout, 0.0, _online_hp(n=3))
+    assert "pairs/label_accuracy" not in m and "pairs/checkable" not in m and "pairs/tied_frac" in m
+
+
+def _judge_config(tiny, judge, steps=2, **changes):
+    return tiny_config(
+        tiny,
+        "online_dpo",
+        steps=steps,
+        **{
+            "reward.function": "jaxalign.data.embedded:reward",
+            "reward.judge": judge,
+            "reward.judge_template": SHORT_JUDGE,
+            "online_dpo.n": 4,
+            "online_dpo.min_margin": 0.0,
+            **changes,
+        },
+    )
+
+
+def test_online_dpo_judge_scores_are_what_is_trained_on(tiny):
+    """The rollout's score is the round robin of the judge's pairwise preferences over each prompt's n
+    answers, recomputed here pair by pair (the judge is the starting policy: its weights are shared)."""
+    from jaxalign import hosts
+    from jaxalign.eval import judge as judge_lib
+    from jaxalign.trainers import rewards
+
+    config = _judge_config(tiny, tiny["model"], **{"train.batch_size": 4})
+    mesh, run, state, _ = build(config)
+    src = run.batches
+    assert src.judge.params is src.ref_params  # no second copy
+    with jax.set_mesh(mesh):
+        rollout, answers = rl.sample(
+            src, src.policy_tree(state.params), next(src.prompts), rl.rollout_key(state)
+        )
+        rollout, _ = rl.score(src, state.params, rollout, answers)
+    got = np.asarray(rollout["score"])
+    np.testing.assert_array_equal(got, np.asarray(rollout["judge_score"]))
+    tokens, mask, ids, seg = hosts.gather(
+        tuple(rollout[k] for k in ("tokens", "mask", "prompt_ids", "prompt_segment_ids"))
+    )
+    texts = rewards.decode(src.tokenizer, tokens, mask, keep_special=False)
+    questions = rewards.questions(src.tokenizer, ids, seg)
+    j = src.judge
+    for r in range(len(texts)):
+        others = [k for k in range(r - r % 4, r - r % 4 + 4) if k != r]
+        p = judge_lib.pairwise_preferences(
+            j.module,
+            j.params,
+            j.tokenizer,
+            [questions[r]] * 3,
+            [texts[r]] * 3,
+            [texts[k] for k in others],
+            template=SHORT_JUDGE,
+        )
+        assert got[r] == pytest.approx(np.mean(p), abs=1e-5), r
+    assert all(q and "<|" not in q for q in questions)
+
+
+def test_online_dpo_with_a_judge_runs_through_the_one_loop(tiny, tmp_path):
+    import shutil
+
+    judge = str(tmp_path / "judge")
+    shutil.copytree(tiny["model"], judge)  # another directory: loaded as a model of its own
+    config = _judge_config(tiny, judge)
+    loop.train_and_evaluate(config, str(tmp_path / "run"), devices=jax.devices()[:1])
+    records = _train_records(str(tmp_path / "run"))
+    assert sorted(records) == [1, 2]
+    for k in (
+        "train/pairs/kept_frac",
+        "train/pairs/tied_frac",
+        "train/pairs/label_accuracy",
+        "train/pairs/checkable",
+        "train/reward/accuracy",
+        "train/loss",
+    ):
+        assert np.isfinite(records[2][k]), k
+    assert 0 <= records[2]["train/pairs/kept_frac"] <= 1 and 0 <= records[2]["train/pairs/tied_frac"] <= 1
+    assert records[2]["train/pairs/kept_frac"] + records[2]["train/pairs/tied_frac"] == pytest.approx(1)
+    assert 0 <= records[2]["train/reward/score"] <= 1  # win rates
+
+
+def test_online_dpo_bad_judges_are_one_line(tiny, tmp_path, cli):
+    """A missing judge, a classifier as the judge, a judge next to a reward model, a bad template, a judge
+    for PPO / GRPO: one error naming the field (or the directory), exit code 2 from the command line."""
+    import shutil
+
+    from jaxalign.errors import CheckpointError
+
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"config\.reward\.judge=.*nowhere"):
+        rl.validate(_judge_config(tiny, missing), 1)
+    clf = tmp_path / "classifier"
+    shutil.copytree(tiny["model"], clf)
+    cfg = json.loads((clf / "config.json").read_text())
+    (clf / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
+    with pytest.raises(CheckpointError, match="is a classifier; the judge must be a chat"):
+        rl.validate(_judge_config(tiny, str(clf)), 1)
+    with pytest.raises(ConfigError, match=r"config\.reward\.judge=.*and reward\.model_path=.*both set"):
+        rl.validate(_judge_config(tiny, tiny["model"], **{"reward.model_path": tiny["model"]}), 1)
+    with pytest.raises(ConfigError, match=r"config\.reward\.judge_template=.*lacks \{answer_2\}"):
+        rl.validate(
+            _judge_config(tiny, tiny["model"], **{"reward.judge_template": "{question} {answer_1}"}), 1
+        )
+    with pytest.raises(ConfigError, match=r"config\.reward\.judge_template=.*the template alone is"):
+        build(
+            _judge_config(
+                tiny, tiny["model"], **{"reward.judge_template": "{question}{answer_1}{answer_2}" + " 1" * 80}
+            )
+        )
+    for objective in ("ppo", "grpo"):
+        with pytest.raises(
+            ConfigError, match=rf"config\.reward\.judge=.*labels only online_dpo.*{objective}"
+        ):
+            rl.validate(tiny_config(tiny, objective, **{"reward.judge": tiny["model"]}), 1)
+    # The command line: one line, exit code 2, before anything is loaded.
+    r = cli(
+        "jaxalign.main",
+        f"--config={os.path.join(ROOT, 'configs', 'online_dpo.py')}",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.reward.judge={missing}",
+    )
+    assert r.returncode == 2 and "config.reward.judge=" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "run").exists()
