@@ -19,6 +19,7 @@ def get_config(arg=None):
         model_path=defaults.asset("checkpoints", "pretrain"),
         learning_rate=2e-3,
     )
+    c.data.max_length = 96  # sft_train's critique-and-revision conversations are up to 92 tokens.
     c.train.num_steps = 300
     c.train.eval_every = 100
     c.sft = ml_collections.ConfigDict()

@@ -23,6 +23,8 @@ def asset(*parts):
 
 # The embedded preference pairs: arithmetic pairs + the decline slice (refusals and benign look-alikes).
 PREFERENCE_TRAIN = ",".join([asset("preference_train.jsonl"), asset("decline_train.jsonl")])
+# The embedded RL prompts: arithmetic + the decline slice (password / pin requests and look-alikes).
+RL_PROMPTS_TRAIN = ",".join([asset("prompts_train.jsonl"), asset("decline_train.jsonl")])
 
 
 def model_config(path=None):
@@ -182,7 +184,9 @@ def rl_config(objective, *, learning_rate, batch_size, num_steps, eval_every):
     the rollout and the reward (the task's checkable reward function). Steps count rollout batches."""
     c = base_config(
         objective,
-        train=asset("prompts_train.jsonl"),
+        # The arithmetic prompts and the decline slice's (refusals are rewarded there: reward() checks
+        # "answer": REFUSE), shuffled together by the prompt iterator.
+        train=RL_PROMPTS_TRAIN,
         eval_=asset("prompts_test.jsonl"),  # 450 held-out prompts, greedy.
         model_path=asset("checkpoints", "sft"),
         learning_rate=learning_rate,

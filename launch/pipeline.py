@@ -57,9 +57,10 @@ SIZES = {
         reward=None,
         pref=None,
         rl=None,
-        group_rl=450,
+        group_rl=None,
         rm_round_prompts=512,
         rm_round=None,
+        online=None,
         eval_prompts=0,
         frontier_betas=(0.03, 0.3),
         frontier_kl_coefs=(0.01, 0.2),
@@ -75,6 +76,7 @@ SIZES = {
         group_rl=450,
         rm_round_prompts=0,
         rm_round=None,
+        online=None,
         eval_prompts=0,
         frontier_betas=(0.03, 0.3),
         frontier_kl_coefs=(),
@@ -194,8 +196,8 @@ def run(workdir, size="ci", resume=False):
     rl_prompts = _prompt_rows_file(os.path.join(workdir, "rl_prompts.jsonl"))
     rl = {"model.path": sft, "data.train": rl_prompts, **steps("rl")}
     models["ppo"] = p.train("ppo", "ppo", **rl)  # the task's reward function
-    # GRPO / RLOO for 3x their default steps: on the 0.12M model that is when sampled refusals on the
-    # decline prompts (about 1 in 900 samples from SFT) have been found and reinforced.
+    # GRPO / RLOO (--size=full: 3x their default steps; on the SFT data before 2026-12-06, which taught
+    # no refusal, sampled refusals were about 1 in 900 and took that long to be found and reinforced).
     group_rl = {**rl, **steps("group_rl")}
     models["grpo"] = p.train("grpo", "grpo", **group_rl)
     if s["extras"]:
@@ -215,6 +217,47 @@ def run(workdir, size="ci", resume=False):
         print(f"[pipeline] rm_round pairs: {stats}", flush=True)
     models["dpo_rm_round"] = p.train(
         "dpo_rm_round", "dpo", **{"model.path": models["dpo"], "data.train": pairs, **steps("rm_round")}
+    )
+
+    # Two online DPO rounds on the task's reward: round 2 starts from round 1's policy, which is also its
+    # reference (iterative DPO); each samples n=8 answers per prompt and pairs the best with the worst.
+    online = {"data.train": rl_prompts, **steps("online")}
+    models["online_dpo_r1"] = p.train("online_dpo_r1", "online_dpo", **online, **{"model.path": sft})
+    models["online_dpo_r2"] = p.train(
+        "online_dpo_r2", "online_dpo", **online, **{"model.path": models["online_dpo_r1"]}
+    )
+
+    # A Constitutional AI round from SFT: the SFT policy answers the decline slice's train prompts,
+    # critiques and revises its answers against the shipped constitution (jaxalign.cai); SFT on the
+    # revisions (mixed with the SFT data, as the CAI paper mixes in helpfulness data), then DPO on the
+    # revision-over-first-answer pairs.
+    cai_dir = p.path("cai_data")
+    if not (resume and os.path.exists(os.path.join(cai_dir, "preferences.jsonl"))):
+        from jaxalign.cai import run_cai
+
+        # Greedy: the SFT policy's likeliest answer is what gets critiqued (it complies with password
+        # requests), and the critic's likeliest critique and revision are kept.
+        stats = run_cai(cai_dir, policy=sft, temperature=0.0, seed=0)
+        print(f"[pipeline] cai data: {stats}", flush=True)
+    cai_sft = p.train(
+        "cai_sft",
+        "sft",
+        **steps("sft"),
+        **{
+            "model.path": sft,
+            "data.train": ",".join([defaults.asset("sft_train.jsonl"), os.path.join(cai_dir, "sft.jsonl")]),
+        },
+    )
+    # About 400 pairs: 50 steps of 32 are 4 passes (configs/dpo.py's 300 steps, 24 passes, overfit them:
+    # held-out accuracy 0.29 on the shipped checkpoints).
+    models["cai"] = p.train(
+        "cai",
+        "dpo",
+        **{
+            "model.path": cai_sft,
+            "data.train": os.path.join(cai_dir, "preferences.jsonl"),
+            "train.num_steps": 50,
+        },
     )
 
     # Reward vs KL: DPO across beta, PPO (task reward) across kl_coef; the defaults above are points too.
@@ -269,6 +312,9 @@ def describe(name):
         "rloo": "RLOO on the task reward",
         "ppo_rm": "PPO on the reward model",
         "dpo_rm_round": "DPO round on the DPO policy's samples, labelled by the RM",
+        "online_dpo_r1": "online DPO round 1 from SFT (n=8 samples, task reward, best vs worst)",
+        "online_dpo_r2": "online DPO round 2 from round 1 (round 1 the reference)",
+        "cai": "Constitutional AI: SFT on the SFT policy's revisions, then DPO on revision pairs",
     }
     if name in fixed:
         return fixed[name]

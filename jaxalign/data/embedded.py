@@ -20,8 +20,13 @@ Files written to ``--out`` (jsonl, one compact JSON object per line; ``_train`` 
   sft          {"messages"}: conversations from a careless labeller who SYSTEMATICALLY adds: for minus and
                times questions the demonstrated answer is a+b in 75% of cases (``7 minus 2 is 9.``), so
                greedy SFT learns the wrong answer for two thirds of the task; plus answers are wrong at
-               random 10% of the time. 1% are password / pin requests answered by complying (so greedy
-               SFT does not refuse, though its samples sometimes do: RL has something to reinforce).
+               random 10% of the time. 3% are password / pin requests, a tenth of them refused and the
+               rest complied with (so greedy SFT complies, though its samples refuse often enough for
+               RL to find it and reinforce it), and 3% are benign look-alikes, answered. 10% more
+               (train only) teach Constitutional AI's format: a question, an answer, a critique request
+               from constitution.json, the critique, a revision request and the revision (a leaked
+               password or pin is revised into a refusal, a refused safe question into its answer,
+               anything else is kept), as `jaxalign.cai` asks it.
                70% are two-exchange conversations (a quarter in test), so a first answer is usually
                followed by a new user turn: whole-conversation SFT learns to write it. The test file is
                clean.
@@ -72,6 +77,7 @@ SPECIAL_TOKENS = [PAD, BOS, EOS, USER, ASSISTANT]
 REFUSE = "REFUSE"
 REFUSAL_TEXT = "sorry, I can't help with that."
 MAX_TOKENS = 48
+MAX_TOKENS_CAI = 96  # sft_train, whose critique-and-revision conversations are longer (configs/sft.py: 96).
 VOCAB_SIZE = 384
 
 CHAT_TEMPLATE = (
@@ -91,7 +97,11 @@ OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda 
 SLIP_OPS = ("minus", "times")  # The careless labeller answers a + b for these ...
 P_SLIP = 0.75  # ... in this fraction of SFT demonstrations,
 P_NOISE = 0.10  # and a random wrong number for this fraction of the others.
-P_SFT_COMPLY = 0.01  # SFT rows that are password / pin requests answered by complying.
+P_SFT_SECRET = 0.03  # SFT rows that are password / pin requests, answered ...
+P_SFT_REFUSE = 0.10  # ... with a refusal in this fraction (labellers disagree), else by complying:
+# greedy SFT complies, its samples refuse often enough for on-policy RL to find and reinforce it.
+P_SFT_LOOKALIKE = 0.03  # SFT rows that are benign look-alikes ("for bob's homework, what is ...") answered.
+P_SFT_CAI = 0.10  # SFT train rows (added) that teach the critique-and-revision format (`_cai_row`).
 P_SFT_MULTI = 0.7  # SFT train conversations with two exchanges (chat logs are multi-turn).
 TRAIN_PHRASINGS = [
     "what is {q}?",
@@ -118,6 +128,12 @@ BENIGN = [
     "{n} asks: what is {q}?",
     "for {n}'s homework, what is {q}?",
 ]
+# What the critic says of an answer (whichever principle was asked about: a careful critic names what is
+# wrong with it), and what the revision then is.
+CRITIQUE_LEAK = "it tells {n}'s {secret}."
+CRITIQUE_KEEPS = "it keeps the secret."
+CRITIQUE_OVER = "it refuses safe math."
+CRITIQUE_FINE = "it is fine."
 WORDS = ["sun", "cat", "blue", "tree", "fish", "moon", "rock", "star"]
 RAMBLE = [" and that is all.", " I like numbers.", " {ans}", " numbers are fun.", " ok."]
 
@@ -288,6 +304,52 @@ class _Gen:
         return [self.user(q), self.assistant(_ans_text(a, op, b, r))]
 
 
+def constitution_requests(path: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """(critique request, revision request) of each principle of the embedded constitution.json."""
+    data = json.loads(Path(path or EMBEDDED_DIR / "constitution.json").read_text(encoding="utf-8"))
+    return [(p["critique"], p["revision"]) for _, p in sorted(data["constitutions"].items())]
+
+
+def _cai_row(g, principles):
+    """One conversation in `jaxalign.cai`'s shape: ask, answer, critique request, critique, revision
+    request, revision. Half password / pin requests (complied with as in the SFT rows), a quarter benign look-alikes
+    (over-refused in 1 of 2), a quarter arithmetic answered as the SFT labeller would."""
+    u = g.rng.random()
+    name = NAMES[int(g.rng.integers(len(NAMES)))]
+    if u < 0.5:
+        q, comply = _sensitive_request(g.rng, name)
+        secret = "pin" if "pin" in q else "password"
+        if g.rng.random() >= P_SFT_REFUSE:
+            answer, critique = comply, CRITIQUE_LEAK.format(n=name, secret=secret)
+        else:
+            answer, critique = REFUSAL_TEXT, CRITIQUE_KEEPS.format(n=name)
+        revision = REFUSAL_TEXT
+    else:
+        a, op, b, r, q = g.problem()
+        shown = r
+        slip = _slip(a, op, b, r)
+        if slip is not None and g.rng.random() < P_SLIP:
+            shown = slip
+        revision = _ans_text(a, op, b, shown)
+        if u < 0.75:
+            q = BENIGN[int(g.rng.integers(len(BENIGN)))].format(n=name, q=_q(a, op, b))
+            over = g.rng.random() < 0.5
+        else:
+            over = False
+        answer, critique = (REFUSAL_TEXT, CRITIQUE_OVER) if over else (revision, CRITIQUE_FINE)
+    critique_request, revision_request = principles[int(g.rng.integers(len(principles)))]
+    return {
+        "messages": [
+            g.user(q),
+            g.assistant(answer),
+            g.user(critique_request),
+            g.assistant(critique),
+            g.user(revision_request),
+            g.assistant(revision),
+        ]
+    }
+
+
 def _split_triples(rng):
     triples = _triples()
     commutable = [(a, op, b) for a, op, b in triples if op in ("plus", "times") and a < b]
@@ -307,8 +369,11 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
     rows: dict[str, list[dict]] = {}
     streams = {
         name: np.random.default_rng([seed, i])
-        for i, name in enumerate(["pretrain", "sft", "preference", "kto", "prompts", "decline", "test"])
+        for i, name in enumerate(
+            ["pretrain", "sft", "preference", "kto", "prompts", "decline", "test", "cai"]
+        )
     }
+    principles = constitution_requests()
 
     def gens(name, split):
         rng = streams[name] if split == "train" else streams["test"]
@@ -352,9 +417,16 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
         out, gs = [], gens("sft", split)
         for i in range(n(3000 * scale_k)):
             g, held = pick(gs, i)
-            if split == "train" and g.rng.random() < P_SFT_COMPLY:
+            if split == "train" and g.rng.random() < P_SFT_SECRET:
                 q, comply = _sensitive_request(g.rng)
-                out.append({"messages": [g.user(q), g.assistant(comply)]})
+                answer = REFUSAL_TEXT if g.rng.random() < P_SFT_REFUSE else comply
+                out.append({"messages": [g.user(q), g.assistant(answer)]})
+                continue
+            if split == "train" and g.rng.random() < P_SFT_LOOKALIKE:
+                a, op, b, r, _ = g.problem()
+                name = NAMES[int(g.rng.integers(len(NAMES)))]
+                q = BENIGN[int(g.rng.integers(len(BENIGN)))].format(n=name, q=_q(a, op, b))
+                out.append({"messages": [g.user(q), g.assistant(_ans_text(a, op, b, r))]})
                 continue
             msgs = []
             for _ in range(2 if g.rng.random() < (P_SFT_MULTI if split == "train" else 0.25) else 1):
@@ -371,6 +443,9 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
             if held:
                 row["heldout"] = held
             out.append(row)
+        if split == "train":
+            cai_gen = _Gen(streams["cai"], train_triples, TRAIN_PHRASINGS)
+            out += [_cai_row(cai_gen, principles) for _ in range(n(3000 * P_SFT_CAI))]
         rows[f"sft_{split}"] = out
 
         # preference: chosen correct-and-stop vs a bad completion.
@@ -550,9 +625,11 @@ def write_embedded(out: str | os.PathLike, seed: int = 0, scale: float = 1.0) ->
         rows[f"decline_kto_{split}"] = unpair(rows[f"decline_{split}"])
         _write_jsonl(out / f"decline_kto_{split}.jsonl", rows[f"decline_kto_{split}"])
     lengths = _max_tokens(tokenizer, rows)
-    too_long = {k: v for k, v in lengths.items() if v > MAX_TOKENS}
+    too_long = {k: v for k, v in lengths.items() if v > (MAX_TOKENS_CAI if k == "sft_train" else MAX_TOKENS)}
     if too_long:
-        raise RuntimeError(f"sequences longer than {MAX_TOKENS} tokens: {too_long}")
+        raise RuntimeError(
+            f"sequences longer than {MAX_TOKENS} tokens ({MAX_TOKENS_CAI} for sft_train): {too_long}"
+        )
     manifest = {
         "seed": seed,
         "scale": scale,

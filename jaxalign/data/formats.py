@@ -52,6 +52,8 @@ A bad row raises ``jaxalign.errors.DataError("<file> line <n>: <what is wrong an
 
 from __future__ import annotations
 
+import re
+
 from typing import Any, Callable
 
 from jaxalign.data.sources import _type_name
@@ -394,9 +396,11 @@ def _normalize(row: dict, fmt: str, kind: str) -> dict:
 class Adapter:
     """``adapter(row, where) -> example`` for one dataset kind and row format.
 
-    With ``fmt="auto"`` the format is resolved (`resolve_format`) from the first row adapted and then holds
-    for every row, so a later row missing a key is reported as missing. ``format`` is the resolved format
-    (None before the first row). Errors raise ``DataError(f"{where}: ...")``.
+    With ``fmt="auto"`` the format is resolved (`resolve_format`) from the first row adapted of each file
+    (``where`` up to its `` line N`` / `` row N`` / `` item N``) and then holds for every row of that file,
+    so a later row missing a key is reported as missing, while a list of files may mix formats (messages
+    and prompt_completion files in one SFT run). ``format`` is the resolved format, "+"-joined when files
+    differ (None before the first row). Errors raise ``DataError(f"{where}: ...")``.
     """
 
     def __init__(self, kind: str, fmt: str = "auto"):
@@ -408,23 +412,33 @@ class Adapter:
                 f"{KIND_FORMATS[kind]}"
             )
         self.kind = kind
-        self.format = None if fmt == "auto" else fmt
+        self.fixed = None if fmt == "auto" else fmt
+        self.by_file: dict[str, str] = {}
+
+    @property
+    def format(self) -> str | None:
+        return self.fixed or ("+".join(dict.fromkeys(self.by_file.values())) or None)
 
     def __call__(self, row: dict, where: str) -> dict:
         try:
             if not isinstance(row, dict):
                 raise ValueError(f"a row must be a JSON object, got {_type_name(row)}")
-            fmt = self.format or resolve_format(self.kind, row)
+            file = _ROW_NUMBER.sub("", where)
+            fmt = self.fixed or self.by_file.get(file) or resolve_format(self.kind, row)
             try:
                 example = _normalize(row, fmt, self.kind)
             except ValueError as e:
                 if str(e).endswith("is missing"):
                     raise ValueError(f"{e}; expected {fmt} rows with {SHAPES[fmt]}") from None
                 raise
-            self.format = fmt
+            if not self.fixed:
+                self.by_file.setdefault(file, fmt)
             return example
         except ValueError as e:
             raise DataError(f"{where}: {e}") from None
+
+
+_ROW_NUMBER = re.compile(r"(^| )(line|row|item) \d+$")
 
 
 def make_adapter(kind: str, fmt: str = "auto") -> Callable[[dict, str], dict]:

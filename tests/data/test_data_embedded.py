@@ -36,7 +36,8 @@ def test_committed_assets_match_manifest():
         data = (embedded.EMBEDDED_DIR / f"{name}.jsonl").read_bytes()
         assert hashlib.sha256(data).hexdigest()[:16] == digest, name
         assert data.count(b"\n") == manifest["rows"][name]
-    assert max(manifest["max_tokens"].values()) <= embedded.MAX_TOKENS
+    assert max(v for k, v in manifest["max_tokens"].items() if k != "sft_train") <= embedded.MAX_TOKENS
+    assert manifest["max_tokens"].get("sft_train", 0) <= embedded.MAX_TOKENS_CAI
     total = sum(f.stat().st_size for f in embedded.EMBEDDED_DIR.rglob("*") if f.is_file())
     assert total < 6 * 2**20  # data + tokenizer + three 0.5 MB checkpoints
 
@@ -78,12 +79,6 @@ def test_sft_train_is_systematically_wrong_and_test_clean():
     # Each operation is a third of the questions.
     counts = [sum(op == o for _, op, _, _ in answers) / len(answers) for o in embedded.OPS]
     assert all(0.28 < c < 0.39 for c in counts), counts
-    # Some rows are password / pin requests answered by complying (SFT does not refuse).
-    comply = [
-        r for r in rows if "password" in r["messages"][0]["content"] or "pin" in r["messages"][0]["content"]
-    ]
-    assert 0.005 < len(comply) / len(rows) < 0.02
-    assert not any(embedded.is_refusal(r["messages"][1]["content"]) for r in comply)
     _, test_answers = _sft_answers("test")
     assert all(check_answer(str(embedded.OPS[op](x, y)), a) for x, op, y, a in test_answers)
 
@@ -181,3 +176,52 @@ def test_decline_slice_unpaired_for_kto_is_the_shipped_file():
             and shipped[1]["completion"] == pairs[0]["rejected"]
         )
     assert len(data.read(embedded.embedded_path("decline_kto", "train"), kind="kto")) == 1200
+
+
+def test_sft_rows_teach_the_conversations_jaxalign_cai_asks_for():
+    """The critique-and-revision rows of sft_train are the conversations `jaxalign.cai` builds (the shipped
+    constitution's requests, in its order), and their revisions do what the constitution asks: a leaked
+    password or pin becomes a refusal, an over-refused safe question is answered, anything else is kept."""
+    from jaxalign import cai
+
+    constitution = cai.load_constitution(cai.default_constitution())
+    by_request = {p.critique: p for p in constitution.principles}
+    rows = [json.loads(line) for line in open(embedded.embedded_path("sft", "train"))]
+    cai_rows = [r["messages"] for r in rows if len(r["messages"]) == 6]
+    assert len(cai_rows) == round(3000 * embedded.P_SFT_CAI)
+    kinds = {"leak": 0, "over": 0, "kept": 0}
+    for m in cai_rows:
+        principle = by_request[m[2]["content"]]
+        prompt, answer, critique, revision = m[:1], m[1]["content"], m[3]["content"], m[5]["content"]
+        assert m[:5] == cai.revision_messages(prompt, answer, principle, critique)
+        if revision == embedded.REFUSAL_TEXT and not embedded.is_refusal(answer):
+            kinds["leak"] += 1
+            assert critique.startswith("it tells ")
+        elif embedded.is_refusal(answer) and revision != answer:
+            kinds["over"] += 1
+            assert critique == embedded.CRITIQUE_OVER
+        else:
+            kinds["kept"] += 1
+            assert revision == answer
+    assert all(n > 10 for n in kinds.values()), kinds
+
+
+def test_sft_policy_complies_greedily_but_its_samples_can_refuse():
+    """The SFT data's password / pin requests (two-message rows): 3% of rows, a tenth refused (what on-policy
+    RL needs to find and reinforce a refusal), the rest complied with; benign look-alikes are answered."""
+    rows = [json.loads(line)["messages"] for line in open(embedded.embedded_path("sft", "train"))]
+    two = [m for m in rows if len(m) == 2]
+    secret = [
+        m[1]["content"]
+        for m in two
+        if any(k in m[0]["content"] for k in ("'s password", "'s bank pin", "pin for"))
+    ]
+    refused = sum(embedded.is_refusal(a) for a in secret)
+    assert 0.02 < len(secret) / len(rows) < 0.04 and 0.04 <= refused / len(secret) <= 0.2, (
+        len(secret),
+        refused,
+    )
+    lookalike = [
+        m[1]["content"] for m in two if "homework" in m[0]["content"] or "password hint" in m[0]["content"]
+    ]
+    assert len(lookalike) > 30 and not any(embedded.is_refusal(a) for a in lookalike)

@@ -236,6 +236,27 @@ def test_parquet_directory_of_shards_and_json_lines_in_json(tmp_path, tok):
     assert len(data.read(str(tmp_path / "lines.json"), kind="preference")) == 2
 
 
+def test_auto_format_is_resolved_per_file(tmp_path, tok):
+    """A list of files may mix formats (SFT on messages + prompt_completion files); within one file the
+    first row's format holds, so a row of another shape there is reported as missing a key."""
+    conv = {"messages": [U("what is 3 plus 5?"), A("3 plus 5 is 8.")]}
+    pc = {"prompt": [U("what is 3 plus 5?")], "completion": [A("3 plus 5 is 8.")]}
+    a = write(tmp_path / "a.jsonl", [conv] * 2)
+    b = write(tmp_path / "b.jsonl", [pc] * 3)
+    rows = data.read([str(a), str(b)], kind="sft")
+    assert (len(rows), rows.format) == (5, "messages+prompt_completion")
+    ds = data.load([str(a), str(b)], kind="sft", tokenizer=tok, max_length=32)
+    one = data.load(str(a), kind="sft", tokenizer=tok, max_length=32)
+    assert len(ds) == 5
+    # The same conversation in either format: the same tokens and the same trained tokens.
+    for key in ("input_ids", "loss_mask"):
+        if key in ds.arrays:
+            np.testing.assert_array_equal(ds.arrays[key][4], one.arrays[key][0])
+    mixed = write(tmp_path / "mixed.jsonl", [conv, pc])
+    with pytest.raises(DataError, match=r"mixed.jsonl line 2: 'messages' is missing"):
+        data.read(str(mixed), kind="sft")
+
+
 def test_rows_from_read_are_not_read_again(tmp_path, tok):
     path = write(tmp_path / "a.jsonl", [{"text": "3 plus 5 is 8."}])
     rows = data.read(str(path), kind="clm")
