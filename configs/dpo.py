@@ -23,6 +23,7 @@ def get_config(arg=None):
         # 100%, over-refusal 0%, KL 2.1. Plain DPO (rpo_alpha 0) pushes the
         # labeller's a+b answers down without making the correct answer the
         # most likely (notes/README_results.md, measured on the previous task).
+        # On the task of 2026-12-06 (SFT 0.433): 0.780, refusal 1.0, over-refusal 0 (README, Evaluation).
     )
     c.train.batch_size = 32  # 32 pairs = 64 sequences per forward.
     c.train.num_steps = 300  # ~2 passes over the 3,100 pairs; 150 steps: 4 points less accuracy.

@@ -11,7 +11,8 @@ group's ("grpo": standardised; "rloo": minus the mean of the others). No critic.
 `jaxalign.data.embedded:reward` (1 correct and stopped, 0.5 correct but not stopped, 0 wrong, -1 speaking
 as the user) unless `reward.model_path` names a reward model. Measured on the 2-core CPU, on the task
 before its 2026-11-24 regeneration: held-out greedy reward 0.34 -> 0.52 in ~50 s (on the regenerated task
-held-out accuracy does not rise: README, Results).
+held-out accuracy does not rise: README, Results). On the task of 2026-12-06, with the decline prompts among
+the training prompts: held-out accuracy 0.433 -> 0.598, refusal 0.014 -> 1.000, over-refusal 0.000.
 The variants are config values (`configs/grpo.py:<variant>` picks a preset; every field stays
 overridable):
   dapo     Yu et al. 2025 (arXiv:2503.14476): clip-higher ε_low 0.2 / ε_high 0.28, token-level loss, no KL,

@@ -16,7 +16,8 @@ def get_config(arg=None):
         eval_=defaults.asset("preference_test.jsonl"),
         model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=5e-4,  # Measured, 150 steps on preference + decline pairs: held-out task
-        # accuracy 46.7% (SFT) -> 62.7%, stop 100%, refusal 100%, over-refusal 0%.
+        # accuracy 46.7% (SFT) -> 62.7%, stop 100%, refusal 100%, over-refusal 0%. On the task of
+        # 2026-12-06: 43.3% (SFT) -> 76.9%, 100%, 100%, 0%.
     )
     c.train.num_steps = 150
     o = c.orpo = ml_collections.ConfigDict()

@@ -9,7 +9,9 @@ The sequence reward is `reward.function` (1 correct and stopped, 0.5 correct but
 -1 speaking as the user) at the completion's last token, minus a per-token KL penalty to the SFT
 reference; the critic is the SFT backbone with a fresh value head. Measured on the 2-core CPU, on the task
 before its 2026-11-24 regeneration: held-out greedy reward 0.34 -> 0.51 in ~75 s (on the regenerated task
-the sampled reward rises, 0.24 -> 0.49 in 300 steps, but held-out greedy accuracy does not: README, Results). With `reward.model_path` the reward model's score is trained on
+the sampled reward rises, 0.24 -> 0.49 in 300 steps, but held-out greedy accuracy does not: README, Results).
+On the task of 2026-12-06, whose SFT data teaches an occasional refusal, and with the decline prompts among
+the training prompts: held-out accuracy 0.433 -> 0.593, refusal 0.014 -> 1.000, over-refusal 0.000. With `reward.model_path` the reward model's score is trained on
 instead (and the critic starts from it) and `reward/env` only reported: the small embedded reward model is
 gamed (80 steps: its score 0.60 -> 3.55, the task reward 0.34 -> 0.08).
 Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences" (arXiv:1909.08593);

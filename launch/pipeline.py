@@ -11,6 +11,9 @@ Runs, from the committed data and tokenizer (jaxalign/assets/embedded, `launch/m
      (RLOO and PPO on the reward model: --size=ci only)
   -> one RM-labelled DPO round (sample 4 answers per prompt from the DPO policy, the reward model picks
      best / worst, DPO again from the DPO policy)
+  -> two online DPO rounds (round 2 from round 1's policy, round 1 its reference) on the task's reward
+  -> a Constitutional AI round: the SFT model critiques and revises its answers to the decline prompts
+     (jaxalign.cai, greedy), SFT on the revisions (with the SFT data), DPO on the revision pairs
   -> the reward-vs-KL frontier: DPO across beta, PPO across kl_coef (the PPO sweep: --size=ci only)
   -> greedy evaluation of every model on prompts_test + decline_test against the SFT reference.
 Writes <workdir>/results.md (the table, with whether each method meets the goals of issue 7),
@@ -31,6 +34,14 @@ from jaxalign import defaults
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
+# Multiple-choice benchmarks scored by log-likelihood (eval.multiple_choice): the tiny MMLU- and
+# TruthfulQA-MC-schema samples shipped for tests. On models this size they read at chance level; the
+# columns show the wiring, and a user's own benchmark files go in their place.
+BENCHMARKS = [
+    os.path.join(os.path.dirname(defaults.asset()), "benchmarks", name)
+    for name in ("mmlu_sample.jsonl", "truthfulqa_mc_sample.jsonl")
+]
+
 GOAL_ACC_GAIN = 0.15
 GOAL_STOP = 0.98
 GOAL_REFUSE = 0.90
@@ -48,19 +59,21 @@ FULL_MODEL = {
 
 # Steps per stage (None = the config's default), evaluation size, the frontier sweeps and whether to run
 # the extra rows (RLOO, PPO on the reward model), per --size. --size=full spends its time on the 4x bigger
-# model (about 4x slower per step) and leaves the PPO sweep and the extras to --size=ci.
+# model (about 4x slower per step) and leaves the PPO sweep and the extras to --size=ci. --size=ci pre-trains
+# and fine-tunes with the configs' defaults, as launch/make_embedded.sh does: its SFT model is the shipped
+# checkpoint's recipe, so its rows and the README's defaults table start from the same policy.
 SIZES = {
     "ci": dict(
         model={},
-        pretrain=400,
-        sft=200,
+        pretrain=None,
+        sft=None,
         reward=None,
         pref=None,
         rl=None,
         group_rl=None,
         rm_round_prompts=512,
         rm_round=None,
-        online=None,
+        online=150,  # per round: two rounds of 150 = configs/online_dpo.py's 300 steps
         eval_prompts=0,
         frontier_betas=(0.03, 0.3),
         frontier_kl_coefs=(0.01, 0.2),
@@ -145,6 +158,8 @@ class Pipeline:
             reference=reference,
             reward_model=reward_model,
             max_new_tokens=24,
+            multiple_choice=BENCHMARKS,
+            classifier=reward_model,  # eval.classifier: any single-logit sequence classifier scores answers
             max_prompts=self.size["eval_prompts"],
             workdir=out,
             plots=False,
@@ -249,7 +264,7 @@ def run(workdir, size="ci", resume=False):
         },
     )
     # About 400 pairs: 50 steps of 32 are 4 passes (configs/dpo.py's 300 steps, 24 passes, overfit them:
-    # held-out accuracy 0.29 on the shipped checkpoints).
+    # held-out accuracy 0.32 on the shipped checkpoints).
     models["cai"] = p.train(
         "cai",
         "dpo",
@@ -394,6 +409,7 @@ def write_report(workdir, results, size, wall_s, timings):
             "",
             *breakdown_rows,
             "",
+            *benchmark_rows(results),
         ]
     )
     with open(os.path.join(workdir, "results.md"), "w") as f:
@@ -410,6 +426,30 @@ def write_report(workdir, results, size, wall_s, timings):
             indent=1,
         )
     return text
+
+
+def benchmark_rows(results):
+    """The multiple-choice columns (mc/acc of the MMLU sample, mc1 / mc2 of the TruthfulQA-MC sample) and
+    the pipeline's reward model used as an answer classifier (`eval.classifier`) on prompts_test."""
+    cols = [
+        ("mmlu_sample", "mc/acc", "MMLU sample acc"),
+        ("truthfulqa_mc_sample", "truthfulqa/mc1", "TruthfulQA sample mc1"),
+        ("truthfulqa_mc_sample", "truthfulqa/mc2", "TruthfulQA sample mc2"),
+        ("prompts_test", "classifier/sigmoid_mean", "reward model as classifier, mean sigmoid"),
+    ]
+    if not any(_metric(r, s, m) is not None for r in results.values() for s, m, _ in cols):
+        return []
+    out = [
+        "Multiple-choice log-likelihood scoring, lm-evaluation-harness style, on the tiny schema samples in "
+        "jaxalign/assets/benchmarks (10 and 8 questions: chance level at this size), and the pipeline's "
+        "reward model scoring each answer as a classifier would (eval.classifier), %:",
+        "",
+        "| model | " + " | ".join(c for _, _, c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for name, r in results.items():
+        out.append(f"| {name} | " + " | ".join(_pct(_metric(r, s, m)) for s, m, _ in cols) + " |")
+    return out + [""]
 
 
 def breakdown(workdir, names):

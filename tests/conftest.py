@@ -116,3 +116,25 @@ def cli(monkeypatch, capfd):
     """``cli(module, *args)``: `run_module_in_process` (for many bad-input cases in milliseconds each where
     a subprocess pays seconds of imports)."""
     return lambda module, *args, cwd=None: run_module_in_process(module, args, monkeypatch, capfd, cwd)
+
+
+@pytest.fixture
+def stub_judge():
+    """``make(tokenizer, quality, bias)``: a judge's verdict function for `jaxalign.eval.judge` whose logits
+    [l("1"), l("2")] are [quality(Answer 1) + bias, quality(Answer 2)], read off the decoded judgement (a
+    template with "1: {answer_1}\\n2: {answer_2}\\nBetter")."""
+    import re
+
+    import numpy as np
+
+    def make(tokenizer, quality, bias):
+        def fn(seqs):
+            out = []
+            for s in seqs:
+                m = re.search(r"1: (.*)\n2: (.*)\nBetter", tokenizer.decode(s))
+                out.append([quality[m.group(1)] + bias, quality[m.group(2)]])
+            return np.asarray(out)
+
+        return fn
+
+    return make

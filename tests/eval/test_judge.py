@@ -5,7 +5,6 @@ The embedded checkpoint is a tiny model: the numbers are meaningless, the tests 
 
 import json
 import os
-import re
 
 import jax
 import numpy as np
@@ -29,23 +28,10 @@ def judge():
     return judge_lib.load_judge(SFT)
 
 
-def _stub(tokenizer, quality, bias):
-    """Verdict logits [l("1"), l("2")] = [quality(Answer 1) + bias, quality(Answer 2)], read off the text."""
-
-    def fn(seqs):
-        out = []
-        for s in seqs:
-            m = re.search(r"1: (.*)\n2: (.*)\nBetter", tokenizer.decode(s))
-            out.append([quality[m.group(1)] + bias, quality[m.group(2)]])
-        return np.asarray(out)
-
-    return fn
-
-
-def test_both_orders_are_averaged(judge):
+def test_both_orders_are_averaged(judge, stub_judge):
     tok, q = judge.tokenizer, {"good": 2.0, "bad": 0.0, "same": 1.0}
     args = (None, None, tok, ["q?"] * 3, ["good", "bad", "same"], ["bad", "good", "same"])
-    v = judge_lib.judge_pairs(*args, template=SHORT, logits_fn=_stub(tok, q, bias=1.0))
+    v = judge_lib.judge_pairs(*args, template=SHORT, logits_fn=stub_judge(tok, q, bias=1.0))
     # good vs bad: sigmoid(2 + 1 - 0) with good first, 1 - sigmoid(0 + 1 - 2) with bad first.
     np.testing.assert_allclose(v["p_ab"], [_sig(3), _sig(-1), _sig(1)])
     np.testing.assert_allclose(v["p_ba"], [1 - _sig(-1), 1 - _sig(3), 1 - _sig(1)])
@@ -56,7 +42,7 @@ def test_both_orders_are_averaged(judge):
     assert s["judge/position_consistency"] == pytest.approx(2 / 3)  # "same" picks Answer 1 both times
     assert s["judge/first_position_bias"] == pytest.approx(np.mean([_sig(3), _sig(-1), _sig(1)] * 2))
     # Without a position bias, swapping the answers gives 1 - p.
-    no_bias = _stub(tok, q, bias=0.0)
+    no_bias = stub_judge(tok, q, bias=0.0)
     p = judge_lib.pairwise_preferences(*args, template=SHORT, logits_fn=no_bias)
     swapped = judge_lib.pairwise_preferences(
         *args[:3], args[3], args[5], args[4], template=SHORT, logits_fn=no_bias

@@ -566,21 +566,7 @@ def _sig(x):
     return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
 
 
-def _stub_judge(tokenizer, quality, bias):
-    """Verdict logits [l("1"), l("2")] = [quality(Answer 1) + bias, quality(Answer 2)], read off the text."""
-    import re
-
-    def fn(seqs):
-        out = []
-        for s in seqs:
-            m = re.search(r"1: (.*)\n2: (.*)\nBetter", tokenizer.decode(s))
-            out.append([quality[m.group(1)] + bias, quality[m.group(2)]])
-        return np.asarray(out)
-
-    return fn
-
-
-def test_judge_score_is_the_round_robin_mean_of_pairwise_preferences():
+def test_judge_score_is_the_round_robin_mean_of_pairwise_preferences(stub_judge):
     from jaxalign.data import embedded
     from jaxalign.eval import judge as judge_lib
 
@@ -589,7 +575,7 @@ def test_judge_score_is_the_round_robin_mean_of_pairwise_preferences():
     prompts = ["what is 2 plus 2?", [{"role": "user", "content": "what's 8 times 3?"}]]
     # Prompt 0: three different answers; prompt 1: three identical ones (a tie: exactly 1/2 each).
     answers = ["2 plus 2 is 4.", "2 plus 2 is 5.", "4.", *["8 times 3 is 24."] * 3]
-    stub = _stub_judge(tok, q, bias=0.7)  # a position bias, cancelled by the two orders
+    stub = stub_judge(tok, q, bias=0.7)  # a position bias, cancelled by the two orders
     out = judge_lib.round_robin_scores(
         None, None, tok, prompts, answers, 3, template=SHORT_JUDGE, logits_fn=stub
     )
