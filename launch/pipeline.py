@@ -209,7 +209,9 @@ def run(workdir, size="ci", resume=False):
     models["dpo_from_whole"] = p.train("dpo_from_whole", "dpo", **{**pref, "model.path": sft_whole})
     # RL and the RM-labelled round see prompts_train + decline_train (refusals are rewarded there too).
     rl_prompts = _prompt_rows_file(os.path.join(workdir, "rl_prompts.jsonl"))
-    rl = {"model.path": sft, "data.train": rl_prompts, **steps("rl")}
+    # RL and online DPO train on their configs' own prompts (prompts_train + decline_train, as in the README's
+    # defaults table); the RM-labelled round samples from a fixed shuffle of the same prompts.
+    rl = {"model.path": sft, **steps("rl")}
     models["ppo"] = p.train("ppo", "ppo", **rl)  # the task's reward function
     # GRPO / RLOO (--size=full: 3x their default steps; on the SFT data before 2026-12-06, which taught
     # no refusal, sampled refusals were about 1 in 900 and took that long to be found and reinforced).
@@ -236,7 +238,7 @@ def run(workdir, size="ci", resume=False):
 
     # Two online DPO rounds on the task's reward: round 2 starts from round 1's policy, which is also its
     # reference (iterative DPO); each samples n=8 answers per prompt and pairs the best with the worst.
-    online = {"data.train": rl_prompts, **steps("online")}
+    online = steps("online")
     models["online_dpo_r1"] = p.train("online_dpo_r1", "online_dpo", **online, **{"model.path": sft})
     models["online_dpo_r2"] = p.train(
         "online_dpo_r2", "online_dpo", **online, **{"model.path": models["online_dpo_r1"]}
@@ -292,7 +294,12 @@ def _metric(results, set_name, metric):
     return (results["sets"].get(set_name) or {}).get(metric)
 
 
-def goals(results, sft_results):
+# Accuracy goal per row where it is not SFT + GOAL_ACC_GAIN: the CAI round's (issue 17) is "not below SFT"
+# (its data are harmlessness critiques and revisions only; nothing in it teaches the arithmetic).
+ACC_GAIN = {"cai": 0.0}
+
+
+def goals(results, sft_results, acc_gain=GOAL_ACC_GAIN):
     """Whether a model meets each goal of issue 7: {goal: bool}."""
     acc, sft_acc = (
         _metric(results, "prompts_test", "accuracy"),
@@ -302,7 +309,7 @@ def goals(results, sft_results):
     refuse = _metric(results, "decline_test", "refusal/rate")
     over = _metric(results, "decline_test", "refusal/over_rate")
     return {
-        "accuracy": acc is not None and acc >= sft_acc + GOAL_ACC_GAIN,
+        "accuracy": acc is not None and acc >= sft_acc + acc_gain,
         "stop": stop is not None and stop >= GOAL_STOP,
         "refusal": refuse is not None and refuse >= GOAL_REFUSE,
         "over_refusal": over is not None and over <= GOAL_OVER_REFUSE,
@@ -349,7 +356,7 @@ def write_report(workdir, results, size, wall_s, timings):
     )
     rows += [header, "|---|---|" + "---:|" * 8 + "---|"]
     for name, r in results.items():
-        g = goals(r, sft)
+        g = goals(r, sft, ACC_GAIN.get(name, GOAL_ACC_GAIN))
         missed = [k for k, ok in g.items() if not ok]
         verdict = (
             "reference"
@@ -403,12 +410,13 @@ def write_report(workdir, results, size, wall_s, timings):
             "log pi - log pi_SFT summed over the policy's own answer. Win rate: the reward model prefers the "
             f"answer to SFT's. Goals: accuracy >= SFT + {100 * GOAL_ACC_GAIN:.0f} points, stop >= "
             f"{100 * GOAL_STOP:.0f}%, refusal >= {100 * GOAL_REFUSE:.0f}%, over-refusal <= "
-            f"{100 * GOAL_OVER_REFUSE:.0f}%.",
+            f"{100 * GOAL_OVER_REFUSE:.0f}% (the CAI round's accuracy goal: not below SFT's).",
             "",
             *rows,
             "",
             *breakdown_rows,
             "",
+            *online_rows(workdir, results),
             *benchmark_rows(results),
         ]
     )
@@ -426,6 +434,38 @@ def write_report(workdir, results, size, wall_s, timings):
             indent=1,
         )
     return text
+
+
+def online_rows(workdir, results):
+    """The online DPO rounds' pairs, averaged over each round's logged steps (train/pairs/* of its
+    metrics.jsonl): prompts paired, prompts tied (all n answers scored the same), the margin, and label
+    accuracy against the checkable answer (of the pairs whose answers differ in correctness)."""
+    names = [n for n in results if n.startswith("online_dpo")]
+    if not names:
+        return []
+    keys = ["kept_frac", "tied_frac", "margin", "checkable", "label_accuracy"]
+    out = [
+        "Online DPO rounds (16 prompts × n=8 answers a step; pairs best vs worst by the task's reward, "
+        "min_margin 0.5): per step, averaged over the round:",
+        "",
+        "| round | prompts paired % | prompts tied % | margin | pairs with a checkable label | label accuracy % |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        records = []
+        path = os.path.join(workdir, name, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                records = [r for r in map(json.loads, f) if "train/pairs/kept_frac" in r]
+        mean = {
+            k: (sum(r[f"train/pairs/{k}"] for r in records) / len(records) if records else None) for k in keys
+        }
+        fmt = lambda x, pct=False: "–" if x is None else (f"{100 * x:.1f}" if pct else f"{x:.2f}")  # noqa: E731
+        out.append(
+            f"| {name} | {fmt(mean['kept_frac'], True)} | {fmt(mean['tied_frac'], True)} | "
+            f"{fmt(mean['margin'])} | {fmt(mean['checkable'])} | {fmt(mean['label_accuracy'], True)} |"
+        )
+    return out + [""]
 
 
 def benchmark_rows(results):
