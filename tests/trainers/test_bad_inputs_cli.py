@@ -124,8 +124,8 @@ CONFIG_CASES = [
     ("sft.py", ["--config.mesh.fsdp=3"], ["config.mesh=", "does not divide the 8 devices"]),
     (
         "sft.py",
-        ["--config.data.max_prompt_length=64"],
-        ["config.data.max_prompt_length=64", "data.max_length=64"],
+        ["--config.data.max_prompt_length=96"],
+        ["config.data.max_prompt_length=96", "data.max_length=96"],
     ),
     (
         "dpo.py",
