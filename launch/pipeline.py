@@ -1,6 +1,6 @@
 """The whole alignment pipeline on the embedded task, in one process, with a results table and plots.
 
-  python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: 0.12M model, ~15 min
+  python launch/pipeline.py --workdir=runs/pipeline              # --size=ci: 0.12M model, ~11-13 min
   python launch/pipeline.py --workdir=runs/pipeline --size=full  # 0.84M model, default steps, fewer rows
 
 Runs, from the committed data and tokenizer (jaxalign/assets/embedded, `launch/make_embedded.sh`):
@@ -439,11 +439,12 @@ def write_report(workdir, results, size, wall_s, timings):
 def online_rows(workdir, results):
     """The online DPO rounds' pairs, averaged over each round's logged steps (train/pairs/* of its
     metrics.jsonl): prompts paired, prompts tied (all n answers scored the same), the margin, and label
-    accuracy against the checkable answer (of the pairs whose answers differ in correctness)."""
+    accuracy against the checkable answer (of the pairs whose answers differ in correctness; the round's
+    Σ label_correct / Σ checkable)."""
     names = [n for n in results if n.startswith("online_dpo")]
     if not names:
         return []
-    keys = ["kept_frac", "tied_frac", "margin", "checkable", "label_accuracy"]
+    keys = ["kept_frac", "tied_frac", "margin", "checkable", "label_correct"]
     out = [
         "Online DPO rounds (16 prompts × n=8 answers a step; pairs best vs worst by the task's reward, "
         "min_margin 0.5): per step, averaged over the round:",
@@ -457,9 +458,16 @@ def online_rows(workdir, results):
         if os.path.exists(path):
             with open(path) as f:
                 records = [r for r in map(json.loads, f) if "train/pairs/kept_frac" in r]
-        mean = {
-            k: (sum(r[f"train/pairs/{k}"] for r in records) / len(records) if records else None) for k in keys
-        }
+        mean = {}
+        for k in keys:
+            values = [r[f"train/pairs/{k}"] for r in records if f"train/pairs/{k}" in r]
+            mean[k] = sum(values) / len(values) if values else None
+        # Label accuracy over the round: Σ label_correct / Σ checkable (not a mean of per-step ratios).
+        mean["label_accuracy"] = (
+            mean["label_correct"] / mean["checkable"]
+            if mean["label_correct"] is not None and mean["checkable"]
+            else None
+        )
         fmt = lambda x, pct=False: "–" if x is None else (f"{100 * x:.1f}" if pct else f"{x:.2f}")  # noqa: E731
         out.append(
             f"| {name} | {fmt(mean['kept_frac'], True)} | {fmt(mean['tied_frac'], True)} | "

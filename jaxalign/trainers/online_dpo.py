@@ -37,7 +37,9 @@ correctness, `pairs/checkable` = their number in the step and
     pairs/label_accuracy = Σ_p w_p · 1[c(chosen_p) ≠ c(rejected_p)] · c(chosen_p) / pairs/checkable,
 
 the fraction of them whose chosen answer is the correct one (0 in a step with no checkable pair: read it
-with `pairs/checkable`; both absent without `reward.check_fn`).
+with `pairs/checkable`; all three absent without `reward.check_fn`). `pairs/label_correct` is the
+numerator, a count: over several steps, Σ label_correct / Σ checkable is the label accuracy (a mean of the
+per-step ratios would count a step with no checkable pair as 0).
 """
 
 from __future__ import annotations
@@ -195,11 +197,12 @@ def prepare(rollout, kl_coef, hp):
 
 def label_accuracy(correct_chosen, correct_rejected, weight):
     """Pairs' labels against the checkable answer (module docstring): {"pairs/label_accuracy",
-    "pairs/checkable"} over the kept pairs (weight 1) whose answers differ in correctness."""
+    "pairs/label_correct", "pairs/checkable"} over the kept pairs (weight 1) whose answers differ in correctness."""
     c, r = (jnp.asarray(x, jnp.float32) for x in (correct_chosen, correct_rejected))
     checkable = jnp.asarray(weight, jnp.float32) * (c != r)
     count = jnp.sum(checkable)
     return {
         "pairs/label_accuracy": jnp.sum(checkable * c) / jnp.maximum(count, 1.0),
+        "pairs/label_correct": jnp.sum(checkable * c),
         "pairs/checkable": count,
     }

@@ -633,12 +633,15 @@ def test_online_dpo_label_accuracy_checkable_and_tied_fractions():
     assert float(m["pairs/kept_frac"]) == pytest.approx(3 / 5)
     assert float(m["pairs/tied_frac"]) == pytest.approx(1 / 5)
     assert float(m["pairs/checkable"]) == 2 and float(m["pairs/label_accuracy"]) == 0.5
+    assert float(m["pairs/label_correct"]) == 1
     # No checkable pair: 0 over 0 pairs, no NaN; no check function: neither metric.
     _, m, _ = online_dpo.prepare({**rollout, "correct": jnp.zeros(15)}, 0.0, _online_hp(n=3))
     assert float(m["pairs/checkable"]) == 0 and float(m["pairs/label_accuracy"]) == 0
+    assert float(m["pairs/label_correct"]) == 0
     del rollout["correct"]
     _, m, _ = online_dpo.prepare(rollout, 0.0, _online_hp(n=3))
     assert "pairs/label_accuracy" not in m and "pairs/checkable" not in m and "pairs/tied_frac" in m
+    assert "pairs/label_correct" not in m
 
 
 def _judge_config(tiny, judge, steps=2, **changes):
@@ -709,6 +712,7 @@ def test_online_dpo_with_a_judge_runs_through_the_one_loop(tiny, tmp_path):
         "train/pairs/kept_frac",
         "train/pairs/tied_frac",
         "train/pairs/label_accuracy",
+        "train/pairs/label_correct",
         "train/pairs/checkable",
         "train/reward/accuracy",
         "train/loss",
