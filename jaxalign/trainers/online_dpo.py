@@ -200,9 +200,9 @@ def label_accuracy(correct_chosen, correct_rejected, weight):
     "pairs/label_correct", "pairs/checkable"} over the kept pairs (weight 1) whose answers differ in correctness."""
     c, r = (jnp.asarray(x, jnp.float32) for x in (correct_chosen, correct_rejected))
     checkable = jnp.asarray(weight, jnp.float32) * (c != r)
-    count = jnp.sum(checkable)
+    count, right = jnp.sum(checkable), jnp.sum(checkable * c)
     return {
-        "pairs/label_accuracy": jnp.sum(checkable * c) / jnp.maximum(count, 1.0),
-        "pairs/label_correct": jnp.sum(checkable * c),
+        "pairs/label_accuracy": right / jnp.maximum(count, 1.0),
+        "pairs/label_correct": right,
         "pairs/checkable": count,
     }
