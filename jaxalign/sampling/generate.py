@@ -43,6 +43,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxalign import models
@@ -83,6 +84,15 @@ def _constrain(x, mesh, logical):
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def _batch_shards(mesh) -> int:
+    """Devices the batch axis is split over under the rules table (1 without a mesh)."""
+    if mesh is None:
+        return 1
+    spec = sharding_lib.logical_to_spec(("batch",), mesh)[0]
+    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return int(np.prod([mesh.shape[a] for a in names], dtype=np.int64))
+
+
 def _constrain_cache(cache, mesh, config):
     """Pins the cache layout: batch over (data, fsdp), kv heads over "tensor" (where they divide).
 
@@ -114,22 +124,87 @@ def _bucket_limits(n: int, buckets: int) -> list[int]:
     return sorted({-(-n * (j + 1) // buckets) for j in range(min(buckets, n))})
 
 
-def _grow_cache(cache, config, length: int, dtype):
-    """Pads every cache array along its slot axis to `length` slots (zeros / mask False), which is
-    the cache `init_cache(length)` would have held. The slot axis is found by comparing the shapes of
-    two abstract caches, so this does not depend on the model's cache layout."""
-    b = cache["mask"].shape[0]
-    one, two = (jax.eval_shape(lambda s=s: models.init_cache(config, b, s, dtype)) for s in (1, 2))
+# Compaction: the batch shrinks by this factor whenever that many rows are done, at most this many times.
+COMPACT_FACTOR = 2
+COMPACT_LEVELS = 3
 
-    def grow(x, a, c):
-        axes = [i for i, (u, v) in enumerate(zip(a.shape, c.shape)) if u != v]
-        if not axes:
+
+class Stage(NamedTuple):
+    """One decode phase: a while loop over `rows` rows and a cache of `slots` slots, left when `limit`
+    steps are done or (when `shrink_to` > 0) when at most `shrink_to` rows are still running."""
+
+    rows: int
+    slots: int
+    limit: int
+    shrink_to: int
+
+
+def stages(p: int, n: int, rows: int, *, cache_buckets: int = 1, compact: bool = True, shards: int = 1):
+    """The static plan of decode phases (see `make_generate_fn`): the cache grows through `cache_buckets`
+    phases at full batch, then, in the last (full-length) phase, the batch is compacted by COMPACT_FACTOR
+    at most COMPACT_LEVELS times, keeping each size a multiple of `shards` (the batch axes' devices)."""
+    limits = _bucket_limits(n, cache_buckets)
+    sizes = [rows]
+    while compact and len(sizes) <= COMPACT_LEVELS:
+        nxt = sizes[-1] // COMPACT_FACTOR
+        if nxt < 1 or sizes[-1] % COMPACT_FACTOR or nxt % shards:
+            break
+        sizes.append(nxt)
+    plan = [(rows, p + lim, lim) for lim in limits[:-1]] + [(b, p + n, n) for b in sizes]
+    return [
+        Stage(b, s, lim, plan[j + 1][0] if j + 1 < len(plan) and plan[j + 1][0] < b else 0)
+        for j, (b, s, lim) in enumerate(plan)
+    ]
+
+
+def _cache_axes(config, dtype):
+    """Per cache leaf, (batch axis, slot axis) or None, found by comparing abstract caches of other sizes
+    (so nothing here depends on the model's cache layout)."""
+    shape = lambda b, s: jax.eval_shape(lambda: models.init_cache(config, b, s, dtype))  # noqa: E731
+    base, wide, long = shape(1, 1), shape(2, 1), shape(1, 2)
+
+    def axis(a, c):
+        diff = [i for i, (u, v) in enumerate(zip(a.shape, c.shape)) if u != v]
+        return diff[0] if diff else None
+
+    return jax.tree.map(lambda a, w, lo: (axis(a, w), axis(a, lo)), base, wide, long)
+
+
+def _grow_cache(cache, axes, length: int):
+    """Pads every cache array along its slot axis to `length` slots (zeros / mask False): the cache
+    `init_cache(length)` would have held."""
+
+    def grow(x, ax):
+        if ax[1] is None:
             return x
         widths = [(0, 0)] * x.ndim
-        widths[axes[0]] = (0, length - x.shape[axes[0]])
+        widths[ax[1]] = (0, length - x.shape[ax[1]])
         return jnp.pad(x, widths)
 
-    return jax.tree.map(grow, cache, one, two)
+    return jax.tree.map(grow, cache, axes, is_leaf=lambda a: isinstance(a, tuple))
+
+
+def _take_rows(cache, axes, order):
+    """The cache's rows `order` (along each leaf's batch axis)."""
+    return jax.tree.map(
+        lambda x, ax: x if ax[0] is None else jnp.take(x, order, axis=ax[0]),
+        cache,
+        axes,
+        is_leaf=lambda a: isinstance(a, tuple),
+    )
+
+
+def _repeat_rows(cache, axes, g):
+    """Each row of the cache repeated g times (contiguously): a prefilled prompt shared by its g samples."""
+    return jax.tree.map(
+        lambda x, ax: x if ax[0] is None else jnp.repeat(x, g, axis=ax[0]),
+        cache,
+        axes,
+        is_leaf=lambda a: isinstance(a, tuple),
+    )
+
+
+BUFFERS = ("tokens", "logprobs", "model_logprobs", "mask")
 
 
 def _generate(
@@ -138,6 +213,7 @@ def _generate(
     prompt_ids,
     prompt_segment_ids,
     rng,
+    row_ids=None,
     *,
     max_new_tokens: int,
     temperature: float,
@@ -148,63 +224,90 @@ def _generate(
     stop_sequences: tuple[tuple[int, ...], ...],
     cache_dtype,
     cache_buckets: int,
-    mesh,
+    num_samples: int = 1,
+    compact: bool = True,
+    mesh=None,
 ):
     """The traced body of `generate` (see the module docstring)."""
-    b, p = prompt_ids.shape
-    n = max_new_tokens
+    u, p = prompt_ids.shape  # u distinct prompts, each sampled g times: r rows
+    g, n = num_samples, max_new_tokens
+    r = u * g
     if rng is None and temperature != 0:
         raise ValueError("sampling with temperature > 0 needs an rng key (None is only for greedy)")
+    cfg = model.config
+    dtype = jnp.dtype(cache_dtype or cfg.dtype)
+    axes = _cache_axes(cfg, dtype)
     prompt_ids = prompt_ids.astype(jnp.int32)
-    real = prompt_segment_ids != 0  # [B, P]
+    real = prompt_segment_ids != 0  # [U, P]
     positions = prompt_positions(prompt_segment_ids)
-    prompt_len = real.sum(-1).astype(jnp.int32)  # [B]
     apply = functools.partial(model.apply, {"params": params})
+    shards = _batch_shards(mesh)
+    plan = stages(p, n, r, cache_buckets=cache_buckets, compact=compact, shards=shards)
 
-    limits = _bucket_limits(n, cache_buckets)
-    cache = _constrain_cache(
-        models.init_cache(model.config, b, p + limits[0], cache_dtype), mesh, model.config
-    )
-    if p > 1:  # prefill all but the last prompt column; hidden states only (the logits are unused)
+    def pin(cache):
+        return _constrain_cache(cache, mesh, cfg)
+
+    # Prefill all but the last prompt column, once per distinct prompt; hidden states only (no logits).
+    cache = models.init_cache(cfg, u, plan[0].slots, dtype)
+    if p > 1:
         _, cache = apply(
             prompt_ids[:, :-1],
             positions[:, :-1],
             real[:, :-1].astype(jnp.int32),
-            cache=cache,
+            cache=pin(cache) if u % shards == 0 else cache,
             hidden_only=True,
         )
-        cache = _constrain_cache(cache, mesh, model.config)
+    if g > 1:  # the prompt's KV given to its g samples (rows [i·g, (i+1)·g))
+        cache = _repeat_rows(cache, axes, g)
+    rep = lambda x: jnp.repeat(x, g, axis=0) if g > 1 else x  # noqa: E731
 
     eos = jnp.asarray(eos_ids, jnp.int32)  # [E]
     stops = _stop_table(stop_sequences) if stop_sequences else None  # [S, L]
     batch_axes = ("batch", None)
+    rows = jnp.arange(r, dtype=jnp.int32) if row_ids is None else row_ids.astype(jnp.int32)
+    keys = None
+    if temperature != 0:  # one key per sequence, from its id: samples do not depend on the batching
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, rows)
 
-    def buffer(value, dtype):
+    def buffer(value, dtype, b):
         return _constrain(jnp.full((b, n), value, dtype), mesh, batch_axes)
 
-    state = dict(
+    fills = dict(tokens=(pad_id, jnp.int32), logprobs=(0.0, jnp.float32))
+    fills.update(model_logprobs=(0.0, jnp.float32), mask=(0, jnp.int32))
+    out = {k: buffer(v, t, r) for k, (v, t) in fills.items()}
+    s = dict(
         i=jnp.zeros((), jnp.int32),
-        cache=cache,
-        token=prompt_ids[:, -1],  # [B] next input token
-        position=positions[:, -1],  # [B] its position
-        done=prompt_len == 0,  # [B] rows with no prompt are batch padding
-        tail=None if stops is None else jnp.full((b, stops.shape[1]), -1, jnp.int32),
-        tokens=buffer(pad_id, jnp.int32),
-        logprobs=buffer(0.0, jnp.float32),
-        model_logprobs=buffer(0.0, jnp.float32),
-        mask=buffer(0, jnp.int32),
+        cache=pin(cache),
+        token=rep(prompt_ids[:, -1]),  # [R] next input token
+        position=rep(positions[:, -1]),  # [R] its position
+        done=rep(real.sum(-1) == 0),  # [R] rows with no prompt are batch padding
+        tail=None if stops is None else jnp.full((r, stops.shape[1]), -1, jnp.int32),
+        keys=keys,
+        row=jnp.arange(r, dtype=jnp.int32),  # each row's index in the output
+        **{k: buffer(v, t, r) for k, (v, t) in fills.items()},
     )
 
-    def cond(limit):
-        return lambda s: (s["i"] < limit) & ~jnp.all(s["done"])
+    def cond(stage):
+        def c(s):
+            go = (s["i"] < stage.limit) & ~jnp.all(s["done"])
+            if stage.shrink_to:
+                go &= jnp.sum(~s["done"]) > stage.shrink_to
+            return go
+
+        return c
 
     def body(s):
         active = ~s["done"]
         logits, cache = apply(
             s["token"][:, None], s["position"][:, None], active[:, None].astype(jnp.int32), cache=s["cache"]
         )
-        step_rng = None if temperature == 0 else jax.random.fold_in(rng, s["i"])
-        tok, lp, mlp = sample_token_with_logprobs(logits[:, -1], step_rng, temperature, top_k, top_p)
+        i = s["i"]
+        if temperature == 0:
+            tok, lp, mlp = sample_token_with_logprobs(logits[:, -1], None, 0.0, top_k, top_p)
+        else:  # row key folded with the step: the same draw whatever row or stage the sequence is in
+            step_keys = jax.vmap(jax.random.fold_in, (0, None))(s["keys"], i)
+            draw = lambda lg, k: sample_token_with_logprobs(lg, k, temperature, top_k, top_p)  # noqa: E731
+            tok, lp, mlp = jax.vmap(draw)(logits[:, -1], step_keys)
         tok = jnp.where(active, tok, pad_id)
         finished = jnp.any(tok[:, None] == eos[None, :], axis=-1) if eos_ids else jnp.zeros_like(active)
         tail = s["tail"]
@@ -212,12 +315,12 @@ def _generate(
             tail = jnp.concatenate([tail[:, 1:], tok[:, None]], axis=1)  # [B, L]
             hit = (tail[:, None, :] == stops[None]) | (stops[None] < 0)  # [B, S, L]
             finished |= jnp.any(jnp.all(hit, axis=-1), axis=-1)
-        i = s["i"]
 
         def put(buf, value):
             return jax.lax.dynamic_update_slice(buf, value[:, None].astype(buf.dtype), (0, i))
 
         return dict(
+            s,
             i=i + 1,
             cache=cache,
             token=tok,
@@ -230,22 +333,33 @@ def _generate(
             mask=put(s["mask"], active),
         )
 
-    s = state
-    for j, limit in enumerate(limits):
-        if j:  # the next bucket: a longer cache (a copy once per bucket, not per token)
+    def flush(out, s):  # the stage's rows into the full output (rows are distinct: a permutation subset)
+        return {k: out[k].at[s["row"]].set(s[k]) for k in BUFFERS}
+
+    for j, stage in enumerate(plan):
+        if j and stage.slots > s["cache"]["mask"].shape[1]:  # a longer cache: one copy per phase
+            s = dict(s, cache=pin(_grow_cache(s["cache"], axes, stage.slots)))
+        if j and stage.rows < plan[j - 1].rows:  # compaction: running rows first, the rest written out
+            out = flush(out, s)
+            order = jnp.argsort(s["done"], stable=True)[: stage.rows]
             s = {
-                **s,
-                "cache": _constrain_cache(
-                    _grow_cache(s["cache"], model.config, p + limit, cache_dtype), mesh, model.config
-                ),
+                k: (
+                    v
+                    if k == "i" or v is None
+                    else pin(_take_rows(v, axes, order))
+                    if k == "cache"
+                    else _constrain(jnp.take(v, order, axis=0), mesh, ("batch",) + (None,) * (v.ndim - 1))
+                )
+                for k, v in s.items()
             }
-        s = jax.lax.while_loop(cond(limit), body, s)
+        s = jax.lax.while_loop(cond(stage), body, s)
+    out = flush(out, s)
     return GenerateOutput(
-        tokens=s["tokens"],
-        logprobs=s["logprobs"],
-        model_logprobs=s["model_logprobs"],
-        mask=s["mask"],
-        lengths=s["mask"].sum(-1).astype(jnp.int32),
+        tokens=out["tokens"],
+        logprobs=out["logprobs"],
+        model_logprobs=out["model_logprobs"],
+        mask=out["mask"],
+        lengths=out["mask"].sum(-1).astype(jnp.int32),
     )
 
 
@@ -270,11 +384,14 @@ def make_generate_fn(
     stop_sequences: Sequence[Sequence[int]] = (),
     cache_dtype: str | None = None,
     cache_buckets: int = 1,
+    num_samples: int = 1,
+    compact: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     param_shardings=None,
     donate_prompts=False,
 ):
-    """Returns a jitted `gen(params, prompt_ids, prompt_segment_ids, rng) -> GenerateOutput`.
+    """Returns a jitted `gen(params, prompt_ids, prompt_segment_ids, rng, row_ids=None) -> GenerateOutput`
+    (`row_ids` by keyword).
 
     Args:
       model: a `models.Transformer`.
@@ -290,14 +407,23 @@ def make_generate_fn(
         P + N slots (attention reads the whole cache it is given). Costs one compiled copy of the
         decode step per bucket and a cache copy between buckets; pays off when N is large compared
         with P, and more so when most rows stop early (later buckets are skipped once all are done).
+      num_samples: G samples of every prompt: U prompts give R = U·G rows, rows [i·G, (i+1)·G) answering
+        prompt i. Each prompt is prefilled once and its KV copied to its G rows (a GRPO / RLOO group, online
+        DPO's n answers). Under a mesh, U must divide by the batch axes' devices.
+      compact: continuous batching of a fixed batch: once only 1/COMPACT_FACTOR of the rows are still
+        running, they are gathered (cache included) into a batch that much smaller and the decode goes
+        on there, up to COMPACT_LEVELS times. The decode's work then follows the sum of the lengths, not
+        rows × the longest. Each size is one more compiled copy of the decode step; results are the same
+        (rows keep their ids, so their keys).
       mesh: with a mesh, the batch (prompts and outputs) is sharded over ("data", "fsdp"), the KV cache
         over the batch and, where they divide, kv heads over "tensor", and the params by
         `param_shardings` (default: the model's logical axes under `sharding.LOGICAL_AXIS_RULES`,
         i.e. the training layout; no copy is made when params already have it).
       donate_prompts: donate the prompt arrays.
 
-    The rng may be a typed key or a raw uint32 key (or None for greedy decoding). Tokens of step i use
-    `fold_in(rng, i)`, so the result does not depend on the mesh.
+    The rng may be a typed key or a raw uint32 key (or None for greedy decoding). Row r's token at step i
+    is drawn with `fold_in(fold_in(rng, row_ids[r]), i)` (row_ids default to 0..R-1), so a sequence's
+    sample depends on its id alone: not on the mesh, the compaction or the other rows of the batch.
     """
     eos_ids, stop_sequences = _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences)
     fn = functools.partial(
@@ -312,8 +438,12 @@ def make_generate_fn(
         stop_sequences=stop_sequences,
         cache_dtype=cache_dtype,
         cache_buckets=cache_buckets,
+        num_samples=int(num_samples),
+        compact=bool(compact),
         mesh=mesh,
     )
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     donate = (1, 2) if donate_prompts else ()
     if mesh is None:
         return jax.jit(fn, donate_argnums=donate)
@@ -326,7 +456,10 @@ def make_generate_fn(
     replicated = NamedSharding(mesh, PartitionSpec())
     out = GenerateOutput(batch, batch, batch, batch, batch)
     return jax.jit(
-        fn, in_shardings=(param_shardings, batch, batch, replicated), out_shardings=out, donate_argnums=donate
+        fn,
+        in_shardings=(param_shardings, batch, batch, replicated),
+        out_shardings=out,
+        donate_argnums=donate,
     )
 
 
@@ -343,10 +476,12 @@ def make_generate_fn(
         "stop_sequences",
         "cache_dtype",
         "cache_buckets",
+        "num_samples",
+        "compact",
     ),
 )
-def _generate_jit(model, params, prompt_ids, prompt_segment_ids, rng, **kwargs):
-    return _generate(model, params, prompt_ids, prompt_segment_ids, rng, mesh=None, **kwargs)
+def _generate_jit(model, params, prompt_ids, prompt_segment_ids, rng, row_ids, **kwargs):
+    return _generate(model, params, prompt_ids, prompt_segment_ids, rng, row_ids, mesh=None, **kwargs)
 
 
 def generate(
@@ -365,6 +500,9 @@ def generate(
     stop_sequences: Sequence[Sequence[int]] = (),
     cache_dtype: str | None = None,
     cache_buckets: int = 1,
+    num_samples: int = 1,
+    compact: bool = True,
+    row_ids=None,
 ) -> GenerateOutput:
     """Samples up to `max_new_tokens` per row of a left-padded prompt batch (see `make_generate_fn`).
 
@@ -372,6 +510,7 @@ def generate(
       prompt_ids: [B, P] int left-padded prompts.
       prompt_segment_ids: [B, P] int (or bool mask), 0 on padding, non-zero on real tokens.
       rng: PRNG key (unused when temperature == 0).
+      row_ids: [B · num_samples] int, each output row's sequence id (its sampling key); default 0..R-1.
 
     Jitted and cached on (model, settings, shapes); params keep whatever sharding they have.
     """
@@ -382,6 +521,7 @@ def generate(
         jnp.asarray(prompt_ids),
         jnp.asarray(prompt_segment_ids),
         rng,
+        None if row_ids is None else jnp.asarray(row_ids, jnp.int32),
         max_new_tokens=int(max_new_tokens),
         temperature=float(temperature),
         top_k=int(top_k),
@@ -391,6 +531,8 @@ def generate(
         stop_sequences=stop_sequences,
         cache_dtype=cache_dtype,
         cache_buckets=int(cache_buckets),
+        num_samples=int(num_samples),
+        compact=bool(compact),
     )
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from jaxalign import models, sharding
 from jaxalign.sampling import generate, left_pad, make_generate_fn, process_logits, to_training_batch
+from jaxalign.sampling.generate import Stage, stages
 
 # Large init so the tiny random model's greedy choices are decisive (no float near-ties between paths).
 CFG = models.ModelConfig(
@@ -162,9 +163,100 @@ def test_sharded_rollout_equals_single_device(setup, mesh_shape):
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-4)
 
 
-def test_decode_is_one_while_loop(setup):
-    """The per-token loop is a single XLA while (no unrolled per-token Python loop)."""
+def test_decode_is_one_while_loop_per_stage(setup):
+    """The per-token loop is one XLA while per decode stage (no unrolled per-token Python loop)."""
     model, params, batch = setup
-    gen = make_generate_fn(model, max_new_tokens=N, temperature=0.0)
-    hlo = gen.lower(params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(0)).as_text()
-    assert hlo.count("stablehlo.while") == 1
+    for compact in (False, True):
+        gen = make_generate_fn(model, max_new_tokens=N, temperature=0.0, compact=compact)
+        hlo = gen.lower(params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(0)).as_text()
+        plan = stages(7, N, 4, compact=compact)
+        assert hlo.count("stablehlo.while") == len(plan) == (3 if compact else 1)  # 4 -> 2 -> 1 rows
+
+
+def test_stages_plan():
+    assert stages(8, 64, 64) == [
+        Stage(64, 72, 64, 32),
+        Stage(32, 72, 64, 16),
+        Stage(16, 72, 64, 8),
+        Stage(8, 72, 64, 0),
+    ]
+    # Buckets grow the cache at full batch; compaction in the last one; sizes stay multiples of the shards.
+    assert stages(8, 64, 24, cache_buckets=2, shards=4) == [
+        Stage(24, 40, 32, 0),
+        Stage(24, 72, 64, 12),
+        Stage(12, 72, 64, 0),
+    ]
+    assert stages(8, 64, 8, compact=False) == [Stage(8, 72, 64, 0)]
+    assert stages(8, 64, 16, cache_buckets=2, shards=4) == [
+        Stage(16, 40, 32, 0),
+        Stage(16, 72, 64, 8),
+        Stage(8, 72, 64, 4),
+        Stage(4, 72, 64, 0),
+    ]
+
+
+# Rows that stop at different times: a small vocabulary and several EOS ids.
+SPREAD = dict(max_new_tokens=12, temperature=1.0, eos_ids=(3, 9, 17, 30))
+
+
+def _prompts(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return left_pad([list(rng.integers(4, 60, rng.integers(1, 7))) for _ in range(n)], pad_id=0)
+
+
+def _gen(setup, batch, **kw):
+    model, params, _ = setup
+    out = generate(model, params, batch["prompt_ids"], batch["prompt_segment_ids"], jax.random.key(3), **kw)
+    return jax.device_get(out)
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    np.testing.assert_allclose(a.model_logprobs, b.model_logprobs, atol=1e-5)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+
+
+def test_compaction_gives_the_same_samples(setup):
+    batch = _prompts(16)
+    static = _gen(setup, batch, compact=False, **SPREAD)
+    assert len(set(static.lengths.tolist())) > 3 and static.lengths.min() < 6  # lengths do spread
+    _same(_gen(setup, batch, compact=True, **SPREAD), static)
+
+
+def test_samples_depend_on_the_sequence_id_not_the_batch(setup):
+    batch = _prompts(8)
+    whole = _gen(setup, batch, **SPREAD)
+    half = {k: v[4:] for k, v in batch.items()}
+    alone = _gen(setup, half, row_ids=np.arange(4, 8), **SPREAD)
+    _same(alone, type(whole)(*(x[4:] for x in whole)))
+    other = _gen(setup, half, **SPREAD)  # ids 0..3: other sequences, other draws
+    assert not np.array_equal(other.tokens, alone.tokens)
+
+
+def test_shared_prompt_prefill_equals_repeated_prompts(setup):
+    batch = _prompts(4)
+    g = 4
+    repeated = {k: np.repeat(v, g, axis=0) for k, v in batch.items()}
+    ref = _gen(setup, repeated, **SPREAD)
+    shared = _gen(setup, batch, num_samples=g, **SPREAD)
+    _same(shared, ref)
+    assert shared.tokens.shape == (16, SPREAD["max_new_tokens"])
+    assert len({tuple(t) for t in shared.tokens[:g].tolist()}) > 1  # a group's samples differ
+
+
+def test_sharded_shared_prompts_and_compaction_equal_single_device(setup):
+    model, params, _ = setup
+    batch = _prompts(8, seed=1)
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    shardings = sharding.logical_to_shardings(models.param_logical_axes(CFG), mesh, shapes=params)
+    gen = make_generate_fn(model, mesh=mesh, param_shardings=shardings, num_samples=4, **SPREAD)
+    out = jax.device_get(
+        gen(
+            jax.device_put(params, shardings),
+            batch["prompt_ids"],
+            batch["prompt_segment_ids"],
+            jax.random.key(3),
+        )
+    )
+    _same(out, _gen(setup, batch, num_samples=4, compact=False, **SPREAD))
