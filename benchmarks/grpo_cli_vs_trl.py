@@ -1,4 +1,4 @@
-"""A GRPO training step as a user gets it: jaxalign's command line vs TRL's GRPOTrainer (CPU, workload W-GRPO).
+"""A GRPO training step as a user gets it: jaxalign's command line vs TRL's GRPOTrainer (CPU, W-GRPO[-var]).
 
 This is a benchmark, not a test: it prints timings, asserts nothing about them, and is not collected
 by pytest. Install the benchmark-only dependencies (TRL, torch) and run it from the repository root:
@@ -6,6 +6,7 @@ by pytest. Install the benchmark-only dependencies (TRL, torch) and run it from 
   pip install -e ".[bench]"
   python benchmarks/grpo_cli_vs_trl.py                                    # 2 rounds of 20 steps
   python benchmarks/grpo_cli_vs_trl.py --steps=6 --log_every=2 --rounds=1   # quick look (does it run?)
+  python benchmarks/grpo_cli_vs_trl.py --workload=var --jax_split          # W-GRPO-var, both sides' split
   python benchmarks/grpo_cli_vs_trl.py --jax_args="--config.rollout.cache_buckets=2" --out=/tmp/grpo.json
 
 What runs. The model and tokenizer of `dpo_cli_vs_trl.py` (imported from it): a random-init
@@ -21,9 +22,25 @@ Prompt lengths: lognormal(3.6, 0.35) tokens (BOS included), clipped to [20, 64],
 from random lexicon words to exactly that many tokens (so jaxalign's `data.max_prompt_length=64` never
 truncates; TRL 1.16 has no prompt truncation at all). The count is printed.
 
+Workloads (`--workload`):
+  * fixed (W-GRPO, the default): the model as saved, EOS `</s>` the only stop id, <= 64 new tokens.
+  * var (W-GRPO-var): the same weights and tokenizer copied to `<workdir>/model_var`, whose `config.json`
+    and `generation_config.json` hold `eos_token_id` as a list: the tokenizer's EOS id plus the 25 ids of
+    the single-letter tokens a-z except "e" (`STOP_LETTERS`; "e" is left out because it is what the
+    reward counts). <= 128 new tokens (jaxalign `rollout.max_new_tokens=128`, `data.max_length=64+128`;
+    TRL `max_completion_length=128`). Both sides read the list from the checkpoint: jaxalign's RL trainer
+    stops at `sampling.eos_ids_of(tokenizer, model_config.eos_token_id)` (`trainers/rl.py:_extra_eos`,
+    the model config read from config.json), TRL 1.16 at `model.generation_config.eos_token_id`
+    (`GRPOTrainer.eos_token_ids`: passed to `generate` as `eos_token_id=[...]`, which stops a row at any
+    of them, and used to mask everything after the first one). Both are checked and printed at start-up
+    and in the TRL subprocess. The random model's next-token distribution is close to uniform over the
+    1024 ids, so each token is a stop id with p ~ 26/1024 and lengths are ~ geometric, mean ~ 38 of
+    <= 128 (the mean length and the stop rate of each side are printed). The fixed workload's directory
+    is not modified.
+
 Per step, both sides: 8 prompts × 8 samples (group size 8) = 64 completions, temperature 1 (no top-k,
 top-p 1), up to 64 new tokens (EOS ends a completion: with a random model almost none stop, so nearly every
-completion is 64 tokens on both sides; the mean length is printed), reward = the benchmark's own Python
+completion is 64 tokens on both sides; the mean length is printed; W-GRPO-var: up to 128, see above), reward = the benchmark's own Python
 function `e_fraction` (share of the characters of the completion text that are the letter "e", with the
 special-token strings removed first, because jaxalign hands the reward function the text decoded with
 special tokens kept while TRL decodes with `skip_special_tokens=True`), group-standardised advantages
@@ -79,15 +96,38 @@ Differences between the two sides that remain (each is what that side's user get
     defaults (printed).
 
 Printed per round and in the final table (medians over rounds): ms/step each side, TRL/jaxalign
-(= jaxalign's speed-up; the goal is >= 2.0), TRL's end-to-end interval, completions/s, the mean completion
-length and mean reward each side, and the 1-minute load average at the start and end of every run
-(`os.getloadavg()`; another process on the machine skews the figures). The default run (2 rounds of 20
+(= jaxalign's speed-up; the goals are >= 2.0 on W-GRPO and >= 2.5 on W-GRPO-var), TRL's end-to-end
+interval, completions/s, the mean completion length (stop token included), the stop rate (share of
+completions ended by a stop id: jaxalign `completion/stop_rate`, TRL 1 - `completions/clipped_ratio`) and
+the mean reward each side, and the 1-minute load average at the start and end of every run
+(`os.getloadavg()`; another process on the machine skews the figures).
+
+The sample / score / update split, both sides (medians over the timed steps):
+  * TRL: measured in the timed run itself. The trainer instance's `_generate_and_score_completions` and
+    its model's `generate` are wrapped with timers (instance attributes): sample = `generate`; score =
+    the rest of `_generate_and_score_completions` (prompt tokenisation, decoding, the reward function,
+    the reference forward, advantages); update = the rest of the on_step_begin..on_step_end span (loss
+    forward, backward, clipping, AdamW). The wrappers add two `perf_counter` calls per step.
+  * jaxalign: its `metrics.jsonl` records hold no per-phase timings (only `perf/step_time_s`,
+    `perf/tokens_per_s`, `perf/tflops_per_s`, `perf/mfu`; the keys are printed, and a future `perf/*sample*`,
+    `*score*`, `*update*` trio would be used). With `--jax_split` each round also runs
+    `benchmarks/rl_step_split.py` with the CLI run's `--config` flags, `--warmup=<log_every>` and
+    `--steps=<steps - log_every>` (a separate process, the same rollouts; it blocks on the device after each
+    phase, so the phases add up to about the step time): sample = the jitted sampler, score =
+    score/device (policy and reference log-probs) + score/host (decode, Python reward), update =
+    advantages + the optimiser step. Without it the jaxalign split is printed as n/a. The default run (2 rounds of 20
 steps) takes roughly 25 minutes on 2 busy cores, most of it TRL.
 
 Measured once, 2 CPU cores shared with a test-suite run (load 2.2-4.2), `--steps=6 --log_every=2
 --rounds=1`: jaxalign 9142 ms/step, TRL 21555 (end-to-end interval 21557), TRL/jaxalign 2.36; 7.0 vs 3.0
 completions/s; mean completion length 61.9 vs 62.8 tokens, mean reward 0.0316 vs 0.0319; prompt ids
 identical 48/48. Noisy figures (steps 3-6 only).
+
+W-GRPO-var smoke run, the same 2 cores shared with another engineer's runs (load 2.1-3.7), `--workload=var
+--steps=4 --log_every=2 --rounds=1 --jax_split`: jaxalign 6730 ms/step, TRL 43860 (6.52; TRL's figure is
+inflated by the contention: its `generate` took 31.1 s of it); mean completion length 36.5 vs 37.0 tokens,
+stop rate 98.8% vs 95.7%, mean reward 0.0324 vs 0.0307; split jaxalign (rl_step_split.py) sample 1557 /
+score 1802 / update 7976 ms, TRL 31131 / 2645 / 10084 ms. One timed step each: not a measurement.
 """
 
 import argparse
@@ -107,7 +147,13 @@ import dpo_cli_vs_trl as dpo  # noqa: E402  (model, tokenizer, lexicon)
 
 PROMPTS, GROUP = 8, 8  # prompts per step, samples per prompt
 COMPLETIONS = PROMPTS * GROUP  # 64 completions per step, one optimiser update
-MAX_NEW, MAX_PROMPT = 64, 64  # new tokens; prompt tokens (BOS included)
+MAX_NEW, MAX_PROMPT = 64, 64  # new tokens (W-GRPO); prompt tokens (BOS included)
+MAX_NEW_VAR = 128  # new tokens at most (W-GRPO-var)
+# W-GRPO-var's 25 extra stop ids: the single-letter tokens of these letters (every lowercase letter but
+# "e", so that the reward's letter never ends a completion). With a near-uniform random model each of
+# the 26 stop ids (EOS included) is sampled with p ~ 1/1024 per token: lengths ~ geometric(~2.5%),
+# mean ~ 1/0.025 * (1 - 0.975^128) ~ 38 of <= 128.
+STOP_LETTERS = "abcdfghijklmnopqrstuvwxyz"
 BETA, LR, CLIP = 0.04, 1e-6, 0.2
 PROMPT_LOGNORMAL = (3.6, 0.35)  # prompt tokens ~ lognormal(mu, sigma), clipped to [20, MAX_PROMPT]
 PROMPT_MIN = 20
@@ -148,7 +194,54 @@ def make_prompts(n, tok, words, p, seed):
     return rows
 
 
-def jaxalign_prompt_ids(data_path, tok):
+def max_new_tokens(workload):
+    return MAX_NEW if workload == "fixed" else MAX_NEW_VAR
+
+
+# ------------------------------------------------------------------------------- W-GRPO-var's model
+def make_var_model(model_dir, var_dir, tok):
+    """Copies `model_dir` to `var_dir` and writes `eos_token_id` = [EOS, 25 stop ids] into its
+    config.json and generation_config.json (the fixed workload's directory is left as it is).
+    Returns the list."""
+    import shutil
+
+    extra = []
+    for c in STOP_LETTERS:
+        i = tok.convert_tokens_to_ids(c)
+        assert tok(c, add_special_tokens=False)["input_ids"] == [i], (c, i)
+        extra.append(int(i))
+    stop = [int(tok.eos_token_id)] + extra
+    assert len(set(stop)) == 26 and not {tok.pad_token_id, tok.bos_token_id} & set(stop), stop
+    shutil.copytree(model_dir, var_dir, dirs_exist_ok=True)
+    for name in ("config.json", "generation_config.json"):
+        path = os.path.join(var_dir, name)
+        cfg = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                cfg = json.load(f)
+        if name == "generation_config.json":  # save_pretrained may not write one: keep the ids it would
+            cfg.setdefault("bos_token_id", tok.bos_token_id)
+            cfg.setdefault("pad_token_id", tok.pad_token_id)
+        cfg["eos_token_id"] = stop
+        with open(path, "w") as f:
+            json.dump(cfg, f, indent=2)
+    return stop
+
+
+def jaxalign_stop_ids(model_dir, tok):
+    """The stop ids jaxalign's RL trainer derives from the directory (`trainers/rl.py`:
+    `sampling.eos_ids_of(tok, _extra_eos(model config))`, the config read from config.json)."""
+    sys.path.insert(0, REPO)
+    from jaxalign import sampling
+    from jaxalign.models.config import ModelConfig
+    from jaxalign.trainers.rl import _extra_eos
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        mcfg = ModelConfig.from_hf(json.load(f))
+    return list(sampling.eos_ids_of(tok, _extra_eos(mcfg)))
+
+
+def jaxalign_prompt_ids(data_path, tok, max_new):
     """The prompt ids jaxalign's RL trainer samples from (`build_dataset` as `trainers/rl.py` calls it)."""
     sys.path.insert(0, REPO)
     from jaxalign.data import pipeline
@@ -158,7 +251,7 @@ def jaxalign_prompt_ids(data_path, tok):
         kind="prompt",
         tokenizer=tok,
         format="auto",
-        max_length=MAX_PROMPT + MAX_NEW,
+        max_length=MAX_PROMPT + max_new,
         max_prompt_length=MAX_PROMPT,
     )
     ids, seg = ds.arrays["prompt_ids"], ds.arrays["prompt_segment_ids"]
@@ -166,18 +259,16 @@ def jaxalign_prompt_ids(data_path, tok):
 
 
 # ------------------------------------------------------------------------------------------ jaxalign
-def run_jaxalign(args, model_dir, data_path, workdir):
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxalign.main",
+def jaxalign_config_flags(args, model_dir, data_path):
+    """The `--config...` flags of the jaxalign run (shared by the CLI run and `--jax_split`)."""
+    max_new = max_new_tokens(args.workload)
+    return [
         "--config=configs/grpo.py",
-        f"--workdir={workdir}",
         f"--config.model.path={model_dir}",
         f"--config.data.train={data_path}",
         "--config.data.eval=",
         f"--config.data.max_prompt_length={MAX_PROMPT}",
-        f"--config.data.max_length={MAX_PROMPT + MAX_NEW}",
+        f"--config.data.max_length={MAX_PROMPT + max_new}",
         f"--config.train.batch_size={PROMPTS}",
         f"--config.grpo.group_size={GROUP}",
         f"--config.train.num_steps={args.steps}",
@@ -188,7 +279,7 @@ def run_jaxalign(args, model_dir, data_path, workdir):
         f"--config.optimizer.learning_rate={LR}",
         "--config.optimizer.warmup_steps=0",
         "--config.optimizer.schedule=constant",
-        f"--config.rollout.max_new_tokens={MAX_NEW}",
+        f"--config.rollout.max_new_tokens={max_new}",
         "--config.rollout.temperature=1.0",
         "--config.rollout.top_k=0",
         "--config.rollout.top_p=1.0",
@@ -205,9 +296,12 @@ def run_jaxalign(args, model_dir, data_path, workdir):
         "--config.reward.missing_eos_penalty=0.0",
         "--config.model.dtype=float32",
         "--config.model.param_dtype=float32",
-    ]
-    cmd += shlex.split(args.jax_args)
-    out = cli_runner.run_jaxalign(cmd[1:], workdir, args.jaxalign_root, extra_path=[BENCH])
+    ] + shlex.split(args.jax_args)
+
+
+def run_jaxalign(args, model_dir, data_path, workdir):
+    cmd = ["-m", "jaxalign.main", f"--workdir={workdir}"] + jaxalign_config_flags(args, model_dir, data_path)
+    out = cli_runner.run_jaxalign(cmd, workdir, args.jaxalign_root, extra_path=[BENCH])
     recs = out["recs"]
     mean = lambda k: statistics.fmean(r[k] for r in recs) if all(k in r for r in recs) else float("nan")
     out.update(
@@ -216,7 +310,56 @@ def run_jaxalign(args, model_dir, data_path, workdir):
         stop_rate=mean("train/completion/stop_rate"),
         kl_sequence=mean("train/kl/sequence"),
     )
+    # Per-phase timings, if the trainer logs any (today it logs only perf/step_time_s, tokens_per_s,
+    # tflops_per_s, mfu: then the split is None and `--jax_split` measures it separately).
+    perf = sorted({k for r in recs for k in r if k.startswith("perf/")})
+    out["perf_keys"] = perf
+    split = {}
+    for phase in ("sample", "score", "update"):
+        keys = [k for k in perf if phase in k.split("/", 1)[1]]
+        if keys and all(keys[0] in r for r in recs[1:]):
+            split[phase] = statistics.median(r[keys[0]] for r in recs[1:])
+    out["split"] = split if len(split) == 3 else None
     return out
+
+
+def run_jaxalign_split(args, model_dir, data_path, workdir):
+    """`benchmarks/rl_step_split.py` with the CLI run's config flags: the same rollouts, phases timed one
+    by one (blocking after each), the first `--log_every` steps untimed. Returns {phase: seconds} with
+    sample, score (= score/device + score/host) and update, and the script's output lines."""
+    import re
+
+    flags = [f for f in jaxalign_config_flags(args, model_dir, data_path) if f.startswith("--config")]
+    cmd = [
+        os.path.join(BENCH, "rl_step_split.py"),
+        f"--warmup={args.log_every}",
+        f"--steps={args.steps - args.log_every}",
+    ] + flags
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [args.jaxalign_root, BENCH] + [x for x in [env.get("PYTHONPATH")] if x]
+    )
+    os.makedirs(os.path.dirname(workdir), exist_ok=True)
+    print("  $ python " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    info = cli_runner._call(
+        [sys.executable] + cmd, args.jaxalign_root, env, workdir + ".log", "rl_step_split"
+    )
+    with open(info["log"]) as f:
+        text = f.read()
+    ms = {
+        m[1]: float(m[2])
+        for m in re.finditer(r"^\s+(sample|score/device|score/host|update)\s+([\d.]+) ms", text, re.MULTILINE)
+    }
+    if len(ms) != 4:
+        raise RuntimeError(f"rl_step_split printed no phase times; log {info['log']}")
+    lines = [ln.strip() for ln in text.splitlines() if re.match(r"^\s+(sample|score/\w+|update|step)\s", ln)]
+    return {
+        "sample": ms["sample"] / 1e3,
+        "score": (ms["score/device"] + ms["score/host"]) / 1e3,
+        "update": ms["update"] / 1e3,
+        "lines": lines,
+        **info,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- TRL
@@ -241,7 +384,7 @@ def run_trl_side(args):
         gradient_accumulation_steps=1,
         num_generations=GROUP,
         num_iterations=1,
-        max_completion_length=MAX_NEW,
+        max_completion_length=max_new_tokens(args.workload),
         temperature=1.0,
         top_p=1.0,
         top_k=0,
@@ -276,13 +419,30 @@ def run_trl_side(args):
         config.generation_batch_size,
     )
 
-    collected = {"reward": [], "length": [], "kl": []}
+    collected = {"reward": [], "length": [], "kl": [], "clipped": []}
+    # The step's phases: `generate` (sample), the rest of `_generate_and_score_completions` (score:
+    # tokenisation, decoding, the reward function, the reference forward, advantages) and the rest of
+    # the step (update: loss forward, backward, clipping, AdamW). Accumulated per step by the wrappers
+    # below, moved to `phases` by the step-end callback.
+    acc = {"generate": 0.0, "gen_score": 0.0, "generate_calls": 0}
+    phases = {"sample": [], "score": [], "update": [], "generate_calls": []}
 
     def after_step(timer):
         m = trainer._metrics["train"]  # collected every step (logging is off: never cleared)
         last = lambda k: m[k][-1] if m.get(k) else float("nan")
-        for name, key in (("reward", "reward"), ("length", "completions/mean_length"), ("kl", "kl")):
+        keys = (
+            ("reward", "reward"),
+            ("length", "completions/mean_length"),
+            ("kl", "kl"),
+            ("clipped", "completions/clipped_ratio"),
+        )
+        for name, key in keys:
             collected[name].append(last(key))
+        phases["sample"].append(acc["generate"])
+        phases["score"].append(acc["gen_score"] - acc["generate"])
+        phases["update"].append(timer.step[-1] - acc["gen_score"])
+        phases["generate_calls"].append(acc["generate_calls"])
+        acc.update(generate=0.0, gen_score=0.0, generate_calls=0)
 
     timer = cli_runner.StepTimer.make(after_step)
     trainer = trl.GRPOTrainer(
@@ -293,6 +453,23 @@ def run_trl_side(args):
         train_dataset=Dataset.from_list(rows),
         callbacks=[timer],
     )
+
+    def timed(fn, key, count=None):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[key] += time.perf_counter() - t0
+                if count:
+                    acc[count] += 1
+
+        return wrapper
+
+    # Instance attributes shadow the bound methods (TRL calls `self._generate_and_score_completions`
+    # and, on one CPU process, `unwrap_model_for_generation` yields this same module for `.generate`).
+    trainer._generate_and_score_completions = timed(trainer._generate_and_score_completions, "gen_score")
+    trainer.model.generate = timed(trainer.model.generate, "generate", "generate_calls")
 
     # Does TRL sample from the prompt ids jaxalign samples from? (TRL's own tokenisation of the rows.)
     same, n_check, first_diff = 0, 0, None
@@ -321,6 +498,13 @@ def run_trl_side(args):
         "reward": nanmean(collected["reward"]),
         "length": nanmean(collected["length"]),
         "kl_token": nanmean(collected["kl"]),
+        "stop_rate": 1.0 - nanmean(collected["clipped"]),
+        "split": {k: statistics.median(phases[k][args.log_every :]) for k in ("sample", "score", "update")}
+        if all(n == 1 for n in phases["generate_calls"])
+        else None,  # `generate` not seen once per step: the wrapper missed it
+        "generate_calls": phases["generate_calls"],
+        "eos_token_ids": [int(i) for i in trainer.eos_token_ids],
+        "generation_config_eos": trainer.generation_config.eos_token_id,
         "torch_threads": torch.get_num_threads(),
         "trl": trl.__version__,
         "transformers": transformers.__version__,
@@ -343,6 +527,7 @@ def run_trl(args, model_dir, data_path, expect_path, workdir):
             f"--steps={args.steps}",
             f"--log_every={args.log_every}",
             f"--seed={args.seed}",
+            f"--workload={args.workload}",
         ],
         workdir,
         REPO,
@@ -365,6 +550,19 @@ def parse_args():
         "is warm-up and left out",
     )
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--workload",
+        default="fixed",
+        choices=["fixed", "var"],
+        help="fixed = W-GRPO (<= 64 new tokens, the tokenizer's EOS only); var = W-GRPO-var (<= 128 new "
+        "tokens, 25 extra stop ids in the checkpoint's eos_token_id list)",
+    )
+    ap.add_argument(
+        "--jax_split",
+        action="store_true",
+        help="also run benchmarks/rl_step_split.py with the same config per round: jaxalign's "
+        "sample / score / update split (its metrics.jsonl has no per-phase timings)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jax_args", default="", help="extra jaxalign flags, appended verbatim")
     ap.add_argument(
@@ -379,6 +577,13 @@ def parse_args():
     for name in ("model_dir", "data", "expect", "result"):
         ap.add_argument(f"--{name}", default="", help=argparse.SUPPRESS)
     return ap.parse_args()
+
+
+def ms_split(split):
+    if not split:
+        return "n/a"
+    total = sum(split.values())
+    return ", ".join(f"{k} {1e3 * v:.0f} ms ({100 * v / total:.0f}%)" for k, v in split.items())
 
 
 def main():
@@ -396,14 +601,31 @@ def main():
     import numpy as np
     import torch
 
+    max_new = max_new_tokens(args.workload)
+    name = "W-GRPO" if args.workload == "fixed" else "W-GRPO-var"
     tok, words, p = dpo.make_model_and_tokenizer(model_dir, args.seed)
     print(f"workdir {root}; model + tokenizer in {model_dir}")
+    stop_ids = [int(tok.eos_token_id)]
+    if args.workload == "var":
+        var_dir = os.path.join(root, "model_var")
+        stop_ids = make_var_model(model_dir, var_dir, tok)
+        model_dir = var_dir
+        jx_ids = jaxalign_stop_ids(model_dir, tok)
+        from transformers import GenerationConfig
+
+        hf_ids = GenerationConfig.from_pretrained(model_dir).eos_token_id
+        print(
+            f"{name}: model with eos_token_id = {stop_ids} (EOS {tok.eos_token_id} + the tokens "
+            f"{list(STOP_LETTERS)}) in {model_dir}/config.json and generation_config.json; jaxalign's RL "
+            f"trainer reads {len(jx_ids)} stop ids from it ({'the same' if sorted(jx_ids) == sorted(stop_ids) else jx_ids}), "
+            f"transformers' GenerationConfig {len(hf_ids)} ({'the same' if sorted(hf_ids) == sorted(stop_ids) else hf_ids})"
+        )
     print(
-        f"Llama d={dpo.HIDDEN} L={dpo.LAYERS} heads={dpo.HEADS}x{dpo.HEAD_DIM} mlp={dpo.INTERMEDIATE} "
+        f"{name}: Llama d={dpo.HIDDEN} L={dpo.LAYERS} heads={dpo.HEADS}x{dpo.HEAD_DIM} mlp={dpo.INTERMEDIATE} "
         f"vocab={dpo.VOCAB}, float32; {PROMPTS} prompts x {GROUP} samples = {COMPLETIONS} completions/step, "
-        f"<= {MAX_NEW} new tokens, beta {BETA}, lr {LR}; {args.steps} steps, timed steps "
-        f"{args.log_every + 1}-{args.steps}; cpus={os.cpu_count()} torch threads={torch.get_num_threads()}; "
-        f"jax_args={args.jax_args!r}"
+        f"<= {max_new} new tokens, {len(stop_ids)} stop id(s), beta {BETA}, lr {LR}; {args.steps} steps, "
+        f"timed steps {args.log_every + 1}-{args.steps}; cpus={os.cpu_count()} "
+        f"torch threads={torch.get_num_threads()}; jax_args={args.jax_args!r}"
     )
 
     rows = make_prompts(args.steps * PROMPTS, tok, words, p, args.seed)
@@ -411,7 +633,7 @@ def main():
     with open(data_path, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    ids, truncated = jaxalign_prompt_ids(data_path, tok)
+    ids, truncated = jaxalign_prompt_ids(data_path, tok, max_new)
     expect = os.path.join(root, "jaxalign_prompt_ids.json")
     with open(expect, "w") as f:
         json.dump(ids, f)
@@ -440,6 +662,34 @@ def main():
             f"{jx['load_end']:.2f}",
             flush=True,
         )
+        print(
+            f"  jaxalign: mean completion length {jx['length']:.1f} tokens, stop rate {jx['stop_rate']:.1%}",
+            flush=True,
+        )
+        if jx["split"] is None:
+            print(
+                f"  jaxalign split: none in metrics.jsonl (its perf/ keys: {', '.join(jx['perf_keys'])}; no "
+                "per-phase timings)"
+                + ("" if args.jax_split else "; --jax_split measures it with benchmarks/rl_step_split.py"),
+                flush=True,
+            )
+        else:
+            print(f"  jaxalign split (metrics.jsonl): {ms_split(jx['split'])}", flush=True)
+        if args.jax_split:
+            sp = run_jaxalign_split(args, model_dir, data_path, os.path.join(root, f"r{rnd}_jaxalign_split"))
+            for line in sp["lines"]:
+                print(f"    {line}", flush=True)
+            jx["split_run"] = {
+                k: sp[k] for k in ("sample", "score", "update", "wall_s", "load_start", "load_end")
+            }
+            if jx["split"] is None:
+                jx["split"] = {k: sp[k] for k in ("sample", "score", "update")}
+            print(
+                f"  jaxalign split (rl_step_split.py, phases blocked one by one, steps {args.log_every + 1}-"
+                f"{args.steps}): {ms_split(jx['split'])}; wall {sp['wall_s']:.0f}s, load {sp['load_start']:.2f} "
+                f"-> {sp['load_end']:.2f}",
+                flush=True,
+            )
         print(f"round {rnd + 1}/{args.rounds}: TRL", flush=True)
         tr = run_trl(args, model_dir, data_path, expect, os.path.join(root, f"r{rnd}_trl"))
         print(
@@ -447,6 +697,13 @@ def main():
             f"(mean {1e3 * tr['mean_step_s']:.1f}, end-to-end interval {1e3 * tr['interval_s']:.1f}; first "
             f"steps {[round(1e3 * t) for t in tr['first_steps_s']]} ms), torch threads {tr['torch_threads']}, "
             f"wall {tr['process_wall_s']:.0f}s, load {tr['load_start']:.2f} -> {tr['load_end']:.2f}",
+            flush=True,
+        )
+        print(
+            f"  TRL: mean completion length {tr['length']:.1f} tokens, stop rate {tr['stop_rate']:.1%}; stop ids "
+            f"{len(tr['eos_token_ids'])} ({'the same' if sorted(tr['eos_token_ids']) == sorted(stop_ids) else tr['eos_token_ids']}); "
+            f"split (generate | rest of _generate_and_score_completions | rest of the step): "
+            f"{ms_split(tr['split'])}",
             flush=True,
         )
         print(
@@ -471,38 +728,68 @@ def main():
         "trl_completions_s": COMPLETIONS / tr,
         "jaxalign_length": med("jaxalign", "length"),
         "trl_length": med("trl", "length"),
+        "jaxalign_stop_rate": med("jaxalign", "stop_rate"),
+        "trl_stop_rate": med("trl", "stop_rate"),
         "jaxalign_reward": med("jaxalign", "reward"),
         "trl_reward": med("trl", "reward"),
     }
+    for side in ("jaxalign", "trl"):
+        splits = [r[side]["split"] for r in runs if r[side]["split"]]
+        t[f"{side}_split_ms"] = (
+            {k: 1e3 * statistics.median(sp[k] for sp in splits) for k in ("sample", "score", "update")}
+            if splits
+            else None
+        )
     loads = " ; ".join(
         f"{r['jaxalign']['load_start']:.2f}->{r['jaxalign']['load_end']:.2f} | "
         f"{r['trl']['load_start']:.2f}->{r['trl']['load_end']:.2f}"
         for r in runs
     )
     print(
-        f"\nGRPO step (W-GRPO), {PROMPTS} prompts x {GROUP} = {COMPLETIONS} completions, <= {MAX_NEW} new "
-        f"tokens, CPU ({os.cpu_count()} cores), median over {args.rounds} round(s), steps "
-        f"{args.log_every + 1}-{args.steps}:"
+        f"\nGRPO step ({name}), {PROMPTS} prompts x {GROUP} = {COMPLETIONS} completions, <= {max_new} new "
+        f"tokens, {len(stop_ids)} stop id(s), CPU ({os.cpu_count()} cores), median over {args.rounds} round(s), "
+        f"steps {args.log_every + 1}-{args.steps}:"
     )
     print(
         f"{'jaxalign ms':>11} {'TRL ms':>8} {'TRL/jax':>7} {'TRL e2e ms':>10} {'e2e/jax':>7} {'jax compl/s':>11} "
-        f"{'TRL compl/s':>11} {'jax len':>7} {'TRL len':>7} {'jax reward':>10} {'TRL reward':>10}  "
-        f"load avg (start->end) jaxalign | TRL"
+        f"{'TRL compl/s':>11} {'jax len':>7} {'TRL len':>7} {'jax stop':>8} {'TRL stop':>8} {'jax reward':>10} "
+        f"{'TRL reward':>10}  load avg (start->end) jaxalign | TRL"
     )
     print(
         f"{t['jaxalign_ms']:11.1f} {t['trl_ms']:8.1f} {t['ratio']:7.2f} {t['trl_interval_ms']:10.1f} "
         f"{t['ratio_interval']:7.2f} {t['jaxalign_completions_s']:11.2f} {t['trl_completions_s']:11.2f} "
-        f"{t['jaxalign_length']:7.1f} {t['trl_length']:7.1f} {t['jaxalign_reward']:10.4f} {t['trl_reward']:10.4f}  "
-        f"{loads}"
+        f"{t['jaxalign_length']:7.1f} {t['trl_length']:7.1f} {t['jaxalign_stop_rate']:8.1%} "
+        f"{t['trl_stop_rate']:8.1%} {t['jaxalign_reward']:10.4f} {t['trl_reward']:10.4f}  {loads}"
     )
+    for side, label in (("jaxalign", "jaxalign"), ("trl", "TRL")):
+        sp = t[f"{side}_split_ms"]
+        print(
+            f"{label:>8} split (ms/step, median over rounds): "
+            + (
+                "  ".join(f"{k} {v:.0f} ({100 * v / sum(sp.values()):.0f}%)" for k, v in sp.items())
+                if sp
+                else "n/a (jaxalign's metrics.jsonl has no per-phase timings; --jax_split measures them)"
+                if side == "jaxalign"
+                else "n/a (generate was not seen once per step)"
+            )
+        )
     print(
-        "TRL/jaxalign = jaxalign's speed-up (goal >= 2.0); e2e = TRL's step_end-to-step_end interval (the "
-        "dataloader's prompt fetch and callbacks included); len = mean completion tokens (EOS included); "
-        "reward = mean e_fraction (sanity: the same model and prompts, so about equal)."
+        "TRL/jaxalign = jaxalign's speed-up (goal >= 2.0 on W-GRPO, >= 2.5 on W-GRPO-var); e2e = TRL's "
+        "step_end-to-step_end interval (the dataloader's prompt fetch and callbacks included); len = mean "
+        "completion tokens (the stop token included); stop = share of completions ended by a stop id "
+        "(jaxalign completion/stop_rate, TRL 1 - completions/clipped_ratio); reward = mean e_fraction (sanity: "
+        "the same model and prompts, so about equal). Split: jaxalign sample = the jitted sampler, score = "
+        "policy/reference log-probs + host decode and reward, update = advantages + the optimiser step "
+        "(rl_step_split.py, a separate run); TRL sample = `generate`, score = the rest of "
+        "_generate_and_score_completions, update = the rest of on_step_begin..on_step_end."
     )
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "data": stats, "runs": runs, "table": t}, f, indent=1)
+            json.dump(
+                {"args": vars(args), "data": stats, "stop_ids": stop_ids, "runs": runs, "table": t},
+                f,
+                indent=1,
+            )
         print(f"results written to {args.out}")
 
 
