@@ -198,6 +198,7 @@ class Rollouts:
     reward_fn: Optional[Callable]
     check_fn: Optional[Callable]
     group: int  # samples per prompt
+    shared: bool  # `generate` takes each prompt once and samples it `group` times
     eos_ids: tuple
     kl_coef: float  # PPO's β (the adaptive controller's state); GRPO's fixed β
     judge: Optional[Any] = None  # online DPO's LLM judge (`eval.judge.load_judge`), or None
@@ -330,6 +331,9 @@ def build_run(config, mesh):
         param_shardings=policy_shardings,
         cache_buckets=r.cache_buckets,
     )
+    # A group's prompt is prefilled once for its G samples when the prompts alone split over the batch
+    # axes (else the prompts are repeated first).
+    shared = config.train.batch_size % hosts.batch_shards(mesh) == 0
     use_ref = algo.uses_reference(hp)
     score_fn = rewards.make_score_fn(
         policy,
@@ -348,7 +352,12 @@ def build_run(config, mesh):
         ref_params=ref_params,
         rm_params=rm_params,
         generate=sampling.make_generate_fn(
-            policy, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, **gen
+            policy,
+            temperature=r.temperature,
+            top_k=r.top_k,
+            top_p=r.top_p,
+            num_samples=group_size(config) if shared else 1,
+            **gen,
         ),
         generate_eval=sampling.make_generate_fn(policy, temperature=0.0, **gen),
         score_fn=jax.jit(
@@ -365,6 +374,7 @@ def build_run(config, mesh):
         reward_fn=plugins.resolve_fn(rw.function) if rw.function else None,
         check_fn=plugins.resolve_fn(rw.check_fn) if rw.check_fn else None,
         group=group_size(config),
+        shared=shared,
         eos_ids=eos_ids,
         kl_coef=algo.kl_coef(hp),
         judge=judge,
@@ -421,11 +431,14 @@ def sample(src, policy_params, batch, rng, greedy=False):
     Each prompt is repeated `src.group` times (contiguous rows) unless `greedy` (evaluation)."""
     g = 1 if greedy else src.group
     answers = [a for a in batch["answer"] for _ in range(g)]
-    ids, seg = (
-        hosts.to_global(np.repeat(batch[k], g, axis=0), src.batch_sharding)
-        for k in ("prompt_ids", "prompt_segment_ids")
-    )
-    out = (src.generate_eval if greedy else src.generate)(policy_params, ids, seg, rng)
+    keys = ("prompt_ids", "prompt_segment_ids")
+    ids, seg = (hosts.to_global(np.repeat(batch[k], g, axis=0), src.batch_sharding) for k in keys)
+    if greedy:
+        out = src.generate_eval(policy_params, ids, seg, rng)
+    elif src.shared:  # each prompt once: the sampler prefills it once for its g rows
+        out = src.generate(policy_params, *(hosts.to_global(batch[k], src.batch_sharding) for k in keys), rng)
+    else:
+        out = src.generate(policy_params, ids, seg, rng)
     return {"prompt_ids": ids, "prompt_segment_ids": seg, "tokens": out.tokens, "mask": out.mask}, answers
 
 
