@@ -39,7 +39,7 @@ def main(argv):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jaxalign import sharding
+    from jaxalign import hosts, sharding
     from jaxalign.trainers import loop, rl
 
     config = _CONFIG.value
@@ -55,12 +55,20 @@ def main(argv):
             rollout, answers = rl.sample(src, src.policy_tree(state.params), prompts, rl.rollout_key(state))
             jax.block_until_ready(rollout)
             t1 = time.perf_counter()
+            # The padding-free layout (host) and the forward passes (device), as `rl.score` does them.
+            keys = ("prompt_ids", "prompt_segment_ids", "tokens", "mask")
+            prompt_ids, prompt_seg, toks, mask = hosts.gather(tuple(rollout[k] for k in keys))
+            src.step, perm = int(state.step), None
+            if src.units:
+                rollout, perm = rl.pack(src, rollout, prompt_ids, prompt_seg, toks, mask)
             scored = jax.block_until_ready(src.score_fn(state.params, src.ref_params, src.rm_params, rollout))
             t2 = time.perf_counter()
-            host, n = rl.host_scores(src, rollout, answers)
+            host, n = rl.host_scores(src, rollout, answers, toks, mask)
             rollout = rl.combine(src, rollout, scored, host)
             t3 = time.perf_counter()
             batch, _, kl_coef = src.prepare(rollout, jnp.float32(src.kl_coef))
+            if perm is not None and src.split_units is not None:
+                batch = src.split_units(batch, perm)
             src.kl_coef = float(kl_coef)  # β for the next rollout (PPO's adaptive controller)
             state, metrics = train_step(state, batch, run.ref_params)
             jax.block_until_ready((state, metrics))

@@ -160,6 +160,9 @@ def rollout_config(max_new_tokens=24):
     r.top_k = 0  # 0 = off.
     r.top_p = 1.0  # 1 = off.
     r.cache_buckets = 1  # >1: grow the KV cache in phases (long N, see sampling.make_generate_fn).
+    r.pack = (
+        True  # score and update the rollout padding-free (data.batching.pack_rollout) when it saves rows.
+    )
     return r
 
 

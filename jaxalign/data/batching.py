@@ -248,3 +248,54 @@ def pack_rows(
     if row_offset is not None:
         out["sequence_last"] = last
     return out
+
+
+def pack_rollout(
+    prompt_ids: np.ndarray,
+    prompt_segment_ids: np.ndarray,
+    tokens: np.ndarray,
+    mask: np.ndarray,
+    units: Sequence[np.ndarray],
+    num_rows: int = 0,
+    pad_id: int = 0,
+) -> tuple[dict[str, np.ndarray], int]:
+    """The layout of sampled rollouts packed padding-free for their forward passes (RL scoring, update).
+
+    A rollout row is a left-padded prompt [P] (p real tokens) then a completion [N] (n real tokens); as model
+    inputs it is the p + n - 1 tokens before the last (`sampling.scoring.sequence_inputs`), and completion
+    token j is predicted at input position p - 1 + j. Each unit (an array of row indices: the rows that will
+    go through an update together) is packed by `best_fit` into `rp` rows of width T = P + N - 1, unit u
+    owning packed rows [u·rp, (u+1)·rp); rp is the most any unit needs, rounded by `bucket_rows` and at
+    least `num_rows` (pass the last value back to keep shapes, hence compilations, from changing).
+
+    Returns ({"packed_ids", "packed_positions", "packed_segment_ids": [U·rp, T] int32 (pad_id / 0 on
+    padding), "packed_index": [R, N] int32 flat index into [U·rp · T] of the input position that predicts
+    each completion token (0 where mask is 0)}, rp).
+    """
+    r, p = prompt_segment_ids.shape
+    n = mask.shape[1]
+    t = p + n - 1
+    plen = np.sum(prompt_segment_ids != 0, axis=1).astype(np.int64)
+    clen = np.sum(mask != 0, axis=1).astype(np.int64)
+    length = np.where((clen > 0) & (plen > 0), plen + clen - 1, 0)
+    layouts = [best_fit([int(length[i]) for i in u], t) for u in units]
+    per_unit = max(len(u) for u in units)
+    rp = max(bucket_rows(max(len(lay) for lay in layouts), per_unit), int(num_rows))
+    seq = np.concatenate([prompt_ids, tokens], axis=1).astype(np.int32)  # [R, P + N]
+    ids = np.full((len(units) * rp, t), pad_id, np.int32)
+    pos = np.zeros_like(ids)
+    seg = np.zeros_like(ids)
+    index = np.zeros((r, n), np.int32)
+    for u, (rows, layout) in enumerate(zip(units, layouts)):
+        for q, members in enumerate(layout):
+            row, col = u * rp + q, 0
+            for s, k in enumerate(members):
+                i, size = int(rows[k]), int(length[rows[k]])
+                first = p - plen[i]  # the prompt's first real column
+                ids[row, col : col + size] = seq[i, first : first + size]
+                pos[row, col : col + size] = np.arange(size)
+                seg[row, col : col + size] = s + 1
+                index[i, : clen[i]] = row * t + col + plen[i] - 1 + np.arange(clen[i])
+                col += size
+    packed = {"packed_ids": ids, "packed_positions": pos, "packed_segment_ids": seg, "packed_index": index}
+    return packed, rp

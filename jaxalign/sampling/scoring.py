@@ -15,6 +15,8 @@ them.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
 from jaxalign import losses
@@ -34,14 +36,67 @@ def sequence_inputs(prompt_ids, prompt_segment_ids, tokens, mask):
     return seq[:, :-1], pos[:, :-1], seg[:, :-1]
 
 
+PACKED = ("packed_ids", "packed_positions", "packed_segment_ids")  # [rows, T]; "packed_index" is [R, N]
+
+
+def completion_outputs(apply, rollout):
+    """`apply(input_ids, positions, segment_ids) -> [B, T, ...]` run over prompt ++ completion; returns
+    [R, N, ...]: its output at the position that predicts each generated token.
+
+    A rollout with the `data.batching.pack_rollout` layout ("packed_*" keys) goes through the model as its
+    packed rows (padding-free: no left padding of prompts, no right padding of short completions) and
+    the outputs are gathered back to [R, N]; otherwise each row goes through as it is, padded to P + N - 1.
+    Both give the same values (a packed sequence attends within its segment, positions from 0)."""
+    if "packed_index" not in rollout:
+        p = rollout["prompt_ids"].shape[1]
+        ids, pos, seg = sequence_inputs(
+            rollout["prompt_ids"], rollout["prompt_segment_ids"], rollout["tokens"], rollout["mask"]
+        )
+        return apply(ids, pos, seg)[:, p - 1 :]  # [R, N, ...]
+    out = apply(*(rollout[k] for k in PACKED))  # [rows, T, ...]
+    flat = out.reshape((-1,) + out.shape[2:])
+    return jnp.take(flat, rollout["packed_index"], axis=0)  # [R, N, ...]
+
+
+def split_units(batch, perm):
+    """A rollout ([R, ...] rows; when packed, also [U·rows, T] packed arrays) -> the update's batch in
+    units: row arrays [U, R/U, ...] in the order of `perm` [U, R/U] (a packed rollout's rows each unit was
+    packed from), packed arrays [U, rows, T], "packed_index" relative to its unit's rows, and "unit" [U]
+    (0..U-1), which marks the layout. The inverse of `merge_units`."""
+    u, per = perm.shape
+    flat = perm.reshape(-1)
+    out = {"unit": jnp.arange(u, dtype=jnp.int32)}
+    rows = batch["packed_ids"].shape[0] // u if "packed_ids" in batch else 0
+    for k, v in batch.items():
+        if k in PACKED:
+            out[k] = v.reshape((u, rows) + v.shape[1:])
+        elif k == "packed_index":
+            offset = (jnp.arange(u, dtype=jnp.int32) * rows * batch["packed_ids"].shape[1])[:, None, None]
+            out[k] = jnp.take(v, flat, axis=0).reshape(u, per, -1) - offset
+        else:
+            out[k] = jnp.take(v, flat, axis=0).reshape((u, per) + v.shape[1:])
+    return out
+
+
+def merge_units(batch):
+    """An update's minibatch of units (`split_units`: [u, r, ...] row arrays, [u, rows, T] packed arrays)
+    -> one rollout ([u·r, ...], [u·rows, T], "packed_index" pointing into the merged rows). A batch not in
+    units is returned as it is."""
+    if "unit" not in batch:
+        return batch
+    out = {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items() if k not in ("unit", "packed_index")}
+    if "packed_index" in batch:
+        u, rows, t = batch["packed_ids"].shape
+        offset = (jnp.arange(u, dtype=jnp.int32) * rows * t)[:, None, None]
+        out["packed_index"] = (batch["packed_index"] + offset).reshape(
+            (-1,) + batch["packed_index"].shape[2:]
+        )
+    return out
+
+
 def completion_logits(model, params, rollout):
     """[R, N, V] float32 logits predicting each generated token (teacher-forced, temperature 1)."""
-    p = rollout["prompt_ids"].shape[1]
-    ids, pos, seg = sequence_inputs(
-        rollout["prompt_ids"], rollout["prompt_segment_ids"], rollout["tokens"], rollout["mask"]
-    )
-    logits = model.apply({"params": params}, ids, pos, seg)  # [R, P+N-1, V]
-    return logits[:, p - 1 :]
+    return completion_outputs(functools.partial(model.apply, {"params": params}), rollout)
 
 
 def completion_logprobs(model, params, rollout):
@@ -53,12 +108,8 @@ def completion_logprobs(model, params, rollout):
 
 def completion_values(value_model, params, rollout):
     """[R, N] float32 critic values V(prompt, tokens_<n), 0 where mask is 0 (a `ScalarHeadModel`)."""
-    p = rollout["prompt_ids"].shape[1]
-    ids, pos, seg = sequence_inputs(
-        rollout["prompt_ids"], rollout["prompt_segment_ids"], rollout["tokens"], rollout["mask"]
-    )
-    scores = value_model.apply({"params": params}, ids, pos, seg)  # [R, P+N-1]
-    return scores[:, p - 1 :] * rollout["mask"].astype(jnp.float32)
+    scores = completion_outputs(functools.partial(value_model.apply, {"params": params}), rollout)
+    return scores * rollout["mask"].astype(jnp.float32)
 
 
 def reward_model_scores(reward_model, params, rollout):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign import losses
-from jaxalign.sampling.scoring import completion_logprobs
+from jaxalign.sampling.scoring import completion_logprobs, merge_units
 from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
@@ -73,6 +73,7 @@ def on_policy(hp):
 
 # What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `ppo.py`).
 CRITIC = False  # no value model
+PACKS = True  # the update reads the rollout's rows (packed padding-free when that saves rows)
 
 
 def group_size(hp):
@@ -128,6 +129,7 @@ def make_loss_fn(policy_model, value_model, hp):
 
     def loss_fn(params, frozen, mb):
         del frozen
+        mb = merge_units(mb)  # a packed rollout's units -> one rollout
         mask = mb["mask"]
         logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
         # One update per rollout (`on_policy`): the parameters that sampled are these, π_θ_old = sg(π_θ).

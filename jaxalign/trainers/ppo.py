@@ -23,13 +23,14 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxalign import losses
-from jaxalign.sampling.scoring import completion_logprobs, completion_values
+from jaxalign.sampling.scoring import completion_logprobs, merge_units, completion_values
 from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
 
 # What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `grpo.py`).
 CRITIC = True  # a value model, trained with the policy
+PACKS = True  # the update reads the rollout's rows (packed padding-free when that saves rows)
 
 
 def group_size(hp):
@@ -103,6 +104,7 @@ def make_loss_fn(policy_model, value_model, hp):
 
     def loss_fn(params, frozen, mb):
         del frozen
+        mb = merge_units(mb)  # a packed rollout's units -> one rollout
         mask = mb["mask"]
         logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
         pg_loss, pg_metrics = losses.ppo_clip_loss(

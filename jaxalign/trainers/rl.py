@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 
 from jaxalign import checkpoints, data, hosts, models, plugins, registry, sampling, sharding
-from jaxalign.data import pipeline
+from jaxalign.data import batching, pipeline
 from jaxalign.eval import judge as judge_lib
 from jaxalign.lora import kinds
 from jaxalign.sampling import scoring
@@ -200,26 +200,36 @@ class Rollouts:
     group: int  # samples per prompt
     shared: bool  # `generate` takes each prompt once and samples it `group` times
     eos_ids: tuple
+    pad_id: int
     kl_coef: float  # PPO's β (the adaptive controller's state); GRPO's fixed β
     judge: Optional[Any] = None  # online DPO's LLM judge (`eval.judge.load_judge`), or None
     judge_template: str = judge_lib.DEFAULT_TEMPLATE
+    units: int = 0  # rollout.pack: the update's rows in this many packed units (see `pack`); 0 = no packing
+    split_units: Optional[Callable] = None  # (batch, perm [U, R/U]) -> the batch in units (jitted)
+    packed_rows: int = 0  # packed rows per unit so far (kept from growing back and forth: compilations)
+    step: int = 0  # the train state's step at this rollout (seeds the rows' assignment to units)
 
     def next(self, state):
         """One rollout batch from the state's own policy: (batch of global arrays, {"tokens", "flops"},
         rollout metrics)."""
         policy = self.policy_tree(state.params)
+        self.step = int(state.step)
         rollout, answers = sample(self, policy, next(self.prompts), rollout_key(state))
-        rollout, num_tokens = score(self, state.params, rollout, answers)
+        rollout, num_tokens, perm = score(self, state.params, rollout, answers)
         batch, metrics, kl_coef = self.prepare(rollout, jnp.float32(self.kl_coef))
+        if perm is not None and self.split_units is not None:
+            batch = self.split_units(batch, perm)
         self.kl_coef = float(kl_coef)  # β for the next rollout
         return batch, {"tokens": num_tokens, "flops": 0.0}, metrics
 
     def get_state(self):
-        return {"prompts": self.prompts.get_state(), "kl_coef": self.kl_coef}
+        # packed_rows: a resumed run packs into the same shapes, hence the same sums (bit-equal resume).
+        return {"prompts": self.prompts.get_state(), "kl_coef": self.kl_coef, "packed_rows": self.packed_rows}
 
     def set_state(self, state):
         self.prompts.set_state(state["prompts"])
         self.kl_coef = float(state["kl_coef"])
+        self.packed_rows = int(state.get("packed_rows", 0))
 
     def close(self):
         pass
@@ -342,6 +352,16 @@ def build_run(config, mesh):
         reward_model=reward_model,
         old_logprobs=algo.needs_old_logprobs(hp),
     )
+    units = 0
+    if r.get("pack", True):
+        # The update's rows are packed in units that minibatches and micro-batches never split: rows /
+        # (minibatches × micro-batches × batch shards), halved while a unit keeps >= 16 rows.
+        rows = config.train.batch_size * algo.rows_per_prompt(config.get(obj)) if algo.PACKS else 0
+        units = algo.num_minibatches(hp) * config.train.grad_accum_steps * hosts.batch_shards(mesh)
+        while rows and (rows // units) % 2 == 0 and rows // units >= 32:
+            units *= 2
+        if not algo.PACKS or algo.epochs(hp) > 1:  # several epochs reshuffle rows: the padded rows
+            units = 0
     source = Rollouts(
         config=config,
         tokenizer=tok,
@@ -376,9 +396,12 @@ def build_run(config, mesh):
         group=group_size(config),
         shared=shared,
         eos_ids=eos_ids,
+        pad_id=sampling.pad_id_of(tok),
         kl_coef=algo.kl_coef(hp),
         judge=judge,
         judge_template=rw.get("judge_template", judge_lib.DEFAULT_TEMPLATE),
+        units=units,
+        split_units=jax.jit(scoring.split_units, out_shardings=bs) if algo.PACKS else None,
     )
 
     inner = algo.make_loss_fn(policy, value_model, hp)
@@ -442,11 +465,12 @@ def sample(src, policy_params, batch, rng, greedy=False):
     return {"prompt_ids": ids, "prompt_segment_ids": seg, "tokens": out.tokens, "mask": out.mask}, answers
 
 
-def host_scores(src, rollout, answers):
+def host_scores(src, rollout, answers, tokens=None, mask=None):
     """Decodes this host's rows and runs the Python reward / check functions on them, and the judge (if
     any) on every row. Returns ({"env_reward", "correct", "judge_score"}: this host's [R/hosts] numpy
-    arrays, number of generated tokens overall)."""
-    tokens, mask = hosts.gather((rollout["tokens"], rollout["mask"]))
+    arrays, number of generated tokens overall). `tokens`, `mask`: the rollout's, gathered, if at hand."""
+    if tokens is None:
+        tokens, mask = hosts.gather((rollout["tokens"], rollout["mask"]))
     num_tokens = int(np.sum(mask))
     out = {}
     if src.reward_fn is not None or src.check_fn is not None:
@@ -490,12 +514,39 @@ def combine(src, rollout, scored, host):
     return rollout
 
 
+def pack(src, rollout, prompt_ids, prompt_segment_ids, tokens, mask):
+    """Assigns the rollout's rows to `src.units` units at random (seeded by the config's seed and the step:
+    a resumed run draws the same) and adds the padding-free layout (`data.batching.pack_rollout`, each
+    unit packed on its own) when it saves rows. The update takes its minibatches and micro-batches as
+    consecutive whole units (`trainers.step`), so which rows train together depends on the seed and the
+    step alone, not on the mesh or on whether the rollout was packed. Returns (rollout, perm [U, R/U])."""
+    r = mask.shape[0]
+    rng = np.random.default_rng([src.config.seed, src.step])
+    perm = rng.permutation(r).reshape(src.units, r // src.units).astype(np.int32)
+    layout, rows = batching.pack_rollout(
+        prompt_ids, prompt_segment_ids, tokens, mask, list(perm), src.packed_rows, pad_id=src.pad_id
+    )
+    if rows >= r // src.units:  # one sequence a row anyway: the padded rows, in the same units
+        return rollout, perm
+    src.packed_rows = rows
+    return {
+        **rollout,
+        **hosts.to_global({k: hosts.local_rows(v) for k, v in layout.items()}, src.batch_sharding),
+    }, perm
+
+
 def score(src, params, rollout, answers):
     """The score phase: forward passes on device, reward functions on the host. `params`: the trainable
-    tree. Returns (rollout with everything the advantages read, generated tokens in the batch)."""
+    tree. Returns (rollout with everything the advantages read, generated tokens in the batch, the rows'
+    units [U, R/U] when the rollout is packed, else None)."""
+    keys = ("prompt_ids", "prompt_segment_ids", "tokens", "mask")
+    prompt_ids, prompt_seg, tokens, mask = hosts.gather(tuple(rollout[k] for k in keys))
+    perm = None
+    if src.units:
+        rollout, perm = pack(src, rollout, prompt_ids, prompt_seg, tokens, mask)
     scored = src.score_fn(params, src.ref_params, src.rm_params, rollout)
-    host, num_tokens = host_scores(src, rollout, answers)
-    return combine(src, rollout, scored, host), num_tokens
+    host, num_tokens = host_scores(src, rollout, answers, tokens, mask)
+    return combine(src, rollout, scored, host), num_tokens, perm
 
 
 # ----------------------------------------------------------------------------------------------------

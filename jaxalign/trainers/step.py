@@ -97,7 +97,8 @@ def make_train_step(
     """Returns `train_step(state, batch, frozen) -> (state, metrics)`.
 
     With `epochs × num_minibatches` > 1 (RL), the batch's rows ([R, ...] arrays) are shuffled each epoch
-    (keys from `state.rng`) and cut into minibatches, one update each, in a `lax.scan` (one compiled body);
+    (keys from `state.rng`; a rollout in units, `sampling.scoring.split_units`, one epoch, comes shuffled
+    and is cut as it is) and cut into minibatches, one update each, in a `lax.scan` (one compiled body);
     metrics are averaged over the updates. Metrics also carry the gradient, parameter and update global
     norms and the learning rate (`schedule` counts optimiser updates).
     """
@@ -111,9 +112,12 @@ def make_train_step(
             params, opt_state, metrics = update(state.params, state.opt_state, frozen, batch, step)
         else:
             rows = jax.tree.leaves(batch)[0].shape[0]
-            idx = minibatch_indices(
-                jax.random.fold_in(key, 2), rows, epochs=epochs, num_minibatches=num_minibatches
-            )
+            if "unit" in batch:  # a rollout in units (`scoring.split_units`), already in random order
+                idx = jnp.arange(rows).reshape(epochs * num_minibatches, rows // num_minibatches)
+            else:
+                idx = minibatch_indices(
+                    jax.random.fold_in(key, 2), rows, epochs=epochs, num_minibatches=num_minibatches
+                )
 
             def body(carry, i):
                 params, opt_state = carry

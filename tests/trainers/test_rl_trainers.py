@@ -250,7 +250,7 @@ def test_on_policy_grpo_skips_the_old_logprob_pass_and_updates_the_same(tiny, mo
         rollout, answers = rl.sample(
             src, src.policy_tree(state.params), next(src.prompts), rl.rollout_key(state)
         )
-        rollout, _ = rl.score(src, state.params, rollout, answers)
+        rollout, _, _ = rl.score(src, state.params, rollout, answers)
     assert "ref_logprobs" in rollout and "old_logprobs" not in rollout
     fast, s_fast, _ = run_steps(c, steps=2)
     from jaxalign.trainers import grpo
@@ -675,7 +675,7 @@ def test_online_dpo_judge_scores_are_what_is_trained_on(tiny):
         rollout, answers = rl.sample(
             src, src.policy_tree(state.params), next(src.prompts), rl.rollout_key(state)
         )
-        rollout, _ = rl.score(src, state.params, rollout, answers)
+        rollout, _, _ = rl.score(src, state.params, rollout, answers)
     got = np.asarray(rollout["score"])
     np.testing.assert_array_equal(got, np.asarray(rollout["judge_score"]))
     tokens, mask, ids, seg = hosts.gather(
