@@ -157,7 +157,7 @@ def stages(p: int, n: int, rows: int, *, cache_buckets: int = 1, compact: bool =
     ]
 
 
-def _cache_axes(config, dtype):
+def cache_axes(config, dtype):
     """Per cache leaf, (batch axis, slot axis) or None, found by comparing abstract caches of other sizes
     (so nothing here depends on the model's cache layout)."""
     shape = lambda b, s: jax.eval_shape(lambda: models.init_cache(config, b, s, dtype))  # noqa: E731
@@ -194,7 +194,7 @@ def _take_rows(cache, axes, order):
     )
 
 
-def _repeat_rows(cache, axes, g):
+def repeat_cache_rows(cache, axes, g):
     """Each row of the cache repeated g times (contiguously): a prefilled prompt shared by its g samples."""
     return jax.tree.map(
         lambda x, ax: x if ax[0] is None else jnp.repeat(x, g, axis=ax[0]),
@@ -236,7 +236,7 @@ def _generate(
         raise ValueError("sampling with temperature > 0 needs an rng key (None is only for greedy)")
     cfg = model.config
     dtype = jnp.dtype(cache_dtype or cfg.dtype)
-    axes = _cache_axes(cfg, dtype)
+    axes = cache_axes(cfg, dtype)
     prompt_ids = prompt_ids.astype(jnp.int32)
     real = prompt_segment_ids != 0  # [U, P]
     positions = prompt_positions(prompt_segment_ids)
@@ -258,7 +258,7 @@ def _generate(
             hidden_only=True,
         )
     if g > 1:  # the prompt's KV given to its g samples (rows [i·g, (i+1)·g))
-        cache = _repeat_rows(cache, axes, g)
+        cache = repeat_cache_rows(cache, axes, g)
     rep = lambda x: jnp.repeat(x, g, axis=0) if g > 1 else x  # noqa: E731
 
     eos = jnp.asarray(eos_ids, jnp.int32)  # [E]

@@ -15,13 +15,11 @@ them.
 
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 
-from jaxalign import losses
+from jaxalign import losses, models
 from jaxalign.models import last_token_scores
-from jaxalign.sampling.generate import prompt_positions
+from jaxalign.sampling.generate import cache_axes, prompt_positions, repeat_cache_rows
 
 
 def sequence_inputs(prompt_ids, prompt_segment_ids, tokens, mask):
@@ -37,25 +35,67 @@ def sequence_inputs(prompt_ids, prompt_segment_ids, tokens, mask):
 
 
 PACKED = ("packed_ids", "packed_positions", "packed_segment_ids")  # [rows, T]; "packed_index" is [R, N]
+SHARED = ("shared_prompt_ids", "shared_prompt_segment_ids")  # [R / G, P]: each group's prompt, once
 
 
-def completion_outputs(apply, rollout):
-    """`apply(input_ids, positions, segment_ids) -> [B, T, ...]` run over prompt ++ completion; returns
-    [R, N, ...]: its output at the position that predicts each generated token.
+def _apply(model, params, *args, **kwargs):
+    return model.apply({"params": params}, *args, **kwargs)
 
-    A rollout with the `data.batching.pack_rollout` layout ("packed_*" keys) goes through the model as its
-    packed rows (padding-free: no left padding of prompts, no right padding of short completions) and
-    the outputs are gathered back to [R, N]; otherwise each row goes through as it is, padded to P + N - 1.
-    Both give the same values (a packed sequence attends within its segment, positions from 0)."""
-    if "packed_index" not in rollout:
-        p = rollout["prompt_ids"].shape[1]
-        ids, pos, seg = sequence_inputs(
-            rollout["prompt_ids"], rollout["prompt_segment_ids"], rollout["tokens"], rollout["mask"]
+
+def grouped_outputs(model, params, rollout):
+    """[R, N, ...] model outputs predicting each generated token, each group's prompt run once.
+
+    `rollout["shared_prompt_ids"]` [U, P] holds the prompt of rows [i·G, (i+1)·G). The prompts but for
+    their last token go through the model into a KV cache (as the sampler's prefill does), the cache is
+    given to the G rows, and each row's last prompt token + completion but its last token (N inputs) runs
+    on it: U·(P-1) + R·N positions instead of R·(P+N-1). Gradients reach the prompt's keys and values from
+    all G completions, so loss and gradient equal the padded rows' (`test_packed_rollouts.py`)."""
+    ids, seg = rollout["shared_prompt_ids"].astype(jnp.int32), rollout["shared_prompt_segment_ids"]
+    u, p = ids.shape
+    r, n = rollout["tokens"].shape
+    g = r // u
+    cfg = model.config
+    pos = prompt_positions(seg)
+    cache = models.init_cache(cfg, u, p + n - 1)
+    if p > 1:
+        _, cache = _apply(
+            model,
+            params,
+            ids[:, :-1],
+            pos[:, :-1],
+            (seg[:, :-1] != 0).astype(jnp.int32),
+            cache=cache,
+            hidden_only=True,
         )
-        return apply(ids, pos, seg)[:, p - 1 :]  # [R, N, ...]
-    out = apply(*(rollout[k] for k in PACKED))  # [rows, T, ...]
-    flat = out.reshape((-1,) + out.shape[2:])
-    return jnp.take(flat, rollout["packed_index"], axis=0)  # [R, N, ...]
+    cache = repeat_cache_rows(cache, cache_axes(cfg, jnp.dtype(cfg.dtype)), g)
+    rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731
+    inputs = jnp.concatenate([rep(ids[:, -1:]), rollout["tokens"][:, :-1].astype(jnp.int32)], axis=1)
+    real = jnp.concatenate([rep(seg[:, -1:] != 0), rollout["mask"][:, :-1] != 0], axis=1)
+    positions = rep(pos[:, -1:]) + jnp.arange(n, dtype=jnp.int32)[None]
+    out, _ = _apply(model, params, inputs, positions, real.astype(jnp.int32), cache=cache)
+    return out  # [R, N, ...]
+
+
+def completion_outputs(model, params, rollout):
+    """The model's outputs over prompt ++ completion at the positions that predict each generated token:
+    [R, N, ...] (logits for a `Transformer`, scores for a `ScalarHeadModel`).
+
+    Three layouts, the same values (each test-checked): a rollout with the `data.batching.pack_rollout`
+    keys ("packed_*") goes through the model as its packed rows (no left padding of prompts, no right
+    padding of short completions) and the outputs are gathered back to [R, N]; one with "shared_prompt_*"
+    runs each group's prompt once (`grouped_outputs`); otherwise each row runs as it is, padded to
+    P + N - 1."""
+    if "packed_index" in rollout:
+        out = _apply(model, params, *(rollout[k] for k in PACKED))  # [rows, T, ...]
+        flat = out.reshape((-1,) + out.shape[2:])
+        return jnp.take(flat, rollout["packed_index"], axis=0)  # [R, N, ...]
+    if SHARED[0] in rollout:
+        return grouped_outputs(model, params, rollout)
+    p = rollout["prompt_ids"].shape[1]
+    ids, pos, seg = sequence_inputs(
+        rollout["prompt_ids"], rollout["prompt_segment_ids"], rollout["tokens"], rollout["mask"]
+    )
+    return _apply(model, params, ids, pos, seg)[:, p - 1 :]  # [R, N, ...]
 
 
 def split_units(batch, perm):
@@ -67,8 +107,13 @@ def split_units(batch, perm):
     flat = perm.reshape(-1)
     out = {"unit": jnp.arange(u, dtype=jnp.int32)}
     rows = batch["packed_ids"].shape[0] // u if "packed_ids" in batch else 0
+    if SHARED[0] in batch:  # whole groups in each unit: the groups of each unit's rows, in their order
+        g = batch["tokens"].shape[0] // batch[SHARED[0]].shape[0]
+        groups = flat[::g] // g
     for k, v in batch.items():
-        if k in PACKED:
+        if k in SHARED:
+            out[k] = jnp.take(v, groups, axis=0).reshape((u, per // g) + v.shape[1:])
+        elif k in PACKED:
             out[k] = v.reshape((u, rows) + v.shape[1:])
         elif k == "packed_index":
             offset = (jnp.arange(u, dtype=jnp.int32) * rows * batch["packed_ids"].shape[1])[:, None, None]
@@ -96,7 +141,7 @@ def merge_units(batch):
 
 def completion_logits(model, params, rollout):
     """[R, N, V] float32 logits predicting each generated token (teacher-forced, temperature 1)."""
-    return completion_outputs(functools.partial(model.apply, {"params": params}), rollout)
+    return completion_outputs(model, params, rollout)
 
 
 def completion_logprobs(model, params, rollout):
@@ -108,7 +153,7 @@ def completion_logprobs(model, params, rollout):
 
 def completion_values(value_model, params, rollout):
     """[R, N] float32 critic values V(prompt, tokens_<n), 0 where mask is 0 (a `ScalarHeadModel`)."""
-    scores = completion_outputs(functools.partial(value_model.apply, {"params": params}), rollout)
+    scores = completion_outputs(value_model, params, rollout)
     return scores * rollout["mask"].astype(jnp.float32)
 
 

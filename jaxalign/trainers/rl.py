@@ -516,23 +516,36 @@ def combine(src, rollout, scored, host):
 
 def pack(src, rollout, prompt_ids, prompt_segment_ids, tokens, mask):
     """Assigns the rollout's rows to `src.units` units at random (seeded by the config's seed and the step:
-    a resumed run draws the same) and adds the padding-free layout (`data.batching.pack_rollout`, each
-    unit packed on its own) when it saves rows. The update takes its minibatches and micro-batches as
-    consecutive whole units (`trainers.step`), so which rows train together depends on the seed and the
-    step alone, not on the mesh or on whether the rollout was packed. Returns (rollout, perm [U, R/U])."""
-    r = mask.shape[0]
+    a resumed run draws the same; whole groups per unit when units hold whole groups) and picks, by the
+    positions it runs, the layout of the forward passes (`scoring.completion_outputs`): padded rows,
+    packed rows (`data.batching.pack_rollout`, each unit packed on its own) or each group's prompt once
+    (`scoring.grouped_outputs`). The update takes its minibatches and micro-batches as consecutive whole
+    units (`trainers.step`), so which rows train together depends on the seed and the step alone, not on
+    the mesh or the layout. Returns (rollout, perm [U, R/U])."""
+    (r, n), p, g, u = mask.shape, prompt_ids.shape[1], src.group, src.units
     rng = np.random.default_rng([src.config.seed, src.step])
-    perm = rng.permutation(r).reshape(src.units, r // src.units).astype(np.int32)
+    whole = (r // u) % g == 0
+    if whole:
+        perm = (rng.permutation(r // g)[:, None] * g + np.arange(g)).reshape(u, r // u)
+    else:
+        perm = rng.permutation(r).reshape(u, r // u)
+    perm = perm.astype(np.int32)
     layout, rows = batching.pack_rollout(
         prompt_ids, prompt_segment_ids, tokens, mask, list(perm), src.packed_rows, pad_id=src.pad_id
     )
-    if rows >= r // src.units:  # one sequence a row anyway: the padded rows, in the same units
+    t = p + n - 1
+    cost = {"padded": r * t, "packed": u * rows * t}
+    if whole and src.shared and not algorithm(src.config).CRITIC:
+        cost["shared"] = (r // g) * (p - 1) + r * n
+    best = min(cost, key=cost.get)
+    if best == "padded":
         return rollout, perm
-    src.packed_rows = rows
-    return {
-        **rollout,
-        **hosts.to_global({k: hosts.local_rows(v) for k, v in layout.items()}, src.batch_sharding),
-    }, perm
+    if best == "packed":
+        src.packed_rows = rows
+    else:
+        layout = {"shared_prompt_ids": prompt_ids[::g], "shared_prompt_segment_ids": prompt_segment_ids[::g]}
+    local = {k: hosts.local_rows(v) for k, v in layout.items()}
+    return {**rollout, **hosts.to_global(local, src.batch_sharding)}, perm
 
 
 def score(src, params, rollout, answers):

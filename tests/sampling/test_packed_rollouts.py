@@ -122,3 +122,63 @@ def test_a_minibatch_of_units_equals_its_rows_padded(rollout):
     (l1, g1), (l2, g2) = (jax.value_and_grad(f)(params, b) for b in (padded, mb))
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g2, g1)
+
+
+@pytest.fixture(scope="module")
+def groups(rollout):
+    """4 prompts × 3 samples each (rows [3i, 3i+3) share prompt i), with its shared-prompt layout."""
+    model, params, _, _ = rollout
+    rng = np.random.default_rng(5)
+    batch = left_pad([list(rng.integers(4, 60, rng.integers(1, 8))) for _ in range(4)], pad_id=0)
+    out = generate(
+        model,
+        params,
+        batch["prompt_ids"],
+        batch["prompt_segment_ids"],
+        jax.random.key(2),
+        max_new_tokens=10,
+        eos_ids=(3, 9, 17, 30),
+        num_samples=3,
+    )
+    ro = {
+        "prompt_ids": jnp.repeat(jnp.asarray(batch["prompt_ids"]), 3, axis=0),
+        "prompt_segment_ids": jnp.repeat(jnp.asarray(batch["prompt_segment_ids"]), 3, axis=0),
+        "tokens": out.tokens,
+        "mask": out.mask,
+    }
+    shared = {
+        **ro,
+        "shared_prompt_ids": jnp.asarray(batch["prompt_ids"]),
+        "shared_prompt_segment_ids": jnp.asarray(batch["prompt_segment_ids"]),
+    }
+    return model, params, ro, shared, out
+
+
+def test_shared_prompt_logprobs_equal_padded(groups):
+    model, params, ro, shared, out = groups
+    padded, _ = scoring.completion_logprobs(model, params, ro)
+    got, _ = scoring.completion_logprobs(model, params, shared)
+    np.testing.assert_allclose(got, padded, atol=2e-5)
+    np.testing.assert_allclose(got, out.model_logprobs, atol=2e-4)
+
+
+def test_shared_prompt_units_gradient_equal_padded(groups):
+    """Two units of two whole groups each, one of them as a minibatch: the padded rows' gradient."""
+    model, params, ro, shared, _ = groups
+    order = np.asarray([3, 1, 0, 2])  # groups in random order, whole groups per unit
+    perm = (order[:, None] * 3 + np.arange(3)).reshape(2, 6).astype(np.int32)
+    units = scoring.split_units(shared, jnp.asarray(perm))
+    assert units["shared_prompt_ids"].shape[:2] == (2, 2)
+    mb = scoring.merge_units(jax.tree.map(lambda x: x[1:], units))  # the second unit: groups 0 and 2
+    rows = perm[1]
+    padded = {k: jnp.take(ro[k], rows, axis=0) for k in ro}
+    w = jax.random.normal(jax.random.key(6), padded["mask"].shape)
+
+    def f(p, b):
+        return jnp.sum(scoring.completion_logprobs(model, p, b)[0] * w)
+
+    (l1, g1), (l2, g2) = (jax.value_and_grad(f)(params, b) for b in (padded, mb))
+    np.testing.assert_allclose(l2, l1, rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g2, g1
+    )  # grads up to ~10
