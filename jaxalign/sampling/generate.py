@@ -48,7 +48,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxalign import models
 from jaxalign import sharding as sharding_lib
-from jaxalign.sampling.sampling import _check, sample_token_with_logprobs
+from jaxalign.sampling.sampling import _check, sample_token_by_inverse_cdf, sample_token_with_logprobs
 
 
 class GenerateOutput(NamedTuple):
@@ -306,8 +306,8 @@ def _generate(
             tok, lp, mlp = sample_token_with_logprobs(logits[:, -1], None, 0.0, top_k, top_p)
         else:  # row key folded with the step: the same draw whatever row or stage the sequence is in
             step_keys = jax.vmap(jax.random.fold_in, (0, None))(s["keys"], i)
-            draw = lambda lg, k: sample_token_with_logprobs(lg, k, temperature, top_k, top_p)  # noqa: E731
-            tok, lp, mlp = jax.vmap(draw)(logits[:, -1], step_keys)
+            u = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(step_keys)
+            tok, lp, mlp = sample_token_by_inverse_cdf(logits[:, -1], u, temperature, top_k, top_p)
         tok = jnp.where(active, tok, pad_id)
         finished = jnp.any(tok[:, None] == eos[None, :], axis=-1) if eos_ids else jnp.zeros_like(active)
         tail = s["tail"]

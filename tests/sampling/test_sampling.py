@@ -97,3 +97,24 @@ def test_bad_settings_raise():
         process_logits(jnp.zeros((1, 4)), 1.0, 0, 0.0)
     with pytest.raises(ValueError, match="temperature"):
         sample_token(jnp.zeros((1, 4)), None, -1.0)
+
+
+def test_inverse_cdf_draws_follow_the_sampling_distribution():
+    """Inverse-CDF draws (the sampler's): frequencies match softmax(process_logits), truncated tokens are
+    never drawn, and the log-probs are those of `sample_token_with_logprobs`."""
+    from jaxalign.sampling.sampling import sample_token_by_inverse_cdf
+
+    logits = jnp.asarray([[2.0, 0.5, -1.0, 1.0, 0.0, -3.0]] * 40000)
+    u = jax.random.uniform(jax.random.key(0), (40000,))
+    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.7, 4, 1.0), (1.3, 0, 0.8)):
+        tok, lp, mlp = sample_token_by_inverse_cdf(logits, u, temperature, top_k, top_p)
+        p = np.asarray(jax.nn.softmax(process_logits(logits[0], temperature, top_k, top_p)))
+        freq = np.bincount(np.asarray(tok), minlength=6) / len(tok)
+        np.testing.assert_allclose(freq, p, atol=0.01)
+        assert np.all(freq[p == 0] == 0)
+        np.testing.assert_allclose(np.exp(lp), p[np.asarray(tok)], rtol=1e-5)
+        np.testing.assert_allclose(mlp, jax.nn.log_softmax(logits[0])[np.asarray(tok)], rtol=1e-5)
+    # u at the ends of [0, 1) still lands on a token with probability > 0.
+    edge = jnp.asarray([0.0, np.nextafter(np.float32(1), np.float32(0))], jnp.float32)
+    tok, _, _ = sample_token_by_inverse_cdf(logits[:2], edge, 1.0, 2, 1.0)
+    assert set(np.asarray(tok).tolist()) <= {0, 3}
