@@ -44,36 +44,24 @@ def cache_mask(
     return (allowed[None] & key_valid[:, None, :])[:, None]
 
 
-def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
-    """Plain einsum attention (for tests and as a fallback).
+def attention_reference(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, kv_heads_first: bool = False
+) -> jax.Array:
+    """Plain einsum attention (for tests, as a fallback, and over the KV cache).
 
-    q [B, T, H, Dh], k/v [B, S, K, Dh] (H % K == 0), mask [B, 1, T, S] bool -> [B, T, H, Dh].
-    Logits and softmax in float32.
+    q [B, T, H, Dh], k/v [B, S, K, Dh] (H % K == 0), or [B, K, S, Dh] with `kv_heads_first` (the KV
+    cache's own layout: decoding reads the whole cache every step, and taking it as stored saves two
+    transposed copies of it, -20% per layer at [64, 192] slots on a 2-core CPU), mask [B, 1, T, S] bool
+    -> [B, T, H, Dh]. Logits and softmax in float32.
     """
     b, t, h, dh = q.shape
-    kh = k.shape[2]
+    kh = k.shape[1 if kv_heads_first else 2]
+    kv = "bksd" if kv_heads_first else "bskd"
     qg = q.reshape(b, t, kh, h // kh, dh)  # [B, T, K, G, Dh]
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     logits = jnp.where(mask[:, :, None], logits, _NEG)  # [B, K, G, T, S]
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, dh)
-
-
-def attention_over_cache(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float
-) -> jax.Array:
-    """`attention_reference` on the KV cache's own layout: q [B, T, H, Dh], k/v [B, K, S, Dh], mask
-    [B, 1, T, S] -> [B, T, H, Dh]. Decoding reads the whole cache every step; taking it as stored saves
-    the two transposed copies of it that the [B, S, K, Dh] layout would need (-20% per layer at [64, 192]
-    slots on a 2-core CPU)."""
-    b, t, h, dh = q.shape
-    kh = k.shape[1]
-    qg = q.reshape(b, t, kh, h // kh, dh)  # [B, T, K, G, Dh]
-    logits = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask[:, :, None], logits, _NEG)  # [B, K, G, T, S]
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
 
 
@@ -169,7 +157,9 @@ class Attention(nn.Module):
             )
             new_cache = {"k": k_all, "v": v_all}
             if cfg.attention_impl in (None, "reference"):  # the cache as stored (no transposed copies)
-                out = attention_over_cache(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, dh**-0.5)
+                out = attention_reference(
+                    q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, dh**-0.5, True
+                )
             else:
                 k, v = k_all.swapaxes(1, 2).astype(q.dtype), v_all.swapaxes(1, 2).astype(q.dtype)
                 out = attend(q, k, v, mask, dh**-0.5, cfg.attention_impl)

@@ -184,24 +184,24 @@ def _grow_cache(cache, axes, length: int):
     return jax.tree.map(grow, cache, axes, is_leaf=lambda a: isinstance(a, tuple))
 
 
-def _take_rows(cache, axes, order):
-    """The cache's rows `order` (along each leaf's batch axis)."""
+def _map_rows(fn, cache, axes):
+    """`fn(x, batch_axis)` on every cache leaf that has a batch axis."""
     return jax.tree.map(
-        lambda x, ax: x if ax[0] is None else jnp.take(x, order, axis=ax[0]),
+        lambda x, ax: x if ax[0] is None else fn(x, ax[0]),
         cache,
         axes,
         is_leaf=lambda a: isinstance(a, tuple),
     )
+
+
+def _take_rows(cache, axes, order):
+    """The cache's rows `order` (along each leaf's batch axis)."""
+    return _map_rows(lambda x, axis: jnp.take(x, order, axis=axis), cache, axes)
 
 
 def repeat_cache_rows(cache, axes, g):
     """Each row of the cache repeated g times (contiguously): a prefilled prompt shared by its g samples."""
-    return jax.tree.map(
-        lambda x, ax: x if ax[0] is None else jnp.repeat(x, g, axis=ax[0]),
-        cache,
-        axes,
-        is_leaf=lambda a: isinstance(a, tuple),
-    )
+    return _map_rows(lambda x, axis: jnp.repeat(x, g, axis=axis), cache, axes)
 
 
 BUFFERS = ("tokens", "logprobs", "model_logprobs", "mask")

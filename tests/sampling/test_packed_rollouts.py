@@ -10,16 +10,7 @@ from jaxalign.data.batching import pack_rollout
 from jaxalign.sampling import generate, left_pad
 from jaxalign.sampling import scoring
 
-CFG = models.ModelConfig(
-    vocab_size=64,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-    initializer_range=0.5,
-)
+from test_generate import CFG  # noqa: E402  (the same tiny decisive model)
 
 
 @pytest.fixture(scope="module")
