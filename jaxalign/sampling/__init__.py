@@ -5,6 +5,7 @@ from jaxalign.sampling.generate import (
     generate,
     make_generate_fn,
     prompt_positions,
+    stages,
     to_training_batch,
 )
 from jaxalign.sampling.prompts import (
@@ -21,6 +22,7 @@ __all__ = [
     "GenerateOutput",
     "generate",
     "make_generate_fn",
+    "stages",
     "prompt_positions",
     "to_training_batch",
     "build_prompt_batch",

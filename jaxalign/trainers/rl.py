@@ -208,6 +208,7 @@ class Rollouts:
     split_units: Optional[Callable] = None  # (batch, perm [U, R/U]) -> the batch in units (jitted)
     packed_rows: int = 0  # packed rows per unit so far (kept from growing back and forth: compilations)
     step: int = 0  # the train state's step at this rollout (seeds the rows' assignment to units)
+    forward_frac: float = 1.0  # positions the forward passes run / the padded rows' (logged)
 
     def next(self, state):
         """One rollout batch from the state's own policy: (batch of global arrays, {"tokens", "flops"},
@@ -219,6 +220,7 @@ class Rollouts:
         batch, metrics, kl_coef = self.prepare(rollout, jnp.float32(self.kl_coef))
         if perm is not None and self.split_units is not None:
             batch = self.split_units(batch, perm)
+            metrics = {**metrics, "rollout/forward_frac": self.forward_frac}
         self.kl_coef = float(kl_coef)  # β for the next rollout
         return batch, {"tokens": num_tokens, "flops": 0.0}, metrics
 
@@ -427,12 +429,36 @@ def build_run(config, mesh):
         summary=(
             f"{prompts.num_examples} prompts, {config.train.batch_size} × {source.group} rollouts per step"
             + (f", labelled by the judge {rw.judge}" if judge is not None else "")
+            + f"; sampler: {engine_summary(config, source, mesh)}"
         ),
         epochs=algo.epochs(hp),
         num_minibatches=algo.num_minibatches(hp),
         lora_config=lora_cfg,
         export_params=lambda p: p["policy"],
         export_base=lambda fz: fz["policy"],
+    )
+
+
+def engine_summary(config, src, mesh):
+    """What the start-up line says of the rollout engine: cache, stages, prompt sharing, forward layout."""
+    r = config.rollout
+    rows = config.train.batch_size * src.group
+    plan = sampling.stages(
+        config.data.max_prompt_length,
+        r.max_new_tokens,
+        rows,
+        cache_buckets=r.cache_buckets,
+        shards=hosts.batch_shards(mesh),
+    )
+    sizes = "→".join(dict.fromkeys(str(s.rows) for s in plan))  # the batch sizes, in order
+    return (
+        f"slot KV cache of {plan[-1].slots} slots, rows {sizes} as they finish"
+        + (f", each prompt prefilled once for its {src.group} samples" if src.shared else "")
+        + (
+            f"; forward passes padded / packed / shared-prompt, whichever runs fewest positions ({src.units} units)"
+            if src.units
+            else "; forward passes on padded rows"
+        )
     )
 
 
@@ -538,6 +564,7 @@ def pack(src, rollout, prompt_ids, prompt_segment_ids, tokens, mask):
     if whole and src.shared and not algorithm(src.config).CRITIC:
         cost["shared"] = (r // g) * (p - 1) + r * n
     best = min(cost, key=cost.get)
+    src.forward_frac = cost[best] / cost["padded"]
     if best == "padded":
         return rollout, perm
     if best == "packed":
