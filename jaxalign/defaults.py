@@ -160,9 +160,12 @@ def rollout_config(max_new_tokens=24):
     r.top_k = 0  # 0 = off.
     r.top_p = 1.0  # 1 = off.
     r.cache_buckets = 1  # >1: grow the KV cache in phases (long N, see sampling.make_generate_fn).
-    r.pack = (
-        True  # score and update the rollout padding-free (data.batching.pack_rollout) when it saves rows.
-    )
+    # Forward passes over the rollout (scoring, update) in whichever layout runs fewest positions: padded,
+    # packed padding-free, or each group's prompt once (sampling.scoring.completion_outputs).
+    r.pack = True
+    # π_θ_old (PPO, GRPO with several updates per rollout) from the sampler's own log-probs instead of a
+    # forward pass: one pass fewer; the ratio starts at 1 up to float error (decode vs full forward).
+    r.reuse_sampler_logprobs = False
     return r
 
 

@@ -352,7 +352,7 @@ def build_run(config, mesh):
         eos_ids,
         value_model=value_model,
         reward_model=reward_model,
-        old_logprobs=algo.needs_old_logprobs(hp),
+        old_logprobs=algo.needs_old_logprobs(hp) and not r.get("reuse_sampler_logprobs", False),
     )
     units = 0
     if r.get("pack", True):
@@ -488,7 +488,10 @@ def sample(src, policy_params, batch, rng, greedy=False):
         out = src.generate(policy_params, *(hosts.to_global(batch[k], src.batch_sharding) for k in keys), rng)
     else:
         out = src.generate(policy_params, ids, seg, rng)
-    return {"prompt_ids": ids, "prompt_segment_ids": seg, "tokens": out.tokens, "mask": out.mask}, answers
+    rollout = {"prompt_ids": ids, "prompt_segment_ids": seg, "tokens": out.tokens, "mask": out.mask}
+    if not greedy and src.config.rollout.get("reuse_sampler_logprobs", False):
+        rollout["old_logprobs"] = out.model_logprobs  # π_θ_old from the sampler, no scoring pass for it
+    return rollout, answers
 
 
 def host_scores(src, rollout, answers, tokens=None, mask=None):

@@ -265,6 +265,32 @@ def test_on_policy_grpo_skips_the_old_logprob_pass_and_updates_the_same(tiny, mo
     assert _relative_difference(s_fast.params, s_full.params, _initial_params(tiny)) < 1e-3
 
 
+def test_reused_sampler_logprobs_are_the_scoring_pass_s(tiny):
+    """rollout.reuse_sampler_logprobs: π_θ_old comes from the sampler (no scoring pass for it) and equals
+    the pass's log-probs up to float error; the PPO step trains the same."""
+    c = tiny_config(tiny, "ppo")
+    mesh, run, state, _ = build(c)
+    src = run.batches
+    with jax.set_mesh(mesh):
+        rollout, answers = rl.sample(
+            src, src.policy_tree(state.params), next(src.prompts), rl.rollout_key(state)
+        )
+        scored, _, _ = rl.score(src, state.params, rollout, answers)
+    c2 = tiny_config(tiny, "ppo", **{"rollout.reuse_sampler_logprobs": True})
+    mesh, run, state, _ = build(c2)
+    src = run.batches
+    with jax.set_mesh(mesh):
+        rollout, answers = rl.sample(
+            src, src.policy_tree(state.params), next(src.prompts), rl.rollout_key(state)
+        )
+        assert "old_logprobs" in rollout
+        reused, _, _ = rl.score(src, state.params, rollout, answers)
+    np.testing.assert_allclose(reused["old_logprobs"], scored["old_logprobs"], atol=1e-4)
+    a, _, _ = run_steps(c, steps=2)
+    b, _, _ = run_steps(c2, steps=2)
+    np.testing.assert_allclose(b[-1]["loss"], a[-1]["loss"], rtol=1e-2, atol=1e-3)
+
+
 @pytest.mark.parametrize("variant", ["dapo", "dr_grpo", "gspo"])
 def test_grpo_family_variants_run_from_the_config(tiny, variant):
     """configs/grpo.py:<variant> presets run through the loop: DAPO (dynamic sampling weights, overlong
