@@ -205,7 +205,8 @@ def test_grpo_and_rloo_raise_the_reward(tiny, advantage):
     c = tiny_config(
         tiny, "grpo", **{"grpo.advantage": advantage, "grpo.group_size": 4, "train.batch_size": 8}
     )
-    metrics, _, _ = run_steps(c, steps=12)
+    # 12 steps gave +0.048 for RLOO with the per-sequence sampler of 2026-12-07 (short of the 0.05 margin).
+    metrics, _, _ = run_steps(c, steps=20)
     _improves(metrics)
 
 
