@@ -241,17 +241,25 @@ def test_kl_zero_at_first_step_and_sharded_step_equals_single_device(tiny, objec
     assert _relative_difference(s8.params, s1.params, _initial_params(tiny)) < 1e-3
 
 
-def test_on_policy_grpo_skips_the_old_logprob_pass_and_updates_the_same(tiny, monkeypatch):
-    """One update per rollout: π_θ_old is the update's own detached log-probs, no scoring pass for it;
-    the step's loss, metrics and new parameters equal those of a step that runs that pass."""
-    c = tiny_config(tiny, "grpo", **{"grpo.num_iterations": 1, "grpo.num_minibatches": 1})
-    mesh, run, state, _ = build(c)
+def _scored_rollout(config, expect_old=False):
+    """One rollout of a freshly built run, sampled and scored (`rl.sample`, `rl.score`). `expect_old`:
+    assert the sampler already supplied π_θ_old."""
+    mesh, run, state, _ = build(config)
     src = run.batches
     with jax.set_mesh(mesh):
         rollout, answers = rl.sample(
             src, src.policy_tree(state.params), next(src.prompts), rl.rollout_key(state)
         )
+        assert ("old_logprobs" in rollout) == expect_old
         rollout, _, _ = rl.score(src, state.params, rollout, answers)
+    return rollout
+
+
+def test_on_policy_grpo_skips_the_old_logprob_pass_and_updates_the_same(tiny, monkeypatch):
+    """One update per rollout: π_θ_old is the update's own detached log-probs, no scoring pass for it;
+    the step's loss, metrics and new parameters equal those of a step that runs that pass."""
+    c = tiny_config(tiny, "grpo", **{"grpo.num_iterations": 1, "grpo.num_minibatches": 1})
+    rollout = _scored_rollout(c)
     assert "ref_logprobs" in rollout and "old_logprobs" not in rollout
     fast, s_fast, _ = run_steps(c, steps=2)
     from jaxalign.trainers import grpo
@@ -270,22 +278,9 @@ def test_reused_sampler_logprobs_are_the_scoring_pass_s(tiny):
     """rollout.reuse_sampler_logprobs: π_θ_old comes from the sampler (no scoring pass for it) and equals
     the pass's log-probs up to float error; the PPO step trains the same."""
     c = tiny_config(tiny, "ppo")
-    mesh, run, state, _ = build(c)
-    src = run.batches
-    with jax.set_mesh(mesh):
-        rollout, answers = rl.sample(
-            src, src.policy_tree(state.params), next(src.prompts), rl.rollout_key(state)
-        )
-        scored, _, _ = rl.score(src, state.params, rollout, answers)
+    scored = _scored_rollout(c)
     c2 = tiny_config(tiny, "ppo", **{"rollout.reuse_sampler_logprobs": True})
-    mesh, run, state, _ = build(c2)
-    src = run.batches
-    with jax.set_mesh(mesh):
-        rollout, answers = rl.sample(
-            src, src.policy_tree(state.params), next(src.prompts), rl.rollout_key(state)
-        )
-        assert "old_logprobs" in rollout
-        reused, _, _ = rl.score(src, state.params, rollout, answers)
+    reused = _scored_rollout(c2, expect_old=True)
     np.testing.assert_allclose(reused["old_logprobs"], scored["old_logprobs"], atol=1e-4)
     a, _, _ = run_steps(c, steps=2)
     b, _, _ = run_steps(c2, steps=2)
