@@ -166,6 +166,14 @@ def rollout_config(max_new_tokens=24):
     # π_θ_old (PPO, GRPO with several updates per rollout) from the sampler's own log-probs instead of a
     # forward pass: one pass fewer; the ratio starts at 1 up to float error (decode vs full forward).
     r.reuse_sampler_logprobs = False
+    # Off-policy overlap (trainers/off_policy.py): sample the rollouts this many steps ahead of the update
+    # that reads them, so the device samples the next batch while the host scores this one. 0 = on-policy.
+    r.max_staleness = 0
+    # A stale rollout's tokens weighed by π_old / μ (losses.importance_weights): "tis" = min(ratio, is_cap),
+    # "icepop" = 0 outside is_band, "none".
+    r.is_correction = "tis"
+    r.is_cap = 2.0
+    r.is_band = (0.5, 5.0)
     return r
 
 

@@ -21,6 +21,7 @@ from jaxalign.losses.grpo import (
 )
 from jaxalign.losses.kl import KL_KINDS, AdaptiveKLState, adaptive_kl_update, init_adaptive_kl, kl_penalty
 from jaxalign.losses.kto import kto_loss, kto_reference_point
+from jaxalign.losses.off_policy import CORRECTIONS, importance_weights
 from jaxalign.losses.lm import clm_loss, nll_loss, sft_loss
 from jaxalign.losses.logprobs import (
     TokenStats,
@@ -58,6 +59,8 @@ __all__ = [
     "KL_KINDS",
     "REDUCTIONS",
     "IMPORTANCE_LEVELS",
+    "CORRECTIONS",
+    "importance_weights",
     "token_logprobs",
     "sequence_logprobs",
     "packed_sequence_logprobs",

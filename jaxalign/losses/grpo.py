@@ -92,13 +92,14 @@ def grpo_loss(
     clip_eps_high: float | None = None,
     importance_level: str = "token",
     weights: Array | None = None,
+    token_weights: Array | None = None,
 ) -> tuple[Array, dict]:
     """Group Relative Policy Optimization loss (Shao et al. 2024, eq. 3), as TRL's GRPOTrainer, with the
     GSPO, DAPO and Dr. GRPO variants.
 
         log w = log π(o_t) - log π_old(o_t)                          importance_level="token" (GRPO)
         log w = 1/|o| Σ_t (log π(o_t) - log π_old(o_t))              importance_level="sequence" (GSPO)
-        l_t = -min(w A, clip(w, 1 - ε_low, 1 + ε_high) A) + β k3_t
+        l_t = -c_t min(w A, clip(w, 1 - ε_low, 1 + ε_high) A) + β k3_t   (c_t = token_weights, else 1)
         k3_t = exp(log π_ref(o_t) - log π(o_t)) - (log π_ref(o_t) - log π(o_t)) - 1
         L   = reduce(l, mask, weights)
 
@@ -140,6 +141,8 @@ def grpo_loss(
       clip_eps_high: ε_high, or None for ε_low.
       importance_level: "token" (GRPO) | "sequence" (GSPO).
       weights: [B] per-row weights (DAPO's dynamic-sampling mask), or None.
+      token_weights: [B, T] weights of each token's clipped term (no gradient): a stale rollout's importance
+        correction (`losses.importance_weights`), or None.
 
     Returns:
       (loss, metrics): `kl` (token mean of k3, when ref_logprobs is given), `clip_ratio/low_mean`,
@@ -174,6 +177,8 @@ def grpo_loss(
         log_w = masked_mean(log_ratio, m, axis=-1)[:, None]  # [B, 1]: GSPO's s_i in log space
     ratio = jnp.exp(log_w)
     per_token = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)  # [B, T]
+    if token_weights is not None:
+        per_token = per_token * jax.lax.stop_gradient(f32(token_weights))
     # Metrics count the kept rows (weight ≠ 0), unweighted.
     token_mask = m if weights is None else m * f32(jnp.asarray(weights) != 0)[:, None]
     metrics = {}

@@ -18,11 +18,12 @@ def ppo_clip_loss(
     *,
     clip_eps: float = 0.2,
     reduction: str = "token",
+    token_weights: Array | None = None,
 ) -> tuple[Array, dict]:
     """PPO's clipped surrogate objective per token (Schulman et al. 2017, eq. 7), as TRL's PPO trainer.
 
         ρ_t = exp(log π(a_t) - log π_old(a_t))
-        l_t = max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε))
+        l_t = c_t max(-A_t ρ_t, -A_t clip(ρ_t, 1 - ε, 1 + ε))       (c_t = token_weights, else 1)
         L   = reduce(l, mask)
 
     `reduction` (see `reduce_tokens`): "token" = token mean over the batch (TRL, DAPO), "sequence" = mean of
@@ -35,6 +36,8 @@ def ppo_clip_loss(
       mask: [B, T] 0/1, 1 on generated tokens.
       clip_eps: ε.
       reduction: "token" | "sequence" | "constant".
+      token_weights: [B, T] weights of each token's term (no gradient): a stale rollout's importance
+        correction (`losses.importance_weights`), or None.
 
     Returns:
       (loss, metrics): `loss/policy`, `policy/clipfrac` (fraction of tokens where the clip binds: ρ > 1 + ε
@@ -51,6 +54,8 @@ def ppo_clip_loss(
     unclipped = -adv * ratio
     clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     per_token = jnp.maximum(unclipped, clipped)  # [B, T]
+    if token_weights is not None:  # a stale rollout's importance correction (losses.importance_weights)
+        per_token = per_token * jax.lax.stop_gradient(f32(token_weights))
     loss = reduce_tokens(per_token, mask, reduction)
     metrics = {
         "loss/policy": loss,

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.sampling.scoring import completion_logprobs, merge_units
+from jaxalign.trainers.off_policy import off_policy_weights
 from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
@@ -74,6 +75,7 @@ def on_policy(hp):
 # What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `ppo.py`).
 CRITIC = False  # no value model
 PACKS = True  # the update reads the rollout's rows (packed padding-free when that saves rows)
+CORRECTS = True  # a stale rollout's tokens are importance-weighted in the loss (off_policy.py)
 
 
 def group_size(hp):
@@ -134,6 +136,7 @@ def make_loss_fn(policy_model, value_model, hp):
         logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
         # One update per rollout (`on_policy`): the parameters that sampled are these, π_θ_old = sg(π_θ).
         old = mb["old_logprobs"] if "old_logprobs" in mb else jax.lax.stop_gradient(logprobs)
+        token_weights, is_metrics = off_policy_weights(old, mb, hp)  # a stale rollout (max_staleness > 0)
         loss, metrics = losses.grpo_loss(
             logprobs,
             old,
@@ -146,8 +149,9 @@ def make_loss_fn(policy_model, value_model, hp):
             clip_eps_high=clip_high,
             importance_level=hp["importance_level"],
             weights=mb.get("weights"),  # DAPO's dynamic sampling: 0 for groups without signal
+            token_weights=token_weights,
         )
-        metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()}
+        metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()} | is_metrics
         metrics["policy/entropy"] = losses.masked_mean(losses.token_entropy(logits), mask)
         if "old_logprobs" not in mb and beta > 0:  # KL of the sampling policy to the reference, Σ_t
             metrics["kl/sequence"] = jnp.mean(jnp.sum((old - mb["ref_logprobs"]) * mask, -1))

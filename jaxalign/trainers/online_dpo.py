@@ -55,6 +55,7 @@ from jaxalign.trainers.rewards import rollout_metrics
 # What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `grpo.py`).
 CRITIC = False
 PACKS = False  # the update reads pairs built from the rollout, not its rows
+CORRECTS = False  # DPO on pairs needs no importance correction for stale samples
 
 
 def validate(hp):

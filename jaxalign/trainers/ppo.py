@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.sampling.scoring import completion_logprobs, merge_units, completion_values
+from jaxalign.trainers.off_policy import off_policy_weights
 from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
@@ -31,6 +32,7 @@ from jaxalign.errors import config_fail as _fail
 # What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `grpo.py`).
 CRITIC = True  # a value model, trained with the policy
 PACKS = True  # the update reads the rollout's rows (packed padding-free when that saves rows)
+CORRECTS = True  # a stale rollout's tokens are importance-weighted in the loss (off_policy.py)
 
 
 def group_size(hp):
@@ -107,9 +109,16 @@ def make_loss_fn(policy_model, value_model, hp):
         mb = merge_units(mb)  # a packed rollout's units -> one rollout
         mask = mb["mask"]
         logprobs, logits = completion_logprobs(policy_model, params["policy"], mb)
+        token_weights, is_metrics = off_policy_weights(mb["old_logprobs"], mb, hp)  # max_staleness > 0
         pg_loss, pg_metrics = losses.ppo_clip_loss(
-            logprobs, mb["old_logprobs"], mb["advantages"], mask, clip_eps=clip_eps
+            logprobs,
+            mb["old_logprobs"],
+            mb["advantages"],
+            mask,
+            clip_eps=clip_eps,
+            token_weights=token_weights,
         )
+        pg_metrics = {**pg_metrics, **is_metrics}
         values = completion_values(value_model, params["value"], mb)
         vf_loss, vf_metrics = losses.value_loss(
             values, mb["values"], mb["returns"], mask, clip_eps=value_clip_eps

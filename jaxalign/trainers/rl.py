@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxalign import checkpoints, data, hosts, models, plugins, registry, sampling, sharding
+from jaxalign import checkpoints, data, hosts, losses, models, plugins, registry, sampling, sharding
 from jaxalign.data import batching, pipeline
 from jaxalign.eval import judge as judge_lib
 from jaxalign.lora import kinds
 from jaxalign.sampling import scoring
-from jaxalign.trainers import grpo, online_dpo, ppo, rewards, setup
+from jaxalign.trainers import grpo, off_policy, online_dpo, ppo, rewards, setup
 from jaxalign.trainers.validate import (
     ConfigError,
     _check_path,
@@ -108,6 +108,26 @@ def validate(config, num_devices, process_count=1):
         _fail("rollout.top_p", r.top_p, "must be in (0, 1]")
     if r.cache_buckets < 1:
         _fail("rollout.cache_buckets", r.cache_buckets, "must be >= 1")
+    if r.max_staleness < 0:
+        _fail("rollout.max_staleness", r.max_staleness, "must be >= 0 (0 = on-policy: no sampling ahead)")
+    if r.max_staleness and r.reuse_sampler_logprobs:
+        _fail(
+            "rollout.reuse_sampler_logprobs",
+            r.reuse_sampler_logprobs,
+            f"takes π_old from the sampler, which with rollout.max_staleness={r.max_staleness} is older than "
+            "the update's policy; unset one",
+        )
+    if r.is_correction not in losses.CORRECTIONS:
+        _fail("rollout.is_correction", r.is_correction, f"expected one of {list(losses.CORRECTIONS)}")
+    if not r.is_cap > 0:
+        _fail("rollout.is_cap", r.is_cap, "must be > 0 (the truncated IS weight's cap C)")
+    band = tuple(r.is_band)
+    if len(band) != 2 or not 0 <= band[0] < band[1]:
+        _fail(
+            "rollout.is_band",
+            band,
+            "must be (α, β) with 0 <= α < β (IcePop keeps tokens with α <= ratio <= β)",
+        )
     if obj == "grpo" and config.grpo.overlong_cache > r.max_new_tokens:
         _fail(
             "grpo.overlong_cache",
@@ -209,29 +229,68 @@ class Rollouts:
     packed_rows: int = 0  # packed rows per unit so far (kept from growing back and forth: compilations)
     step: int = 0  # the train state's step at this rollout (seeds the rows' assignment to units)
     forward_frac: float = 1.0  # positions the forward passes run / the padded rows' (logged)
+    max_staleness: int = 0  # rollout.max_staleness: rollouts sampled this many steps ahead (off_policy.py)
+    behaviour_logprobs: bool = False  # keep the sampler's log-probs for the importance correction
+    in_flight: collections.deque = dataclasses.field(default_factory=collections.deque)  # off_policy.InFlight
+    host_step: Optional[int] = None  # the state's step as the host counts it (reading it would wait)
 
     def next(self, state):
-        """One rollout batch from the state's own policy: (batch of global arrays, {"tokens", "flops"},
-        rollout metrics)."""
-        policy = self.policy_tree(state.params)
-        self.step = int(state.step)
-        rollout, answers = sample(self, policy, next(self.prompts), rollout_key(state))
-        rollout, num_tokens, perm = score(self, state.params, rollout, answers)
+        """One rollout batch: (batch of global arrays, {"tokens", "flops"}, rollout metrics). On-policy
+        (max_staleness = 0) it is sampled from the state's own policy; else it is the oldest rollout in
+        flight, and the next one is launched from the state's policy first (see `off_policy`)."""
+        # The step as the host counts it: int(state.step) would wait for the update in flight.
+        self.step = int(state.step) if self.host_step is None else self.host_step + 1
+        self.host_step = self.step
+        if not self.max_staleness:
+            rollout, answers = sample(
+                self, self.policy_tree(state.params), next(self.prompts), rollout_key(state)
+            )
+            item = off_policy.InFlight(rollout, answers, self.step)
+        else:
+            if not self.in_flight:  # the first step (nothing sampled ahead yet): sample now
+                self.in_flight.append(self.launch(state, 0))
+            item = self.in_flight.popleft()
+            collect(self, item)  # decode + Python rewards on the host while the device updates
+            while len(self.in_flight) < self.max_staleness:  # sampled on device before this step's update
+                self.in_flight.append(self.launch(state, len(self.in_flight) + 1))
+        rollout, num_tokens, perm = score(self, state.params, item.rollout, item.answers, item)
         batch, metrics, kl_coef = self.prepare(rollout, jnp.float32(self.kl_coef))
         if perm is not None and self.split_units is not None:
             batch = self.split_units(batch, perm)
             metrics = {**metrics, "rollout/forward_frac": self.forward_frac}
+        if self.max_staleness:
+            metrics = {**metrics, "rollout/staleness": float(self.step - item.step)}
         self.kl_coef = float(kl_coef)  # β for the next rollout
         return batch, {"tokens": num_tokens, "flops": 0.0}, metrics
 
+    def launch(self, state, j):
+        """Dispatches the sampling of the next prompts from the state's policy (the `j`-th launched at this
+        step: its own key), without waiting for it."""
+        key = rollout_key(state)
+        key = jax.random.fold_in(key, j) if j else key  # the first: the on-policy run's key
+        rollout, answers = sample(self, self.policy_tree(state.params), next(self.prompts), key)
+        return off_policy.InFlight(rollout, answers, self.step)
+
     def get_state(self):
         # packed_rows: a resumed run packs into the same shapes, hence the same sums (bit-equal resume).
-        return {"prompts": self.prompts.get_state(), "kl_coef": self.kl_coef, "packed_rows": self.packed_rows}
+        # in_flight: the rollouts sampled ahead (their prompts are already past in `prompts`).
+        for item in self.in_flight:
+            collect(self, item)
+        return {
+            "prompts": self.prompts.get_state(),
+            "kl_coef": self.kl_coef,
+            "packed_rows": self.packed_rows,
+            "in_flight": [off_policy.encode(i, self.batch_sharding) for i in self.in_flight],
+        }
 
     def set_state(self, state):
         self.prompts.set_state(state["prompts"])
         self.kl_coef = float(state["kl_coef"])
         self.packed_rows = int(state.get("packed_rows", 0))
+        self.in_flight = collections.deque(
+            off_policy.decode(d, self.batch_sharding) for d in state.get("in_flight", [])
+        )
+        self.host_step = None
 
     def close(self):
         pass
@@ -243,6 +302,7 @@ def build_run(config, mesh):
     algo, hp = algorithm(config), dict(config.get(obj).to_dict())
     hp["missing_eos_penalty"] = float(rw.missing_eos_penalty)
     hp["max_new_tokens"] = int(r.max_new_tokens)
+    hp["is_correction"], hp["is_cap"], hp["is_band"] = r.is_correction, r.is_cap, tuple(r.is_band)
     tok = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     mcfg, policy_params = setup.load_model(config, mesh, "lm")
     if d.max_prompt_length + r.max_new_tokens > mcfg.max_position_embeddings:
@@ -404,6 +464,8 @@ def build_run(config, mesh):
         judge_template=rw.get("judge_template", judge_lib.DEFAULT_TEMPLATE),
         units=units,
         split_units=jax.jit(scoring.split_units, out_shardings=bs) if algo.PACKS else None,
+        max_staleness=int(r.max_staleness),
+        behaviour_logprobs=bool(r.max_staleness) and algo.CORRECTS,
     )
 
     inner = algo.make_loss_fn(policy, value_model, hp)
@@ -430,6 +492,7 @@ def build_run(config, mesh):
             f"{prompts.num_examples} prompts, {config.train.batch_size} × {source.group} rollouts per step"
             + (f", labelled by the judge {rw.judge}" if judge is not None else "")
             + f"; sampler: {engine_summary(config, source, mesh)}"
+            + off_policy.describe(config)
         ),
         epochs=algo.epochs(hp),
         num_minibatches=algo.num_minibatches(hp),
@@ -491,6 +554,8 @@ def sample(src, policy_params, batch, rng, greedy=False):
     rollout = {"prompt_ids": ids, "prompt_segment_ids": seg, "tokens": out.tokens, "mask": out.mask}
     if not greedy and src.config.rollout.get("reuse_sampler_logprobs", False):
         rollout["old_logprobs"] = out.model_logprobs  # π_θ_old from the sampler, no scoring pass for it
+    if not greedy and src.behaviour_logprobs:
+        rollout["behaviour_logprobs"] = out.model_logprobs  # μ of a stale rollout's importance correction
     return rollout, answers
 
 
@@ -578,18 +643,30 @@ def pack(src, rollout, prompt_ids, prompt_segment_ids, tokens, mask):
     return {**rollout, **hosts.to_global(local, src.batch_sharding)}, perm
 
 
-def score(src, params, rollout, answers):
-    """The score phase: forward passes on device, reward functions on the host. `params`: the trainable
-    tree. Returns (rollout with everything the advantages read, generated tokens in the batch, the rows'
-    units [U, R/U] when the rollout is packed, else None)."""
-    keys = ("prompt_ids", "prompt_segment_ids", "tokens", "mask")
-    prompt_ids, prompt_seg, tokens, mask = hosts.gather(tuple(rollout[k] for k in keys))
+def collect(src, item, host=True):
+    """The host's part of scoring an `off_policy.InFlight` rollout, each once: every row gathered to numpy
+    (`item.gathered`), then (`host`) decoded and scored by the Python functions / the judge (`host_scores`:
+    `item.host`, `item.num_tokens`)."""
+    if item.gathered is None:
+        item.gathered = hosts.gather(tuple(item.rollout[k] for k in off_policy.GATHERED))
+    if host and item.host is None:
+        item.host, item.num_tokens = host_scores(src, item.rollout, item.answers, *item.gathered[2:])
+        item.answers = None
+
+
+def score(src, params, rollout, answers, item=None):
+    """The score phase: forward passes on device, reward functions on the host (already done for an
+    `item` collected ahead; else while the device runs the forward passes). `params`: the trainable tree.
+    Returns (rollout with everything the advantages read, generated tokens in the batch, the rows' units
+    [U, R/U] when the rollout is packed, else None)."""
+    item = item or off_policy.InFlight(rollout, answers, src.step)
+    collect(src, item, host=False)
     perm = None
     if src.units:
-        rollout, perm = pack(src, rollout, prompt_ids, prompt_seg, tokens, mask)
+        rollout, perm = pack(src, rollout, *item.gathered)
     scored = src.score_fn(params, src.ref_params, src.rm_params, rollout)
-    host, num_tokens = host_scores(src, rollout, answers, tokens, mask)
-    return combine(src, rollout, scored, host), num_tokens, perm
+    collect(src, item)
+    return combine(src, rollout, scored, item.host), item.num_tokens, perm
 
 
 # ----------------------------------------------------------------------------------------------------

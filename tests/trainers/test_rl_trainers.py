@@ -158,6 +158,10 @@ def test_config_loads_locked_and_valid(name):
         ("ppo", "rollout.max_new_tokens", 64, r"config\.rollout\.max_new_tokens=64"),
         ("ppo", "reward.function", "jaxalign.data.embedded:no_such_fn", r"config\.reward\.function="),
         ("ppo", "train.grad_accum_steps", 3, r"config\.train\.grad_accum_steps=3"),
+        ("grpo", "rollout.max_staleness", -1, r"config\.rollout\.max_staleness=-1"),
+        ("grpo", "rollout.is_correction", "is", r"config\.rollout\.is_correction='is'"),
+        ("ppo", "rollout.is_cap", 0.0, r"config\.rollout\.is_cap=0\.0"),
+        ("grpo", "rollout.is_band", (2.0, 1.0), r"config\.rollout\.is_band=\(2\.0, 1\.0\)"),
     ],
 )
 def test_bad_fields_are_named(name, field, value, match):
@@ -787,3 +791,70 @@ def test_online_dpo_bad_judges_are_one_line(tiny, tmp_path, cli):
     )
     assert r.returncode == 2 and "config.reward.judge=" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Off-policy overlap (rollout.max_staleness, trainers/off_policy.py).
+# ----------------------------------------------------------------------------------------------------
+def test_stale_rollouts_are_the_older_policy_s_samples_and_are_importance_weighted(tiny):
+    """max_staleness=1: step 1 trains on a rollout of its own parameters (the on-policy run's), step 2 on
+    the one sampled by the parameters before update 1, whose log-probs are its behaviour log-probs."""
+    from jaxalign.sampling.scoring import completion_logprobs, merge_units
+
+    config = tiny_config(tiny, "grpo", **{"rollout.max_staleness": 1})
+    mesh, run, state, step = build(config)
+    src = run.batches
+    with jax.set_mesh(mesh):
+        theta0 = jax.tree.map(jnp.copy, src.policy_tree(state.params))
+        batch1, _, m1 = src.next(state)
+        assert len(src.in_flight) == 1 and float(m1["rollout/staleness"]) == 0.0
+        state, metrics1 = step(state, batch1, run.ref_params)
+        theta1 = src.policy_tree(state.params)
+        batch2, _, m2 = src.next(state)
+        assert float(m2["rollout/staleness"]) == 1.0
+        mb = merge_units(batch2)
+        lp0, lp1 = (completion_logprobs(run.model, p, mb)[0] for p in (theta0, theta1))
+        state, metrics2 = step(state, batch2, run.ref_params)
+    mask = np.asarray(mb["mask"], bool)
+    behaviour = np.asarray(mb["behaviour_logprobs"])[mask]
+    np.testing.assert_allclose(behaviour, np.asarray(lp0)[mask], atol=2e-4)  # sampled by θ_0
+    assert np.max(np.abs(behaviour - np.asarray(lp1)[mask])) > 1e-2  # not by θ_1
+    # The loss weighs them by min(π_θ1 / μ, C): the logged mean ratio is that of θ_1 to θ_0.
+    ratio = np.mean(np.exp(np.asarray(lp1)[mask] - behaviour))
+    assert float(metrics2["off_policy/is_ratio"]) == pytest.approx(ratio, rel=1e-3)
+    assert float(metrics1["off_policy/is_ratio"]) == pytest.approx(1.0, abs=1e-3)
+
+    # Step 1 is the on-policy run's step 1 (same key, same parameters).
+    on, _, _ = run_steps(tiny_config(tiny, "grpo"), 1)
+    assert on[0]["loss"] == pytest.approx(float(metrics1["loss"]), rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_overlap_keeps_the_rollouts_in_flight_and_resumes_equal(tiny, tmp_path, monkeypatch):
+    """max_staleness=2: the checkpoint of step 2 holds the two rollouts sampled ahead; the resumed run
+    trains on them and follows the uninterrupted run's losses exactly (none is lost or resampled)."""
+    import json
+
+    from jaxalign.trainers import preemption
+
+    config = tiny_config(tiny, "grpo", steps=4, **{"rollout.max_staleness": 2})
+    full = str(tmp_path / "full")
+    loop.train_and_evaluate(config, full, devices=jax.devices()[:1])
+    ref = _train_records(full)
+    assert [ref[s]["train/rollout/staleness"] for s in (1, 2, 3, 4)] == [0.0, 1.0, 2.0, 2.0]
+
+    wd = str(tmp_path / "run")
+    monkeypatch.setenv(preemption.TEST_SIGNAL_ENV, "2")
+    with pytest.raises(preemption.Preempted):
+        loop.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    with open(
+        os.path.join(wd, "checkpoints", "2", "data", "metadata")
+    ) as f:  # orbax's JSON of the data state
+        in_flight = json.load(f)["in_flight"]
+    assert [d["step"] for d in in_flight] == [0, 1]  # sampled by θ_0 and θ_1, not yet trained on
+    monkeypatch.delenv(preemption.TEST_SIGNAL_ENV)
+    loop.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    again = _train_records(wd)
+    for s in (1, 2, 3, 4):
+        for k in ("train/loss", "train/grad_norm", "train/reward/env", "train/off_policy/is_ratio"):
+            np.testing.assert_array_equal(again[s][k], ref[s][k], err_msg=f"{s} {k}")
