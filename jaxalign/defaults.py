@@ -134,6 +134,10 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
     mesh.data = 1  # Pure data parallelism (replicated parameters).
     mesh.fsdp = -1  # Parameter + batch sharding; -1 = all remaining devices.
     mesh.tensor = 1  # Tensor parallelism over heads / MLP.
+    # RL: the last this many devices sample (weights replicated there, rows split over them; the weights are
+    # copied device to device from the train mesh each step); the mesh above spans the others. 0 = the
+    # sampler runs on the train mesh. With rollout.max_staleness >= 1 the two run at the same time.
+    mesh.rollout_devices = 0
 
     dist = c.distributed = ml_collections.ConfigDict()
     dist.initialize = "auto"  # auto (when the environment says multi-host) | yes | no.

@@ -56,9 +56,19 @@ def builder(config):
     return importlib.import_module(registry.SOURCES[registry.get(config.objective).trainer])
 
 
-def build(config, mesh):
-    """(run, initial TrainState, jitted train step) for `config` on `mesh`."""
-    run = builder(config).build_run(config, mesh)
+def split_devices(config, devices):
+    """(the train mesh's devices, RL's sampler devices: the last `mesh.rollout_devices`, else none)."""
+    n = int(config.mesh.get("rollout_devices", 0))
+    return (
+        (list(devices[: len(devices) - n]), list(devices[len(devices) - n :])) if n else (list(devices), [])
+    )
+
+
+def build(config, mesh, rollout_devices=()):
+    """(run, initial TrainState, jitted train step) for `config` on `mesh` (RL's sampler on
+    `rollout_devices` when there are any)."""
+    extra = {"rollout_devices": list(rollout_devices)} if rollout_devices else {}
+    run = builder(config).build_run(config, mesh, **extra)
     tx, schedule = optim.make_optimizer(run.optimizer_config, run.total_updates)
     with jax.set_mesh(mesh):
         state = TrainState(
@@ -147,10 +157,11 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     devices = jax.devices() if devices is None else devices
     mesh_shape = builder(config).validate(config, len(devices), jax.process_count())
     is_chief = jax.process_index() == 0
-    mesh = sharding.make_mesh(*mesh_shape, devices=devices)
+    train_devices, rollout_devices = split_devices(config, devices)
+    mesh = sharding.make_mesh(*mesh_shape, devices=train_devices)
     logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), len(devices), jax.process_count())
 
-    run, state, train_step = build(config, mesh)
+    run, state, train_step = build(config, mesh, rollout_devices)
     t = config.train
     final = {}
     with jax.set_mesh(mesh):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import time
 import types
 from typing import Any, Callable, Optional
 
@@ -83,7 +84,20 @@ def validate(config, num_devices, process_count=1):
         _fail(obj, None, "missing sub-config")
     # `config.reward` here is where rewards come from (not the reward-model objective's sub-config).
     reject_other_objectives(config, [k for k in registry.names() if k != "reward"])
-    mesh_shape = validate_common(config, num_devices, process_count)
+    n = config.mesh.rollout_devices
+    if n < 0 or (n and n >= num_devices):
+        _fail(
+            "mesh.rollout_devices", n, f"must be in [0, {num_devices}) (the sampler's share of the devices)"
+        )
+    if n and process_count > 1:
+        _fail("mesh.rollout_devices", n, "a separate sampler mesh runs on one process for now; leave it 0")
+    if n and (config.train.batch_size * group_size(config)) % n:
+        _fail(
+            "mesh.rollout_devices",
+            n,
+            f"must divide the {config.train.batch_size * group_size(config)} rollout rows (they are split over it)",
+        )
+    mesh_shape = validate_common(config, num_devices - n, process_count)
     RL_OBJECTIVES[obj].validate(config.get(obj))
 
     r, d = config.rollout, config.data
@@ -233,6 +247,12 @@ class Rollouts:
     behaviour_logprobs: bool = False  # keep the sampler's log-probs for the importance correction
     in_flight: collections.deque = dataclasses.field(default_factory=collections.deque)  # off_policy.InFlight
     host_step: Optional[int] = None  # the state's step as the host counts it (reading it would wait)
+    sampler_mesh: Optional[Any] = (
+        None  # mesh.rollout_devices > 0: the sampler's own mesh (else the train mesh)
+    )
+    sampler_sharding: Optional[Any] = None  # rows over the sampler's devices
+    sync: Optional[Callable] = None  # the policy tree -> its copy on the sampler's devices
+    sync_seconds: float = 0.0  # the last copy's time (logged as rollout/weight_sync_s)
 
     def next(self, state):
         """One rollout batch: (batch of global arrays, {"tokens", "flops"}, rollout metrics). On-policy
@@ -242,10 +262,7 @@ class Rollouts:
         self.step = int(state.step) if self.host_step is None else self.host_step + 1
         self.host_step = self.step
         if not self.max_staleness:
-            rollout, answers = sample(
-                self, self.policy_tree(state.params), next(self.prompts), rollout_key(state)
-            )
-            item = off_policy.InFlight(rollout, answers, self.step)
+            item = self.launch(state, 0)
         else:
             if not self.in_flight:  # the first step (nothing sampled ahead yet): sample now
                 self.in_flight.append(self.launch(state, 0))
@@ -260,6 +277,8 @@ class Rollouts:
             metrics = {**metrics, "rollout/forward_frac": self.forward_frac}
         if self.max_staleness:
             metrics = {**metrics, "rollout/staleness": float(self.step - item.step)}
+        if self.sampler_mesh is not None:
+            metrics = {**metrics, "rollout/weight_sync_s": self.sync_seconds}
         self.kl_coef = float(kl_coef)  # β for the next rollout
         return batch, {"tokens": num_tokens, "flops": 0.0}, metrics
 
@@ -268,7 +287,13 @@ class Rollouts:
         step: its own key), without waiting for it."""
         key = rollout_key(state)
         key = jax.random.fold_in(key, j) if j else key  # the first: the on-policy run's key
-        rollout, answers = sample(self, self.policy_tree(state.params), next(self.prompts), key)
+        policy = self.policy_tree(state.params)
+        if self.sync is not None:  # the sampler's own devices: copy the weights there, device to device
+            jax.block_until_ready(policy)  # (the update that makes them runs first; the copy is timed alone)
+            t0 = time.perf_counter()
+            policy = jax.block_until_ready(self.sync(policy))
+            self.sync_seconds = time.perf_counter() - t0
+        rollout, answers = sample(self, policy, next(self.prompts), key)
         return off_policy.InFlight(rollout, answers, self.step)
 
     def get_state(self):
@@ -296,8 +321,10 @@ class Rollouts:
         pass
 
 
-def build_run(config, mesh):
-    """Loads everything a run needs and jits the rollout functions. Returns a `setup.Run`."""
+def build_run(config, mesh, rollout_devices=()):
+    """Loads everything a run needs and jits the rollout functions. Returns a `setup.Run`. The sampler runs
+    on `rollout_devices` (`mesh.rollout_devices`; its own mesh, weights replicated) when given, else on
+    `mesh`."""
     obj, m, d, r, rw = config.objective, config.model, config.data, config.rollout, config.reward
     algo, hp = algorithm(config), dict(config.get(obj).to_dict())
     hp["missing_eos_penalty"] = float(rw.missing_eos_penalty)
@@ -403,9 +430,21 @@ def build_run(config, mesh):
         param_shardings=policy_shardings,
         cache_buckets=r.cache_buckets,
     )
+    sampler_mesh = sampler_bs = sync = None
+    sampler_gen = dict(gen)
+    if rollout_devices:
+        sampler_mesh = sharding.make_mesh(len(rollout_devices), 1, 1, devices=rollout_devices)
+        sampler_bs = sharding.batch_sharding(sampler_mesh)
+        replicated = jax.sharding.NamedSharding(sampler_mesh, jax.sharding.PartitionSpec())
+        sampler_shardings = jax.tree.map(lambda _: replicated, policy_shardings)
+        sampler_gen.update(mesh=sampler_mesh, param_shardings=sampler_shardings)
+
+        def sync(p):  # trainer -> sampler: a device-to-device copy, no host round trip
+            return jax.device_put(p, sampler_shardings)
+
     # A group's prompt is prefilled once for its G samples when the prompts alone split over the batch
     # axes (else the prompts are repeated first).
-    shared = config.train.batch_size % hosts.batch_shards(mesh) == 0
+    shared = config.train.batch_size % hosts.batch_shards(sampler_mesh or mesh) == 0
     use_ref = algo.uses_reference(hp)
     score_fn = rewards.make_score_fn(
         policy,
@@ -439,7 +478,7 @@ def build_run(config, mesh):
             top_k=r.top_k,
             top_p=r.top_p,
             num_samples=group_size(config) if shared else 1,
-            **gen,
+            **sampler_gen,
         ),
         generate_eval=sampling.make_generate_fn(policy, temperature=0.0, **gen),
         score_fn=jax.jit(
@@ -465,6 +504,9 @@ def build_run(config, mesh):
         units=units,
         split_units=jax.jit(scoring.split_units, out_shardings=bs) if algo.PACKS else None,
         max_staleness=int(r.max_staleness),
+        sampler_mesh=sampler_mesh,
+        sampler_sharding=sampler_bs,
+        sync=sync,
         behaviour_logprobs=bool(r.max_staleness) and algo.CORRECTS,
     )
 
@@ -511,11 +553,16 @@ def engine_summary(config, src, mesh):
         r.max_new_tokens,
         rows,
         cache_buckets=r.cache_buckets,
-        shards=hosts.batch_shards(mesh),
+        shards=hosts.batch_shards(src.sampler_mesh or mesh),
     )
     sizes = "→".join(dict.fromkeys(str(s.rows) for s in plan))  # the batch sizes, in order
+    where = (
+        f" on its own {src.sampler_mesh.size} devices (weights copied device to device each step)"
+        if src.sampler_mesh is not None
+        else ""
+    )
     return (
-        f"slot KV cache of {plan[-1].slots} slots, rows {sizes} as they finish"
+        f"slot KV cache of {plan[-1].slots} slots{where}, rows {sizes} as they finish"
         + (f", each prompt prefilled once for its {src.group} samples" if src.shared else "")
         + (
             f"; forward passes padded / packed / shared-prompt, whichever runs fewest positions ({src.units} units)"
@@ -539,24 +586,39 @@ def rollout_key(state):
 
 
 def sample(src, policy_params, batch, rng, greedy=False):
-    """Prompts (this host's numpy batch) -> the rollout dict of global device arrays, and the host's answers.
-    Each prompt is repeated `src.group` times (contiguous rows) unless `greedy` (evaluation)."""
+    """Prompts (this host's numpy batch) -> the rollout dict of global device arrays on the train mesh, and
+    the host's answers. Each prompt is repeated `src.group` times (contiguous rows) unless `greedy`
+    (evaluation). `policy_params`: on the sampler's devices (`src.sync`) unless `greedy` (the train mesh)."""
     g = 1 if greedy else src.group
     answers = [a for a in batch["answer"] for _ in range(g)]
     keys = ("prompt_ids", "prompt_segment_ids")
     ids, seg = (hosts.to_global(np.repeat(batch[k], g, axis=0), src.batch_sharding) for k in keys)
     if greedy:
         out = src.generate_eval(policy_params, ids, seg, rng)
-    elif src.shared:  # each prompt once: the sampler prefills it once for its g rows
-        out = src.generate(policy_params, *(hosts.to_global(batch[k], src.batch_sharding) for k in keys), rng)
     else:
-        out = src.generate(policy_params, ids, seg, rng)
+        on = src.sampler_sharding or src.batch_sharding
+        if src.shared:  # each prompt once: the sampler prefills it once for its g rows
+            prompts = [hosts.to_global(batch[k], on) for k in keys]
+        elif src.sampler_mesh is not None:
+            prompts = [hosts.to_global(np.repeat(batch[k], g, axis=0), on) for k in keys]
+        else:
+            prompts = [ids, seg]
+        if src.sampler_mesh is None:
+            out = src.generate(policy_params, *prompts, rng)
+        else:  # on the sampler's devices; the outputs are copied to the train mesh (device to device)
+            with jax.set_mesh(src.sampler_mesh):
+                out = src.generate(policy_params, *prompts, jax.device_put(rng, _replicated(on)))
+            out = jax.device_put(out, src.batch_sharding)
     rollout = {"prompt_ids": ids, "prompt_segment_ids": seg, "tokens": out.tokens, "mask": out.mask}
     if not greedy and src.config.rollout.get("reuse_sampler_logprobs", False):
         rollout["old_logprobs"] = out.model_logprobs  # π_θ_old from the sampler, no scoring pass for it
     if not greedy and src.behaviour_logprobs:
         rollout["behaviour_logprobs"] = out.model_logprobs  # μ of a stale rollout's importance correction
     return rollout, answers
+
+
+def _replicated(named_sharding):
+    return jax.sharding.NamedSharding(named_sharding.mesh, jax.sharding.PartitionSpec())
 
 
 def host_scores(src, rollout, answers, tokens=None, mask=None):

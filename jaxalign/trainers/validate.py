@@ -19,6 +19,12 @@ def validate(config, num_devices, process_count=1):
         _fail("objective", config.objective, f"unknown objective; expected one of {offline}")
     check_objective(config)
     reject_other_objectives(config, offline)
+    if config.mesh.get("rollout_devices", 0):
+        _fail(
+            "mesh.rollout_devices",
+            config.mesh.rollout_devices,
+            f"sets devices aside for RL's sampler; {config.objective} samples nothing: leave it 0",
+        )
     return validate_common(config, num_devices, process_count)
 
 

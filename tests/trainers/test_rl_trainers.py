@@ -858,3 +858,22 @@ def test_sigterm_mid_overlap_keeps_the_rollouts_in_flight_and_resumes_equal(tiny
     for s in (1, 2, 3, 4):
         for k in ("train/loss", "train/grad_norm", "train/reward/env", "train/off_policy/is_ratio"):
             np.testing.assert_array_equal(again[s][k], ref[s][k], err_msg=f"{s} {k}")
+
+
+def test_a_sampler_on_its_own_devices_samples_what_the_train_mesh_would(tiny, tmp_path):
+    """mesh.rollout_devices=4 of 8: the train mesh spans the first 4, the sampler the last 4 (weights copied
+    device to device each step, the copy's time logged). It trains exactly as the sampler on the train mesh
+    does. (With max_staleness >= 1 the two meshes run at once: benchmarks/grpo_overlap.py.)"""
+    devices = jax.devices()
+    assert len(devices) == 8
+    runs = {}
+    for name, n, devs in (("same", 0, devices[:4]), ("own", 4, devices)):
+        config = tiny_config(tiny, "grpo", **{"mesh.rollout_devices": n})
+        loop.train_and_evaluate(config, str(tmp_path / name), devices=devs)
+        runs[name] = _train_records(str(tmp_path / name))
+    for s in (1, 2):
+        for k in ("train/loss", "train/grad_norm", "train/reward/env", "train/completion/length"):
+            np.testing.assert_array_equal(runs["own"][s][k], runs["same"][s][k], err_msg=f"{s} {k}")
+        assert runs["own"][s]["train/rollout/weight_sync_s"] > 0
+    with pytest.raises(ConfigError, match=r"config\.mesh\.rollout_devices=8"):
+        rl.validate(tiny_config(tiny, "grpo", **{"mesh.rollout_devices": 8}), num_devices=8)
