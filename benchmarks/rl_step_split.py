@@ -8,7 +8,8 @@ the device after each phase so that each phase's time is its own. The training l
 to back as well (the host's reward work waits for the sampled tokens, the update for the rewards), so the
 phase times add up to its step time:
 
-  sample        the jitted sampler: prefill + decode loop with the KV cache           (rl.sample)
+  sample        the jitted sampler: prefill + decode loop with the KV cache           (rl.sample;
+                with mesh.rollout_devices, the weights' copy to the sampler's devices first)
   score/device  forward passes: policy and reference log-probs, critic values, RM      (Rollouts.score_fn)
   score/host    tokens to the host, decode, the Python reward / check functions       (rl.host_scores)
   update        advantages + epochs × minibatches of forward/backward/optimiser       (Rollouts.prepare,
@@ -43,16 +44,21 @@ def main(argv):
     from jaxalign.trainers import loop, rl
 
     config = _CONFIG.value
-    mesh = sharding.make_mesh(*rl.validate(config, jax.device_count(), jax.process_count()))
+    train_devices, rollout_devices = loop.split_devices(config, jax.devices())
+    mesh_shape = rl.validate(config, jax.device_count(), jax.process_count())
+    mesh = sharding.make_mesh(*mesh_shape, devices=train_devices)
     times = {p: [] for p in PHASES}
     tokens = []
     with jax.set_mesh(mesh):
-        run, state, train_step = loop.build(config, mesh)
+        run, state, train_step = loop.build(config, mesh, rollout_devices)
         src = run.batches  # rl.Rollouts: the loop's batch source, its phases timed one by one
         for i in range(_WARMUP.value + _STEPS.value):
             prompts = next(src.prompts)
             t0 = time.perf_counter()
-            rollout, answers = rl.sample(src, src.policy_tree(state.params), prompts, rl.rollout_key(state))
+            policy = src.policy_tree(state.params)
+            if src.sync is not None:  # mesh.rollout_devices: the weights copied to the sampler's devices
+                policy = src.sync(policy)
+            rollout, answers = rl.sample(src, policy, prompts, rl.rollout_key(state))
             jax.block_until_ready(rollout)
             t1 = time.perf_counter()
             # The padding-free layout (host) and the forward passes (device), as `rl.score` does them.
