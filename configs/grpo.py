@@ -22,6 +22,13 @@ overridable):
            length normalisation (÷ rows × max_new_tokens), no KL.
   gspo     Zheng et al. 2025 (arXiv:2507.18071): the sequence-level importance ratio (length-normalised),
            clipped at 3e-4 / 4e-4, no KL; 2 iterations over the rollout so that the ratio is not always 1.
+  cispo    MiniMax-M1 (arXiv:2506.13585): the clipped, detached IS weight min(w, 5) times A log π, token mean,
+           no KL; 2 iterations.
+  sapo     SAPO (arXiv:2511.20347): a sigmoid gate (4/τ) σ(τ (w - 1)) instead of the clip, τ 1.0 / 1.05 for
+           positive / negative advantages; 2 iterations.
+  gmpo     GMPO (arXiv:2507.20673): the geometric mean of the token ratios, each clipped to (e^-0.4, e^0.4)
+           in log space, no KL; 2 iterations.
+  bnpo     TRL's "bnpo": the clipped ratio with the token mean over the batch.
 Shao et al. 2024, "DeepSeekMath" (arXiv:2402.03300);
 Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization" (arXiv:2402.14740).
 """
@@ -31,7 +38,7 @@ import ml_collections
 from jaxalign import defaults
 
 
-VARIANTS = ("grpo", "dapo", "dr_grpo", "gspo")
+VARIANTS = ("grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo", "gmpo", "bnpo")
 
 
 def get_config(arg=None):
@@ -53,6 +60,11 @@ def get_config(arg=None):
     g.num_minibatches = 2  # Updates per pass: 128 completions / 2 = 64 per update.
     g.loss_reduction = "sequence"  # sequence (GRPO paper) | token (DAPO) | constant (Dr. GRPO).
     g.importance_level = "token"  # token (GRPO) | sequence (GSPO: one length-normalised ratio per answer).
+    # The per-token objective, TRL's names (losses.grpo_loss): grpo (clipped ratio) | bnpo (the same, token
+    # mean) | cispo (clipped, detached IS weight × log π) | sapo (sigmoid gate) | gmpo (geometric mean).
+    g.loss_type = "grpo"
+    g.sapo_temperature_pos = 1.0  # SAPO's τ for A > 0 (the paper's and TRL's 1.0).
+    g.sapo_temperature_neg = 1.05  # ... for A < 0 (1.05: negative-advantage tokens' gate decays faster).
     g.dynamic_sampling = False  # DAPO: weight 0 for groups whose rewards are all equal (no signal).
     g.overlong_cache = 0  # DAPO's soft overlong penalty over the last N tokens of the budget; 0 = off.
     g.overlong_penalty = 1.0  # ... its size at the full budget (the reward falls linearly to -this).
@@ -67,4 +79,17 @@ def get_config(arg=None):
         g.importance_level, g.loss_reduction, g.beta = "sequence", "sequence", 0.0
         g.clip_eps, g.clip_eps_high = 3e-4, 4e-4
         g.num_iterations = 2
+    elif (
+        variant == "cispo"
+    ):  # the cap 1 + ε_high = 5 (TRL's recommended epsilon_high=5.0 for CISPO), token mean
+        g.loss_type, g.loss_reduction, g.clip_eps_high, g.beta = "cispo", "token", 4.0, 0.0
+        g.num_iterations = 2  # so that the weight is not always 1
+    elif variant == "sapo":
+        g.loss_type, g.loss_reduction = "sapo", "sequence"
+        g.num_iterations = 2
+    elif variant == "gmpo":  # the paper's log-space range (e^-0.4, e^0.4), no KL
+        g.loss_type, g.loss_reduction, g.clip_eps, g.clip_eps_high, g.beta = "gmpo", "sequence", 0.4, 0.4, 0.0
+        g.num_iterations = 2
+    elif variant == "bnpo":
+        g.loss_type, g.loss_reduction = "bnpo", "token"
     return defaults.lock(c)

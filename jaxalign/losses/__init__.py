@@ -13,6 +13,7 @@ from jaxalign.losses._utils import REDUCTIONS, masked_mean, masked_sum
 from jaxalign.losses.dpo import DPO_LOSS_TYPES, dpo_loss
 from jaxalign.losses.grpo import (
     IMPORTANCE_LEVELS,
+    LOSS_TYPES,
     group_advantages,
     grpo_loss,
     nonconstant_groups,
@@ -59,6 +60,7 @@ __all__ = [
     "KL_KINDS",
     "REDUCTIONS",
     "IMPORTANCE_LEVELS",
+    "LOSS_TYPES",
     "CORRECTIONS",
     "importance_weights",
     "token_logprobs",

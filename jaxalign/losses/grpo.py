@@ -77,6 +77,9 @@ def rloo_advantages(rewards: Array, group_size: int) -> Array:
 
 
 IMPORTANCE_LEVELS = ("token", "sequence")
+# The per-token objective (TRL's `loss_type` names): the clipped ratio ("grpo"; "bnpo" is the same with the
+# token mean over the batch), or CISPO's, SAPO's or GMPO's (see `grpo_loss`).
+LOSS_TYPES = ("grpo", "bnpo", "cispo", "sapo", "gmpo")
 
 
 def grpo_loss(
@@ -93,6 +96,8 @@ def grpo_loss(
     importance_level: str = "token",
     weights: Array | None = None,
     token_weights: Array | None = None,
+    loss_type: str = "grpo",
+    sapo_temperatures: tuple[float, float] = (1.0, 1.05),
 ) -> tuple[Array, dict]:
     """Group Relative Policy Optimization loss (Shao et al. 2024, eq. 3), as TRL's GRPOTrainer, with the
     GSPO, DAPO and Dr. GRPO variants.
@@ -114,6 +119,22 @@ def grpo_loss(
     reduction="sequence" (TRL's GSPO recipe uses loss_type="grpo"); "token"/"constant" weigh each row's
     sequence-level term by its length (TRL warns about the same). The paper's ε are ~1e-4 (3e-4 / 4e-4), not
     0.2: a sequence ratio drifts far less than a token one.
+
+    `loss_type` — the per-token term l_t (before β k3_t and c_t), with TRL's names (w the token ratio, or
+    GSPO's s_i with importance_level="sequence"):
+      "grpo":  -min(w A, clip(w, 1 - ε_low, 1 + ε_high) A), as above.
+      "bnpo":  the same term; TRL's "bnpo" is it with the token mean over the (micro-)batch, so it requires
+               reduction="token" (checked).
+      "cispo": -sg(min(w, 1 + ε_high)) A log π(o_t) (MiniMax-M1, MiniMax 2025, arXiv:2506.13585:
+               the importance weight is clipped and detached, never the token, so every token keeps a
+               gradient). TRL's `epsilon_high` for CISPO is the cap itself: TRL ε_high = 5 is ε_high = 4 here.
+      "sapo":  -(4/τ) σ(τ (w - 1)) A, τ = τ_pos if A > 0 else τ_neg (Qwen team 2025, SAPO, arXiv:2511.20347:
+               a smooth gate in place of the hard clip; its gradient at w = 1 is that of w A; TRL's
+               sapo_temperature_pos / _neg, 1.0 / 1.05 by default: `sapo_temperatures`).
+      "gmpo":  -A_i exp(1/|o_i| Σ_t sgn(A_i) min(sgn(A_i) log w_t, clip(sgn(A_i) log w_t, -ε_low, ε_high)))
+               for every token of row i (GMPO, arXiv:2507.20673: the geometric mean of the
+               token ratios, each clipped in log space; the paper's range is (e^-0.4, e^0.4)); [B] advantages
+               and importance_level="token" only.
 
     `reduction` — where the papers differ:
       "sequence" (default): mean over sequences of each one's token mean, the GRPO paper's 1/G Σ 1/|o_i| Σ_t
@@ -143,6 +164,8 @@ def grpo_loss(
       weights: [B] per-row weights (DAPO's dynamic-sampling mask), or None.
       token_weights: [B, T] weights of each token's clipped term (no gradient): a stale rollout's importance
         correction (`losses.importance_weights`), or None.
+      loss_type: "grpo" | "bnpo" | "cispo" | "sapo" | "gmpo" (above).
+      sapo_temperatures: (τ_pos, τ_neg) of "sapo".
 
     Returns:
       (loss, metrics): `kl` (token mean of k3, when ref_logprobs is given), `clip_ratio/low_mean`,
@@ -154,6 +177,14 @@ def grpo_loss(
         raise ValueError("grpo_loss: ref_logprobs is None but beta != 0")
     if importance_level not in IMPORTANCE_LEVELS:
         raise ValueError(f"importance_level={importance_level!r}: expected one of {IMPORTANCE_LEVELS}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}: expected one of {LOSS_TYPES}")
+    if loss_type == "bnpo" and reduction != "token":
+        raise ValueError(
+            f"loss_type='bnpo' is the token mean over the batch: reduction must be 'token', not {reduction!r}"
+        )
+    if loss_type == "gmpo" and (importance_level != "token" or jnp.ndim(advantages) != 1):
+        raise ValueError("loss_type='gmpo' takes token ratios (importance_level='token') and [B] advantages")
     eps_low = clip_eps
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     lp = f32(logprobs)
@@ -176,7 +207,19 @@ def grpo_loss(
     else:
         log_w = masked_mean(log_ratio, m, axis=-1)[:, None]  # [B, 1]: GSPO's s_i in log space
     ratio = jnp.exp(log_w)
-    per_token = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)  # [B, T]
+    if loss_type == "cispo":  # the detached, clipped importance weight times the REINFORCE term
+        per_token = -jax.lax.stop_gradient(jnp.minimum(ratio, 1.0 + eps_high)) * adv * lp
+    elif loss_type == "sapo":  # a sigmoid gate, steeper for negative advantages
+        tau = jnp.where(adv > 0, sapo_temperatures[0], sapo_temperatures[1])
+        per_token = -(4.0 / tau) * jax.nn.sigmoid(tau * (ratio - 1.0)) * adv
+    elif loss_type == "gmpo":  # one geometric-mean ratio per row, its log-ratios clipped token by token
+        sgn = jnp.sign(adv_in)[:, None]
+        x = sgn * log_ratio
+        clipped = sgn * jnp.minimum(x, jnp.clip(x, -eps_low, eps_high))
+        row = -adv_in * jnp.exp(masked_mean(clipped, m, axis=-1))  # [B]
+        per_token = jnp.broadcast_to(row[:, None], lp.shape)
+    else:  # "grpo", "bnpo": the clipped ratio
+        per_token = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)  # [B, T]
     if token_weights is not None:
         per_token = per_token * jax.lax.stop_gradient(f32(token_weights))
     # Metrics count the kept rows (weight ≠ 0), unweighted.
@@ -194,8 +237,12 @@ def grpo_loss(
         count_mask = f32(jnp.sum(token_mask, axis=-1) > 0)  # rows with a kept token
     else:
         r, a, count_mask = ratio, adv, token_mask
-    low = (r < 1.0 - eps_low) & (a < 0)
-    high = (r > 1.0 + eps_high) & (a > 0)
+    # GMPO clips log-ratios: its band is (e^-ε_low, e^ε_high).
+    lo, hi = (
+        (jnp.exp(-eps_low), jnp.exp(eps_high)) if loss_type == "gmpo" else (1.0 - eps_low, 1.0 + eps_high)
+    )
+    low = (r < lo) & (a < 0)
+    high = (r > hi) & (a > 0)
     metrics.update(
         {
             "clip_ratio/low_mean": masked_mean(f32(low), count_mask),

@@ -19,6 +19,7 @@ The GRPO family (presets in configs/grpo.py:<variant>):
              in the loss (losses.nonconstant_groups; dropped, not resampled); ε_high > ε_low.
     Dr.GRPO  `scale_rewards=False`, `loss_reduction="constant"` (÷ rows × max_new_tokens).
     GSPO     `importance_level="sequence"`: s_i = exp(mean_t (log π_θ - log π_old)), clipped per answer.
+    CISPO, SAPO, GMPO, BNPO   `loss_type`: the per-token objective (losses.grpo_loss has each formula).
 """
 
 from __future__ import annotations
@@ -56,6 +57,26 @@ def validate(hp):
     if hp.importance_level not in losses.IMPORTANCE_LEVELS:
         _fail(
             "grpo.importance_level", hp.importance_level, f"expected one of {list(losses.IMPORTANCE_LEVELS)}"
+        )
+    if hp.loss_type not in losses.LOSS_TYPES:
+        _fail("grpo.loss_type", hp.loss_type, f"expected one of {list(losses.LOSS_TYPES)}")
+    if hp.loss_type == "bnpo" and hp.loss_reduction != "token":
+        _fail(
+            "grpo.loss_reduction",
+            hp.loss_reduction,
+            "loss_type='bnpo' is the token mean over the batch: use 'token'",
+        )
+    if hp.loss_type == "gmpo" and hp.importance_level != "token":
+        _fail(
+            "grpo.importance_level",
+            hp.importance_level,
+            "loss_type='gmpo' takes the token ratios: use 'token'",
+        )
+    if not (hp.sapo_temperature_pos > 0 and hp.sapo_temperature_neg > 0):
+        _fail(
+            "grpo.sapo_temperature_neg" if hp.sapo_temperature_pos > 0 else "grpo.sapo_temperature_pos",
+            hp.sapo_temperature_neg if hp.sapo_temperature_pos > 0 else hp.sapo_temperature_pos,
+            "must be > 0",
         )
     if hp.overlong_cache < 0:
         _fail("grpo.overlong_cache", hp.overlong_cache, "must be >= 0 (0 = no overlong penalty)")
@@ -150,6 +171,8 @@ def make_loss_fn(policy_model, value_model, hp):
             importance_level=hp["importance_level"],
             weights=mb.get("weights"),  # DAPO's dynamic sampling: 0 for groups without signal
             token_weights=token_weights,
+            loss_type=hp["loss_type"],
+            sapo_temperatures=(float(hp["sapo_temperature_pos"]), float(hp["sapo_temperature_neg"])),
         )
         metrics = {("kl/k3" if k == "kl" else k): v for k, v in metrics.items()} | is_metrics
         metrics["policy/entropy"] = losses.masked_mean(losses.token_entropy(logits), mask)

@@ -330,3 +330,83 @@ def test_dr_grpo_constant_reduction():
     w = np.array([1.0, 1.0, 1.0, 0.0], np.float32)
     loss_w, _ = grpo_loss(lp, lp, None, adv, m, beta=0.0, reduction="constant", weights=w)
     _close(loss_w, -(0.5 * 2 - 0.5 * 4 + 1.0 * 1) / (3 * 4))
+
+
+# ------------------------------------------------------------------------------------------------------
+# loss_type: CISPO, SAPO, GMPO, BNPO (issue 25), value and gradient written out by hand.
+# ------------------------------------------------------------------------------------------------------
+_LT = jax.jit(_grpo_loss, static_argnames=_STATIC + ("loss_type", "sapo_temperatures"))
+
+
+def _value_and_grad(lp, old, adv, m, **kw):
+    f = lambda x: _LT(x, old, None, adv, m, beta=0.0, **kw)[0]  # noqa: E731
+    return float(f(lp)), np.asarray(jax.grad(f)(lp), np.float64)
+
+
+# Two rows, three tokens, the last of row 1 masked; log-ratios chosen to land on each side of the bands.
+LOG_RATIO = np.array([[0.0, np.log(6.0), np.log(0.5)], [np.log(1.5), np.log(0.5), 2.0]], np.float32)
+LP = np.array([[-1.0, -0.5, -2.0], [-0.7, -1.2, -0.3]], np.float32)
+OLD = LP - LOG_RATIO
+MASK = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
+ADV = np.array([1.0, -2.0], np.float32)
+
+
+def test_cispo_detached_capped_weight_times_the_log_prob():
+    # w = (1, 6, 0.5 | 1.5, 0.5); cap 1 + ε_high = 5 -> (1, 5, 0.5 | 1.5, 0.5); token mean over 5 tokens.
+    w = np.array([[1.0, 5.0, 0.5], [1.5, 0.5, 0.0]])
+    a = ADV[:, None].astype(np.float64)
+    want = np.sum(-w * a * LP * MASK) / 5
+    got, g = _value_and_grad(LP, OLD, ADV, MASK, loss_type="cispo", reduction="token", clip_eps_high=4.0)
+    assert got == pytest.approx(want, rel=1e-5)
+    _close(g, -w * a * MASK / 5)  # the weight is detached: d/d log π = -w A / N, even where w is capped
+
+
+def test_sapo_sigmoid_gate_value_and_gradient():
+    tp, tn = 1.0, 1.05
+    r = np.exp(LOG_RATIO.astype(np.float64))
+    tau = np.where(ADV[:, None] > 0, tp, tn) * np.ones_like(r)
+    sig = 1 / (1 + np.exp(-tau * (r - 1)))
+    a = ADV[:, None].astype(np.float64)
+    per = -(4 / tau) * sig * a
+    want = np.mean([np.sum(per[0] * MASK[0]) / 3, np.sum(per[1] * MASK[1]) / 2])  # sequence mean
+    got, g = _value_and_grad(
+        LP, OLD, ADV, MASK, loss_type="sapo", reduction="sequence", sapo_temperatures=(tp, tn)
+    )
+    assert got == pytest.approx(want, rel=1e-5)
+    # d/d log π_t of -(4/τ) σ(τ(r - 1)) A = -4 σ (1 - σ) r A, over the row's token count, halved (2 rows)
+    _close(g, -4 * sig * (1 - sig) * r * a * MASK / np.array([[3.0], [2.0]]) / 2)
+    # On-policy (r = 1) the gate's gradient is the plain policy gradient -A.
+    _, g1 = _value_and_grad(LP, LP, ADV, MASK, loss_type="sapo", reduction="token")
+    _close(g1, -ADV[:, None] * MASK / 5)
+
+
+def test_gmpo_geometric_mean_of_log_clipped_ratios():
+    eps = 0.4
+    # Row 0 (A > 0): x = log w = (0, log 6, log 0.5) -> min(x, clip(x, -0.4, 0.4)) = (0, 0.4, log 0.5): the
+    # high one clipped (no gradient), the low one kept (pessimistic). Row 1 (A < 0): x = -log w =
+    # (-log 1.5, log 2) -> (-log 1.5, 0.4): the raised ratio kept (pessimistic), the lowered one clipped;
+    # back (× sgn A): (log 1.5, -0.4).
+    l0 = np.array([0.0, 0.4, np.log(0.5)])
+    l1 = np.array([np.log(1.5), -0.4])
+    s0, s1 = np.exp(l0.mean()), np.exp(l1.mean())
+    want = np.mean([-1.0 * s0, 2.0 * s1])
+    got, g = _value_and_grad(
+        LP, OLD, ADV, MASK, loss_type="gmpo", reduction="sequence", clip_eps=eps, clip_eps_high=eps
+    )
+    assert got == pytest.approx(want, rel=1e-5)
+    # d/d log π_t = -A s / |o| on the unclipped tokens, 0 on the clipped ones; ÷ 2 rows.
+    want_g = np.array([[-s0 / 3, 0.0, -s0 / 3], [2.0 * s1 / 2, 0.0, 0.0]]) / 2
+    _close(g, want_g)
+
+
+def test_bnpo_is_the_clipped_ratio_with_the_token_mean_and_other_reductions_are_refused():
+    a = _value_and_grad(LP, OLD, ADV, MASK, loss_type="bnpo", reduction="token")
+    b = _value_and_grad(LP, OLD, ADV, MASK, loss_type="grpo", reduction="token")
+    assert a[0] == b[0]
+    _close(a[1], b[1], tol=0)
+    with pytest.raises(ValueError, match="reduction must be 'token'"):
+        _grpo_loss(LP, OLD, None, ADV, MASK, beta=0.0, loss_type="bnpo", reduction="sequence")
+    with pytest.raises(ValueError, match="loss_type='gmpo'"):
+        _grpo_loss(LP, OLD, None, ADV, MASK, beta=0.0, loss_type="gmpo", importance_level="sequence")
+    with pytest.raises(ValueError, match="loss_type='ppo'"):
+        _grpo_loss(LP, OLD, None, ADV, MASK, beta=0.0, loss_type="ppo")

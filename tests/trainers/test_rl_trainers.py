@@ -291,7 +291,7 @@ def test_reused_sampler_logprobs_are_the_scoring_pass_s(tiny):
     np.testing.assert_allclose(b[-1]["loss"], a[-1]["loss"], rtol=1e-2, atol=1e-3)
 
 
-@pytest.mark.parametrize("variant", ["dapo", "dr_grpo", "gspo"])
+@pytest.mark.parametrize("variant", ["dapo", "dr_grpo", "gspo", "cispo", "sapo", "gmpo", "bnpo"])
 def test_grpo_family_variants_run_from_the_config(tiny, variant):
     """configs/grpo.py:<variant> presets run through the loop: DAPO (dynamic sampling weights, overlong
     penalty, clip-higher), Dr. GRPO (constant normalisation, no std), GSPO (sequence-level ratio)."""
