@@ -66,6 +66,8 @@ class Objective:
       reference_fn: name of the builder there of the reference log-probs that `precompute_ref` puts in
         the data ("" = cannot be precomputed).
       checks: the sub-config's value checks.
+      algorithm: RL objectives: "module:NAME" of its `trainers.algorithm.Algorithm` record (loss builder,
+        advantages, group size, epochs, minibatches, critic, ...).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Objective:
     loss: str = ""
     reference_fn: str = ""
     checks: tuple[Check, ...] = ()
+    algorithm: str = ""
 
 
 def _positive(v) -> bool:
@@ -96,6 +99,20 @@ def _dpo_loss_types() -> tuple[str, ...]:
 
 
 _BETA = Check("beta", _positive, "must be > 0")
+# DPO's checks, offline and online alike.
+_DPO = (
+    _BETA,
+    Check(
+        "loss_type", lambda v: v in _dpo_loss_types(), lambda: f"expected one of {list(_dpo_loss_types())}"
+    ),
+    Check("label_smoothing", lambda v: 0.0 <= v < 0.5, "must be in [0, 0.5)"),
+)
+_POSITIVE_INT = "must be >= 1"
+
+
+def _at_least_one(v) -> bool:
+    return v >= 1
+
 
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
@@ -128,16 +145,7 @@ OBJECTIVES: dict[str, Objective] = {
             packable=True,
             loss="make_dpo_loss",
             reference_fn="make_dpo_reference",
-            checks=(
-                _BETA,
-                Check(
-                    "loss_type",
-                    lambda v: v in _dpo_loss_types(),
-                    lambda: f"expected one of {list(_dpo_loss_types())}",
-                ),
-                Check("label_smoothing", lambda v: 0.0 <= v < 0.5, "must be in [0, 0.5)"),
-                Check("rpo_alpha", _non_negative, "must be >= 0"),
-            ),
+            checks=_DPO + (Check("rpo_alpha", _non_negative, "must be >= 0"),),
         ),
         Objective(
             "orpo", data="preference", packing=True, packable=True, loss="make_orpo_loss", checks=(_BETA,)
@@ -164,9 +172,37 @@ OBJECTIVES: dict[str, Objective] = {
                 Check("undesirable_weight", _positive, "must be > 0"),
             ),
         ),
-        Objective("ppo", trainer="rl", data="prompt", reference=True),
-        Objective("grpo", trainer="rl", data="prompt", reference=True),
-        Objective("online_dpo", trainer="rl", data="prompt", reference=True),
+        Objective(
+            "ppo", trainer="rl", data="prompt", reference=True, algorithm="jaxalign.trainers.ppo:ALGORITHM"
+        ),
+        Objective(
+            "grpo",
+            trainer="rl",
+            data="prompt",
+            reference=True,
+            algorithm="jaxalign.trainers.grpo:ALGORITHM",
+            checks=(
+                Check("group_size", lambda v: v >= 2, "must be >= 2 (advantages are relative to the group)"),
+                Check("beta", _non_negative, "must be >= 0"),
+                Check("clip_eps", _positive, "must be > 0"),
+                Check("num_iterations", _at_least_one, _POSITIVE_INT),
+                Check("num_minibatches", _at_least_one, _POSITIVE_INT),
+            ),
+        ),
+        Objective(
+            "online_dpo",
+            trainer="rl",
+            data="prompt",
+            reference=True,
+            algorithm="jaxalign.trainers.online_dpo:ALGORITHM",
+            checks=_DPO
+            + (
+                Check("n", lambda v: v >= 2, "must be >= 2 (a pair needs two answers to the same prompt)"),
+                Check("min_margin", _non_negative, "must be >= 0"),
+                Check("epochs", _at_least_one, _POSITIVE_INT),
+                Check("num_minibatches", _at_least_one, _POSITIVE_INT),
+            ),
+        ),
         Objective("eval", trainer="eval"),
     )
 }

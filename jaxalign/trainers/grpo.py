@@ -29,29 +29,26 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.sampling.scoring import completion_logprobs, merge_units
+from jaxalign.trainers.algorithm import Algorithm
 from jaxalign.trainers.off_policy import off_policy_weights
 from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
 
-ADVANTAGES = ("grpo", "rloo")
+# The advantage estimators: name -> (scores [R], hp) -> advantages [R] (groups of `group_size` contiguous).
+ADVANTAGES = {
+    "grpo": lambda score, hp: losses.group_advantages(
+        score, int(hp["group_size"]), normalize_std=bool(hp["scale_rewards"])
+    ),
+    "rloo": lambda score, hp: losses.rloo_advantages(score, int(hp["group_size"])),
+}
 
 
 def validate(hp):
-    """`config.grpo` checks (ConfigError naming the field)."""
+    """`config.grpo` checks across fields and of names (each number's own range: the registry's)."""
     if hp.advantage not in ADVANTAGES:
         _fail("grpo.advantage", hp.advantage, f"expected one of {list(ADVANTAGES)}")
-    if hp.group_size < 2:
-        _fail("grpo.group_size", hp.group_size, "must be >= 2 (advantages are relative to the group)")
-    if hp.beta < 0:
-        _fail("grpo.beta", hp.beta, "must be >= 0")
-    if not hp.clip_eps > 0:
-        _fail("grpo.clip_eps", hp.clip_eps, "must be > 0")
     if hp.clip_eps_high and hp.clip_eps_high < 0:
         _fail("grpo.clip_eps_high", hp.clip_eps_high, "must be >= 0 (0 = clip_eps)")
-    if hp.num_iterations < 1:
-        _fail("grpo.num_iterations", hp.num_iterations, "must be >= 1")
-    if hp.num_minibatches < 1:
-        _fail("grpo.num_minibatches", hp.num_minibatches, "must be >= 1")
     if hp.loss_reduction not in losses.REDUCTIONS:
         _fail("grpo.loss_reduction", hp.loss_reduction, f"expected one of {list(losses.REDUCTIONS)}")
     if hp.importance_level not in losses.IMPORTANCE_LEVELS:
@@ -93,12 +90,6 @@ def on_policy(hp):
     return int(hp["num_iterations"]) * int(hp["num_minibatches"]) == 1
 
 
-# What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `ppo.py`).
-CRITIC = False  # no value model
-PACKS = True  # the update reads the rollout's rows (packed padding-free when that saves rows)
-CORRECTS = True  # a stale rollout's tokens are importance-weighted in the loss (off_policy.py)
-
-
 def group_size(hp):
     """Samples per prompt."""
     return int(hp["group_size"])
@@ -134,11 +125,8 @@ def needs_old_logprobs(hp):
 
 
 def advantages_of(score, hp):
-    """[R] sequence scores -> [R] advantages (see the module docstring)."""
-    g = int(hp["group_size"])
-    if hp["advantage"] == "rloo":
-        return losses.rloo_advantages(score, g)
-    return losses.group_advantages(score, g, normalize_std=bool(hp["scale_rewards"]))
+    """[R] sequence scores -> [R] advantages (`ADVANTAGES[hp["advantage"]]`, see the module docstring)."""
+    return ADVANTAGES[hp["advantage"]](score, hp)
 
 
 def make_loss_fn(policy_model, value_model, hp):
@@ -221,3 +209,21 @@ def prepare(rollout, kl_coef, hp):
             jnp.sum((rollout["old_logprobs"] - rollout["ref_logprobs"]) * mask, -1)
         )
     return batch, metrics, kl_coef
+
+
+ALGORITHM = Algorithm(
+    name="grpo",
+    make_loss_fn=make_loss_fn,
+    prepare=prepare,
+    group_size=group_size,
+    rows_per_prompt=rows_per_prompt,
+    epochs=epochs,
+    num_minibatches=num_minibatches,
+    kl_coef=kl_coef,
+    uses_reference=uses_reference,
+    needs_old_logprobs=needs_old_logprobs,
+    validate=validate,
+    critic=False,  # no value model
+    packs=True,  # the update reads the rollout's rows (packed padding-free when that saves rows)
+    corrects=True,  # a stale rollout's tokens are importance-weighted in the loss (off_policy.py)
+)

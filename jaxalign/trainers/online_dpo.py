@@ -48,30 +48,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign import losses
-from jaxalign.errors import config_fail as _fail
 from jaxalign.sampling.scoring import completion_logprobs
+from jaxalign.trainers.algorithm import Algorithm
 from jaxalign.trainers.rewards import rollout_metrics
-
-# What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `grpo.py`).
-CRITIC = False
-PACKS = False  # the update reads pairs built from the rollout, not its rows
-CORRECTS = False  # DPO on pairs needs no importance correction for stale samples
 
 
 def validate(hp):
-    """`config.online_dpo` checks (ConfigError naming the field)."""
-    if hp.n < 2:
-        _fail("online_dpo.n", hp.n, "must be >= 2 (a pair needs two answers to the same prompt)")
-    if not hp.beta > 0:
-        _fail("online_dpo.beta", hp.beta, "must be > 0")
-    if hp.loss_type not in losses.DPO_LOSS_TYPES:
-        _fail("online_dpo.loss_type", hp.loss_type, f"expected one of {list(losses.DPO_LOSS_TYPES)}")
-    if hp.min_margin < 0:
-        _fail("online_dpo.min_margin", hp.min_margin, "must be >= 0")
-    if hp.epochs < 1:
-        _fail("online_dpo.epochs", hp.epochs, "must be >= 1")
-    if hp.num_minibatches < 1:
-        _fail("online_dpo.num_minibatches", hp.num_minibatches, "must be >= 1")
+    """`config.online_dpo` checks across fields (each field's own: the registry's, DPO's among them)."""
+    del hp
 
 
 def group_size(hp):
@@ -208,3 +192,21 @@ def label_accuracy(correct_chosen, correct_rejected, weight):
         "pairs/label_correct": right,
         "pairs/checkable": count,
     }
+
+
+ALGORITHM = Algorithm(
+    name="online_dpo",
+    make_loss_fn=make_loss_fn,
+    prepare=prepare,
+    group_size=group_size,
+    rows_per_prompt=rows_per_prompt,
+    epochs=epochs,
+    num_minibatches=num_minibatches,
+    kl_coef=kl_coef,
+    uses_reference=uses_reference,
+    needs_old_logprobs=needs_old_logprobs,
+    validate=validate,
+    critic=False,
+    packs=False,  # the update reads pairs built from the rollout, not its rows
+    corrects=False,  # DPO on pairs needs no importance correction for stale samples
+)

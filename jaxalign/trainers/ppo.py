@@ -24,15 +24,10 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.sampling.scoring import completion_logprobs, merge_units, completion_values
+from jaxalign.trainers.algorithm import Algorithm
 from jaxalign.trainers.off_policy import off_policy_weights
 from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
-
-
-# What the RL batch source and the loop ask of an algorithm (`trainers/rl.py`; the same in `grpo.py`).
-CRITIC = True  # a value model, trained with the policy
-PACKS = True  # the update reads the rollout's rows (packed padding-free when that saves rows)
-CORRECTS = True  # a stale rollout's tokens are importance-weighted in the loss (off_policy.py)
 
 
 def group_size(hp):
@@ -165,3 +160,21 @@ def prepare(rollout, kl_coef, hp):
         **rollout_metrics(rollout),
     }
     return {**rollout, "advantages": advantages, "returns": returns}, metrics, new_beta
+
+
+ALGORITHM = Algorithm(
+    name="ppo",
+    make_loss_fn=make_loss_fn,
+    prepare=prepare,
+    group_size=group_size,
+    rows_per_prompt=rows_per_prompt,
+    epochs=epochs,
+    num_minibatches=num_minibatches,
+    kl_coef=kl_coef,
+    uses_reference=uses_reference,
+    needs_old_logprobs=needs_old_logprobs,
+    validate=validate,
+    critic=True,  # a value model, trained with the policy
+    packs=True,  # the update reads the rollout's rows (packed padding-free when that saves rows)
+    corrects=True,  # a stale rollout's tokens are importance-weighted in the loss (off_policy.py)
+)

@@ -45,25 +45,25 @@ from jaxalign.data import batching, pipeline
 from jaxalign.eval import judge as judge_lib
 from jaxalign.lora import kinds
 from jaxalign.sampling import scoring
-from jaxalign.trainers import grpo, off_policy, online_dpo, ppo, rewards, setup
+from jaxalign.trainers import algorithm as algorithm_lib
+from jaxalign.trainers import off_policy, rewards, setup
 from jaxalign.trainers.validate import (
     ConfigError,
     _check_path,
     _fail,
+    check_objective,
     reject_other_objectives,
     validate_common,
 )
-
-RL_OBJECTIVES = {"ppo": ppo, "grpo": grpo, "online_dpo": online_dpo}
 
 
 # ----------------------------------------------------------------------------------------------------
 # Config.
 # ----------------------------------------------------------------------------------------------------
 def algorithm(config):
-    """The RL objective's module (`ppo`, `grpo` or `online_dpo`): its checks, update function and the few numbers the
-    loop needs (group_size, updates_per_step, kl_coef, uses_reference, needs_old_logprobs, CRITIC)."""
-    return RL_OBJECTIVES[config.objective]
+    """The RL objective's `trainers.algorithm.Algorithm` record (named by its registry entry): its loss,
+    advantages and the few numbers the loop needs."""
+    return algorithm_lib.of(config.objective)
 
 
 def group_size(config):
@@ -71,15 +71,14 @@ def group_size(config):
 
 
 def updates_per_step(config):
-    a, hp = algorithm(config), config.get(config.objective)
-    return a.epochs(hp) * a.num_minibatches(hp)
+    return algorithm(config).updates_per_step(config.get(config.objective))
 
 
 def validate(config, num_devices, process_count=1):
     """Raises ConfigError on the first bad field; returns the mesh shape (data, fsdp, tensor)."""
     obj = config.objective
-    if obj not in RL_OBJECTIVES:
-        _fail("objective", obj, f"not an RL objective; expected one of {sorted(RL_OBJECTIVES)}")
+    if obj not in registry.names("rl"):
+        _fail("objective", obj, f"not an RL objective; expected one of {registry.names('rl')}")
     if obj not in config:
         _fail(obj, None, "missing sub-config")
     # `config.reward` here is where rewards come from (not the reward-model objective's sub-config).
@@ -98,7 +97,8 @@ def validate(config, num_devices, process_count=1):
             f"must divide the {config.train.batch_size * group_size(config)} rollout rows (they are split over it)",
         )
     mesh_shape = validate_common(config, num_devices - n, process_count)
-    RL_OBJECTIVES[obj].validate(config.get(obj))
+    check_objective(config)  # the registry's per-field checks
+    algorithm(config).validate(config.get(obj))
 
     r, d = config.rollout, config.data
     if r.max_new_tokens < 1:
@@ -183,7 +183,7 @@ def validate(config, num_devices, process_count=1):
                 plugins.resolve_fn(rw[f])
             except ValueError as e:
                 _fail(f"reward.{f}", rw[f], str(e))
-    if algorithm(config).CRITIC:
+    if algorithm(config).critic:
         _check_path("ppo.critic_path", config.ppo.critic_path, required=False)
         if config.ppo.critic_path:
             checkpoints.hf.check_hf_dir(config.ppo.critic_path)
@@ -341,7 +341,7 @@ def build_run(config, mesh, rollout_devices=()):
     policy = models.Transformer(mcfg)
     params, frozen = {"policy": policy_params}, {}
     value_model = reward_model = rm_params = None
-    if algo.CRITIC:
+    if algo.critic:
         critic = hp["critic_path"] or rw.model_path or m.path
         if critic:
             vcfg, params["value"] = checkpoints.load_hf_model(
@@ -457,11 +457,11 @@ def build_run(config, mesh, rollout_devices=()):
     if r.get("pack", True):
         # The update's rows are packed in units that minibatches and micro-batches never split: rows /
         # (minibatches × micro-batches × batch shards), halved while a unit keeps >= 16 rows.
-        rows = config.train.batch_size * algo.rows_per_prompt(config.get(obj)) if algo.PACKS else 0
+        rows = config.train.batch_size * algo.rows_per_prompt(config.get(obj)) if algo.packs else 0
         units = algo.num_minibatches(hp) * config.train.grad_accum_steps * hosts.batch_shards(mesh)
         while rows and (rows // units) % 2 == 0 and rows // units >= 32:
             units *= 2
-        if not algo.PACKS or algo.epochs(hp) > 1:  # several epochs reshuffle rows: the padded rows
+        if not algo.packs or algo.epochs(hp) > 1:  # several epochs reshuffle rows: the padded rows
             units = 0
     source = Rollouts(
         config=config,
@@ -502,12 +502,12 @@ def build_run(config, mesh, rollout_devices=()):
         judge=judge,
         judge_template=rw.get("judge_template", judge_lib.DEFAULT_TEMPLATE),
         units=units,
-        split_units=jax.jit(scoring.split_units, out_shardings=bs) if algo.PACKS else None,
+        split_units=jax.jit(scoring.split_units, out_shardings=bs) if algo.packs else None,
         max_staleness=int(r.max_staleness),
         sampler_mesh=sampler_mesh,
         sampler_sharding=sampler_bs,
         sync=sync,
-        behaviour_logprobs=bool(r.max_staleness) and algo.CORRECTS,
+        behaviour_logprobs=bool(r.max_staleness) and algo.corrects,
     )
 
     inner = algo.make_loss_fn(policy, value_model, hp)
@@ -691,7 +691,7 @@ def pack(src, rollout, prompt_ids, prompt_segment_ids, tokens, mask):
     )
     t = p + n - 1
     cost = {"padded": r * t, "packed": u * rows * t}
-    if whole and src.shared and not algorithm(src.config).CRITIC:
+    if whole and src.shared and not algorithm(src.config).critic:
         cost["shared"] = (r // g) * (p - 1) + r * n
     best = min(cost, key=cost.get)
     src.forward_frac = cost[best] / cost["padded"]

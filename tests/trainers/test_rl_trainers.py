@@ -576,10 +576,37 @@ def test_online_dpo_runs_through_the_one_loop(tiny, tmp_path):
         assert np.isfinite(records[2][k]), k
 
 
-def test_online_dpo_bad_values_are_one_line(tiny):
-    config = tiny_config(tiny, "online_dpo", **{"online_dpo.n": 1})
-    with pytest.raises(ConfigError, match=r"online_dpo.n=1: must be >= 2"):
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("n", 1, r"online_dpo\.n=1: must be >= 2"),
+        # DPO's own checks, online as offline (the registry's `_DPO`).
+        ("label_smoothing", 0.5, r"online_dpo\.label_smoothing=0\.5: must be in \[0, 0\.5\)"),
+        ("loss_type", "sigmoidd", r"online_dpo\.loss_type='sigmoidd': expected one of"),
+        ("beta", 0.0, r"online_dpo\.beta=0\.0: must be > 0"),
+    ],
+)
+def test_online_dpo_bad_values_are_one_line(tiny, field, value, match):
+    config = tiny_config(tiny, "online_dpo", **{f"online_dpo.{field}": value})
+    with pytest.raises(ConfigError, match=match):
         rl.validate(config, 1)
+
+
+def test_every_rl_objective_is_one_declared_algorithm_record():
+    from jaxalign import registry
+    from jaxalign.trainers import algorithm, grpo
+
+    for name in registry.names("rl"):
+        a = algorithm.of(name)
+        assert isinstance(a, algorithm.Algorithm) and a.name == name
+        assert rl.algorithm(tiny_config_like(name)) is a
+    assert (algorithm.of("ppo").critic, algorithm.of("grpo").critic) == (True, False)
+    assert not algorithm.of("online_dpo").packs and not algorithm.of("online_dpo").corrects
+    assert sorted(grpo.ADVANTAGES) == ["grpo", "rloo"]  # the advantage estimators: one table
+
+
+def tiny_config_like(objective):
+    return importlib.import_module(f"configs.{objective}").get_config()
 
 
 # ----------------------------------------------------------------------------------------------------
