@@ -126,9 +126,8 @@ def main():
     splits = []
     for rnd in range(args.rounds):
         for n, xla, extra in RUNS:
-            out = run_cli(
-                args, flags + extra, xla, os.path.join(root, f"r{rnd}_{len(results[n])}_{n[:3]}{n[-3:]}")
-            )
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", n).strip("_")
+            out = run_cli(args, flags + extra, xla, os.path.join(root, f"r{rnd}_{slug}"))
             out["name"] = n
             results[n].append(out)
             print(
