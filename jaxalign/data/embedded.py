@@ -80,14 +80,25 @@ MAX_TOKENS = 48
 MAX_TOKENS_CAI = 96  # sft_train, whose critique-and-revision conversations are longer (configs/sft.py: 96).
 VOCAB_SIZE = 384
 
+# Tool use (rows with `tools` and `tool_calls`, formats.py): the functions are listed after BOS as
+# `<|tools|>name(arg,...);...`; an assistant's call is `<|call|>name{"arg": ...}` (JSON arguments) and ends
+# its turn with EOS, a trained-on stop, so that the tool can answer (`<|tool|>result`). Conversations
+# without tools render exactly as before.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}{{ '<|tools|>' }}{% for t in tools %}"
+    "{{ t['function']['name'] + '(' + (t['function']['parameters'].get('properties', {}) | list | join(',')) + ')' }}"
+    "{% if not loop.last %}{{ ';' }}{% endif %}{% endfor %}{% endif %}"
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}"
     "{% elif message['role'] == 'user' %}{{ '<|user|>' + message['content'] }}"
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>' }}"
-    "{% generation %}{{ message['content'] }}{% if loop.last %}{{ eos_token }}{% endif %}{% endgeneration %}"
-    "{% else %}{{ raise_exception('only system, user and assistant roles are supported') }}"
+    "{% generation %}{{ message['content'] }}"
+    "{% if message.get('tool_calls') %}{% for call in message['tool_calls'] %}"
+    "{{ '<|call|>' + call['function']['name'] + (call['function']['arguments'] | tojson) }}{% endfor %}"
+    "{{ eos_token }}{% elif loop.last %}{{ eos_token }}{% endif %}{% endgeneration %}"
+    "{% elif message['role'] == 'tool' %}{{ '<|tool|>' + message['content'] }}"
+    "{% else %}{{ raise_exception('only system, user, assistant and tool roles are supported') }}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"

@@ -28,7 +28,12 @@ one exception: a string ``prompt`` with ``chosen``/``rejected`` message lists. W
 prompt turns (UltraFeedback-binarized) the shared turns become the prompt, as TRL's
 ``maybe_extract_prompt``; when they hold only the assistant's answer the string becomes one user turn.
 
-Messages: ``role`` is system, user or assistant and ``content`` a string. ShareGPT's ``{"from",
+Messages: ``role`` is system, user, assistant or tool and ``content`` a string. Tool use (SFT, TRL's
+format): a row's ``tools`` column holds the functions' JSON schemas (a list, or its JSON string); an
+assistant turn may carry ``tool_calls`` ([{"type": "function", "function": {"name", "arguments"}}],
+arguments an object or its JSON string, each naming a function of ``tools``) and is answered by
+``role: tool`` turns; the chat template renders them (``tools=`` to ``apply_chat_template``) and only
+assistant turns, calls included, are trained on. ShareGPT's ``{"from",
 "value"}`` is accepted in both ``messages`` and ``conversations`` (from: system, human/user,
 gpt/assistant/model). Alpaca rows become a user turn (``instruction``, then a blank line and ``input``
 when it is not empty), preceded by a system turn when the row has ``system``, and an assistant turn
@@ -86,7 +91,7 @@ KIND_FORMATS = {
         "kto",
     ),
 }
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT-style speaker names -> roles.
 SPEAKERS = {
     "system": "system",
@@ -177,10 +182,18 @@ def _is_messages(x: Any) -> bool:
     return isinstance(x, list)
 
 
-def _message(m: Any, where: str) -> dict:
-    """One message as {role, content}; ShareGPT's {from, value} is translated."""
+def _message(m: Any, where: str, tools: list | None = None) -> dict:
+    """One message as {role, content} (+ an assistant's `tool_calls`, a tool message's `name` /
+    `tool_call_id`); ShareGPT's {from, value} is translated. `tools`: the row's function names, which every
+    tool call must name (None: no `tools` column, so no tool call is allowed)."""
     if not isinstance(m, dict):
         raise ValueError(f"{where} must be an object with 'role' and 'content', got {_type_name(m)}")
+    if "role" in m and m.get("role") == "assistant" and m.get("tool_calls"):
+        out = {"role": "assistant", "content": m.get("content") or ""}
+        if not isinstance(out["content"], str):
+            raise ValueError(f"{where} content must be a string, got {_type_name(out['content'])}")
+        out["tool_calls"] = _tool_calls(m["tool_calls"], f"{where} tool_calls", tools)
+        return out
     if "role" in m or "content" in m:
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
@@ -196,14 +209,71 @@ def _message(m: Any, where: str) -> dict:
         )
     if not isinstance(content, str):
         raise ValueError(f"{where} content must be a string, got {_type_name(content)}")
-    return {"role": role, "content": content}
+    out = {"role": role, "content": content}
+    if role == "tool":
+        out.update({k: str(m[k]) for k in ("name", "tool_call_id") if m.get(k) is not None})
+    return out
 
 
-def _check_messages(x: Any, field: str) -> list[dict]:
+def _json_value(x: Any, where: str) -> Any:
+    """A JSON-encoded string decoded (the Hub's datasets often store schemas and arguments as strings)."""
+    if not isinstance(x, str):
+        return x
+    import json
+
+    try:
+        return json.loads(x)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is a string that is not valid JSON ({e.msg} at char {e.pos})") from None
+
+
+def _tools(x: Any) -> list[dict]:
+    """The row's `tools` column: JSON schemas of functions, as transformers' chat templates take them:
+    [{"type": "function", "function": {"name", "description", "parameters"}}] (a bare {"name", ...} is
+    wrapped)."""
+    x = _json_value(x, "'tools'")
+    if not isinstance(x, list) or not x:
+        raise ValueError(f"'tools' must be a non-empty list of function schemas, got {_type_name(x)}")
+    out = []
+    for j, t in enumerate(x):
+        t = _json_value(t, f"'tools'[{j}]")
+        fn = t.get("function", t) if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ValueError(f"'tools'[{j}] must be a function schema with a 'name', got {_type_name(t)}")
+        params = fn.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(params, dict):
+            raise ValueError(f"'tools'[{j}] ({fn['name']}) 'parameters' must be a JSON schema object")
+        out.append({"type": "function", "function": {**fn, "parameters": params}})
+    return out
+
+
+def _tool_calls(x: Any, where: str, tools: list | None) -> list[dict]:
+    """An assistant turn's tool calls as [{"type": "function", "function": {"name", "arguments": dict}}]."""
+    if tools is None:
+        raise ValueError(f"{where}: the row calls tools but has no 'tools' column (their JSON schemas)")
+    if not isinstance(x, list):
+        raise ValueError(f"{where} must be a list of calls, got {_type_name(x)}")
+    out = []
+    for j, c in enumerate(x):
+        fn = c.get("function", c) if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ValueError(f"{where}[{j}] must be a call with a function 'name', got {_type_name(c)}")
+        if fn["name"] not in tools:
+            raise ValueError(
+                f"{where}[{j}] calls {fn['name']!r}, which 'tools' does not define ({sorted(tools)})"
+            )
+        args = _json_value(fn.get("arguments", {}), f"{where}[{j}] arguments")
+        if not isinstance(args, dict):
+            raise ValueError(f"{where}[{j}] arguments must be a JSON object, got {_type_name(args)}")
+        out.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
+    return out
+
+
+def _check_messages(x: Any, field: str, tools: list | None = None) -> list[dict]:
     if not isinstance(x, list) or not x:
         what = "an empty list" if isinstance(x, list) else _type_name(x)
         raise ValueError(f"'{field}' must be a non-empty list of messages, got {what}")
-    return [_message(m, f"'{field}'[{j}]") for j, m in enumerate(x)]
+    return [_message(m, f"'{field}'[{j}]", tools) for j, m in enumerate(x)]
 
 
 def _get(row: dict, field: str) -> Any:
@@ -325,7 +395,13 @@ def _alpaca_messages(row: dict) -> tuple[list[dict], str | None]:
 def _conversation(row: dict, fmt: str, kind: str) -> dict:
     """messages / sharegpt rows."""
     field = "messages" if fmt == "messages" else "conversations"
-    messages = _check_messages(_get(row, field), field)
+    tools = _tools(row["tools"]) if row.get("tools") is not None else None
+    names = [t["function"]["name"] for t in tools] if tools else None
+    messages = _check_messages(_get(row, field), field, names)
+    if tools and kind != "sft":
+        raise ValueError(
+            f"'tools' is read in SFT rows (tool-use conversations); a {kind} row cannot take it yet"
+        )
     if kind == "prompt":
         while messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
@@ -334,7 +410,7 @@ def _conversation(row: dict, fmt: str, kind: str) -> dict:
         return {"prompt": messages, "answer": row.get("answer")}
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"'{field}' has no assistant turn; expected at least one to train on")
-    return {"messages": messages}
+    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
 
 
 def _preference(row: dict) -> dict:

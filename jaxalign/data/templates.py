@@ -71,8 +71,11 @@ def _apply_template(tokenizer, messages, **kwargs):
         ) from None
 
 
-def _render(tokenizer, messages, add_generation_prompt=False) -> str:
-    return _apply_template(tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def _render(tokenizer, messages, add_generation_prompt=False, tools=None) -> str:
+    kwargs = {"tools": tools} if tools else {}
+    return _apply_template(
+        tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+    )
 
 
 def _ids(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
@@ -92,15 +95,21 @@ def encode_text(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def encode_messages(
-    tokenizer, messages: list[dict], assistant_only_loss: bool = True
+    tokenizer, messages: list[dict], assistant_only_loss: bool = True, tools: list[dict] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A conversation through the chat template. Returns (ids [L] int32, mask [L] int32)."""
+    """A conversation through the chat template (`tools`: function schemas, passed on as `tools=`).
+    Returns (ids [L] int32, mask [L] int32); tool turns, like user turns, are not targets."""
     if not assistant_only_loss:
-        ids = _ids(tokenizer, _render(tokenizer, messages), False)
+        ids = _ids(tokenizer, _render(tokenizer, messages, tools=tools), False)
         return np.asarray(ids, np.int32), np.ones(len(ids), np.int32)
     if has_generation_marks(tokenizer):
         out = _apply_template(
-            tokenizer, messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            tokenizer,
+            messages,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            **({"tools": tools} if tools else {}),
         )
         ids = np.asarray(out["input_ids"], np.int32)
         mask = np.asarray(out["assistant_masks"], np.int32)
@@ -110,13 +119,14 @@ def encode_messages(
             after[1:] = (mask[:-1] == 1) & (mask[1:] == 0) & (ids[1:] == eos)
             mask = mask | after
         return ids, mask
-    full = _ids(tokenizer, _render(tokenizer, messages), False)
+    full = _ids(tokenizer, _render(tokenizer, messages, tools=tools), False)
     mask = np.zeros(len(full), np.int32)
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(_ids(tokenizer, _render(tokenizer, messages[:i], add_generation_prompt=True), False))
-        upto = _ids(tokenizer, _render(tokenizer, messages[: i + 1]), False)
+        prefix = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        start = len(_ids(tokenizer, prefix, False))
+        upto = _ids(tokenizer, _render(tokenizer, messages[: i + 1], tools=tools), False)
         if full[: len(upto)] != upto:
             raise ValueError(
                 "the chat template does not render a conversation prefix as a prefix of the "
@@ -166,7 +176,7 @@ def encode_example(
     if "text" in example:
         return encode_text(tokenizer, example["text"])
     if "messages" in example:
-        return encode_messages(tokenizer, example["messages"], assistant_only_loss)
+        return encode_messages(tokenizer, example["messages"], assistant_only_loss, example.get("tools"))
     p, c, cm = encode_prompt_completion(tokenizer, example["prompt"], example["completion"])
     pm = np.full(len(p), 0 if assistant_only_loss else 1, np.int32)
     return np.concatenate([p, c]), np.concatenate([pm, cm])

@@ -98,7 +98,7 @@ CASES = {
         "sft.py",
         "a.jsonl",
         jsonl({"messages": [{"role": "bot", "content": "x"}]}),
-        " line 1: 'messages'[0] has role 'bot'; expected one of ('system', 'user', 'assistant')",
+        " line 1: 'messages'[0] has role 'bot'; expected one of ('system', 'user', 'assistant', 'tool')",
     ),
     "content not a string": (
         "sft.py",

@@ -16,7 +16,7 @@ CONV = [U("what is 3 plus 5?"), A("3 plus 5 is 8."), U("what is 2 times 4?"), A(
 
 # EOS closes every assistant turn (as Llama 2's and Gemma's templates do).
 PER_TURN_EOS_TEMPLATE = embedded.CHAT_TEMPLATE.replace(
-    "{% if loop.last %}{{ eos_token }}{% endif %}", "{{ eos_token }}"
+    "{% elif loop.last %}{{ eos_token }}{% endif %}", "{% else %}{{ eos_token }}{% endif %}"
 )
 
 
