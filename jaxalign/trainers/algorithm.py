@@ -1,6 +1,7 @@
 """What an RL algorithm is to the batch source (`trainers/rl.py`) and the loop: one record per algorithm.
 
-Each RL objective's module (`ppo.py`, `grpo.py`, `online_dpo.py`) declares `ALGORITHM = Algorithm(...)`,
+Each RL objective's module (`ppo.py`, `grpo.py`, `online_dpo.py`) ends with `ALGORITHM = declare(__name__,
+...)`,
 and its `registry.Objective` names it (`algorithm="jaxalign.trainers.grpo:ALGORITHM"`): adding an RL
 algorithm = a module with its loss, its advantages and this record, and one registry entry. Per-field
 config checks are the registry's `checks`; `validate` holds the checks that read several fields.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
 from typing import Callable
 
 from jaxalign import registry
@@ -55,6 +57,34 @@ class Algorithm:
 
     def updates_per_step(self, hp) -> int:
         return self.epochs(hp) * self.num_minibatches(hp)
+
+
+# The functions an RL module defines under these names (see `Algorithm`).
+FUNCTIONS = (
+    "make_loss_fn",
+    "prepare",
+    "group_size",
+    "rows_per_prompt",
+    "epochs",
+    "num_minibatches",
+    "kl_coef",
+    "uses_reference",
+    "needs_old_logprobs",
+    "validate",
+)
+
+
+def declare(module_name: str, name: str, *, critic: bool, packs: bool, corrects: bool) -> Algorithm:
+    """The record of the RL module `module_name` (call it as `declare(__name__, ...)` at its end): its
+    functions named as in `FUNCTIONS`, and the three flags."""
+    module = sys.modules[module_name]
+    return Algorithm(
+        name=name,
+        critic=critic,
+        packs=packs,
+        corrects=corrects,
+        **{f: getattr(module, f) for f in FUNCTIONS},
+    )
 
 
 def of(objective: str) -> Algorithm:

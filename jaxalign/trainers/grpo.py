@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.sampling.scoring import completion_logprobs, merge_units
-from jaxalign.trainers.algorithm import Algorithm
+from jaxalign.trainers.algorithm import declare
 from jaxalign.trainers.off_policy import off_policy_weights
 from jaxalign.trainers.rewards import rollout_metrics
 from jaxalign.errors import config_fail as _fail
@@ -211,19 +211,6 @@ def prepare(rollout, kl_coef, hp):
     return batch, metrics, kl_coef
 
 
-ALGORITHM = Algorithm(
-    name="grpo",
-    make_loss_fn=make_loss_fn,
-    prepare=prepare,
-    group_size=group_size,
-    rows_per_prompt=rows_per_prompt,
-    epochs=epochs,
-    num_minibatches=num_minibatches,
-    kl_coef=kl_coef,
-    uses_reference=uses_reference,
-    needs_old_logprobs=needs_old_logprobs,
-    validate=validate,
-    critic=False,  # no value model
-    packs=True,  # the update reads the rollout's rows (packed padding-free when that saves rows)
-    corrects=True,  # a stale rollout's tokens are importance-weighted in the loss (off_policy.py)
-)
+# critic: a value model trained with the policy; packs: the update reads the rollout's rows (packed
+# padding-free when that saves positions); corrects: a stale rollout's tokens are importance-weighted.
+ALGORITHM = declare(__name__, "grpo", critic=False, packs=True, corrects=True)

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from jaxalign import losses
 from jaxalign.sampling.scoring import completion_logprobs
-from jaxalign.trainers.algorithm import Algorithm
+from jaxalign.trainers.algorithm import declare
 from jaxalign.trainers.rewards import rollout_metrics
 
 
@@ -194,19 +194,6 @@ def label_accuracy(correct_chosen, correct_rejected, weight):
     }
 
 
-ALGORITHM = Algorithm(
-    name="online_dpo",
-    make_loss_fn=make_loss_fn,
-    prepare=prepare,
-    group_size=group_size,
-    rows_per_prompt=rows_per_prompt,
-    epochs=epochs,
-    num_minibatches=num_minibatches,
-    kl_coef=kl_coef,
-    uses_reference=uses_reference,
-    needs_old_logprobs=needs_old_logprobs,
-    validate=validate,
-    critic=False,
-    packs=False,  # the update reads pairs built from the rollout, not its rows
-    corrects=False,  # DPO on pairs needs no importance correction for stale samples
-)
+# critic: a value model trained with the policy; packs: the update reads the rollout's rows (packed
+# padding-free when that saves positions); corrects: a stale rollout's tokens are importance-weighted.
+ALGORITHM = declare(__name__, "online_dpo", critic=False, packs=False, corrects=False)
