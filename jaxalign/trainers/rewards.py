@@ -12,12 +12,14 @@ special tokens.
 
 from __future__ import annotations
 
+import math
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.errors import ConfigError
 from jaxalign.sampling import decode_completions
 from jaxalign.sampling.scoring import completion_logprobs, completion_values, reward_model_scores, stopped
 
@@ -107,10 +109,41 @@ def rollout_metrics(rollout):
 
 def host_rewards(texts, answers, reward_fn=None, check_fn=None):
     """Per-completion numbers computed in Python: {"env_reward": [R], "correct": [R]} float32 numpy (a key
-    is absent when its function is None). `answers[i]` is row i's reference answer ("" when none)."""
+    is absent when its function is None). `answers[i]` is row i's reference answer ("" when none).
+
+    A function that raises, or a reward that is not a finite number, stops the run with one line
+    (`ConfigError`) naming the function, the rollout row, its answer and the completion's start."""
     out = {}
     if reward_fn is not None:
-        out["env_reward"] = np.asarray([float(reward_fn(a, t)) for a, t in zip(answers, texts)], np.float32)
+        out["env_reward"] = np.asarray(
+            [_call(reward_fn, "reward.function", a, t, i) for i, (a, t) in enumerate(zip(answers, texts))],
+            np.float32,
+        )
     if check_fn is not None:
-        out["correct"] = np.asarray([float(bool(check_fn(a, t))) for a, t in zip(answers, texts)], np.float32)
+        out["correct"] = np.asarray(
+            [
+                float(bool(_call(check_fn, "reward.check_fn", a, t, i, number=False)))
+                for i, (a, t) in enumerate(zip(answers, texts))
+            ],
+            np.float32,
+        )
     return out
+
+
+def _call(fn, field, answer, text, row, number=True):
+    """fn(answer, text), its failure turned into one line that says where."""
+    name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+    where = f"on rollout row {row} (answer {str(answer)[:40]!r}, completion {text[:60]!r})"
+    try:
+        value = fn(answer, text)
+    except Exception as e:  # the user's function: any failure is theirs to fix
+        raise ConfigError(f"config.{field}={name!r}: raised {type(e).__name__}: {e} {where}") from None
+    if not number:
+        return value
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config.{field}={name!r}: returned {value!r}, not a number, {where}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"config.{field}={name!r}: returned {value}, not a finite number, {where}")
+    return value

@@ -904,3 +904,29 @@ def test_a_sampler_on_its_own_devices_samples_what_the_train_mesh_would(tiny, tm
         assert runs["own"][s]["train/rollout/weight_sync_s"] > 0
     with pytest.raises(ConfigError, match=r"config\.mesh\.rollout_devices=8"):
         rl.validate(tiny_config(tiny, "grpo", **{"mesh.rollout_devices": 8}), num_devices=8)
+
+
+def _raises(answer, completion):
+    return 1 / 0
+
+
+def _nan_reward(answer, completion):
+    return float("nan")
+
+
+@pytest.mark.parametrize(
+    "reward_fn,match",
+    [
+        (
+            _raises,
+            r"config\.reward\.function='.*:_raises': raised ZeroDivisionError: division by zero on rollout row 0",
+        ),
+        (
+            _nan_reward,
+            r"config\.reward\.function='.*:_nan_reward': returned nan, not a finite number, on rollout row 0",
+        ),
+    ],
+)
+def test_a_reward_function_that_fails_is_one_line_naming_it_and_the_row(tiny, reward_fn, match):
+    with pytest.raises(ConfigError, match=match):
+        run_steps(tiny_config(tiny, "grpo"), 1, reward_fn=reward_fn)
