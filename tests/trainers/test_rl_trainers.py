@@ -930,3 +930,15 @@ def _nan_reward(answer, completion):
 def test_a_reward_function_that_fails_is_one_line_naming_it_and_the_row(tiny, reward_fn, match):
     with pytest.raises(ConfigError, match=match):
         run_steps(tiny_config(tiny, "grpo"), 1, reward_fn=reward_fn)
+
+
+def test_ppo_samples_ahead_with_icepop_masking(tiny):
+    """PPO with max_staleness=1 and IcePop: step 2 trains on step 1's sampled-ahead rollout, its tokens
+    weighed by 1[0.5 <= π_old / μ <= 5] (π_old from the scoring pass, μ the sampler's)."""
+    config = tiny_config(tiny, "ppo", **{"rollout.max_staleness": 1, "rollout.is_correction": "icepop"})
+    metrics, _, _ = run_steps(config, 3)
+    assert [m["rollout/staleness"] for m in metrics] == [0.0, 1.0, 1.0]
+    assert metrics[0]["off_policy/is_ratio"] == pytest.approx(1.0, abs=1e-3)  # the parameters that sampled
+    assert all(0.0 <= m["off_policy/corrected_frac"] <= 1.0 for m in metrics)
+    assert metrics[1]["off_policy/is_ratio"] != pytest.approx(1.0, abs=1e-4)  # one update later
+    assert all(np.isfinite(m["loss"]) for m in metrics)
