@@ -187,6 +187,8 @@ OBJECTIVES: dict[str, Objective] = {
                 Check("clip_eps", _positive, "must be > 0"),
                 Check("num_iterations", _at_least_one, _POSITIVE_INT),
                 Check("num_minibatches", _at_least_one, _POSITIVE_INT),
+                Check("sapo_temperature_pos", _positive, "must be > 0"),
+                Check("sapo_temperature_neg", _positive, "must be > 0"),
             ),
         ),
         Objective(

@@ -76,14 +76,15 @@ FUNCTIONS = (
 
 def declare(module_name: str, name: str, *, critic: bool, packs: bool, corrects: bool) -> Algorithm:
     """The record of the RL module `module_name` (call it as `declare(__name__, ...)` at its end): its
-    functions named as in `FUNCTIONS`, and the three flags."""
+    functions named as in `FUNCTIONS` (`validate` may be left out: no cross-field checks), and the flags.
+    A missing required function is a TypeError at import."""
     module = sys.modules[module_name]
     return Algorithm(
         name=name,
         critic=critic,
         packs=packs,
         corrects=corrects,
-        **{f: getattr(module, f) for f in FUNCTIONS},
+        **{f: getattr(module, f) for f in FUNCTIONS if hasattr(module, f)},
     )
 
 

@@ -69,12 +69,6 @@ def validate(hp):
             hp.importance_level,
             "loss_type='gmpo' takes the token ratios: use 'token'",
         )
-    if not (hp.sapo_temperature_pos > 0 and hp.sapo_temperature_neg > 0):
-        _fail(
-            "grpo.sapo_temperature_neg" if hp.sapo_temperature_pos > 0 else "grpo.sapo_temperature_pos",
-            hp.sapo_temperature_neg if hp.sapo_temperature_pos > 0 else hp.sapo_temperature_pos,
-            "must be > 0",
-        )
     if hp.overlong_cache < 0:
         _fail("grpo.overlong_cache", hp.overlong_cache, "must be >= 0 (0 = no overlong penalty)")
     if hp.overlong_penalty < 0:
@@ -211,6 +205,4 @@ def prepare(rollout, kl_coef, hp):
     return batch, metrics, kl_coef
 
 
-# critic: a value model trained with the policy; packs: the update reads the rollout's rows (packed
-# padding-free when that saves positions); corrects: a stale rollout's tokens are importance-weighted.
 ALGORITHM = declare(__name__, "grpo", critic=False, packs=True, corrects=True)

@@ -53,11 +53,6 @@ from jaxalign.trainers.algorithm import declare
 from jaxalign.trainers.rewards import rollout_metrics
 
 
-def validate(hp):
-    """`config.online_dpo` checks across fields (each field's own: the registry's, DPO's among them)."""
-    del hp
-
-
 def group_size(hp):
     """Samples per prompt."""
     return int(hp["n"])
@@ -194,6 +189,4 @@ def label_accuracy(correct_chosen, correct_rejected, weight):
     }
 
 
-# critic: a value model trained with the policy; packs: the update reads the rollout's rows (packed
-# padding-free when that saves positions); corrects: a stale rollout's tokens are importance-weighted.
 ALGORITHM = declare(__name__, "online_dpo", critic=False, packs=False, corrects=False)

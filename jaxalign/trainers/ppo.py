@@ -162,6 +162,4 @@ def prepare(rollout, kl_coef, hp):
     return {**rollout, "advantages": advantages, "returns": returns}, metrics, new_beta
 
 
-# critic: a value model trained with the policy; packs: the update reads the rollout's rows (packed
-# padding-free when that saves positions); corrects: a stale rollout's tokens are importance-weighted.
 ALGORITHM = declare(__name__, "ppo", critic=True, packs=True, corrects=True)

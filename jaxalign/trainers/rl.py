@@ -592,7 +592,8 @@ def sample(src, policy_params, batch, rng, greedy=False):
     g = 1 if greedy else src.group
     answers = [a for a in batch["answer"] for _ in range(g)]
     keys = ("prompt_ids", "prompt_segment_ids")
-    ids, seg = (hosts.to_global(np.repeat(batch[k], g, axis=0), src.batch_sharding) for k in keys)
+    repeated = [np.repeat(batch[k], g, axis=0) for k in keys]
+    ids, seg = (hosts.to_global(x, src.batch_sharding) for x in repeated)
     if greedy:
         out = src.generate_eval(policy_params, ids, seg, rng)
     else:
@@ -600,7 +601,7 @@ def sample(src, policy_params, batch, rng, greedy=False):
         if src.shared:  # each prompt once: the sampler prefills it once for its g rows
             prompts = [hosts.to_global(batch[k], on) for k in keys]
         elif src.sampler_mesh is not None:
-            prompts = [hosts.to_global(np.repeat(batch[k], g, axis=0), on) for k in keys]
+            prompts = [hosts.to_global(x, on) for x in repeated]
         else:
             prompts = [ids, seg]
         if src.sampler_mesh is None:
