@@ -181,6 +181,16 @@ def rollout_config(max_new_tokens=24):
     return r
 
 
+def env_config():
+    """Multi-turn episodes (jaxalign/envs): an environment answers each model turn until it says done."""
+    e = ml_collections.ConfigDict()
+    e.name = ""  # "package.module:Class" (e.g. "jaxalign.envs:ToolEnv"); "" = one turn, no environment.
+    e.args = ml_collections.ConfigDict()  # keyword arguments the class is made with.
+    e.max_turns = 4  # model turns per episode at most (each up to rollout.max_new_tokens).
+    e.max_env_tokens = 24  # tokens one turn's appended messages may take (more ends the episode).
+    return e
+
+
 def reward_config(model_path="", function="jaxalign.data.embedded:reward"):
     """Where rewards come from. The trained-on score is the reward model's if set, else the function's."""
     rw = ml_collections.ConfigDict()
@@ -219,6 +229,7 @@ def rl_config(objective, *, learning_rate, batch_size, num_steps, eval_every):
     c.optimizer.schedule = "constant"
     c.rollout = rollout_config()
     c.reward = reward_config()
+    c.env = env_config()
     return c
 
 

@@ -593,9 +593,9 @@ def _max_tokens(tokenizer, rows):
             elif "messages" in row:
                 lengths = [
                     len(
-                        tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)[
-                            "input_ids"
-                        ]
+                        tokenizer.apply_chat_template(
+                            row["messages"], tools=row.get("tools"), tokenize=True, return_dict=True
+                        )["input_ids"]
                     )
                 ]
             else:
@@ -610,6 +610,91 @@ def _max_tokens(tokenizer, rows):
                 ]
             longest = max(longest, *lengths)
         out[key] = longest
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tool use: multi-digit questions a calculator answers (configs/grpo_tools.py).
+# ----------------------------------------------------------------------------------------------------
+CALC_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "calc",
+        "description": "Evaluates an arithmetic expression.",
+        "parameters": {"type": "object", "properties": {"expr": {"type": "string"}}, "required": ["expr"]},
+    },
+}
+P_TOOL_IN_HEAD = 0.4  # tool-use SFT rows whose labeller answered in their head, not with the calculator
+TOOL_ROWS = {"tools_sft_train": 2000, "tool_prompts_train": 1500, "tool_prompts_test": 300}
+
+
+def _multi_digit(rng):
+    """A question no single-digit fact answers: a sum or difference of 2-3 digit numbers, or a product of
+    2-digit numbers."""
+    op = ("plus", "minus", "times")[int(rng.integers(0, 3))]
+    if op == "times":
+        a, b = int(rng.integers(10, 100)), int(rng.integers(10, 100))
+    else:
+        a, b = int(rng.integers(10, 1000)), int(rng.integers(10, 1000))
+        if op == "minus" and a < b:
+            a, b = b, a
+    return a, op, b
+
+
+def _held_out_pair(a, op, b) -> bool:
+    """A fixed sixth of the operand pairs (either order) is held out for tool_prompts_test."""
+    lo, hi = min(a, b), max(a, b)
+    return int(hashlib.sha256(f"{lo} {op} {hi}".encode()).hexdigest(), 16) % 6 == 0
+
+
+def tool_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
+    """The tool-use files (not part of the tokenizer's corpus, so adding them changed nothing else):
+
+    tools_sft_train     {"tools", "messages"}: a multi-digit question; the assistant calls
+                        ``calc{"expr": "<a> <op> <b>"}``, the tool answers, and the assistant states the
+                        result (``the answer is 1081.``). In P_TOOL_IN_HEAD of the rows the labeller
+                        answered in their head instead, with a near miss: SFT calls the tool only part
+                        of the time and GRPO has a reason to call it more.
+    tool_prompts_*      {"prompt", "answer", "a", "op", "b"}: multi-digit questions for RL (the
+                        environment, jaxalign.envs:ToolEnv, adds the tools); test pairs are held out.
+    """
+    rng = np.random.default_rng([seed, 100])
+    n = lambda k: max(4, int(round(k * scale)))  # noqa: E731
+    out: dict[str, list[dict]] = {k: [] for k in TOOL_ROWS}
+
+    def draw(test):
+        while True:
+            a, op, b = _multi_digit(rng)
+            if _held_out_pair(a, op, b) == test:
+                return a, op, b
+
+    for key, count in TOOL_ROWS.items():
+        test = key.endswith("_test")
+        phrasings = TRAIN_PHRASINGS + (HELDOUT_PHRASINGS if test else [])
+        for _ in range(n(count)):
+            a, op, b = draw(test)
+            r = OPS[op](a, b)
+            q = str(phrasings[int(rng.integers(0, len(phrasings)))]).format(q=_q(a, op, b))
+            if key.startswith("tool_prompts"):
+                out[key].append(
+                    {"prompt": [{"role": "user", "content": q}], "answer": str(r), "a": a, "op": op, "b": b}
+                )
+                continue
+            if rng.random() < P_TOOL_IN_HEAD:
+                w = r + int(rng.choice([-100, -10, -1, 1, 10, 100]))
+                messages = [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": _ans_text(a, op, b, w)},
+                ]
+            else:
+                call = {"type": "function", "function": {"name": "calc", "arguments": {"expr": _q(a, op, b)}}}
+                messages = [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": "", "tool_calls": [call]},
+                    {"role": "tool", "content": str(r)},
+                    {"role": "assistant", "content": f"the answer is {r}."},
+                ]
+            out[key].append({"tools": [CALC_SCHEMA], "messages": messages})
     return out
 
 
@@ -635,8 +720,12 @@ def write_embedded(out: str | os.PathLike, seed: int = 0, scale: float = 1.0) ->
     for split in ("train", "test"):
         rows[f"decline_kto_{split}"] = unpair(rows[f"decline_{split}"])
         _write_jsonl(out / f"decline_kto_{split}.jsonl", rows[f"decline_kto_{split}"])
+    for key, rs in tool_rows(seed, scale).items():  # after the tokenizer: not in its corpus
+        rows[key] = rs
+        _write_jsonl(out / f"{key}.jsonl", rs)
     lengths = _max_tokens(tokenizer, rows)
-    too_long = {k: v for k, v in lengths.items() if v > (MAX_TOKENS_CAI if k == "sft_train" else MAX_TOKENS)}
+    long_ok = ("sft_train", "tools_sft_train")  # conversations of several turns
+    too_long = {k: v for k, v in lengths.items() if v > (MAX_TOKENS_CAI if k in long_ok else MAX_TOKENS)}
     if too_long:
         raise RuntimeError(
             f"sequences longer than {MAX_TOKENS} tokens ({MAX_TOKENS_CAI} for sft_train): {too_long}"

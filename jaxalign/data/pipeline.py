@@ -442,12 +442,17 @@ def build_dataset(
         def encode(ex):
             p = templates.encode_prompt(tokenizer, ex["prompt"])
             ans = ex.get("answer")
-            return p, len(p) > P, "" if ans is None else str(ans)
+            return p, len(p) > P, "" if ans is None else str(ans), ex["prompt"]
 
         encoded = _tokenize_rows(source, adapt, encode, source.name)
-        truncated = sum(cut for _, cut, _ in encoded)
-        arrays = batching.left_pad_prompts([p for p, _, _ in encoded], P, pad_id)
-        host["answer"] = np.array([a for _, _, a in encoded], dtype=object)
+        truncated = sum(e[1] for e in encoded)
+        arrays = batching.left_pad_prompts([e[0] for e in encoded], P, pad_id)
+        host["answer"] = np.array([e[2] for e in encoded], dtype=object)
+        # The prompt itself and where it is (an environment starts its episode from the row, and its
+        # errors name the row).
+        host["prompt"] = np.empty(len(encoded), dtype=object)
+        host["prompt"][:] = [e[3] for e in encoded]
+        host["where"] = np.array([source.locate(i) for i in range(len(encoded))], dtype=object)
     if truncated:
         logging.info(
             "%s: %d of %d examples truncated (max_length=%d, max_prompt_length=%s)",

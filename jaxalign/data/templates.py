@@ -71,7 +71,8 @@ def _apply_template(tokenizer, messages, **kwargs):
         ) from None
 
 
-def _render(tokenizer, messages, add_generation_prompt=False, tools=None) -> str:
+def render(tokenizer, messages, add_generation_prompt=False, tools=None) -> str:
+    """A conversation through the tokenizer's chat template, as text (`tools`: function schemas)."""
     kwargs = {"tools": tools} if tools else {}
     return _apply_template(
         tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
@@ -100,7 +101,7 @@ def encode_messages(
     """A conversation through the chat template (`tools`: function schemas, passed on as `tools=`).
     Returns (ids [L] int32, mask [L] int32); tool turns, like user turns, are not targets."""
     if not assistant_only_loss:
-        ids = _ids(tokenizer, _render(tokenizer, messages, tools=tools), False)
+        ids = _ids(tokenizer, render(tokenizer, messages, tools=tools), False)
         return np.asarray(ids, np.int32), np.ones(len(ids), np.int32)
     if has_generation_marks(tokenizer):
         out = _apply_template(
@@ -119,14 +120,14 @@ def encode_messages(
             after[1:] = (mask[:-1] == 1) & (mask[1:] == 0) & (ids[1:] == eos)
             mask = mask | after
         return ids, mask
-    full = _ids(tokenizer, _render(tokenizer, messages, tools=tools), False)
+    full = _ids(tokenizer, render(tokenizer, messages, tools=tools), False)
     mask = np.zeros(len(full), np.int32)
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = _render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        prefix = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
         start = len(_ids(tokenizer, prefix, False))
-        upto = _ids(tokenizer, _render(tokenizer, messages[: i + 1], tools=tools), False)
+        upto = _ids(tokenizer, render(tokenizer, messages[: i + 1], tools=tools), False)
         if full[: len(upto)] != upto:
             raise ValueError(
                 "the chat template does not render a conversation prefix as a prefix of the "
@@ -140,9 +141,7 @@ def encode_prompt(tokenizer, prompt: str | list[dict]) -> np.ndarray:
     """Prompt tokens: chat messages with the generation prompt, or ``tokenizer(prompt)``. [P] int32."""
     if isinstance(prompt, str):
         return np.asarray(_ids(tokenizer, prompt, True), np.int32)
-    return np.asarray(
-        _ids(tokenizer, _render(tokenizer, prompt, add_generation_prompt=True), False), np.int32
-    )
+    return np.asarray(_ids(tokenizer, render(tokenizer, prompt, add_generation_prompt=True), False), np.int32)
 
 
 def encode_prompt_completion(

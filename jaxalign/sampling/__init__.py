@@ -3,6 +3,7 @@
 from jaxalign.sampling.generate import (
     GenerateOutput,
     generate,
+    make_continue_fn,
     make_generate_fn,
     prompt_positions,
     stages,
@@ -22,6 +23,7 @@ __all__ = [
     "GenerateOutput",
     "generate",
     "make_generate_fn",
+    "make_continue_fn",
     "stages",
     "prompt_positions",
     "to_training_batch",

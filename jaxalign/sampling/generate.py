@@ -227,11 +227,20 @@ def _generate(
     num_samples: int = 1,
     compact: bool = True,
     mesh=None,
+    cache=None,
+    start_positions=None,
+    keep_cache: bool = False,
 ):
-    """The traced body of `generate` (see the module docstring)."""
+    """The traced body of `generate` (see the module docstring). With `cache` (a multi-turn episode's KV
+    so far, see `make_continue_fn`), `prompt_ids` are the tokens appended to each row's context, placed
+    from `start_positions` [R] on, and the cache is returned with the output."""
     u, p = prompt_ids.shape  # u distinct prompts, each sampled g times: r rows
     g, n = num_samples, max_new_tokens
     r = u * g
+    if keep_cache and compact:
+        raise ValueError("keep_cache needs compact=False (a compacted batch drops the finished rows' KV)")
+    if cache is not None and (g != 1 or compact):
+        raise ValueError("continuing a cache takes num_samples=1 and compact=False (rows keep their slots)")
     if rng is None and temperature != 0:
         raise ValueError("sampling with temperature > 0 needs an rng key (None is only for greedy)")
     cfg = model.config
@@ -240,15 +249,21 @@ def _generate(
     prompt_ids = prompt_ids.astype(jnp.int32)
     real = prompt_segment_ids != 0  # [U, P]
     positions = prompt_positions(prompt_segment_ids)
+    if start_positions is not None:  # the appended tokens continue each row's positions
+        positions = positions + start_positions.astype(jnp.int32)[:, None]
     apply = functools.partial(model.apply, {"params": params})
     shards = _batch_shards(mesh)
     plan = stages(p, n, r, cache_buckets=cache_buckets, compact=compact, shards=shards)
+    base = 0 if cache is None else cache["mask"].shape[1]  # slots already there (earlier turns)
 
     def pin(cache):
         return _constrain_cache(cache, mesh, cfg)
 
     # Prefill all but the last prompt column, once per distinct prompt; hidden states only (no logits).
-    cache = models.init_cache(cfg, u, plan[0].slots, dtype)
+    if cache is None:
+        cache = models.init_cache(cfg, u, plan[0].slots, dtype)
+    else:  # the earlier turns' KV is kept; only the appended tokens are prefilled, after it
+        cache = _grow_cache(cache, axes, base + plan[0].slots)
     if p > 1:
         _, cache = apply(
             prompt_ids[:, :-1],
@@ -337,8 +352,8 @@ def _generate(
         return {k: out[k].at[s["row"]].set(s[k]) for k in BUFFERS}
 
     for j, stage in enumerate(plan):
-        if j and stage.slots > s["cache"]["mask"].shape[1]:  # a longer cache: one copy per phase
-            s = dict(s, cache=pin(_grow_cache(s["cache"], axes, stage.slots)))
+        if j and base + stage.slots > s["cache"]["mask"].shape[1]:  # a longer cache: one copy per phase
+            s = dict(s, cache=pin(_grow_cache(s["cache"], axes, base + stage.slots)))
         if j and stage.rows < plan[j - 1].rows:  # compaction: running rows first, the rest written out
             out = flush(out, s)
             order = jnp.argsort(s["done"], stable=True)[: stage.rows]
@@ -354,13 +369,14 @@ def _generate(
             }
         s = jax.lax.while_loop(cond(stage), body, s)
     out = flush(out, s)
-    return GenerateOutput(
+    result = GenerateOutput(
         tokens=out["tokens"],
         logprobs=out["logprobs"],
         model_logprobs=out["model_logprobs"],
         mask=out["mask"],
         lengths=out["mask"].sum(-1).astype(jnp.int32),
     )
+    return result if not keep_cache else (result, s["cache"])
 
 
 def _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences):
@@ -389,9 +405,11 @@ def make_generate_fn(
     mesh: jax.sharding.Mesh | None = None,
     param_shardings=None,
     donate_prompts=False,
+    keep_cache=False,
 ):
     """Returns a jitted `gen(params, prompt_ids, prompt_segment_ids, rng, row_ids=None) -> GenerateOutput`
-    (`row_ids` by keyword).
+    (`row_ids` by keyword); with `keep_cache` (and compact=False), `(GenerateOutput, cache)`: the rows'
+    KV, which `make_continue_fn` continues (a multi-turn episode).
 
     Args:
       model: a `models.Transformer`.
@@ -441,11 +459,12 @@ def make_generate_fn(
         num_samples=int(num_samples),
         compact=bool(compact),
         mesh=mesh,
+        keep_cache=bool(keep_cache),
     )
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     donate = (1, 2) if donate_prompts else ()
-    if mesh is None:
+    if mesh is None or keep_cache:  # (the cache's layout is pinned inside: `_constrain_cache`)
         return jax.jit(fn, donate_argnums=donate)
     if param_shardings is None:
         shapes = jax.eval_shape(lambda: models.init_params(model.config, jax.random.key(0)))
@@ -461,6 +480,52 @@ def make_generate_fn(
         out_shardings=out,
         donate_argnums=donate,
     )
+
+
+def make_continue_fn(
+    model,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_ids: int | Sequence[int] = (),
+    pad_id: int = 0,
+    stop_sequences: Sequence[Sequence[int]] = (),
+    cache_dtype: str | None = None,
+    cache_buckets: int = 1,
+    mesh: jax.sharding.Mesh | None = None,
+):
+    """The next turn of multi-turn episodes, on the KV of the turns before (no re-prefill):
+    `cont(params, cache, start_positions, ids, segment_ids, rng, row_ids) -> (GenerateOutput, cache)`.
+
+    `cache`: what `make_generate_fn(keep_cache=True)` or an earlier `cont` returned ([R] rows);
+    `ids`, `segment_ids` [R, A]: each row's appended tokens, left-padded (a row with none is done and
+    stays padding), starting with the row's last sampled token, which the sampler emitted but never fed
+    back; `start_positions` [R]: that token's position. Only these A columns are prefilled; the cache
+    grows by A + max_new_tokens slots. Sampling as `make_generate_fn` (settings, keys by `row_ids`)."""
+    eos_ids, stop_sequences = _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences)
+    fn = functools.partial(
+        _generate,
+        model,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_ids=eos_ids,
+        pad_id=pad_id,
+        stop_sequences=stop_sequences,
+        cache_dtype=cache_dtype,
+        cache_buckets=cache_buckets,
+        compact=False,
+        mesh=mesh,
+        keep_cache=True,
+    )
+
+    def cont(params, cache, start_positions, ids, segment_ids, rng, row_ids=None):
+        return fn(params, ids, segment_ids, rng, row_ids, cache=cache, start_positions=start_positions)
+
+    return jax.jit(cont)
 
 
 @functools.partial(

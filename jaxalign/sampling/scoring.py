@@ -4,6 +4,8 @@ A rollout is a left-padded prompt batch plus what the sampler generated after it
 
     prompt_ids, prompt_segment_ids   [R, P] int32   (0 on left padding)
     tokens, mask                     [R, N] int32   (mask 1 on generated tokens, EOS included)
+    context (multi-turn episodes)    [R, N] int32   (1 on every real token: the model's turns and what
+                                                     the environment appended, which has mask 0)
 
 The sequence prompt ++ completion goes through a model once; position P-1+n of its output is what the
 model says before generated token n, so `completion_logits` [R, N, V] predicts `tokens` and
@@ -32,6 +34,12 @@ def sequence_inputs(prompt_ids, prompt_segment_ids, tokens, mask):
     seg = jnp.concatenate([prompt_segment_ids != 0, mask != 0], axis=1).astype(jnp.int32)
     pos = prompt_positions(seg)
     return seq[:, :-1], pos[:, :-1], seg[:, :-1]
+
+
+def real_tokens(rollout):
+    """[R, N]: 1 where the completion part holds a token the model sees (`context` for a multi-turn
+    episode, whose environment tokens are seen but not trained on; else `mask`)."""
+    return rollout["context"] if "context" in rollout else rollout["mask"]
 
 
 PACKED = ("packed_ids", "packed_positions", "packed_segment_ids")  # [rows, T]; "packed_index" is [R, N]
@@ -70,7 +78,7 @@ def grouped_outputs(model, params, rollout):
     cache = repeat_cache_rows(cache, cache_axes(cfg, jnp.dtype(cfg.dtype)), g)
     rep = lambda x: jnp.repeat(x, g, axis=0)  # noqa: E731
     inputs = jnp.concatenate([rep(ids[:, -1:]), rollout["tokens"][:, :-1].astype(jnp.int32)], axis=1)
-    real = jnp.concatenate([rep(seg[:, -1:] != 0), rollout["mask"][:, :-1] != 0], axis=1)
+    real = jnp.concatenate([rep(seg[:, -1:] != 0), real_tokens(rollout)[:, :-1] != 0], axis=1)
     positions = rep(pos[:, -1:]) + jnp.arange(n, dtype=jnp.int32)[None]
     out, _ = _apply(model, params, inputs, positions, real.astype(jnp.int32), cache=cache)
     return out  # [R, N, ...]
@@ -93,7 +101,7 @@ def completion_outputs(model, params, rollout):
         return grouped_outputs(model, params, rollout)
     p = rollout["prompt_ids"].shape[1]
     ids, pos, seg = sequence_inputs(
-        rollout["prompt_ids"], rollout["prompt_segment_ids"], rollout["tokens"], rollout["mask"]
+        rollout["prompt_ids"], rollout["prompt_segment_ids"], rollout["tokens"], real_tokens(rollout)
     )
     return _apply(model, params, ids, pos, seg)[:, p - 1 :]  # [R, N, ...]
 
@@ -160,15 +168,17 @@ def completion_values(value_model, params, rollout):
 def reward_model_scores(reward_model, params, rollout):
     """[R] float32: the reward model's score at the last real token of prompt ++ completion."""
     ids = jnp.concatenate([rollout["prompt_ids"], rollout["tokens"]], axis=1).astype(jnp.int32)
-    seg = jnp.concatenate([rollout["prompt_segment_ids"] != 0, rollout["mask"] != 0], axis=1).astype(
-        jnp.int32
-    )
+    seg = jnp.concatenate([rollout["prompt_segment_ids"] != 0, real_tokens(rollout) != 0], axis=1)
+    seg = seg.astype(jnp.int32)
     scores = reward_model.apply({"params": params}, ids, prompt_positions(seg), seg)  # [R, P+N]
     return last_token_scores(scores, seg)
 
 
 def stopped(tokens, mask, eos_ids):
-    """[R] bool: the completion emitted an EOS id within the budget (the sampler stops a row there)."""
+    """[R] bool: the completion's last generated token is an EOS id (the sampler stops a row there; a
+    multi-turn episode's last turn ended with it)."""
     eos = jnp.asarray(eos_ids, jnp.int32)
-    hit = jnp.any(tokens[..., None] == eos, axis=-1) & (mask != 0)
-    return jnp.any(hit, axis=-1)
+    n = mask.shape[-1]
+    last = (n - 1) - jnp.argmax(jnp.flip(mask != 0, axis=-1), axis=-1)  # the last generated position
+    tok = jnp.take_along_axis(tokens, last[..., None], axis=-1)[..., 0]
+    return jnp.any(tok[..., None] == eos, axis=-1) & jnp.any(mask != 0, axis=-1)

@@ -60,6 +60,7 @@ class InFlight:
     gathered: Optional[tuple] = None
     host: Optional[dict] = None
     num_tokens: int = 0
+    metrics: dict = dataclasses.field(default_factory=dict)  # host-side metrics (multi-turn episodes)
 
 
 def _pack_array(x):

@@ -42,6 +42,7 @@ import numpy as np
 
 from jaxalign import checkpoints, data, hosts, losses, models, plugins, registry, sampling, sharding
 from jaxalign.data import batching, pipeline
+from jaxalign.envs import episodes
 from jaxalign.eval import judge as judge_lib
 from jaxalign.lora import kinds
 from jaxalign.sampling import scoring
@@ -151,7 +152,9 @@ def validate(config, num_devices, process_count=1):
 
     rw = config.reward
     judge = rw.get("judge", "")
-    if not rw.model_path and not rw.function and not judge:
+    if config.env.name:
+        validate_env(config, n)
+    elif not rw.model_path and not rw.function and not judge:
         _fail(
             "reward.function", rw.function, "set reward.function or reward.model_path (nothing to train on)"
         )
@@ -178,7 +181,7 @@ def validate(config, num_devices, process_count=1):
             rw.get("judge_template", judge_lib.DEFAULT_TEMPLATE), "reward.judge_template"
         )
     for f in ("function", "check_fn"):
-        if rw[f]:
+        if rw[f] and not (f == "function" and config.env.name):
             try:
                 plugins.resolve_fn(rw[f])
             except ValueError as e:
@@ -206,6 +209,45 @@ def validate(config, num_devices, process_count=1):
             f"data × fsdp = {shards}",
         )
     return mesh_shape
+
+
+def validate_env(config, rollout_devices):
+    """`config.env`: multi-turn episodes (jaxalign/envs) run by GRPO / RLOO on the train mesh."""
+    e, r, d = config.env, config.rollout, config.data
+    if not algorithm(config).packs or algorithm(config).critic or config.objective != "grpo":
+        _fail(
+            "env.name",
+            e.name,
+            f"multi-turn episodes train with objective 'grpo' for now, not {config.objective!r}",
+        )
+    if e.max_turns < 1:
+        _fail("env.max_turns", e.max_turns, "must be >= 1")
+    if e.max_env_tokens < 1:
+        _fail("env.max_env_tokens", e.max_env_tokens, "must be >= 1")
+    if r.max_staleness:
+        _fail(
+            "rollout.max_staleness", r.max_staleness, "multi-turn episodes are sampled on-policy for now: 0"
+        )
+    if rollout_devices:
+        _fail(
+            "mesh.rollout_devices", rollout_devices, "multi-turn episodes sample on the train mesh for now: 0"
+        )
+    if config.reward.model_path:
+        _fail(
+            "reward.model_path",
+            config.reward.model_path,
+            "the environment's rewards are trained on; unset it",
+        )
+    width = e.max_turns * r.max_new_tokens + (e.max_turns - 1) * e.max_env_tokens
+    if d.max_prompt_length + width > d.max_length:
+        _fail(
+            "data.max_length",
+            d.max_length,
+            f"must hold data.max_prompt_length + an episode's turns: env.max_turns × rollout.max_new_tokens "
+            f"+ (env.max_turns - 1) × env.max_env_tokens = {width}",
+        )
+    args = dict(e.args.to_dict()) if hasattr(e.args, "to_dict") else dict(e.args)
+    episodes.make_env(e.name, args)  # the class resolves and is made with its args (one line if not)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -253,6 +295,7 @@ class Rollouts:
     sampler_sharding: Optional[Any] = None  # rows over the sampler's devices
     sync: Optional[Callable] = None  # the policy tree -> its copy on the sampler's devices
     sync_seconds: float = 0.0  # the last copy's time (logged as rollout/weight_sync_s)
+    episodes: Optional[Any] = None  # config.env: multi-turn episodes (`envs.Episodes`), else one turn
 
     def next(self, state):
         """One rollout batch: (batch of global arrays, {"tokens", "flops"}, rollout metrics). On-policy
@@ -279,6 +322,7 @@ class Rollouts:
             metrics = {**metrics, "rollout/staleness": float(self.step - item.step)}
         if self.sampler_mesh is not None:
             metrics = {**metrics, "rollout/weight_sync_s": self.sync_seconds}
+        metrics = {**metrics, **item.metrics}
         self.kl_coef = float(kl_coef)  # β for the next rollout
         return batch, {"tokens": num_tokens, "flops": 0.0}, metrics
 
@@ -293,6 +337,8 @@ class Rollouts:
             t0 = time.perf_counter()
             policy = jax.block_until_ready(self.sync(policy))
             self.sync_seconds = time.perf_counter() - t0
+        if self.episodes is not None:
+            return sample_episodes(self, policy, next(self.prompts), key)
         rollout, answers = sample(self, policy, next(self.prompts), key)
         return off_policy.InFlight(rollout, answers, self.step)
 
@@ -332,7 +378,11 @@ def build_run(config, mesh, rollout_devices=()):
     hp["is_correction"], hp["is_cap"], hp["is_band"] = r.is_correction, r.is_cap, tuple(r.is_band)
     tok = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     mcfg, policy_params = setup.load_model(config, mesh, "lm")
-    if d.max_prompt_length + r.max_new_tokens > mcfg.max_position_embeddings:
+    e = config.env
+    longest = r.max_new_tokens
+    if e.name:
+        longest = e.max_turns * r.max_new_tokens + (e.max_turns - 1) * e.max_env_tokens
+    if d.max_prompt_length + longest > mcfg.max_position_embeddings:
         raise ConfigError(
             f"config.rollout.max_new_tokens={r.max_new_tokens}: data.max_prompt_length + "
             f"max_new_tokens exceeds the model's max_position_embeddings="
@@ -509,6 +559,18 @@ def build_run(config, mesh, rollout_devices=()):
         sync=sync,
         behaviour_logprobs=bool(r.max_staleness) and algo.corrects,
     )
+    if e.name:
+        source.episodes = episodes.Episodes.build(
+            config,
+            policy,
+            tok,
+            mesh,
+            bs,
+            group=source.group,
+            shared=shared,
+            eos_ids=eos_ids,
+            pad_id=source.pad_id,
+        )
 
     inner = algo.make_loss_fn(policy, value_model, hp)
 
@@ -616,6 +678,34 @@ def sample(src, policy_params, batch, rng, greedy=False):
     if not greedy and src.behaviour_logprobs:
         rollout["behaviour_logprobs"] = out.model_logprobs  # μ of a stale rollout's importance correction
     return rollout, answers
+
+
+def sample_episodes(src, policy_params, batch, rng, greedy=False):
+    """Multi-turn episodes of `config.env` for the prompts (`envs.Episodes.run`) -> an `off_policy.InFlight`
+    already collected: its rollout (global arrays, `context` marking the environment's tokens), gathered
+    rows, host scores (the episodes' summed rewards, the check on their last turns) and metrics."""
+    eb = src.episodes.run(policy_params, batch, rng, greedy=greedy)
+    local = {
+        "prompt_ids": eb.prompt_ids,
+        "prompt_segment_ids": eb.prompt_segment_ids,
+        "tokens": eb.tokens,
+        "mask": eb.mask,
+        "context": eb.context,
+    }
+    if not greedy and src.config.rollout.get("reuse_sampler_logprobs", False):
+        local["old_logprobs"] = eb.model_logprobs
+    rollout = hosts.to_global(local, src.batch_sharding)
+    item = off_policy.InFlight(rollout, None, src.step)
+    # Packing reads which tokens are real: the context, the environment's tokens included.
+    item.gathered = hosts.gather(
+        tuple(rollout[k] for k in ("prompt_ids", "prompt_segment_ids", "tokens", "context"))
+    )
+    item.host = {"env_reward": eb.reward}
+    if eb.correct is not None:
+        item.host["correct"] = eb.correct
+    item.num_tokens = int(hosts.sum_over_hosts(np.asarray([eb.num_tokens], np.float64))[0])
+    item.metrics = eb.metrics
+    return item
 
 
 def _replicated(named_sharding):
@@ -762,7 +852,14 @@ def evaluate(src, params):
     sums, count = collections.defaultdict(float), 0.0
     key = jax.random.key(0)  # unused by greedy decoding
     for batch in it:
-        rollout, answers = sample(src, policy, batch, key, greedy=True)
+        w = np.asarray(batch["weight"], np.float64)  # 0 on the last batch's padding rows
+        if src.episodes is not None:
+            item = sample_episodes(src, policy, batch, key, greedy=True)
+            rollout, answers = item.rollout, None
+            for name, v in item.metrics.items():  # the batch's means (padding rows included)
+                sums[f"episodes:{name}"] += v * float(w.sum())
+        else:
+            rollout, answers = sample(src, policy, batch, key, greedy=True)
         lp, ref_lp = (src.eval_logprobs(p, rollout) for p in (policy, src.ref_params))
         dev = {
             "tokens": rollout["tokens"],
@@ -773,9 +870,15 @@ def evaluate(src, params):
         if src.eval_rm is not None:
             dev["rm_score"] = src.eval_rm(src.rm_params, rollout)
         host = {k: hosts.local_rows(np.asarray(v)) for k, v in hosts.gather(dev).items()}
-        scored = rewards.host_rewards(
-            rewards.decode(src.tokenizer, host["tokens"], host["mask"]), answers, src.reward_fn, src.check_fn
-        )
+        if src.episodes is not None:
+            scored = item.host
+        else:
+            scored = rewards.host_rewards(
+                rewards.decode(src.tokenizer, host["tokens"], host["mask"]),
+                answers,
+                src.reward_fn,
+                src.check_fn,
+            )
         values = {
             "completion/stop_rate": host["stopped"],
             "completion/length": host["mask"].sum(-1),
@@ -784,11 +887,10 @@ def evaluate(src, params):
             "reward/accuracy": scored.get("correct"),
             "reward/score": host.get("rm_score"),
         }
-        w = np.asarray(batch["weight"], np.float64)  # 0 on the last batch's padding rows
         for name, v in values.items():
             if v is not None:
                 sums[name] += float(np.sum(w * np.asarray(v, np.float64)))
         count += float(w.sum())
-    names = [k for k in EVAL_METRICS if k in sums]
+    names = [k for k in EVAL_METRICS if k in sums] + sorted(k for k in sums if k.startswith("episodes:"))
     totals = hosts.sum_over_hosts(np.asarray([sums[k] for k in names] + [count]))  # each host its rows
-    return {k: float(totals[i] / max(totals[-1], 1.0)) for i, k in enumerate(names)}
+    return {k.removeprefix("episodes:"): float(totals[i] / max(totals[-1], 1.0)) for i, k in enumerate(names)}
