@@ -154,7 +154,12 @@ class Episodes:
             self._fail("reset", e, f"prompt rows {wheres[0]} ..." if wheres else "no rows")
         tools = getattr(env, "tools", None) or None
         R = len(rows)
-        prompts = [self._ids(self._render(c, tools, True)) for c in convs]
+        prompts = []
+        for i, c in enumerate(convs):
+            try:
+                prompts.append(self._ids(self._render(c, tools, True)))
+            except Exception as e:  # not a conversation the chat template renders
+                self._fail("the chat template on reset()'s conversation", e, f"prompt row {wheres[i]}")
         shared = self.shared and not greedy
         firsts = prompts[::g] if shared else prompts
         p = sampling.left_pad(firsts, self.pad_id, length=self.max_prompt_length)
@@ -220,8 +225,8 @@ class Episodes:
                     continue
                 try:
                     suffix = self._ids(self._appended_text(before, list(messages), tools))
-                except ValueError as e:
-                    self._fail("the chat template on the appended messages", e, f"prompt row {wheres[r]}")
+                except Exception as e:  # not messages the chat template renders
+                    self._fail("the chat template on step()'s messages", e, f"prompt row {wheres[r]}")
                 if not suffix or len(suffix) > self.max_env_tokens:  # over the budget: the episode ends
                     done[r] = truncated[r] = True
                     continue

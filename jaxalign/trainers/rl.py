@@ -385,7 +385,8 @@ def build_run(config, mesh, rollout_devices=()):
     if d.max_prompt_length + longest > mcfg.max_position_embeddings:
         raise ConfigError(
             f"config.rollout.max_new_tokens={r.max_new_tokens}: data.max_prompt_length + "
-            f"max_new_tokens exceeds the model's max_position_embeddings="
+            + ("an episode's turns" if e.name else "max_new_tokens")
+            + f" ({d.max_prompt_length + longest}) exceeds the model's max_position_embeddings="
             f"{mcfg.max_position_embeddings}"
         )
     policy = models.Transformer(mcfg)
@@ -609,6 +610,15 @@ def build_run(config, mesh, rollout_devices=()):
 def engine_summary(config, src, mesh):
     """What the start-up line says of the rollout engine: cache, stages, prompt sharing, forward layout."""
     r = config.rollout
+    if src.episodes is not None:
+        e = config.env
+        return (
+            f"multi-turn episodes of {e.name} (up to {e.max_turns} turns of {r.max_new_tokens} tokens, "
+            f"{e.max_env_tokens} appended tokens between), each turn decoded on the KV of the turns before "
+            "(only appended tokens prefilled: env/fed_tokens vs env/context_tokens)"
+            + (f", each prompt prefilled once for its {src.group} samples" if src.shared else "")
+            + (f"; forward passes padded / packed / shared-prompt ({src.units} units)" if src.units else "")
+        )
     rows = config.train.batch_size * src.group
     plan = sampling.stages(
         config.data.max_prompt_length,

@@ -36,7 +36,9 @@ class Scripted:
 
     def reset(self, rows):
         self.turn = 0
-        return [[{"role": "user", "content": r["prompt"]}] for r in rows]
+        return [
+            [{"role": "user", "content": p}] if isinstance(p := r["prompt"], str) else list(p) for r in rows
+        ]
 
     def step(self, conversations, completions):
         self.turn += 1

@@ -7,6 +7,7 @@ fraction of digit characters in its completion (dense, learnable in a few steps 
 
 import importlib
 import json
+import re
 import os
 
 import jax
@@ -942,3 +943,83 @@ def test_ppo_samples_ahead_with_icepop_masking(tiny):
     assert all(0.0 <= m["off_policy/corrected_frac"] <= 1.0 for m in metrics)
     assert metrics[1]["off_policy/is_ratio"] != pytest.approx(1.0, abs=1e-4)  # one update later
     assert all(np.isfinite(m["loss"]) for m in metrics)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Multi-turn environments (jaxalign/envs).
+# ----------------------------------------------------------------------------------------------------
+def _env_config(tiny, steps=2, **changes):
+    return tiny_config(
+        tiny,
+        "grpo",
+        steps=steps,
+        **{
+            "env.name": "tests.envs.test_episodes:Scripted",
+            "env.max_turns": 2,
+            "env.max_env_tokens": 12,
+            "data.max_length": 32 + 2 * 8 + 12,
+            **changes,
+        },
+    )
+
+
+def test_multi_turn_episodes_train_through_the_one_loop(tiny):
+    """Every episode is a turn, the environment's tool message, a second turn: both turns in the loss, the
+    rewards of both turns summed (0.25 + 1), the per-turn metrics logged, KL 0 at the first step."""
+    metrics, _, run = run_steps(_env_config(tiny), 2)
+    assert run.batches.episodes is not None
+    for m in metrics:
+        assert m["turns"] == 2.0 and m["env/calls"] == 1.0
+        assert m["reward/env"] == pytest.approx(1.25) and m["env/turn_reward"] == pytest.approx(0.625)
+        assert m["env/fed_tokens"] < m["env/context_tokens"]  # nothing prefilled twice; prompts shared
+        assert np.isfinite(m["loss"])
+    assert abs(metrics[0]["kl/k3"]) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        (
+            {"env.name": "nope.module:Env"},
+            "config.env.name='nope.module:Env': 'nope.module:Env': cannot import",
+        ),
+        ({"env.max_turns": 0}, "config.env.max_turns=0: must be >= 1"),
+        ({"data.max_length": 40}, "config.data.max_length=40: must hold data.max_prompt_length"),
+        (
+            {"rollout.max_staleness": 1},
+            "config.rollout.max_staleness=1: multi-turn episodes are sampled on-policy",
+        ),
+    ],
+)
+def test_bad_env_configs_are_one_line(tiny, changes, match):
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        rl.validate(_env_config(tiny, **changes), 1)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_multi_turn_run_resumes_equal(tiny, tmp_path, monkeypatch):
+    """Preempted after step 2 of a multi-turn run: the rerun resumes at the data position and keys of the
+    checkpoint and repeats the uninterrupted run's episodes bit for bit (no episode lost or redone)."""
+    from jaxalign.trainers import preemption
+
+    config = _env_config(tiny, steps=3)
+    full = str(tmp_path / "full")
+    loop.train_and_evaluate(config, full, devices=jax.devices()[:1])
+    ref = _train_records(full)
+    wd = str(tmp_path / "run")
+    monkeypatch.setenv(preemption.TEST_SIGNAL_ENV, "2")
+    with pytest.raises(preemption.Preempted):
+        loop.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    monkeypatch.delenv(preemption.TEST_SIGNAL_ENV)
+    loop.train_and_evaluate(config, wd, devices=jax.devices()[:1])
+    again = _train_records(wd)
+    assert sorted(again) == [1, 2, 3]
+    for step in (1, 2, 3):
+        for k in (
+            "train/loss",
+            "train/grad_norm",
+            "train/reward/env",
+            "train/completion/length",
+            "train/turns",
+        ):
+            np.testing.assert_array_equal(again[step][k], ref[step][k], err_msg=f"{step} {k}")
