@@ -15,8 +15,8 @@ the rest) mixed with `sft_train.jsonl`:
 python -m jaxalign.main --config=configs/sft.py \
   --config.model.path=jaxalign/assets/embedded/checkpoints/sft \
   --config.data.train=jaxalign/assets/embedded/tools_sft_train.jsonl,jaxalign/assets/embedded/sft_train.jsonl \
-  --config.data.eval= --config.train.num_steps=400 --config.train.eval_every=0 --workdir=/tmp/sft_tools
-# then /tmp/sft_tools/hf is checkpoints/sft_tools
+  --config.data.eval= --config.train.num_steps=1500 --config.train.eval_every=0 --workdir=/tmp/sft_tools
+# then /tmp/sft_tools/hf is checkpoints/sft_tools (launch/make_embedded.sh does both)
 
 Logged: tools/call_rate, tools/calls_per_episode, tools/errors, tools/well_formed, turns, env/* (per-turn and
 final rewards, truncated episodes, fed vs context tokens per episode); held-out accuracy on
