@@ -215,7 +215,7 @@ class Episodes:
                 rewards[r].append(reward)
                 for k, v in (info or {}).items():
                     totals.setdefault(k, np.zeros(R, np.float64))[r] += float(v)
-                if messages is None:
+                if messages is None or not seq[r]:  # done (or a turn of no tokens: nothing to go on from)
                     done[r] = True
                     continue
                 before = convs[r] + [{"role": "assistant", "content": _clean(step_texts[r], self.tokenizer)}]

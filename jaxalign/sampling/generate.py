@@ -22,6 +22,10 @@ How it runs (all inside one jit, no host sync per token):
      / mask into preallocated [B, N] buffers. It exits early once every row is done. With
      `cache_buckets=k` there are k such loops over caches of growing length (see make_generate_fn).
 
+Multi-turn episodes (`jaxalign/envs/episodes.py`) keep the cache (`keep_cache=True`, no compaction) and
+continue it with `make_continue_fn`: each later turn prefills only the tokens the environment appended,
+at the slots after the earlier turns', and decodes on; the cache grows by those slots only.
+
 A row is done after it emits one of `eos_ids`, after its generated tail equals one of
 `stop_sequences` (token-id sequences, checked on device), or at `max_new_tokens`. The EOS / stop
 tokens themselves are kept with mask 1 (a policy must learn to emit them); every later position holds
@@ -388,6 +392,22 @@ def _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences
     return eos_ids, stop_sequences
 
 
+def _program(model, *, max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences, **settings):
+    """`_generate` with its settings checked and bound (what `make_generate_fn` and `make_continue_fn` jit)."""
+    eos_ids, stop_sequences = _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences)
+    return functools.partial(
+        _generate,
+        model,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_ids=eos_ids,
+        stop_sequences=stop_sequences,
+        **settings,
+    )
+
+
 def make_generate_fn(
     model,
     *,
@@ -443,9 +463,7 @@ def make_generate_fn(
     is drawn with `fold_in(fold_in(rng, row_ids[r]), i)` (row_ids default to 0..R-1), so a sequence's
     sample depends on its id alone: not on the mesh, the compaction or the other rows of the batch.
     """
-    eos_ids, stop_sequences = _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences)
-    fn = functools.partial(
-        _generate,
+    fn = _program(
         model,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -504,9 +522,7 @@ def make_continue_fn(
     stays padding), starting with the row's last sampled token, which the sampler emitted but never fed
     back; `start_positions` [R]: that token's position. Only these A columns are prefilled; the cache
     grows by A + max_new_tokens slots. Sampling as `make_generate_fn` (settings, keys by `row_ids`)."""
-    eos_ids, stop_sequences = _validate(max_new_tokens, temperature, top_k, top_p, eos_ids, stop_sequences)
-    fn = functools.partial(
-        _generate,
+    fn = _program(
         model,
         max_new_tokens=max_new_tokens,
         temperature=temperature,

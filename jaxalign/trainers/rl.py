@@ -214,7 +214,7 @@ def validate(config, num_devices, process_count=1):
 def validate_env(config, rollout_devices):
     """`config.env`: multi-turn episodes (jaxalign/envs) run by GRPO / RLOO on the train mesh."""
     e, r, d = config.env, config.rollout, config.data
-    if not algorithm(config).packs or algorithm(config).critic or config.objective != "grpo":
+    if config.objective != "grpo":
         _fail(
             "env.name",
             e.name,

@@ -158,7 +158,9 @@ def test_prompt_batch_left_padded(tok):
         max_prompt_length=40,
     )
     b = next(BatchIterator(ds, 4, shuffle=False, repeat=False))
-    assert set(b) == {"prompt_ids", "prompt_positions", "prompt_segment_ids", "answer", "weight"}
+    keys = {"prompt_ids", "prompt_positions", "prompt_segment_ids", "answer", "prompt", "where", "weight"}
+    assert set(b) == keys  # prompt, where: the row itself and its place (an environment starts from it)
+    assert b["prompt"][0] == ds.source[0]["prompt"] and b["where"][0].endswith("line 1")
     assert b["prompt_ids"].shape == (4, 40)
     assert (b["prompt_ids"][:, -1] == tok.convert_tokens_to_ids("<|assistant|>")).all()
     assert (b["prompt_segment_ids"][:, 0] == 0).all()  # the short prompts are padded on the left

@@ -161,3 +161,35 @@ def test_an_episode_error_names_its_prompt_row():
         ConfigError, match=r"step raised EpisodeError: its sandbox is down \(episode 2, prompt row f line 2\)"
     ):
         eps.run(params, BATCH, jax.random.key(1))
+
+
+CHATML = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'tool' %}{{ '<|im_start|>user\\n<tool_response>\\n' + m['content'] + '\\n</tool_response><|im_end|>\\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def test_appended_text_under_a_chatml_template():
+    """What a Qwen-style (ChatML, Hermes tool calls) template adds after a model turn: the tool's answer
+    and the next generation prompt, not the turn's own end marks."""
+    import copy
+
+    tok = copy.deepcopy(TOK)
+    tok.chat_template = CHATML
+    _, _, eps = _episodes()
+    eps.tokenizer = tok
+    before = [
+        {"role": "user", "content": "what is 2 plus 3?"},
+        {
+            "role": "assistant",
+            "content": '<tool_call>{"name": "calc", "arguments": {"expr": "2 plus 3"}}</tool_call>',
+        },
+    ]
+    text = eps._appended_text(before, [{"role": "tool", "content": "5"}], None)
+    assert text == "<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    # ... and for the embedded template, whose last assistant turn ends with <|eos|>: none of it.
+    _, _, eps = _episodes()
+    text = eps._appended_text(before, [{"role": "tool", "content": "5"}], None)
+    assert text == "<|tool|>5<|assistant|>"

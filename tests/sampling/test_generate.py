@@ -1,4 +1,5 @@
-"""generate(): cache decode equals full forwards, stopping, padding, log-probs, sharded = single device."""
+"""generate(): cache decode equals full forwards, stopping, padding, log-probs, sharded = single device; a
+multi-turn episode's next turn on the kept cache (make_continue_fn) equals a fresh prompt of its context."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,14 @@ import numpy as np
 import pytest
 
 from jaxalign import models, sharding
-from jaxalign.sampling import generate, left_pad, make_generate_fn, process_logits, to_training_batch
+from jaxalign.sampling import (
+    generate,
+    left_pad,
+    make_continue_fn,
+    make_generate_fn,
+    process_logits,
+    to_training_batch,
+)
 from jaxalign.sampling.generate import Stage, stages
 
 # Large init so the tiny random model's greedy choices are decisive (no float near-ties between paths).
@@ -260,3 +268,45 @@ def test_sharded_shared_prompts_and_compaction_equal_single_device(setup):
         )
     )
     _same(out, _gen(setup, batch, num_samples=4, compact=False, **SPREAD), atol=1e-4)  # as the test above
+
+
+EOS = 2
+
+
+def test_second_turn_on_kept_cache_equals_fresh_prompt():
+    model, params = models.Transformer(CFG), _init(CFG)
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    n1, n2, temp = 6, 5, 1.0
+    first = make_generate_fn(
+        model, max_new_tokens=n1, temperature=temp, eos_ids=(EOS,), compact=False, keep_cache=True
+    )
+    cont = make_continue_fn(model, max_new_tokens=n2, temperature=temp, eos_ids=(EOS,))
+    b = left_pad(prompts, pad_id=0)
+    key = jax.random.key(3)
+    out1, cache = first(params, b["prompt_ids"], b["prompt_segment_ids"], key)
+    out1 = jax.device_get(out1)
+    # Each row's context: prompt + turn-1 tokens; the environment appends [30, 31] (row 1: nothing: done).
+    appended, starts, contexts = [], [], []
+    for r, p in enumerate(prompts):
+        c = [int(t) for t in out1.tokens[r][out1.mask[r] == 1]]
+        env = [] if r == 1 else [30, 31 + r]
+        appended.append([c[-1]] + env if env else [])
+        starts.append(len(p) + len(c) - 1)
+        contexts.append(p + c + env)
+    a = left_pad(appended, pad_id=0, length=4)
+    key2 = jax.random.key(4)
+    out2, cache2 = cont(
+        params, cache, np.asarray(starts, np.int32), a["prompt_ids"], a["prompt_segment_ids"], key2
+    )
+    out2 = jax.device_get(out2)
+    assert cache2["mask"].shape[1] == len(prompts[0]) + n1 + 4 + n2  # grown by the appended + new only
+    assert out2.mask[1].sum() == 0  # the done row stays padding
+    # The same turn sampled from the whole context as a fresh prompt (the same row keys and step keys).
+    fresh = make_generate_fn(model, max_new_tokens=n2, temperature=temp, eos_ids=(EOS,), compact=False)
+    for r in (0, 2):
+        f = left_pad([contexts[r]], pad_id=0)
+        ref = jax.device_get(
+            fresh(params, f["prompt_ids"], f["prompt_segment_ids"], key2, row_ids=np.asarray([r]))
+        )
+        np.testing.assert_array_equal(out2.tokens[r], ref.tokens[0])
+        np.testing.assert_allclose(out2.model_logprobs[r], ref.model_logprobs[0], atol=2e-5)
