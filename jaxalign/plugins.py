@@ -23,6 +23,11 @@ def resolve_fn(spec: str | Callable) -> Callable:
         fn = getattr(importlib.import_module(module), name, None)
     except ImportError as e:
         raise ValueError(f"{spec!r}: cannot import {module} ({e})") from e
+    except Exception as e:  # the module itself fails: a syntax error, an exception at import time
+        where = f" ({e.filename} line {e.lineno})" if isinstance(e, SyntaxError) and e.filename else ""
+        raise ValueError(
+            f"{spec!r}: importing {module} raised {type(e).__name__}: {getattr(e, 'msg', e)}{where}"
+        ) from None
     if not callable(fn):
         raise ValueError(f"{spec!r}: {module} has no function {name!r}")
     return fn

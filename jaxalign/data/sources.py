@@ -85,8 +85,16 @@ def _type_name(x: Any) -> str:
     }.get(type(x), type(x).__name__)
 
 
+def _hidden(path: Path, directory: Path) -> bool:
+    """Under a hidden or private folder, or hidden itself (``.ipynb_checkpoints``, ``.git``, ``.cache``,
+    ``__pycache__``): not data, as for `datasets`."""
+    return any(part.startswith((".", "__")) for part in path.relative_to(directory).parts)
+
+
 def _split_files(directory: Path, split: str) -> list[Path]:
-    files = sorted(p for p in directory.rglob("*") if p.suffix in SUPPORTED and p.is_file())
+    files = sorted(
+        p for p in directory.rglob("*") if p.suffix in SUPPORTED and p.is_file() and not _hidden(p, directory)
+    )
     if not files:
         raise DataError(f"{directory}: no .jsonl, .json or .parquet files in this directory")
 

@@ -25,6 +25,7 @@ from jaxalign import hosts, plugins, sampling
 from jaxalign.data import templates
 from jaxalign.envs.tools import EpisodeError
 from jaxalign.errors import ConfigError
+from jaxalign.trainers import rewards
 
 
 @dataclasses.dataclass
@@ -118,6 +119,28 @@ class Episodes:
             f"config.env.name={self.env_name!r}: {what} raised {type(e).__name__}: {e} ({where})"
         ) from None
 
+    def _result(self, result, r, where):
+        """One episode's (messages | None, reward, info) from `step`, its shape checked (one line if not)."""
+        why = None
+        if not isinstance(result, (tuple, list)) or len(result) != 3:
+            why = f"gave {str(result)[:80]!r}, expected (messages | None, reward, info)"
+        else:
+            messages, _, info = result
+            if messages is not None and (
+                not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages)
+            ):
+                why = f"gave messages {str(messages)[:80]!r}, expected a list of chat messages or None"
+            elif info is not None and (
+                not isinstance(info, dict)
+                or not all(isinstance(v, (int, float, np.number)) for v in info.values())
+            ):
+                why = f"gave info {str(info)[:80]!r}, expected a dict of numbers"
+        if why:
+            raise ConfigError(
+                f"config.env.name={self.env_name!r}: step {why} (episode {r}, prompt row {where})"
+            )
+        return result
+
     def _render(self, conv, tools, generation_prompt):
         return templates.render(self.tokenizer, conv, add_generation_prompt=generation_prompt, tools=tools)
 
@@ -202,7 +225,7 @@ class Episodes:
                 )
             appended = [[] for _ in range(R)]
             for r in np.flatnonzero(~done):
-                messages, reward, info = results[r]
+                messages, reward, info = self._result(results[r], r, wheres[r])
                 try:
                     reward = float(reward)
                 except (TypeError, ValueError):
@@ -264,7 +287,15 @@ class Episodes:
         correct = None
         if self.check_fn is not None:
             correct = np.asarray(
-                [float(bool(self.check_fn(rw["answer"], txt))) for rw, txt in zip(rows, texts)], np.float32
+                [
+                    float(
+                        rewards.call_checked(
+                            self.check_fn, "reward.check_fn", rw["answer"], txt, i, number=False
+                        )
+                    )
+                    for i, (rw, txt) in enumerate(zip(rows, texts))
+                ],
+                np.float32,
             )
         per_turn = [x for rs in rewards for x in rs]
         metrics = {

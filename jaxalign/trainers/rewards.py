@@ -116,13 +116,16 @@ def host_rewards(texts, answers, reward_fn=None, check_fn=None):
     out = {}
     if reward_fn is not None:
         out["env_reward"] = np.asarray(
-            [_call(reward_fn, "reward.function", a, t, i) for i, (a, t) in enumerate(zip(answers, texts))],
+            [
+                call_checked(reward_fn, "reward.function", a, t, i)
+                for i, (a, t) in enumerate(zip(answers, texts))
+            ],
             np.float32,
         )
     if check_fn is not None:
         out["correct"] = np.asarray(
             [
-                float(bool(_call(check_fn, "reward.check_fn", a, t, i, number=False)))
+                float(call_checked(check_fn, "reward.check_fn", a, t, i, number=False))
                 for i, (a, t) in enumerate(zip(answers, texts))
             ],
             np.float32,
@@ -130,8 +133,9 @@ def host_rewards(texts, answers, reward_fn=None, check_fn=None):
     return out
 
 
-def _call(fn, field, answer, text, row, number=True):
-    """fn(answer, text), its failure turned into one line that says where."""
+def call_checked(fn, field, answer, text, row, number=True):
+    """fn(answer, text) -> a finite float (`number`) or a bool, its failure (an exception, or a value of
+    another kind: None, a string) turned into one line that names the function and the row."""
     name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
     where = f"on rollout row {row} (answer {str(answer)[:40]!r}, completion {text[:60]!r})"
     try:
@@ -139,7 +143,9 @@ def _call(fn, field, answer, text, row, number=True):
     except Exception as e:  # the user's function: any failure is theirs to fix
         raise ConfigError(f"config.{field}={name!r}: raised {type(e).__name__}: {e} {where}") from None
     if not number:
-        return value
+        if not isinstance(value, (bool, int, np.bool_, np.integer)) and value not in (0.0, 1.0):
+            raise ConfigError(f"config.{field}={name!r}: returned {value!r}, not a bool, {where}")
+        return bool(value)
     try:
         value = float(value)
     except (TypeError, ValueError):

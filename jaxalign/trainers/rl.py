@@ -52,6 +52,7 @@ from jaxalign.trainers.validate import (
     ConfigError,
     _check_path,
     _fail,
+    check_model_fits,
     check_objective,
     reject_other_objectives,
     validate_common,
@@ -211,6 +212,13 @@ def validate(config, num_devices, process_count=1):
     return mesh_shape
 
 
+def episode_width(config):
+    """The completion part of a rollout row: one turn's tokens, or a multi-turn episode's turns and what
+    the environment appends between them."""
+    e, n = config.env, config.rollout.max_new_tokens
+    return e.max_turns * n + (e.max_turns - 1) * e.max_env_tokens if e.name else n
+
+
 def validate_env(config, rollout_devices):
     """`config.env`: multi-turn episodes (jaxalign/envs) run by GRPO / RLOO on the train mesh."""
     e, r, d = config.env, config.rollout, config.data
@@ -238,7 +246,7 @@ def validate_env(config, rollout_devices):
             config.reward.model_path,
             "the environment's rewards are trained on; unset it",
         )
-    width = e.max_turns * r.max_new_tokens + (e.max_turns - 1) * e.max_env_tokens
+    width = episode_width(config)
     if d.max_prompt_length + width > d.max_length:
         _fail(
             "data.max_length",
@@ -377,18 +385,10 @@ def build_run(config, mesh, rollout_devices=()):
     hp["max_new_tokens"] = int(r.max_new_tokens)
     hp["is_correction"], hp["is_cap"], hp["is_band"] = r.is_correction, r.is_cap, tuple(r.is_band)
     tok = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
+    # Vocabulary and positions (the prompt and the longest completion or episode), before the weights load.
+    check_model_fits(config, tok, d.max_prompt_length + episode_width(config), "rollout.max_new_tokens")
     mcfg, policy_params = setup.load_model(config, mesh, "lm")
     e = config.env
-    longest = r.max_new_tokens
-    if e.name:
-        longest = e.max_turns * r.max_new_tokens + (e.max_turns - 1) * e.max_env_tokens
-    if d.max_prompt_length + longest > mcfg.max_position_embeddings:
-        raise ConfigError(
-            f"config.rollout.max_new_tokens={r.max_new_tokens}: data.max_prompt_length + "
-            + ("an episode's turns" if e.name else "max_new_tokens")
-            + f" ({d.max_prompt_length + longest}) exceeds the model's max_position_embeddings="
-            f"{mcfg.max_position_embeddings}"
-        )
     policy = models.Transformer(mcfg)
     params, frozen = {"policy": policy_params}, {}
     value_model = reward_model = rm_params = None

@@ -7,13 +7,14 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from jaxalign import checkpoints, data, hosts, models, registry, sharding
 from jaxalign.data import pipeline
 from jaxalign.lora import kinds
 from jaxalign.trainers import flops, reference_cache
 from jaxalign.trainers.step import make_eval_step, make_loss_fn
-from jaxalign.trainers.validate import validate  # noqa: F401  (the loop asks this module to validate)
+from jaxalign.trainers.validate import check_model_fits, config_fail, validate  # noqa: F401  (validate: the loop's)
 from jaxalign.trainers.objectives import averages_logps, hparams, make_reference_fn
 
 
@@ -114,6 +115,32 @@ def make_loss_evaluator(loss_fn, frozen, eval_iter_fn, batch_sharding):
     return evaluate
 
 
+def eval_batch_size(config, n, mesh):
+    """`train.eval_batch_size`, lowered to a multiple of the batch axes' devices that a held-out set of n
+    rows fills (a set smaller than the batch would otherwise never be evaluated: partial batches are left
+    out). Says how many rows a pass leaves out, if any."""
+    b, shards = config.train.eval_batch_size, hosts.batch_shards(mesh)
+    if n < b:
+        b = n // shards * shards
+        if not b:
+            config_fail(
+                "data.eval",
+                config.data.eval,
+                f"has {n} rows, fewer than the {shards} devices the batch is split over; give at least {shards}",
+            )
+        logging.warning(
+            "data.eval: %d rows, fewer than train.eval_batch_size: evaluating in batches of %d", n, b
+        )
+    if n % b:
+        logging.warning(
+            "data.eval: a pass evaluates %d of the %d rows (batches of %d; the last partial batch is left out)",
+            n - n % b,
+            n,
+            b,
+        )
+    return b
+
+
 def data_paths(spec):
     """`data.train` / `data.eval`: one path (or hub name), or several comma-separated files read in order."""
     parts = [p.strip() for p in spec.split(",") if p.strip()]
@@ -167,6 +194,7 @@ def build_run(config, mesh):
     train_rows = data.read(data_paths(d.train), kind=kind, format=d.format, split="train")
     eval_rows = data.read(data_paths(d.eval), kind=kind, format=d.format, split="eval") if d.eval else None
     tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
+    check_model_fits(config, tokenizer)  # vocabulary and positions, before the weights load
     mcfg, params = load_model(config, mesh, head)
     model = make_model(mcfg, head)
     lora_cfg = kinds.config_of(config)  # the adapters' config: LoraConfig, BottleneckConfig or None
@@ -234,15 +262,14 @@ def build_run(config, mesh):
     eval_iter_fn = None
     if d.eval:
         eval_ds = data.load(eval_rows, split="eval", **common)
+        eval_batch = eval_batch_size(config, len(eval_ds), mesh)
         if precompute:
-            precompute_reference(
-                ref_fn, ref_params, eval_ds, config.train.eval_batch_size, mesh, tokenizer, cache
-            )
+            precompute_reference(ref_fn, ref_params, eval_ds, eval_batch, mesh, tokenizer, cache)
 
         def eval_iter_fn():
             return pipeline.BatchIterator(
                 eval_ds,
-                config.train.eval_batch_size,
+                eval_batch,
                 seed=0,
                 shuffle=False,
                 repeat=False,

@@ -259,3 +259,35 @@ def validate_common(config, num_devices, process_count=1):
     if t.eval_batch_size % batch_shards:
         _fail("train.eval_batch_size", t.eval_batch_size, f"must divide by data × fsdp = {batch_shards}")
     return tuple(sizes)
+
+
+def check_model_fits(config, tokenizer, longest=None, field="data.max_length"):
+    """Before any weight loads: the tokenizer's ids fit the model's vocabulary (a tokenizer with added
+    tokens past it would index past the embeddings: every step non-finite), and the longest sequence
+    (`longest`, default `data.max_length`) fits the model's positions. `model.path` checkpoints only (a
+    `model.init` model takes the tokenizer's size)."""
+    from jaxalign import checkpoints
+
+    m = config.model
+    if not m.path:
+        return
+    hf = checkpoints.hf.check_hf_dir(m.path)
+    vocab, positions = hf.get("vocab_size"), hf.get("max_position_embeddings")
+    if vocab and len(tokenizer) > int(vocab):
+        where = (
+            f"model.tokenizer={m.tokenizer!r}" if m.tokenizer else f"the tokenizer in model.path={m.path!r}"
+        )
+        config_fail(
+            "model.tokenizer" if m.tokenizer else "model.path",
+            m.tokenizer or m.path,
+            f"{where} has {len(tokenizer)} tokens but the model's vocabulary is {vocab} (ids >= {vocab} have no "
+            "embedding); use the model's own tokenizer, or resize the model's embeddings first",
+        )
+    longest = config.data.max_length if longest is None else longest
+    if positions and longest > int(positions):
+        config_fail(
+            field,
+            config[field.split(".")[0]][field.split(".")[1]],
+            f"sequences of up to {longest} tokens exceed the model's max_position_embeddings={positions} "
+            f"({m.path}/config.json); lower it",
+        )

@@ -1,0 +1,109 @@
+"""Issue 26's classes of bad input, through the command line: one ``error:`` line, exit code 2, nothing
+written; or the right behaviour where the input is legal (hidden folders skipped, a small held-out set
+evaluated)."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.data.test_bad_data_cli import MSGS, ROOT, check_one_line_error, jsonl, run_cli
+
+EMBEDDED = os.path.join(ROOT, "jaxalign", "assets", "embedded")
+
+
+def test_workdir_that_is_a_file(tmp_path, cli):
+    f = tmp_path / "run"
+    f.write_text("not a directory")
+    r = run_cli("sft.py", str(f), cli=cli)
+    assert (
+        r.returncode == 2
+        and r.stderr == f"error: --workdir={f}: is a file; expected a directory (or a new path)\n"
+    )
+    r = run_cli("sft.py", str(f / "sub"), cli=cli)
+    assert r.returncode == 2 and f"is under {f}, which is a file" in r.stderr
+
+
+def test_hidden_folders_of_a_data_directory_are_not_data(tmp_path):
+    from jaxalign import data
+
+    d = tmp_path / "d"
+    (d / ".ipynb_checkpoints").mkdir(parents=True)
+    (d / "__pycache__").mkdir()
+    (d / "train.jsonl").write_text(jsonl(MSGS, MSGS))
+    shutil.copy(d / "train.jsonl", d / ".ipynb_checkpoints" / "train.jsonl")  # a notebook's copy
+    (d / "__pycache__" / "train.jsonl").write_text(jsonl(MSGS))
+    (d / ".hidden_train.jsonl").write_text(jsonl(MSGS))
+    rows = data.read(str(d), kind="sft", split="train")
+    assert len(rows) == 2
+
+
+def test_tokenizer_larger_than_the_vocabulary(tmp_path, cli):
+    tok = tmp_path / "tok"
+    shutil.copytree(os.path.join(EMBEDDED, "tokenizer"), tok)
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(str(tok))
+    t.add_tokens(["<|newtok1|>", "<|newtok2|>"], special_tokens=True)  # chat tokens added, model not resized
+    t.save_pretrained(str(tok))
+    wd = tmp_path / "run"
+    r = run_cli("sft.py", str(wd), f"--config.model.tokenizer={tok}", cli=cli)
+    check_one_line_error(r, wd, f"config.model.tokenizer='{tok}': model.tokenizer='{tok}' has 386 tokens but")
+    assert "the model's vocabulary is 384" in r.stderr
+
+
+def test_offline_max_length_past_the_model_positions(tmp_path, cli):
+    wd = tmp_path / "run"
+    r = run_cli("sft.py", str(wd), "--config.data.max_length=200", cli=cli)
+    check_one_line_error(
+        r, wd, "config.data.max_length=200: sequences of up to 200 tokens exceed the model's"
+    )
+
+
+@pytest.mark.parametrize(
+    "source,match",
+    [
+        ("import nope_not_a_module_x", "cannot import"),
+        ("def reward(a, b:\n    return 1\n", "raised SyntaxError"),
+        ("raise RuntimeError('boom at import')\n", "raised RuntimeError: boom at import"),
+    ],
+)
+def test_a_plugin_module_that_fails_to_import(tmp_path, monkeypatch, source, match):
+    from jaxalign import plugins
+
+    (tmp_path / "myplug.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=match):
+        plugins.resolve_fn("myplug:reward")
+
+
+def test_a_check_function_returning_a_string_is_one_line():
+    from jaxalign.errors import ConfigError
+    from jaxalign.trainers import rewards
+
+    with pytest.raises(ConfigError, match=r"returned 'yes', not a bool, on rollout row 0"):
+        rewards.host_rewards(["3 plus 5 is 8."], ["8"], check_fn=lambda a, t: "yes")
+    out = rewards.host_rewards(["x"], ["8"], check_fn=lambda a, t: 1.0)
+    assert out["correct"][0] == 1.0
+
+
+def test_a_held_out_set_smaller_than_the_eval_batch_is_evaluated(tmp_path, cli):
+    rows = [json.loads(x) for x in open(os.path.join(EMBEDDED, "sft_test.jsonl"))][:10]
+    ev = tmp_path / "eval.jsonl"
+    ev.write_text(jsonl(*rows))
+    wd = tmp_path / "run"
+    r = run_cli(
+        "sft.py",
+        str(wd),
+        f"--config.data.eval={ev}",
+        "--config.train.num_steps=2",
+        "--config.train.eval_every=2",
+        "--config.train.eval_batch_size=64",
+        "--config.train.export_hf=False",
+        cli=cli,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(wd / "metrics.jsonl") as f:
+        evals = [json.loads(x) for x in f if "eval/loss" in x]
+    assert [e["step"] for e in evals] == [0, 2] and all(e["eval/num_batches"] == 1 for e in evals)
