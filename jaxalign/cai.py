@@ -55,7 +55,7 @@ from typing import Any
 
 from absl import flags, logging
 
-from jaxalign.errors import CheckpointError, DataError, UserError, one_line
+from jaxalign.errors import CheckpointError, DataError, UserError, check_output_dir, one_line
 
 FILES = ("sft.jsonl", "preferences.jsonl", "critiques.jsonl")
 STATE = "state.json"
@@ -364,6 +364,7 @@ def _write_state(out_dir: str, state: dict) -> None:
 def _read_run(out_dir: str, settings: dict) -> dict | None:
     """The state of the run in `out_dir` (None: a new run); UserError when it holds another run or
     something else. Writes nothing."""
+    check_output_dir("--out", out_dir)
     state_path = os.path.join(out_dir, STATE)
     if not os.path.isfile(state_path):
         found = [name for name in FILES if os.path.exists(os.path.join(out_dir, name))]

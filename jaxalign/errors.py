@@ -180,6 +180,16 @@ def config_fail(field, value, why):
     raise ConfigError(f"config.{field}={value!r}: {why}")
 
 
+def is_local_path(path) -> bool:
+    """Whether a path that does not exist names a local file rather than a hub repository (``org/name``):
+    absolute, ``.``/``~``-relative, deeper than ``org/name``, or under a folder that exists here
+    (``runs/sft`` when ``runs/`` does): then "no such directory" is the answer, not a hub lookup."""
+    path = str(path)
+    if os.path.isabs(path) or path.startswith((".", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path):
+        return True
+    return "/" in path and os.path.isdir(path.split("/")[0])
+
+
 def check_path(field, path, required=True):
     """A config field naming a file or directory: it must exist (a hub name, ``org/name``, is let through);
     empty is an error only when `required`."""
@@ -189,5 +199,21 @@ def check_path(field, path, required=True):
         return
     if os.path.exists(os.path.expanduser(path)):
         return
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) or path.startswith("."):
+    if is_local_path(path):
         config_fail(field, path, "no such file or directory")
+
+
+def check_output_dir(flag, path):
+    """An output directory (`--workdir`, `--out`) must be a directory this process can write, or a new path
+    whose nearest existing parent it can write (created on the first write): else one line, before
+    anything loads or is written."""
+    full = os.path.abspath(os.path.expanduser(path))
+    probe = full
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == full else f"is under {probe}, which is a file"
+        raise UserError(f"{flag}={path}: {what}; expected a directory (or a new path)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == full else f" (in {probe}, where it would be created)"
+        raise UserError(f"{flag}={path}: cannot write there{where}; expected a writable directory")

@@ -29,7 +29,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import importlib
     from jaxalign import registry
-    from jaxalign.errors import ConfigError, UserError
+    from jaxalign.errors import ConfigError, UserError, check_output_dir
 
     if not flags.FLAGS["verbosity"].present:  # orbax and jax log a lot at INFO; --verbosity=0 shows it.
         logging.set_verbosity(logging.WARNING)
@@ -44,7 +44,7 @@ def main(argv):
         why = "no such file" if not os.path.isfile(path) else f"cannot load it ({e})"
         raise UserError(f"--config={path}: {why}; expected a Python file with get_config()") from e
     workdir = _WORKDIR.value or os.path.join("runs", config.objective)
-    check_workdir(workdir)  # before anything loads
+    check_output_dir("--workdir", workdir)  # before anything loads
     if config.objective not in registry.OBJECTIVES:
         raise ConfigError(
             f"config.objective={config.objective!r}: unknown objective; expected one of {registry.names()}"
@@ -55,23 +55,6 @@ def main(argv):
 
     with hosts.exit_if_a_peer_is_lost(workdir):  # another process died: one line and exit code 69
         getattr(importlib.import_module(module), fn)(config, workdir)
-
-
-def check_workdir(workdir):
-    """`--workdir` must be a directory this process can write, or a path whose nearest existing parent
-    it can write (it is created on the first write): else one line, before anything loads or is written."""
-    from jaxalign.errors import UserError
-
-    path = os.path.abspath(os.path.expanduser(workdir))
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        what = "is a file" if probe == path else f"is under {probe}, which is a file"
-        raise UserError(f"--workdir={workdir}: {what}; expected a directory (or a new path)")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        where = "" if probe == path else f" (in {probe}, where it would be created)"
-        raise UserError(f"--workdir={workdir}: cannot write there{where}; expected a writable directory")
 
 
 if __name__ == "__main__":

@@ -91,6 +91,11 @@ def synthesize_pairs(
         raise UserError(
             "give exactly one of reward_model (a checkpoint directory) or reward_fn (module:function)"
         )
+    if reward_model and checkpoints.hf.is_reward_checkpoint(reward_model) is False:
+        raise UserError(
+            f"--reward_model={reward_model}: a causal-LM checkpoint, not a reward model "
+            "(*ForSequenceClassification with a score head); its scores would be noise"
+        )
     rows = load_prompt_rows(prompts_path)
     if limit:
         rows = rows[:limit]

@@ -107,3 +107,42 @@ def test_a_held_out_set_smaller_than_the_eval_batch_is_evaluated(tmp_path, cli):
     with open(wd / "metrics.jsonl") as f:
         evals = [json.loads(x) for x in f if "eval/loss" in x]
     assert [e["step"] for e in evals] == [0, 2] and all(e["eval/num_batches"] == 1 for e in evals)
+
+
+def test_a_causal_lm_as_reward_model_is_refused(tmp_path):
+    from jaxalign import defaults
+    from jaxalign.checkpoints import hf
+    from jaxalign.errors import ConfigError, UserError
+    from jaxalign.synthesize import synthesize_pairs
+    from jaxalign.trainers import rl
+
+    sft, rm = os.path.join(EMBEDDED, "checkpoints", "sft"), os.path.join(EMBEDDED, "checkpoints", "reward")
+    assert hf.is_reward_checkpoint(sft) is False and hf.is_reward_checkpoint(rm) is True
+    c = defaults.load_config_file(os.path.join(ROOT, "configs", "grpo.py"))
+    with c.unlocked():
+        c.reward.model_path = sft
+    with pytest.raises(
+        ConfigError, match=r"config.reward.model_path=.*: is a causal-LM checkpoint, not a reward model"
+    ):
+        rl.validate(c, 1)
+    with pytest.raises(UserError, match="a causal-LM checkpoint, not a reward model"):
+        synthesize_pairs(sft, "x.jsonl", str(tmp_path / "out.jsonl"), reward_model=sft)
+
+
+def test_cai_out_that_is_a_file(tmp_path, cli):
+    f = tmp_path / "out"
+    f.write_text("x")
+    r = cli("jaxalign.cai", f"--out={f}", "--max_prompts=2")
+    assert (
+        r.returncode == 2
+        and r.stderr == f"error: --out={f}: is a file; expected a directory (or a new path)\n"
+    )
+
+
+def test_a_relative_tokenizer_path_that_does_not_exist_is_not_a_hub_name(tmp_path, cli):
+    (tmp_path / "runs").mkdir()
+    wd = tmp_path / "run"
+    r = run_cli(
+        "sft.py", str(wd), "--config.model.tokenizer=runs/sft/hf", cli=lambda *a: cli(*a, cwd=tmp_path)
+    )
+    check_one_line_error(r, wd, "config.model.tokenizer='runs/sft/hf': no such file or directory")

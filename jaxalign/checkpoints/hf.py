@@ -352,6 +352,29 @@ def check_hf_dir(path: str | os.PathLike) -> dict[str, Any]:
     return hf
 
 
+def is_reward_checkpoint(path: str | os.PathLike) -> bool | None:
+    """Whether a local HF directory holds a scalar score head (a reward model / classifier): from
+    config.json's `architectures`, else from a `score.weight` tensor. None when it cannot be told (no
+    local directory, unreadable files: the loader names those problems)."""
+    path = Path(os.path.expanduser(str(path)))
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        archs = json.loads(cfg.read_text()).get("architectures") or []
+    except (ValueError, AttributeError, OSError):
+        return None
+    if archs:
+        return any(
+            a.endswith(("ForSequenceClassification", "ForTokenClassification", "RewardModel")) for a in archs
+        )
+    try:
+        names = _SafetensorsReader(path).files
+    except Exception:  # noqa: BLE001 - the loader reports unreadable weights itself
+        return None
+    return any(n == "score.weight" or n.endswith(".score.weight") for n in names)
+
+
 def _put(arr: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from jaxalign.errors import CheckpointError
+from jaxalign.errors import CheckpointError, is_local_path
 
 
 def check_tokenizer_dir(path: str | os.PathLike) -> None:
     """Cheap checks before transformers is imported: the directory exists, holds tokenizer files, and its
     JSON files parse. Raises CheckpointError naming the path (a hub name is let through)."""
     local = os.path.expanduser(str(path))
-    if not os.path.exists(local) and (os.path.isabs(local) or local.startswith(".")):
+    if not os.path.exists(local) and is_local_path(str(path)):
         raise CheckpointError(
             f"{path}: no such directory; expected a tokenizer directory (tokenizer.json, "
             "tokenizer_config.json)"

@@ -100,23 +100,6 @@ def _set_names(paths: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 # Config (objective "eval"): validated once, before anything is loaded.
 # ----------------------------------------------------------------------------------------------------
-def _is_reward_checkpoint(path: str) -> bool | None:
-    """True/False from a local config.json's `architectures`; None when it cannot be told."""
-    cfg = os.path.join(os.path.expanduser(path), "config.json")
-    if not os.path.isfile(cfg):
-        return None
-    try:
-        with open(cfg) as f:
-            archs = json.load(f).get("architectures") or []
-    except (ValueError, AttributeError):  # not JSON, or not an object: the loader names the problem
-        return None
-    if not archs:
-        return None
-    return any(
-        a.endswith(("ForSequenceClassification", "ForTokenClassification", "RewardModel")) for a in archs
-    )
-
-
 def validate_config(config, num_devices: int, process_count: int = 1) -> tuple[int, int, int]:
     """Raises ConfigError on the first bad `eval.*` / `mesh.*` field. Returns the mesh shape
     (data, fsdp, tensor), as `trainers.validate.validate` does for training objectives."""
@@ -130,7 +113,7 @@ def validate_config(config, num_devices: int, process_count: int = 1) -> tuple[i
     for field in ("checkpoint", "reference", "reward_model"):  # CheckpointError before anything is loaded
         if e[field] and os.path.isdir(os.path.expanduser(e[field])):
             checkpoints.hf.check_hf_dir(os.path.expanduser(e[field]))
-    if e.reward_model and _is_reward_checkpoint(e.reward_model) is False:
+    if e.reward_model and checkpoints.hf.is_reward_checkpoint(e.reward_model) is False:
         _fail(
             "eval.reward_model",
             e.reward_model,

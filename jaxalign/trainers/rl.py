@@ -162,6 +162,13 @@ def validate(config, num_devices, process_count=1):
     _check_path("reward.model_path", rw.model_path, required=False)
     if rw.model_path:
         checkpoints.hf.check_hf_dir(rw.model_path)  # CheckpointError before the policy is loaded
+        if checkpoints.hf.is_reward_checkpoint(rw.model_path) is False:
+            _fail(
+                "reward.model_path",
+                rw.model_path,
+                "is a causal-LM checkpoint, not a reward model (*ForSequenceClassification with a score head); "
+                "its score head would be random noise to train against (train one with configs/reward.py)",
+            )
     if judge:
         if obj != "online_dpo":
             _fail(
