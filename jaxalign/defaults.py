@@ -106,6 +106,9 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
     t.checkpoint_every = 500  # Orbax checkpoint period in steps (and always at the end); 0 = off.
     t.checkpoint_every_minutes = 30.0  # ... and in wall-clock minutes, agreed by all hosts; 0 = off.
     t.keep_checkpoints = 2
+    # auto: resume from the workdir's latest checkpoint if there is one (its run identity must match this
+    # config's: trainers/run_identity.py); never: refuse a workdir with checkpoints; must: refuse one without.
+    t.resume = "auto"
     # SIGTERM / SIGINT: finish the step, checkpoint, exit with code 75 (rerun the same command to resume).
     # An update with a non-finite loss or gradient is skipped and counted; this many in a row halt the run
     # (exit code 3); 0 = never halt. See jaxalign/trainers/preemption.py.

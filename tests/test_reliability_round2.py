@@ -146,3 +146,45 @@ def test_a_relative_tokenizer_path_that_does_not_exist_is_not_a_hub_name(tmp_pat
         "sft.py", str(wd), "--config.model.tokenizer=runs/sft/hf", cli=lambda *a: cli(*a, cwd=tmp_path)
     )
     check_one_line_error(r, wd, "config.model.tokenizer='runs/sft/hf': no such file or directory")
+
+
+def _tiny_sft(tmp_path, cli, wd, *extra):
+    return run_cli(
+        "sft.py",
+        str(wd),
+        "--config.train.num_steps=2",
+        "--config.train.eval_every=0",
+        "--config.data.eval=",
+        "--config.train.export_hf=False",
+        *extra,
+        cli=cli,
+    )
+
+
+def test_resuming_into_another_runs_workdir_names_the_difference(tmp_path, cli):
+    """A workdir written by SFT, then DPO (another objective) and SFT on other data pointed at it: one line
+    naming what differs, before anything is restored; the checkpoint is untouched."""
+    wd = tmp_path / "run"
+    r = _tiny_sft(tmp_path, cli, wd)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = sorted(p.name for p in (wd / "checkpoints").iterdir())
+    r = run_cli("dpo.py", str(wd), "--config.train.num_steps=4", "--config.data.eval=", cli=cli)
+    assert (
+        r.returncode == 2
+        and "written by another run: its objective differs ('sft' there, 'dpo' here)" in r.stderr
+    )
+    assert r.stderr.count("\n") == 1, r.stderr
+    other = tmp_path / "other.jsonl"
+    rows = [json.loads(x) for x in open(os.path.join(EMBEDDED, "sft_test.jsonl"))][:64]
+    other.write_text(jsonl(*rows))
+    r = _tiny_sft(tmp_path, cli, wd, f"--config.data.train={other}", "--config.train.num_steps=4")
+    assert r.returncode == 2 and "its training data differs (rows: 3300 there, 64 here)" in r.stderr, r.stderr
+    assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == before
+    # The same command resumes (nothing differs); train.resume=never refuses, must needs a checkpoint.
+    r = _tiny_sft(tmp_path, cli, wd, "--config.train.num_steps=3")
+    assert r.returncode == 0 and "Resumed from" in r.stdout, r.stderr[-2000:]
+    r = _tiny_sft(tmp_path, cli, wd, "--config.train.resume=never")
+    assert r.returncode == 2 and "config.train.resume='never'" in r.stderr
+    r = _tiny_sft(tmp_path, cli, tmp_path / "fresh", "--config.train.resume=must")
+    assert r.returncode == 2 and "config.train.resume='must': the workdir has no checkpoint" in r.stderr
+    assert not (tmp_path / "fresh").exists()

@@ -38,6 +38,17 @@ class StateCheckpointer:
             ),
         )
 
+    def read_meta(self, step=None):
+        """The metadata saved with checkpoint `step` (default the latest), without restoring the state;
+        {} when it cannot be read (restore then names the problem)."""
+        step = self.manager.latest_step() if step is None else step
+        try:
+            return (
+                self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {}
+            )
+        except Exception:  # noqa: BLE001 - restore() reports an unreadable checkpoint in one line
+            return {}
+
     def restore(self, abstract_state, step=None):
         """`abstract_state`: the state's pytree of jax.ShapeDtypeStruct with target shardings."""
         step = self.manager.latest_step() if step is None else step

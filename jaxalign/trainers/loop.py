@@ -24,7 +24,7 @@ from absl import logging
 from jaxalign import hosts, registry, sharding
 from jaxalign.models.attention import CAUSAL_CHUNK
 from jaxalign.checkpoints.orbax_state import StateCheckpointer, abstract_like
-from jaxalign.trainers import flops, optim, preemption
+from jaxalign.trainers import flops, optim, preemption, run_identity
 from jaxalign.trainers.metrics_writer import MetricsWriter
 from jaxalign.trainers.state import TrainState
 from jaxalign.trainers.step import make_train_step
@@ -161,9 +161,12 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
     mesh = sharding.make_mesh(*mesh_shape, devices=train_devices)
     logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), len(devices), jax.process_count())
 
+    if workdir:  # train.resume against the workdir, before anything loads
+        run_identity.check_resume_mode(config, hosts.last_checkpoint(workdir))
     run, state, train_step = build(config, mesh, rollout_devices)
     t = config.train
     final = {}
+    identity = run_identity.identity(config, run)
     with jax.set_mesh(mesh):
         ckpt = (
             StateCheckpointer(os.path.join(workdir, "checkpoints"), keep=t.keep_checkpoints)
@@ -172,6 +175,8 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
         )
         meta = {}
         if ckpt and ckpt.latest_step() is not None:
+            where = os.path.join(ckpt.directory, str(ckpt.latest_step()))
+            run_identity.check(ckpt.read_meta().get("identity"), identity, where)  # before restoring
             state, data_state, meta = ckpt.restore(abstract_like(state))
             run.batches.set_state(data_state)
             print(f"Resumed from {ckpt.directory} at step {int(state.step)}", flush=True)
@@ -219,7 +224,8 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
                 ):
                     final["eval"] = writer.write(step, run.evaluate(state.params), prefix="eval")
                 if step == t.num_steps or decision.save:
-                    guard.save(ckpt, step, state, run.batches.get_state(), {"objective": config.objective})
+                    meta_now = {"objective": config.objective, "identity": identity}
+                    guard.save(ckpt, step, state, run.batches.get_state(), meta_now)
                 if stop:
                     guard.stop(ckpt, step)  # raises Preempted: exit code 75
                 if stop_after is not None and step >= stop_after:

@@ -225,6 +225,8 @@ def validate_common(config, num_devices, process_count=1):
     for field in ("checkpoint_every", "checkpoint_every_minutes", "max_nonfinite_steps"):
         if t[field] < 0:
             _fail(f"train.{field}", t[field], "must be >= 0 (0 = off)")
+    if t.get("resume", "auto") not in ("auto", "never", "must"):
+        _fail("train.resume", t.resume, "expected one of ['auto', 'never', 'must']")
 
     mesh = config.mesh
     sizes = [mesh.data, mesh.fsdp, mesh.tensor]
