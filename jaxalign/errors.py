@@ -199,6 +199,12 @@ def check_path(field, path, required=True):
         return
     if os.path.exists(os.path.expanduser(path)):
         return
+    if str(path).startswith("tfds:"):  # a TensorFlow Datasets source (data/sources.py)
+        import importlib.util
+
+        if importlib.util.find_spec("tensorflow_datasets") is None:
+            config_fail(field, path, "tfds: sources need `pip install tensorflow-datasets` (not installed)")
+        return
     if is_local_path(path):
         config_fail(field, path, "no such file or directory")
 

@@ -188,3 +188,46 @@ def test_resuming_into_another_runs_workdir_names_the_difference(tmp_path, cli):
     r = _tiny_sft(tmp_path, cli, tmp_path / "fresh", "--config.train.resume=must")
     assert r.returncode == 2 and "config.train.resume='must': the workdir has no checkpoint" in r.stderr
     assert not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize("kind", ["surrogate", "binary parquet"])
+def test_text_no_tokenizer_takes_is_one_line(tmp_path, cli, kind):
+    if kind == "surrogate":
+        path = tmp_path / "a.jsonl"
+        path.write_text(
+            '{"messages":[{"role":"user","content":"hi \\ud800"},{"role":"assistant","content":"ok"}]}\n'
+        )
+        config, expected = "sft.py", f"{path} line 1: a text field holds a lone UTF-16 surrogate (U+D800)"
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = tmp_path / "a.parquet"
+        pq.write_table(
+            pa.table({"prompt": [b"ok", b"\xff\xfe"], "chosen": [b"a", b"b"], "rejected": [b"c", b"d"]}),
+            str(path),
+        )
+        config, expected = "dpo.py", f"{path} row 2: a text field holds bytes that are not UTF-8 (0xff)"
+    wd = tmp_path / "run"
+    r = run_cli(config, str(wd), f"--config.data.train={path}", "--config.data.eval=", cli=cli)
+    check_one_line_error(r, wd, expected)
+    r = cli(
+        "jaxalign.data.inspect",
+        f"--config={os.path.join(ROOT, 'configs', config)}",
+        f"--config.data.train={path}",
+        "--config.data.eval=",
+    )
+    assert r.returncode == 2 and r.stderr == f"error: {expected}; expected valid Unicode text\n"
+
+
+def test_tfds_sources_reach_the_loader_or_say_what_is_missing(tmp_path, cli):
+    import importlib.util
+
+    wd = tmp_path / "run"
+    r = run_cli("sft.py", str(wd), "--config.data.train=tfds:mnist", cli=cli)
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        check_one_line_error(
+            r, wd, "config.data.train='tfds:mnist': tfds: sources need `pip install tensorflow-datasets`"
+        )
+    else:
+        assert "no such file" not in r.stderr

@@ -30,6 +30,7 @@ import bisect
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -56,13 +57,31 @@ class RowSource:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
-        return _plain(self.rows[i])
+        try:
+            return _plain(self.rows[i])
+        except UnicodeError as e:  # text a tokenizer cannot take: one line naming the row
+            bad = e.object[e.start : e.start + 1]
+            code = f"0x{bad[0]:02x}" if isinstance(bad, bytes) else f"U+{ord(bad):04X}"
+            what = (
+                "bytes that are not UTF-8" if isinstance(e, UnicodeDecodeError) else "a lone UTF-16 surrogate"
+            )
+            raise DataError(
+                f"{self.locate(i)}: a text field holds {what} ({code}); expected valid Unicode text"
+            ) from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _plain(row: Any) -> dict:
-    """Decodes bytes (TFDS) to str, recursively."""
+    """Decodes bytes (TFDS, binary parquet columns) to str, recursively; UnicodeError for bytes that are not
+    UTF-8 and for strings with lone surrogates (JSON's "\\ud800" escapes: no tokenizer takes them)."""
     if isinstance(row, bytes):
         return row.decode("utf-8")
+    if isinstance(row, str):
+        if _SURROGATE.search(row):
+            row.encode("utf-8")  # raises UnicodeEncodeError at the surrogate
+        return row
     if isinstance(row, dict):
         return {k: _plain(v) for k, v in row.items()}
     if isinstance(row, (list, tuple)):
@@ -235,10 +254,14 @@ def _load_files(files: list[Path]) -> RowSource:
 def _load_tfds(spec: str, split: str, data_dir: str | None) -> RowSource:
     try:
         import tensorflow_datasets as tfds
-    except ImportError as e:  # optional dependency
-        raise ImportError("tfds: sources need `pip install tensorflow-datasets` (jaxalign[tfds])") from e
+    except ImportError:  # optional dependency
+        raise DataError(f"{spec}: tfds: sources need `pip install tensorflow-datasets`") from None
     name = spec[len("tfds:") :]
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
+    try:
+        source = tfds.data_source(name, split=split, data_dir=data_dir)
+    except Exception as e:  # noqa: BLE001 - not built, no such split, unknown name: the user's to fix
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{spec}: cannot open split {split!r} ({type(e).__name__}: {first})") from None
     return RowSource(source, f"tfds {name} [{split}]", lambda i: f"tfds {name}[{split}] row {i + 1}")
 
 
