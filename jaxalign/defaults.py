@@ -94,6 +94,7 @@ def base_config(objective, *, train, eval_="", model_path="", learning_rate=1e-3
     c.model = model_config(model_path)
     c.data = data_config(train, eval_)
     c.data.packing = registry.get(objective).packing  # padding-free batches where the objective allows
+    c.data.skip_bad_rows = 0  # Up to this many bad rows are left out (each named in a warning); 0 = none.
     c.optimizer = optimizer_config(learning_rate)
 
     t = c.train = ml_collections.ConfigDict()

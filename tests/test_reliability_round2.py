@@ -231,3 +231,29 @@ def test_tfds_sources_reach_the_loader_or_say_what_is_missing(tmp_path, cli):
         )
     else:
         assert "no such file" not in r.stderr
+
+
+def test_skip_bad_rows(tmp_path, cli):
+    from jaxalign import data
+    from jaxalign.errors import DataError
+
+    bad = {"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "r"}]}
+    path = tmp_path / "a.jsonl"
+    path.write_text(jsonl(MSGS, bad, MSGS, bad, MSGS))
+    rows = data.read(str(path), kind="sft", skip_bad_rows=2)
+    assert len(rows) == 3 and len(rows.skipped) == 2
+    assert rows.skipped[0].startswith(f"{path} line 2: ") and rows.skipped[1].startswith(f"{path} line 4: ")
+    assert rows.locate(2) == f"{path} line 5"  # the kept rows keep their own lines
+    with pytest.raises(DataError, match=rf"{path} line 4: .*the 2th bad row: more than data.skip_bad_rows=1"):
+        data.read(str(path), kind="sft", skip_bad_rows=1)
+    with pytest.raises(DataError, match=rf"^{path} line 2: "):
+        data.read(str(path), kind="sft")
+    wd = tmp_path / "run"
+    r = _tiny_sft(
+        tmp_path,
+        cli,
+        wd,
+        f"--config.data.train={path}",
+        "--config.data.skip_bad_rows=2",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]

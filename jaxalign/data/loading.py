@@ -16,24 +16,34 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from absl import logging
+
 from jaxalign.data import formats, pipeline, sources
 from jaxalign.errors import ConfigError, DataError
 
 
 class Rows(sources.RowSource):
     """Checked rows: every row normalized to its kind's example (`formats`). ``format`` is the format that
-    was detected (or given), ``kind`` the dataset kind they were checked for."""
+    was detected (or given), ``kind`` the dataset kind they were checked for, ``skipped`` the messages of
+    the bad rows left out (`read(skip_bad_rows=N)`)."""
 
     def __init__(self, examples: list[dict], name: str, locate, kind: str, format: str):
         super().__init__(examples, name, locate)
         self.kind, self.format = kind, format
+        self.skipped: list[str] = []
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
 
 
 def read(
-    path: Any, *, kind: str, format: str = "auto", split: str = "train", data_dir: str | None = None
+    path: Any,
+    *,
+    kind: str,
+    format: str = "auto",
+    split: str = "train",
+    data_dir: str | None = None,
+    skip_bad_rows: int = 0,
 ) -> Rows:
     """Opens `path` and checks every row for dataset `kind`; no tokenizer needed.
 
@@ -44,6 +54,8 @@ def read(
       format: "auto" (detect from the first row) or a format name from `formats.FORMATS`.
       split: which split of a directory / hub / TFDS dataset.
       data_dir: TFDS data directory.
+      skip_bad_rows: up to this many bad rows are left out (each named in a warning, the first few, and
+        counted in ``Rows.skipped``); one more is the error. 0: the first bad row is the error.
 
     Raises:
       DataError: the first bad row or file, as ``<file> line <N>: <what is wrong and what was expected>``.
@@ -54,8 +66,37 @@ def read(
     if len(source) == 0:
         raise DataError(f"{source.name}: no rows")
     adapt = formats.make_adapter(kind, format)
-    examples = [adapt(source[i], source.locate(i)) for i in range(len(source))]
-    return Rows(examples, source.name, source.locate, kind, adapt.format)
+    if not skip_bad_rows:
+        examples = [adapt(source[i], source.locate(i)) for i in range(len(source))]
+        return Rows(examples, source.name, source.locate, kind, adapt.format)
+    examples, kept, bad = [], [], []
+    for i in range(len(source)):
+        try:
+            examples.append(adapt(source[i], source.locate(i)))
+            kept.append(i)
+        except DataError as e:
+            bad.append(str(e))
+            if len(bad) > skip_bad_rows:
+                raise DataError(
+                    f"{e} (the {len(bad)}th bad row: more than data.skip_bad_rows={skip_bad_rows}; the first: "
+                    f"{bad[0]})"
+                    if len(bad) > 1
+                    else str(e)
+                ) from None
+    if not examples:
+        raise DataError(f"{source.name}: every row is bad; the first: {bad[0]}")
+    if bad:
+        logging.warning(
+            "%s: skipped %d bad row(s) of %d (data.skip_bad_rows=%d); the first: %s",
+            source.name,
+            len(bad),
+            len(source),
+            skip_bad_rows,
+            " | ".join(bad[:3]),
+        )
+    rows = Rows(examples, source.name, lambda j: source.locate(kept[j]), kind, adapt.format)
+    rows.skipped = bad
+    return rows
 
 
 def set_chat_template(tokenizer, chat_template: str) -> None:
@@ -88,6 +129,7 @@ def load(
     chat_template: str = "",
     data_dir: str | None = None,
     lazy: bool | None = None,
+    skip_bad_rows: int = 0,
 ) -> pipeline.TokenizedDataset:
     """Reads, checks, tokenizes and pads a dataset: the one entry point the trainers use.
 
@@ -105,6 +147,7 @@ def load(
       whole_sequences: padding-free rows of whole sequences (reward models).
       chat_template: a Jinja chat template (file path or text) that replaces the tokenizer's.
       data_dir: TFDS data directory.
+      skip_bad_rows: see `read`.
       lazy: tokenize each batch's examples when the batch is made instead of all up front (True), up
         front (False), or lazily for sft/preference/kto data of at least `pipeline.LAZY_MIN_ROWS` rows
         (None; the trainers' `data.tokenize=auto`).
@@ -116,7 +159,7 @@ def load(
     Raises:
       DataError: a bad file or row (see `read`), or a conversation the chat template cannot render.
     """
-    rows = read(path, kind=kind, format=format, split=split, data_dir=data_dir)
+    rows = read(path, kind=kind, format=format, split=split, data_dir=data_dir, skip_bad_rows=skip_bad_rows)
     set_chat_template(tokenizer, chat_template)
     return pipeline.build_dataset(
         rows,

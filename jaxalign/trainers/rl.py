@@ -466,6 +466,7 @@ def build_run(config, mesh, rollout_devices=()):
         max_length=d.max_length,
         max_prompt_length=d.max_prompt_length,
         chat_template=d.chat_template,
+        skip_bad_rows=d.skip_bad_rows,
     )
     train_ds = data.load(setup.data_paths(d.train), split="train", **common)
     prompts = pipeline.BatchIterator(

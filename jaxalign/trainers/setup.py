@@ -191,8 +191,9 @@ def build_run(config, mesh):
     m = config.model
     d = config.data
     # Every row is read and checked first: bad data fails here (DataError), before anything loads.
-    train_rows = data.read(data_paths(d.train), kind=kind, format=d.format, split="train")
-    eval_rows = data.read(data_paths(d.eval), kind=kind, format=d.format, split="eval") if d.eval else None
+    skip = dict(kind=kind, format=d.format, skip_bad_rows=d.skip_bad_rows)
+    train_rows = data.read(data_paths(d.train), split="train", **skip)
+    eval_rows = data.read(data_paths(d.eval), split="eval", **skip) if d.eval else None
     tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     check_model_fits(config, tokenizer)  # vocabulary and positions, before the weights load
     mcfg, params = load_model(config, mesh, head)

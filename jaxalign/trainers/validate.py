@@ -158,6 +158,8 @@ def validate_common(config, num_devices, process_count=1):
         _check_path("data.train/eval", part.strip())
     if d.max_length <= 1:
         _fail("data.max_length", d.max_length, "must be > 1")
+    if d.get("skip_bad_rows", 0) < 0:
+        _fail("data.skip_bad_rows", d.skip_bad_rows, "must be >= 0 (0 = the first bad row is the error)")
     if not 0 < d.max_prompt_length < d.max_length:
         _fail(
             "data.max_prompt_length", d.max_prompt_length, f"must be in (0, data.max_length={d.max_length})"
