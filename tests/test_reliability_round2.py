@@ -257,3 +257,26 @@ def test_skip_bad_rows(tmp_path, cli):
         "--config.data.skip_bad_rows=2",
     )
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_kto_from_preference_rows_is_unpaired(tmp_path, cli):
+    from jaxalign import data
+
+    pref = os.path.join(EMBEDDED, "preference_test.jsonl")
+    pairs = data.read(pref, kind="preference")
+    rows = data.read(pref, kind="kto")
+    assert len(rows) == 2 * len(pairs)
+    assert rows[0] == {"prompt": pairs[0]["prompt"], "completion": pairs[0]["chosen"], "label": True}
+    assert rows[1] == {"prompt": pairs[0]["prompt"], "completion": pairs[0]["rejected"], "label": False}
+    assert rows.locate(3) == f"{pref} line 2 (rejected)"
+    wd = tmp_path / "run"
+    r = run_cli(
+        "kto.py",
+        str(wd),
+        f"--config.data.train={pref}",
+        "--config.data.eval=",
+        "--config.train.num_steps=2",
+        "--config.train.export_hf=False",
+        cli=cli,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -79,7 +79,7 @@ KIND_FORMATS = {
     "clm": ("text",),
     "sft": ("messages", "sharegpt", "alpaca", "prompt_completion", "text"),
     "preference": ("preference", "preference_implicit"),
-    "kto": ("kto",),
+    "kto": ("kto", "preference", "preference_implicit"),  # pairs are unpaired (`loading.read`)
     "prompt": (
         "prompt",
         "messages",

@@ -65,6 +65,8 @@ def read(
     source = sources.load_rows(path, split, data_dir=data_dir)
     if len(source) == 0:
         raise DataError(f"{source.name}: no rows")
+    if kind == "kto" and _pairs(source, format):  # KTO from preference pairs, unpaired as TRL does
+        return unpair(read(source, kind="preference", format=format, skip_bad_rows=skip_bad_rows))
     adapt = formats.make_adapter(kind, format)
     if not skip_bad_rows:
         examples = [adapt(source[i], source.locate(i)) for i in range(len(source))]
@@ -96,6 +98,36 @@ def read(
         )
     rows = Rows(examples, source.name, lambda j: source.locate(kept[j]), kind, adapt.format)
     rows.skipped = bad
+    return rows
+
+
+def _pairs(source, format) -> bool:
+    """Whether KTO rows are to come from preference pairs: a preference format, or (auto) a first row
+    with 'chosen' and 'rejected' and no 'label'."""
+    if format in ("preference", "preference_implicit"):
+        return True
+    if format != "auto":
+        return False
+    try:
+        first = source[0]
+    except DataError:
+        return False
+    return isinstance(first, dict) and {"chosen", "rejected"} <= set(first) and "label" not in first
+
+
+def unpair(pairs: Rows) -> Rows:
+    """Preference rows -> KTO rows (TRL's `unpair_preference_dataset`): each pair's chosen completion with
+    label True and its rejected one with label False, in that order; each names its pair's line."""
+    examples = []
+    for ex in pairs.rows:
+        for side, label in (("chosen", True), ("rejected", False)):
+            examples.append({"prompt": ex["prompt"], "completion": ex[side], "label": label})
+
+    def locate(j: int) -> str:
+        return f"{pairs.locate(j // 2)} ({'chosen' if j % 2 == 0 else 'rejected'})"
+
+    rows = Rows(examples, pairs.name, locate, "kto", f"{pairs.format} (unpaired)")
+    rows.skipped = pairs.skipped
     return rows
 
 
