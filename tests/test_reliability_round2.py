@@ -280,3 +280,20 @@ def test_kto_from_preference_rows_is_unpaired(tmp_path, cli):
         cli=cli,
     )
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_hub_name_offline_is_one_line(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    wd = tmp_path / "run"
+    r = run_cli("sft.py", str(wd), "--config.model.tokenizer=someorg/no-such-tokenizer", cli=cli)
+    check_one_line_error(
+        r,
+        wd,
+        "someorg/no-such-tokenizer: not a local directory, not in the Hugging Face cache, and the hub cannot be reached (HF_HUB_OFFLINE is set)",
+    )
+    r = run_cli("sft.py", str(wd), "--config.data.train=someorg/no-such-data", cli=cli)
+    check_one_line_error(
+        r,
+        wd,
+        "someorg/no-such-data: not a local file or directory, and the hub cannot be reached (HF_HUB_OFFLINE is set)",
+    )

@@ -36,6 +36,23 @@ def check_tokenizer_dir(path: str | os.PathLike) -> None:
             _read_json(Path(local) / name)
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, or no connection to its host within
+    `timeout` seconds), or None when it can: asked once before a download, so that an offline machine
+    gets one line instead of minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e:
+        return f"no connection to {host}: {e.strerror or type(e).__name__}"
+    return None
+
+
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs):
     """`transformers.AutoTokenizer.from_pretrained(path)` for a local directory.
 
@@ -44,6 +61,19 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **k
     """
     check_tokenizer_dir(path)
     from transformers import AutoTokenizer  # (imports torch: seconds)
+
+    if not os.path.isdir(os.path.expanduser(str(path))):  # a hub name: the local cache, else the hub
+        try:
+            return AutoTokenizer.from_pretrained(
+                str(path), trust_remote_code=trust_remote_code, local_files_only=True, **kwargs
+            )
+        except Exception:  # noqa: BLE001 - not cached: the hub, if it can be reached
+            why = hub_unreachable()
+            if why:
+                raise CheckpointError(
+                    f"{path}: not a local directory, not in the Hugging Face cache, and the hub cannot be "
+                    f"reached ({why}); give a local tokenizer directory"
+                ) from None
 
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code, **kwargs)

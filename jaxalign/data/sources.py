@@ -266,16 +266,25 @@ def _load_tfds(spec: str, split: str, data_dir: str | None) -> RowSource:
 
 
 def _load_hub(spec: str, split: str) -> RowSource:
+    from jaxalign.checkpoints.tokenizer import hub_unreachable
+
+    why = hub_unreachable()
+    if why:  # the local cache only: one line at once instead of minutes of retries
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     import datasets
 
     try:
         rows = datasets.load_dataset(spec, split=split)
     except Exception as e:  # noqa: BLE001 - not found, offline, no such split: all the user's to fix
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hub = (
+            f"the hub cannot be reached ({why}) and it is not in the local cache"
+            if why
+            else f"loading it from the Hugging Face hub failed ({first})"
+        )
         raise DataError(
-            f"{spec}: not a local file or directory, and loading it from the Hugging Face hub "
-            f"failed ({first}); expected a .jsonl/.json/.parquet file, a directory of them, or a "
-            "hub dataset name"
+            f"{spec}: not a local file or directory, and {hub}; expected a .jsonl/.json/.parquet file, a "
+            "directory of them, or a hub dataset name"
         ) from None
     return RowSource(rows, f"{spec} [{split}]", lambda i: f"{spec}[{split}] row {i + 1}")
 
