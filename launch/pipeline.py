@@ -605,16 +605,24 @@ def write_plots(workdir, models, results):
     _save(fig, axes, os.path.join(workdir, "frontier.png"))
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line, `error: <what>`, and exit code 2, as every jaxalign command."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (python launch/pipeline.py --help lists the arguments)\n")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _OneLineParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/pipeline")
     parser.add_argument("--size", choices=sorted(SIZES), default="ci")
     parser.add_argument("--resume", action="store_true", help="reuse stages whose outputs exist")
     parser.add_argument("--verbosity", type=int, default=0, help="1: a traceback with an input error")
     args = parser.parse_args(argv)
-    from jaxalign.errors import user_errors_exit
+    from jaxalign.errors import check_output_dir, user_errors_exit
 
     with user_errors_exit(["pipeline", f"--verbosity={args.verbosity}"]):  # `error: <one line>`, exit 2
+        check_output_dir("--workdir", args.workdir)
         run(args.workdir, args.size, args.resume)
 
 

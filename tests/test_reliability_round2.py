@@ -297,3 +297,22 @@ def test_a_hub_name_offline_is_one_line(tmp_path, cli, monkeypatch):
         wd,
         "someorg/no-such-data: not a local file or directory, and the hub cannot be reached (HF_HUB_OFFLINE is set)",
     )
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--size=huge"], "error: argument --size: invalid choice: 'huge'"),
+        (["--nonsense"], "error: unrecognized arguments: --nonsense"),
+    ],
+)
+def test_pipeline_bad_arguments_are_one_line(args, expected, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_cli", os.path.join(ROOT, "launch", "pipeline.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(expected) and err.count("\n") == 1, err
