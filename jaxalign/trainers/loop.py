@@ -143,6 +143,7 @@ def one_step(run, train_step, state):
     batch, info, source_metrics = run.batches.next(state)
     before = _compile_seconds[0]
     state, metrics = train_step(state, batch, run.ref_params)
+    preemption.fault_point(lambda: int(state.step), "update")  # test-only (no-op, no sync, unless asked)
     return state, {**source_metrics, **metrics}, {**info, "compile_s": _compile_seconds[0] - before}
 
 

@@ -38,6 +38,9 @@ EXIT_PREEMPTED = 75  # stopped by SIGTERM / SIGINT after saving a checkpoint: re
 EXIT_NONFINITE = 3  # halted: train.max_nonfinite_steps non-finite steps in a row.
 
 TEST_NAN_ENV = "JAXALIGN_TEST_INJECT_NAN_AT_STEPS"
+# Test-only: "<step>:<phase>:<TERM|KILL>" sends this process that signal at that point of that step
+# (phases: sample, score, update; a kill inside a save is orbax_state.TEST_KILL_ENV).
+TEST_FAULT_ENV = "JAXALIGN_TEST_FAULT"
 TEST_SIGNAL_ENV = "JAXALIGN_TEST_SIGTERM_AT_STEPS"  # test-only: the loop sends itself SIGTERM after these
 
 
@@ -241,3 +244,15 @@ class Guard:
         if self.is_chief:
             print(f"preempted at step {step}: {where}", flush=True)
         raise Preempted(step, ckpt.directory if ckpt is not None else None)
+
+
+def fault_point(step, phase):
+    """Test-only (`TEST_FAULT_ENV`): a SIGTERM or SIGKILL to this process at `phase` of `step` (an int, or
+    a function giving it: read only when the variable is set), to test that a run stopped anywhere resumes
+    to the uninterrupted run's numbers. Nothing without the variable."""
+    spec = os.environ.get(TEST_FAULT_ENV, "")
+    if not spec:
+        return
+    at, where, sig = spec.split(":")
+    if where == phase and int(at) == int(step() if callable(step) else step):
+        os.kill(os.getpid(), signal.SIGKILL if sig == "KILL" else signal.SIGTERM)

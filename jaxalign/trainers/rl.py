@@ -47,7 +47,7 @@ from jaxalign.eval import judge as judge_lib
 from jaxalign.lora import kinds
 from jaxalign.sampling import scoring
 from jaxalign.trainers import algorithm as algorithm_lib
-from jaxalign.trainers import off_policy, rewards, setup
+from jaxalign.trainers import off_policy, preemption, rewards, setup
 from jaxalign.trainers.validate import (
     ConfigError,
     _check_path,
@@ -328,7 +328,9 @@ class Rollouts:
             collect(self, item)  # decode + Python rewards on the host while the device updates
             while len(self.in_flight) < self.max_staleness:  # sampled on device before this step's update
                 self.in_flight.append(self.launch(state, len(self.in_flight) + 1))
+        preemption.fault_point(self.step, "sample")  # test-only (no-op unless asked)
         rollout, num_tokens, perm = score(self, state.params, item.rollout, item.answers, item)
+        preemption.fault_point(self.step, "score")
         batch, metrics, kl_coef = self.prepare(rollout, jnp.float32(self.kl_coef))
         if perm is not None and self.split_units is not None:
             batch = self.split_units(batch, perm)
