@@ -76,6 +76,13 @@ _LLAMA_LAYER = {
     **{("mlp", f"{p}_proj", "kernel"): (f"mlp.{p}_proj.weight", "linear") for p in ("gate", "up", "down")},
     **{("mlp", f"{p}_proj", "bias"): (f"mlp.{p}_proj.bias", "same") for p in ("gate", "up", "down")},
 }
+# Gemma 2 / 3: four norms per block; HF's post_attention_layernorm is the attention output's norm there.
+_GEMMA2_LAYER = {
+    **{k: v for k, v in _LLAMA_LAYER.items() if k != ("mlp_norm", "scale")},
+    ("post_attn_norm", "scale"): ("post_attention_layernorm.weight", "same"),
+    ("mlp_norm", "scale"): ("pre_feedforward_layernorm.weight", "same"),
+    ("post_mlp_norm", "scale"): ("post_feedforward_layernorm.weight", "same"),
+}
 _GPT2_LAYER = {
     ("attn_norm", "scale"): ("ln_1.weight", "same"),
     ("attn_norm", "bias"): ("ln_1.bias", "same"),
@@ -121,7 +128,8 @@ def _hf_name(config: ModelConfig, path: tuple[str, ...], layer: int | None) -> t
     if path in _HEAD_TENSORS:
         return _HEAD_TENSORS[path]
     if layer is not None:
-        name, kind = (_GPT2_LAYER if gpt2 else _LLAMA_LAYER)[path]
+        table = _GPT2_LAYER if gpt2 else _GEMMA2_LAYER if config.sandwich_norms else _LLAMA_LAYER
+        name, kind = table[path]
         return layer_prefix.format(i=layer) + name, kind
     name, kind = (_GPT2_GLOBAL if gpt2 else _LLAMA_GLOBAL)[path]
     return prefix + name, kind

@@ -122,10 +122,13 @@ def auto_chunk(batch: int, length: int, vocab: int, budget: int = 1 << 26) -> in
     return c
 
 
-def chunked_token_stats(hidden: Array, head: Array, targets: Array, chunk: int, dtype=None) -> TokenStats:
+def chunked_token_stats(
+    hidden: Array, head: Array, targets: Array, chunk: int, dtype=None, softcap: float = 0.0
+) -> TokenStats:
     """`TokenStats` of the LM head without ever holding the logits [B, T, V], forward or backward.
 
-        logits[b, t] = hidden[b, t] @ head          (float32 accumulation)
+        logits[b, t] = hidden[b, t] @ head          (float32 accumulation; with `softcap` c > 0,
+                                                     c · tanh(logits / c), Gemma 2's final soft-cap)
         log p(y_bt) = logits[b, t, y_bt] - logsumexp_v logits[b, t, v]
 
     The positions are taken `chunk` at a time along T (the batch axis, usually sharded, stays whole): a
@@ -140,6 +143,7 @@ def chunked_token_stats(hidden: Array, head: Array, targets: Array, chunk: int, 
       targets: [B, T] int; negative values read token 0 and must be masked by the caller.
       chunk: positions per chunk (T is padded up to a multiple of it); see `auto_chunk`.
       dtype: compute dtype of the projection (default: the hidden states' dtype).
+      softcap: the model's final logit soft-cap (0 = none).
 
     Returns:
       TokenStats, each [B, T].
@@ -156,6 +160,8 @@ def chunked_token_stats(hidden: Array, head: Array, targets: Array, chunk: int, 
     @jax.checkpoint
     def one(w, xc, yc):
         logits = jnp.dot(xc.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+        if softcap:
+            logits = softcap * jnp.tanh(logits / softcap)
         lp, lse = _logprobs_and_lse(logits, yc)
         return lp, lse, jnp.argmax(logits, axis=-1) == yc
 

@@ -44,8 +44,19 @@ def cache_mask(
     return (allowed[None] & key_valid[:, None, :])[:, None]
 
 
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """cap · tanh(x / cap) (Gemma 2's logit soft-capping); x itself when cap is 0."""
+    return x if not cap else cap * jnp.tanh(x / cap)
+
+
 def attention_reference(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, kv_heads_first: bool = False
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    scale: float,
+    kv_heads_first: bool = False,
+    logit_cap: float = 0.0,
 ) -> jax.Array:
     """Plain einsum attention (for tests, as a fallback, and over the KV cache).
 
@@ -59,7 +70,7 @@ def attention_reference(
     kv = "bksd" if kv_heads_first else "bskd"
     qg = q.reshape(b, t, kh, h // kh, dh)  # [B, T, K, G, Dh]
     logits = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask[:, :, None], logits, _NEG)  # [B, K, G, T, S]
+    logits = jnp.where(mask[:, :, None], softcap(logits, logit_cap), _NEG)  # [B, K, G, T, S]
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
@@ -71,7 +82,13 @@ CAUSAL_CHUNK = 64
 
 
 def attention_causal_chunks(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, chunk: int = CAUSAL_CHUNK
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array,
+    scale: float,
+    chunk: int = CAUSAL_CHUNK,
+    logit_cap: float = 0.0,
 ) -> jax.Array:
     """Self-attention over a causal mask, one block of `chunk` queries at a time.
 
@@ -87,19 +104,29 @@ def attention_causal_chunks(
     outs = []
     for s in range(0, t, chunk):
         e = min(s + chunk, t)
-        outs.append(attention_reference(q[:, s:e], k[:, :e], v[:, :e], mask[:, :, s:e, :e], scale))
+        outs.append(
+            attention_reference(
+                q[:, s:e], k[:, :e], v[:, :e], mask[:, :, s:e, :e], scale, logit_cap=logit_cap
+            )
+        )
     return jnp.concatenate(outs, axis=1)
 
 
-def attend(q, k, v, mask, scale: float, implementation: str | None, causal_self: bool = False) -> jax.Array:
+def attend(
+    q, k, v, mask, scale: float, implementation: str | None, causal_self: bool = False, logit_cap: float = 0.0
+) -> jax.Array:
     """Dispatches to `jax.nn.dot_product_attention`, the causal-chunked attention or the reference.
 
     implementation=None: cuDNN flash attention when running on GPU in bf16/fp16 and cuDNN accepts the
     shapes (checked while tracing; otherwise XLA); on CPU, for self-attention under a causal mask
     (`causal_self`: no KV cache) longer than one chunk, `attention_causal_chunks`; XLA elsewhere.
+    Soft-capped logits (`logit_cap`, Gemma 2), which `jax.nn.dot_product_attention` cannot take, run the
+    chunked or the reference einsum attention (XLA all the same).
     """
-    if implementation == "reference":
-        return attention_reference(q, k, v, mask, scale)
+    if implementation == "reference" or (logit_cap and not (causal_self and q.shape[1] > CAUSAL_CHUNK)):
+        return attention_reference(q, k, v, mask, scale, logit_cap=logit_cap)
+    if logit_cap:
+        return attention_causal_chunks(q, k, v, mask, scale, logit_cap=logit_cap)
     if implementation == "chunked" or (
         implementation is None
         and causal_self
@@ -138,7 +165,7 @@ class Attention(nn.Module):
         q = Dense((h, dh), ("embed", "heads", "head_dim"), cfg.qkv_bias, config=cfg, name="q_proj")(x)
         k = Dense((kh, dh), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, config=cfg, name="k_proj")(x)
         v = Dense((kh, dh), ("embed", "kv_heads", "head_dim"), cfg.qkv_bias, config=cfg, name="v_proj")(x)
-        if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim, before RoPE
+        if cfg.qk_norm:  # Qwen3, Gemma 3: RMSNorm over head_dim, before RoPE
             q = RMSNorm(cfg, axis_name="head_dim", name="q_norm")(q)
             k = RMSNorm(cfg, axis_name="head_dim", name="k_norm")(k)
         q = q.reshape(b, t, h, dh)  # [B, T, H, Dh]
@@ -148,6 +175,8 @@ class Attention(nn.Module):
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         new_cache = None
+        scale = (cfg.query_pre_attn_scalar or dh) ** -0.5  # Gemma 2 / 3 scale by query_pre_attn_scalar
+        cap = cfg.attn_logit_softcap
         if cache is not None:  # write the t new entries at slots [index, index + t)
             k_all = jax.lax.dynamic_update_slice(
                 cache["k"], k.swapaxes(1, 2).astype(cache["k"].dtype), (0, 0, index, 0)
@@ -156,15 +185,15 @@ class Attention(nn.Module):
                 cache["v"], v.swapaxes(1, 2).astype(cache["v"].dtype), (0, 0, index, 0)
             )
             new_cache = {"k": k_all, "v": v_all}
-            if cfg.attention_impl in (None, "reference"):  # the cache as stored (no transposed copies)
+            if cfg.attention_impl in (None, "reference") or cap:  # the cache as stored (no transposed copies)
                 out = attention_reference(
-                    q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, dh**-0.5, True
+                    q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask, scale, True, logit_cap=cap
                 )
             else:
                 k, v = k_all.swapaxes(1, 2).astype(q.dtype), v_all.swapaxes(1, 2).astype(q.dtype)
-                out = attend(q, k, v, mask, dh**-0.5, cfg.attention_impl)
-        else:
-            out = attend(q, k, v, mask, dh**-0.5, cfg.attention_impl, causal_self=True)  # [B, T, H, Dh]
+                out = attend(q, k, v, mask, scale, cfg.attention_impl)
+        else:  # [B, T, H, Dh]
+            out = attend(q, k, v, mask, scale, cfg.attention_impl, causal_self=True, logit_cap=cap)
         out = Dense(
             (cfg.hidden_size,),
             ("heads", "head_dim", "embed"),

@@ -22,6 +22,8 @@ ARCHITECTURES = {
     "qwen2": ("Qwen2ForCausalLM", "Qwen2ForSequenceClassification"),
     "qwen3": ("Qwen3ForCausalLM", "Qwen3ForSequenceClassification"),
     "gemma": ("GemmaForCausalLM", "GemmaForSequenceClassification"),
+    "gemma2": ("Gemma2ForCausalLM", "Gemma2ForSequenceClassification"),
+    "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification"),
     "gpt2": ("GPT2LMHeadModel", "GPT2ForSequenceClassification"),
 }
 SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)
@@ -66,6 +68,15 @@ class ModelConfig:
     rope_high_freq_factor: float = 4.0  # llama3 only
     rope_original_max_position_embeddings: int = 8192  # llama3 only
     sliding_window: int | None = None  # Mistral: a query sees keys with q - k < window
+    # Per-layer attention ("sliding_attention" | "full_attention"; Gemma 2 / 3): sliding layers use
+    # `sliding_window`, full layers see everything; None = every layer uses `sliding_window`.
+    layer_types: tuple[str, ...] | None = None
+    rope_local_theta: float = 0.0  # Gemma 3: RoPE base of the sliding layers (0 = rope_theta)
+    # Gemma 2 / 3.
+    sandwich_norms: bool = False  # norms after attention and after the MLP too (4 per block)
+    query_pre_attn_scalar: float = 0.0  # attention scale = this ** -0.5 (0: head_dim ** -0.5)
+    attn_logit_softcap: float = 0.0  # attention logits -> cap · tanh(logits / cap); 0 = off
+    final_logit_softcap: float = 0.0  # LM logits -> cap · tanh(logits / cap); 0 = off
     # Special tokens (export only; the model itself does not use them).
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -110,6 +121,18 @@ class ModelConfig:
             raise ValueError(f"remat_policy={self.remat_policy!r} is not a jax.checkpoint_policies name")
         if self.logits_chunk < -1:
             raise ValueError(f"logits_chunk={self.logits_chunk} must be -1 (whole), 0 (auto) or > 0")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers:
+                raise ValueError(
+                    f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers"
+                )
+            bad = set(self.layer_types) - {"sliding_attention", "full_attention"}
+            if bad:
+                raise ValueError(
+                    f"layer_types {sorted(bad)} not supported (sliding_attention | full_attention)"
+                )
+            if self.scan_layers and len(set(self.layer_types)) > 1:
+                raise ValueError("scan_layers with mixed sliding / full attention layers is not supported")
         if self.attention_impl not in (None, "xla", "cudnn", "chunked", "reference"):
             raise ValueError(
                 f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|chunked|reference"
@@ -117,6 +140,18 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    def layer_window(self, i: int) -> int | None:
+        """Layer i's sliding window (None: it sees every earlier key)."""
+        if self.layer_types is not None and self.layer_types[i] == "full_attention":
+            return None
+        return self.sliding_window
+
+    def layer_rope_theta(self, i: int) -> float:
+        """Layer i's RoPE base (Gemma 3's sliding layers have their own)."""
+        if self.rope_local_theta and self.layer_window(i) is not None:
+            return self.rope_local_theta
+        return self.rope_theta
 
     # ------------------------------------------------------------------ HF conversion
     @classmethod
@@ -171,7 +206,8 @@ class ModelConfig:
         else:
             d, h = hf["hidden_size"], hf["num_attention_heads"]
             act = hf.get("hidden_activation") or hf.get("hidden_act", "silu")
-            if model_type == "gemma" and act == "gelu":  # HF Gemma maps legacy "gelu" to the tanh approx.
+            gemma = model_type in ("gemma", "gemma2", "gemma3_text")
+            if gemma and act == "gelu":  # HF Gemma maps legacy "gelu" to the tanh approx.
                 act = "gelu_pytorch_tanh"
             attention_bias = bool(hf.get("attention_bias", False))
             fields = dict(
@@ -187,14 +223,34 @@ class ModelConfig:
                 qkv_bias=attention_bias or model_type == "qwen2",
                 out_bias=attention_bias and model_type != "qwen2",
                 mlp_bias=bool(hf.get("mlp_bias", False)),
-                qk_norm=model_type == "qwen3",
-                norm_scale_offset=1.0 if model_type == "gemma" else 0.0,
-                embed_scale=model_type == "gemma",
-                tie_word_embeddings=hf.get("tie_word_embeddings", model_type == "gemma"),
+                qk_norm=model_type in ("qwen3", "gemma3_text"),
+                norm_scale_offset=1.0 if gemma else 0.0,
+                embed_scale=gemma,
+                tie_word_embeddings=hf.get("tie_word_embeddings", gemma),
                 **_rope_from_hf(hf),
             )
             if model_type == "mistral":
                 fields["sliding_window"] = hf.get("sliding_window")
+            if model_type in ("gemma2", "gemma3_text"):
+                if hf.get("use_bidirectional_attention"):
+                    raise ValueError("use_bidirectional_attention=True is not supported")
+                n = fields["num_layers"]
+                types = hf.get("layer_types")
+                if not types:  # older configs: Gemma 2 alternates, Gemma 3 has every `pattern`-th layer full
+                    pattern = 2 if model_type == "gemma2" else int(hf.get("sliding_window_pattern", 6))
+                    types = [
+                        "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)
+                    ]
+                fields.update(
+                    sliding_window=hf.get("sliding_window"),
+                    layer_types=tuple(types),
+                    sandwich_norms=True,
+                    query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar") or 0.0),
+                    attn_logit_softcap=float(hf.get("attn_logit_softcapping") or 0.0),
+                    final_logit_softcap=float(hf.get("final_logit_softcapping") or 0.0),
+                )
+                if model_type == "gemma3_text":
+                    fields.update(_gemma3_rope(hf))
             elif model_type in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
                 raise ValueError(f"{model_type} use_sliding_window=True is not supported")
             if hf.get("pretraining_tp", 1) != 1:
@@ -258,8 +314,22 @@ class ModelConfig:
                 rope_theta=self.rope_theta,
                 attention_dropout=0.0,
             )
-            if self.model_type == "gemma":
+            if self.model_type in ("gemma", "gemma2", "gemma3_text"):
                 out["hidden_activation"] = self.activation
+            if self.model_type in ("gemma2", "gemma3_text"):
+                out.update(
+                    sliding_window=self.sliding_window,
+                    layer_types=list(self.layer_types or ()),
+                    query_pre_attn_scalar=int(self.query_pre_attn_scalar or self.head_dim),
+                    attn_logit_softcapping=self.attn_logit_softcap or None,
+                    final_logit_softcapping=self.final_logit_softcap or None,
+                    attention_bias=self.out_bias,
+                )
+            if self.model_type == "gemma3_text":
+                local = {"rope_type": "default", "rope_theta": self.rope_local_theta or self.rope_theta}
+                out["rope_parameters"] = {"sliding_attention": local, "full_attention": rope}
+                out["rope_local_base_freq"] = local["rope_theta"]
+                out.pop("rope_theta", None)
             if self.model_type in ("llama", "qwen3", "gemma"):
                 out["attention_bias"] = self.out_bias
             if self.model_type == "llama":
@@ -298,9 +368,28 @@ class ModelConfig:
         return inv.astype(np.float32)
 
 
+def _gemma3_rope(hf: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 3's two RoPE settings: the full layers' (v5 `rope_parameters["full_attention"]`, or v4
+    `rope_theta` + `rope_scaling`) and the sliding layers' base (`["sliding_attention"]` or
+    `rope_local_base_freq`, default scaling only)."""
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params:
+        fields = _rope_from_hf({"rope_parameters": params["full_attention"]})
+        local = params.get("sliding_attention") or {}
+        if local.get("rope_type", "default") != "default":
+            raise ValueError(f"sliding layers' rope_type={local.get('rope_type')!r} is not supported")
+        fields["rope_local_theta"] = float(local.get("rope_theta", hf.get("rope_local_base_freq", 10000.0)))
+        return fields
+    fields = _rope_from_hf(hf)
+    fields["rope_local_theta"] = float(hf.get("rope_local_base_freq", 10000.0))
+    return fields
+
+
 def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     """Reads v5 `rope_parameters` or v4 `rope_theta` + `rope_scaling` into ModelConfig fields."""
     params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    if "full_attention" in params:  # per layer type (Gemma 3): the full layers' (see _gemma3_rope)
+        params = dict(params["full_attention"])
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in _ROPE_TYPES:

@@ -7,7 +7,8 @@
 Parameter tree (non-scanned; with `scan_layers` the per-layer subtrees are stacked under "layers" with
 a leading [L] axis, logical name "layers"):
     embed/embedding [V, D]             pos_embed/embedding [P, D] (learned positions only)
-    layers_{i}/attn_norm, attn/{q,k,v,o}_proj, attn/{q,k}_norm (Qwen3), mlp_norm, mlp/{gate,up,down}_proj
+    layers_{i}/attn_norm, attn/{q,k,v,o}_proj, attn/{q,k}_norm (Qwen3, Gemma 3), mlp_norm,
+             mlp/{gate,up,down}_proj, post_attn_norm and post_mlp_norm (Gemma 2 / 3)
     final_norm                         lm_head/kernel [D, V] (untied only)
 """
 
@@ -19,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxalign.models.attention import Attention, cache_mask, segment_mask
+from jaxalign.models.attention import Attention, cache_mask, segment_mask, softcap
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import MLP, Embed, gemma_embed_normalizer, make_norm, rope_tables
 from jaxalign.sharding import constrain
@@ -43,8 +44,13 @@ class Block(nn.Module):
         attn_out, new_cache = Attention(cfg, name="attn")(
             make_norm(cfg, "attn_norm")(x), mask, rope, layer_cache, index
         )
+        if cfg.sandwich_norms:  # Gemma 2 / 3: the sub-layer's output is normalised too
+            attn_out = make_norm(cfg, "post_attn_norm")(attn_out)
         x = constrain(x + attn_out, ("batch", None))
-        x = x + MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
+        mlp_out = MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
+        if cfg.sandwich_norms:
+            mlp_out = make_norm(cfg, "post_mlp_norm")(mlp_out)
+        x = x + mlp_out
         return constrain(x, ("batch", None)), new_cache
 
 
@@ -84,16 +90,29 @@ class Transformer(nn.Module):
         if cfg.position_embedding == "learned":
             pos_embed = Embed(cfg.max_position_embeddings, cfg, axes=("positions", "embed"), name="pos_embed")
             x = x + pos_embed(positions.reshape(-1))
-        rope = rope_tables(cfg, positions) if cfg.position_embedding == "rope" else None
-
+        # Each layer's (mask, rope, index): the masks and RoPE tables its window and base need, made once.
+        masks, ropes = {}, {}
         if cache is None:
-            mask, index, layer_caches = segment_mask(segment_ids, cfg.sliding_window), None, None
+            index, layer_caches = None, None
         else:
             index = cache["index"]
             key_valid = jax.lax.dynamic_update_slice(cache["mask"], segment_ids != 0, (0, index))
-            mask = cache_mask(key_valid, index, t, cfg.sliding_window)
             layer_caches = cache["layers"]
-        shared = (mask, rope, index)
+
+        def layer_inputs(i):
+            window, theta = cfg.layer_window(i), cfg.layer_rope_theta(i)
+            if window not in masks:
+                masks[window] = (
+                    segment_mask(segment_ids, window)
+                    if cache is None
+                    else cache_mask(key_valid, index, t, window)
+                )
+            if cfg.position_embedding == "rope" and theta not in ropes:
+                own = cfg if theta == cfg.rope_theta else cfg.replace(rope_theta=theta, rope_type="default")
+                ropes[theta] = rope_tables(own, positions)
+            return (masks[window], ropes.get(theta), index)
+
+        shared = layer_inputs(0)
 
         block_cls = Block
         if cfg.remat:
@@ -116,7 +135,7 @@ class Transformer(nn.Module):
             new_layer_caches = []
             for i in range(cfg.num_layers):
                 x, c = block_cls(cfg, name=f"layers_{i}")(
-                    x, shared, None if layer_caches is None else layer_caches[i]
+                    x, layer_inputs(i), None if layer_caches is None else layer_caches[i]
                 )
                 new_layer_caches.append(c)
 
@@ -129,7 +148,7 @@ class Transformer(nn.Module):
                 logits = embed.attend(x)
             else:
                 logits = LMHead(cfg, name="lm_head")(x)
-            logits = logits.reshape(b, t, cfg.vocab_size)  # [B, T, V] f32
+            logits = softcap(logits.reshape(b, t, cfg.vocab_size), cfg.final_logit_softcap)  # [B, T, V] f32
             out = (logits, hidden) if return_hidden else logits
         if cache is None:
             return out

@@ -50,7 +50,9 @@ def _token_stats(model, params, batch):
     hidden = model.apply(
         {"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"], hidden_only=True
     )  # [B, T, D]
-    return losses.chunked_token_stats(hidden, head, batch["targets"], chunk, dtype=cfg.dtype)
+    return losses.chunked_token_stats(
+        hidden, head, batch["targets"], chunk, dtype=cfg.dtype, softcap=cfg.final_logit_softcap
+    )
 
 
 def _pair(batch):

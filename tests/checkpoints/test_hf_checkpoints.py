@@ -28,7 +28,16 @@ def _torch_padded_logits(model, ids, pos, seg):
 
 
 @pytest.mark.parametrize(
-    "family,scan", [("llama3", False), ("qwen3", True), ("gpt2", False), ("gemma", False), ("qwen2", True)]
+    "family,scan",
+    [
+        ("llama3", False),
+        ("qwen3", True),
+        ("gpt2", False),
+        ("gemma", False),
+        ("qwen2", True),
+        ("gemma2", False),
+        ("gemma3", False),
+    ],
 )
 def test_export_loads_in_transformers_with_same_logits(tmp_path, family, scan):
     path, _ = tiny_hf_model(family)

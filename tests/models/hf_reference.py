@@ -66,6 +66,36 @@ FAMILIES = {
     # Qwen3: per-head q/k RMSNorm, head_dim (32) != hidden / heads (16).
     "qwen3": (transformers.Qwen3Config, dict(_COMMON, head_dim=32, tie_word_embeddings=False)),
     "gemma": (transformers.GemmaConfig, dict(_COMMON, head_dim=16, hidden_activation="gelu_pytorch_tanh")),
+    # Gemma 2: soft-capped attention and final logits, sliding / full layers alternating (window 5, shorter
+    # than the test rows), sandwich norms, query_pre_attn_scalar != head_dim.
+    "gemma2": (
+        transformers.Gemma2Config,
+        dict(
+            _COMMON,
+            num_hidden_layers=4,
+            head_dim=16,
+            sliding_window=5,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        ),
+    ),
+    # Gemma 3 (text): q/k norms, a local RoPE base for the sliding layers, every 3rd layer full.
+    "gemma3": (
+        transformers.Gemma3TextConfig,
+        dict(
+            _COMMON,
+            num_hidden_layers=4,
+            head_dim=16,
+            sliding_window=5,
+            query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 8.0},
+            },
+        ),
+    ),
     "gpt2": (
         transformers.GPT2Config,
         dict(
