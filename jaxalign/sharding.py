@@ -31,6 +31,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("layers", None),  # stacked (scanned) layer axis
     ("positions", None),  # learned position table rows
+    ("expert", None),  # mixture-of-experts weights' expert axis (expert parallelism: map it to a mesh axis)
 )
 
 

@@ -83,6 +83,21 @@ _GEMMA2_LAYER = {
     ("mlp_norm", "scale"): ("pre_feedforward_layernorm.weight", "same"),
     ("post_mlp_norm", "scale"): ("post_feedforward_layernorm.weight", "same"),
 }
+# Mixture of experts, as checkpoints store them: the router [E, D] and one [out, in] tensor per expert and
+# projection ("{e}": the expert); ours are the router [D, E] and the experts stacked, [E, in, out].
+_MIXTRAL_LAYER = {
+    ("moe", "router"): ("block_sparse_moe.gate.weight", "linear"),
+    ("moe", "gate_proj"): ("block_sparse_moe.experts.{e}.w1.weight", "experts"),
+    ("moe", "up_proj"): ("block_sparse_moe.experts.{e}.w3.weight", "experts"),
+    ("moe", "down_proj"): ("block_sparse_moe.experts.{e}.w2.weight", "experts"),
+}
+_QWEN_MOE_LAYER = {
+    ("moe", "router"): ("mlp.gate.weight", "linear"),
+    **{
+        ("moe", f"{p}_proj"): (f"mlp.experts.{{e}}.{p}_proj.weight", "experts")
+        for p in ("gate", "up", "down")
+    },
+}
 _GPT2_LAYER = {
     ("attn_norm", "scale"): ("ln_1.weight", "same"),
     ("attn_norm", "bias"): ("ln_1.bias", "same"),
@@ -129,6 +144,8 @@ def _hf_name(config: ModelConfig, path: tuple[str, ...], layer: int | None) -> t
         return _HEAD_TENSORS[path]
     if layer is not None:
         table = _GPT2_LAYER if gpt2 else _GEMMA2_LAYER if config.sandwich_norms else _LLAMA_LAYER
+        if path[0] == "moe":
+            table = _MIXTRAL_LAYER if config.model_type == "mixtral" else _QWEN_MOE_LAYER
         name, kind = table[path]
         return layer_prefix.format(i=layer) + name, kind
     name, kind = (_GPT2_GLOBAL if gpt2 else _LLAMA_GLOBAL)[path]
@@ -148,6 +165,8 @@ def _to_ours(arr: np.ndarray, kind, shape: tuple[int, ...]) -> np.ndarray:
     """HF tensor -> our layout; ValueError when its shape does not fit `shape`."""
     if kind == "linear":
         arr = arr.T
+    elif kind == "experts":  # the experts' [out, in] tensors stacked: [E, out, in] -> [E, in, out]
+        arr = arr.swapaxes(1, 2)
     elif isinstance(kind, tuple):  # ("split", j): j-th of 3 equal parts of the last axis
         if arr.shape[-1] % 3:
             raise ValueError("the last axis does not split into q, k, v")
@@ -164,6 +183,8 @@ def _to_hf(arr: np.ndarray, kind, path: tuple[str, ...]) -> np.ndarray:
         return arr.reshape(-1)
     if kind == "same":
         return arr
+    if isinstance(kind, tuple) and kind[0] == "expert":  # expert e's [in, out] -> [out, in]
+        return arr[kind[1]].T
     in_dims = 2 if path[-2] == "o_proj" else 1  # o_proj kernel is [H, Dh, D]
     flat = arr.reshape(math.prod(arr.shape[:in_dims]), -1)
     return flat.T if kind == "linear" else flat
@@ -175,6 +196,8 @@ def _hf_shape(shape: tuple[int, ...], kind, path: tuple[str, ...]) -> tuple[int,
         return (math.prod(shape),)
     if kind == "same":
         return tuple(shape)
+    if isinstance(kind, tuple) and kind[0] == "expert":
+        return (shape[2], shape[1])
     in_dims = 2 if path[-2] == "o_proj" else 1
     flat = (math.prod(shape[:in_dims]), math.prod(shape[in_dims:]))
     return flat[::-1] if kind == "linear" else flat
@@ -435,6 +458,22 @@ def load_hf_model(
 
     def hf_array(ours: tuple[str, ...], layer: int | None, shape) -> np.ndarray:
         name, kind = _hf_name(config, ours, layer)
+        if kind == "experts":  # one [out, in] tensor per expert, stacked
+            names = [name.format(e=e) for e in range(shape[0])]
+            missing = [n for n in names if n not in reader]
+            if missing:
+                raise CheckpointError(
+                    f"{path}: tensor {missing[0]!r} (for parameter {'/'.join(ours)}) not found; experts stored "
+                    "in another layout than one tensor per expert?"
+                )
+            arr = np.stack([reader.get(n) for n in names])
+            try:
+                return _to_ours(arr, kind, shape)
+            except ValueError as e:
+                raise CheckpointError(
+                    f"{path}: {names[0]} ... have shape {tuple(arr.shape[1:])} each, but {'/'.join(ours)} needs "
+                    f"{tuple(shape)}; weights of another size?"
+                ) from e
         if not has_prefix and name.startswith(prefix):  # bare base model (e.g. saved LlamaModel)
             name = name[len(prefix) :]
         if name not in reader:
@@ -528,6 +567,18 @@ def _export_plan(config: ModelConfig, params: dict, head: str) -> list[_Tensor]:
         for rel, layer, index, part_shape in items:
             name, kind = _hf_name(config, rel, layer)
             if name == "lm_head.weight" and head == "score":
+                continue
+            if kind == "experts":  # one tensor per expert
+                for e in range(part_shape[0]):
+                    k = ("expert", e)
+                    plan.append(
+                        _Tensor(
+                            name.format(e=e),
+                            _hf_shape(part_shape, k, rel),
+                            dtype,
+                            [(full_path, index, rel, k)],
+                        )
+                    )
                 continue
             part = ((full_path, index, rel, kind), _hf_shape(part_shape, kind, rel), dtype)
             if isinstance(kind, tuple):  # one third of a fused tensor: complete once all three are seen

@@ -25,6 +25,8 @@ ARCHITECTURES = {
     "gemma2": ("Gemma2ForCausalLM", "Gemma2ForSequenceClassification"),
     "gemma3_text": ("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification"),
     "gpt2": ("GPT2LMHeadModel", "GPT2ForSequenceClassification"),
+    "mixtral": ("MixtralForCausalLM", "MixtralForSequenceClassification"),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeForSequenceClassification"),
 }
 SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -77,6 +79,11 @@ class ModelConfig:
     query_pre_attn_scalar: float = 0.0  # attention scale = this ** -0.5 (0: head_dim ** -0.5)
     attn_logit_softcap: float = 0.0  # attention logits -> cap · tanh(logits / cap); 0 = off
     final_logit_softcap: float = 0.0  # LM logits -> cap · tanh(logits / cap); 0 = off
+    # Mixture of experts (Mixtral, Qwen3-MoE): every block's MLP is `num_experts` experts, top-k routed.
+    num_experts: int = 0  # E; 0 = a dense MLP
+    num_experts_per_tok: int = 2  # k
+    moe_intermediate_size: int = 0  # each expert's F (0 = intermediate_size)
+    norm_topk_prob: bool = True  # renormalise the k routing weights to sum 1 (Mixtral; Qwen3-MoE's flag)
     # Special tokens (export only; the model itself does not use them).
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -140,6 +147,10 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def expert_intermediate_size(self) -> int:
+        return self.moe_intermediate_size or self.intermediate_size
 
     def layer_window(self, i: int) -> int | None:
         """Layer i's sliding window (None: it sees every earlier key)."""
@@ -229,8 +240,24 @@ class ModelConfig:
                 tie_word_embeddings=hf.get("tie_word_embeddings", gemma),
                 **_rope_from_hf(hf),
             )
-            if model_type == "mistral":
+            if model_type in ("mistral", "mixtral"):
                 fields["sliding_window"] = hf.get("sliding_window")
+            if model_type in ("mixtral", "qwen3_moe"):
+                if model_type == "qwen3_moe" and (
+                    hf.get("mlp_only_layers") or int(hf.get("decoder_sparse_step", 1)) != 1
+                ):
+                    raise ValueError(
+                        "qwen3_moe with dense layers (mlp_only_layers, decoder_sparse_step) is not supported"
+                    )
+                fields.update(
+                    num_experts=int(hf.get("num_local_experts") or hf.get("num_experts")),
+                    num_experts_per_tok=int(hf["num_experts_per_tok"]),
+                    moe_intermediate_size=int(hf.get("moe_intermediate_size") or 0),
+                    norm_topk_prob=bool(hf.get("norm_topk_prob", True))
+                    if model_type == "qwen3_moe"
+                    else True,
+                    qk_norm=model_type == "qwen3_moe",
+                )
             if model_type in ("gemma2", "gemma3_text"):
                 if hf.get("use_bidirectional_attention"):
                     raise ValueError("use_bidirectional_attention=True is not supported")
@@ -330,12 +357,25 @@ class ModelConfig:
                 out["rope_parameters"] = {"sliding_attention": local, "full_attention": rope}
                 out["rope_local_base_freq"] = local["rope_theta"]
                 out.pop("rope_theta", None)
-            if self.model_type in ("llama", "qwen3", "gemma"):
+            if self.model_type in ("llama", "qwen3", "gemma", "qwen3_moe"):
                 out["attention_bias"] = self.out_bias
             if self.model_type == "llama":
                 out["mlp_bias"] = self.mlp_bias
-            if self.model_type == "mistral":
+            if self.model_type in ("mistral", "mixtral"):
                 out["sliding_window"] = self.sliding_window
+            if self.model_type == "mixtral":
+                out.update(num_local_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok)
+            if self.model_type == "qwen3_moe":
+                out.update(
+                    num_experts=self.num_experts,
+                    num_experts_per_tok=self.num_experts_per_tok,
+                    moe_intermediate_size=self.expert_intermediate_size,
+                    norm_topk_prob=self.norm_topk_prob,
+                    decoder_sparse_step=1,
+                    mlp_only_layers=[],
+                    use_sliding_window=False,
+                    sliding_window=None,
+                )
             if self.model_type in ("qwen2", "qwen3"):
                 out.update(use_sliding_window=False, sliding_window=None)
         if head == "score":

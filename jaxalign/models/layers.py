@@ -198,6 +198,60 @@ class MLP(nn.Module):
         return Dense((cfg.hidden_size,), ("mlp", "embed"), bias, config=cfg, name="down_proj")(h)
 
 
+class MoE(nn.Module):
+    """Top-k routed experts (Mixtral, Qwen3-MoE), dropless: x [N, D] -> [N, D].
+
+        p = softmax(x · router)  [N, E] (float32);  top-k experts per token, weights w = their p
+        (renormalised to sum 1 with `norm_topk_prob`);  y = Σ_k w_k · down_e(act(gate_e(x)) * up_e(x))
+
+    The N·k (token, expert) pairs are sorted by expert and each expert's rows go through its weights in one
+    grouped matmul (`jax.lax.ragged_dot`): no token is dropped and no capacity padded. Expert kernels
+    carry the logical axis "expert". The router's logits are sown as ("intermediates", "router_logits")
+    for the load-balancing and z losses (`losses.router_losses`).
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        e, k, f, d = cfg.num_experts, cfg.num_experts_per_tok, cfg.expert_intermediate_size, cfg.hidden_size
+        dtype = jnp.dtype(cfg.dtype)
+        router = self.param(
+            "router",
+            nn.with_logical_partitioning(_init(cfg), ("embed", None)),
+            (d, e),
+            jnp.dtype(cfg.param_dtype),
+        )
+        logits = jnp.dot(x.astype(dtype), router.astype(dtype), preferred_element_type=jnp.float32)  # [N, E]
+        self.sow("intermediates", "router_logits", logits)
+        probs = jax.nn.softmax(logits, axis=-1)
+        weights, experts = jax.lax.top_k(probs, k)  # [N, k]
+        if cfg.norm_topk_prob:
+            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+
+        def kernel(name, shape, axes):
+            w = self.param(
+                name, nn.with_logical_partitioning(_init(cfg), axes), shape, jnp.dtype(cfg.param_dtype)
+            )
+            return w.astype(dtype)
+
+        gate = kernel("gate_proj", (e, d, f), ("expert", "embed", "mlp"))
+        up = kernel("up_proj", (e, d, f), ("expert", "embed", "mlp"))
+        down = kernel("down_proj", (e, f, d), ("expert", "mlp", "embed"))
+        flat = experts.reshape(-1)  # [N·k]
+        order = jnp.argsort(flat, stable=True)  # the pairs grouped by expert
+        token = order // k
+        sizes = jnp.bincount(flat, length=e).astype(jnp.int32)  # [E] rows per expert
+        xs = jnp.take(x.astype(dtype), token, axis=0)  # [N·k, D]
+        h = activation(cfg.activation, jax.lax.ragged_dot(xs, gate, sizes)) * jax.lax.ragged_dot(
+            xs, up, sizes
+        )
+        y = jax.lax.ragged_dot(h, down, sizes).astype(jnp.float32)  # [N·k, D]
+        y = y * jnp.take(weights.reshape(-1), order)[:, None]
+        return jnp.zeros((x.shape[0], d), jnp.float32).at[token].add(y).astype(dtype)
+
+
 def gemma_embed_normalizer(config: ModelConfig) -> jax.Array:
     """sqrt(D) rounded to the compute dtype, as transformers' Gemma does."""
     return jnp.asarray(np.sqrt(config.hidden_size), dtype=config.dtype)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from jaxalign.models.attention import Attention, cache_mask, segment_mask, softcap
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.layers import MLP, Embed, gemma_embed_normalizer, make_norm, rope_tables
+from jaxalign.models.layers import MLP, Embed, MoE, gemma_embed_normalizer, make_norm, rope_tables
 from jaxalign.sharding import constrain
 
 Cache = dict[str, Any]
@@ -47,7 +47,8 @@ class Block(nn.Module):
         if cfg.sandwich_norms:  # Gemma 2 / 3: the sub-layer's output is normalised too
             attn_out = make_norm(cfg, "post_attn_norm")(attn_out)
         x = constrain(x + attn_out, ("batch", None))
-        mlp_out = MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
+        ffn = MoE(cfg, name="moe") if cfg.num_experts else MLP(cfg, name="mlp")
+        mlp_out = ffn(make_norm(cfg, "mlp_norm")(x))
         if cfg.sandwich_norms:
             mlp_out = make_norm(cfg, "post_mlp_norm")(mlp_out)
         x = x + mlp_out

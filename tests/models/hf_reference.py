@@ -96,6 +96,24 @@ FAMILIES = {
             },
         ),
     ),
+    # Mixtral: 4 experts, top-2 (renormalised), windowless; Qwen3-MoE: q/k norms, expert width != F, the top-k
+    # weights not renormalised.
+    "mixtral": (
+        transformers.MixtralConfig,
+        dict(_COMMON, num_local_experts=4, num_experts_per_tok=2, head_dim=16),
+    ),
+    "qwen3_moe": (
+        transformers.Qwen3MoeConfig,
+        dict(
+            _COMMON,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            head_dim=16,
+            norm_topk_prob=False,
+            tie_word_embeddings=False,
+        ),
+    ),
     "gpt2": (
         transformers.GPT2Config,
         dict(
