@@ -40,6 +40,10 @@ def model_config(path=None):
     m.scan_layers = False  # Layers under nn.scan: compile time independent of depth.
     m.logits_chunk = 0  # Log-probs in chunks of positions, never the whole [B, T, V] logits:
     # 0 = auto (when vocab >= 32768), -1 = never, N = N positions a chunk.
+    # Mixture-of-experts checkpoints: the router's load-balancing loss weight (-1 = the checkpoint's
+    # router_aux_loss_coef) and z-loss weight, added to every objective's gradient.
+    m.router_aux_loss_coef = -1.0
+    m.router_z_loss_coef = 0.0
     m.trust_remote_code = False  # Never on unless asked for.
     return m
 

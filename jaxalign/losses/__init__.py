@@ -37,6 +37,7 @@ from jaxalign.losses.logprobs import (
     token_mean_nll,
     token_stats,
 )
+from jaxalign.losses.router import add_loss_gradient, router_losses
 from jaxalign.losses.ppo import explained_variance, gae, ppo_clip_loss, token_rewards, value_loss, whiten
 from jaxalign.losses.reference_free import orpo_loss, simpo_loss
 from jaxalign.losses.reward import reward_bt_loss
@@ -71,6 +72,8 @@ __all__ = [
     "TokenStats",
     "token_stats",
     "chunked_token_stats",
+    "router_losses",
+    "add_loss_gradient",
     "auto_chunk",
     "sequence_sums",
     "packed_sequence_sums",

@@ -84,6 +84,8 @@ class ModelConfig:
     num_experts_per_tok: int = 2  # k
     moe_intermediate_size: int = 0  # each expert's F (0 = intermediate_size)
     norm_topk_prob: bool = True  # renormalise the k routing weights to sum 1 (Mixtral; Qwen3-MoE's flag)
+    router_aux_loss_coef: float = 0.0  # weight of the load-balancing loss in every objective's gradient
+    router_z_loss_coef: float = 0.0  # weight of the router z-loss
     # Special tokens (export only; the model itself does not use them).
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -257,6 +259,7 @@ class ModelConfig:
                     if model_type == "qwen3_moe"
                     else True,
                     qk_norm=model_type == "qwen3_moe",
+                    router_aux_loss_coef=float(hf.get("router_aux_loss_coef", 0.001)),
                 )
             if model_type in ("gemma2", "gemma3_text"):
                 if hf.get("use_bidirectional_attention"):
@@ -363,6 +366,8 @@ class ModelConfig:
                 out["mlp_bias"] = self.mlp_bias
             if self.model_type in ("mistral", "mixtral"):
                 out["sliding_window"] = self.sliding_window
+            if self.model_type in ("mixtral", "qwen3_moe"):
+                out["router_aux_loss_coef"] = self.router_aux_loss_coef
             if self.model_type == "mixtral":
                 out.update(num_local_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok)
             if self.model_type == "qwen3_moe":

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.losses.router import add_loss_gradient, router_losses
 from jaxalign.models.config import ModelConfig
 
 
@@ -206,14 +207,17 @@ class MoE(nn.Module):
 
     The N·k (token, expert) pairs are sorted by expert and each expert's rows go through its weights in one
     grouped matmul (`jax.lax.ragged_dot`): no token is dropped and no capacity padded. Expert kernels
-    carry the logical axis "expert". The router's logits are sown as ("intermediates", "router_logits")
-    for the load-balancing and z losses (`losses.router_losses`).
+    carry the logical axis "expert". The router's load-balancing and z losses (`losses.router_losses`, over
+    the real tokens) enter the gradient of whatever objective trains the model, weighted by
+    `router_aux_loss_coef` / `router_z_loss_coef` (`losses.add_loss_gradient`); the router's logits are
+    also sown as ("intermediates", "router_logits").
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        """x [N, D]; valid [N] (1 on real tokens: the router losses' means leave padding out)."""
         cfg = self.config
         e, k, f, d = cfg.num_experts, cfg.num_experts_per_tok, cfg.expert_intermediate_size, cfg.hidden_size
         dtype = jnp.dtype(cfg.dtype)
@@ -249,7 +253,13 @@ class MoE(nn.Module):
         )
         y = jax.lax.ragged_dot(h, down, sizes).astype(jnp.float32)  # [N·k, D]
         y = y * jnp.take(weights.reshape(-1), order)[:, None]
-        return jnp.zeros((x.shape[0], d), jnp.float32).at[token].add(y).astype(dtype)
+        out = jnp.zeros((x.shape[0], d), jnp.float32).at[token].add(y).astype(dtype)
+        if cfg.router_aux_loss_coef or cfg.router_z_loss_coef:  # in every objective's gradient
+            valid = jnp.ones(x.shape[:1]) if valid is None else valid
+            balance, m = router_losses(logits, experts, valid)
+            aux = cfg.router_aux_loss_coef * balance + cfg.router_z_loss_coef * m["router/z"]
+            out = add_loss_gradient(out, aux)
+        return out
 
 
 def gemma_embed_normalizer(config: ModelConfig) -> jax.Array:

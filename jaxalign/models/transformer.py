@@ -47,12 +47,19 @@ class Block(nn.Module):
         if cfg.sandwich_norms:  # Gemma 2 / 3: the sub-layer's output is normalised too
             attn_out = make_norm(cfg, "post_attn_norm")(attn_out)
         x = constrain(x + attn_out, ("batch", None))
-        ffn = MoE(cfg, name="moe") if cfg.num_experts else MLP(cfg, name="mlp")
-        mlp_out = ffn(make_norm(cfg, "mlp_norm")(x))
+        if cfg.num_experts:  # the router's losses read which tokens are real (any query sees a key)
+            mlp_out = MoE(cfg, name="moe")(make_norm(cfg, "mlp_norm")(x), valid_tokens(mask))
+        else:
+            mlp_out = MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
         if cfg.sandwich_norms:
             mlp_out = make_norm(cfg, "post_mlp_norm")(mlp_out)
         x = x + mlp_out
         return constrain(x, ("batch", None)), new_cache
+
+
+def valid_tokens(mask):
+    """[N] float: 1 for the flattened tokens that see at least one key (real ones), 0 for padding."""
+    return jnp.any(mask[:, 0], axis=-1).reshape(-1).astype(jnp.float32)
 
 
 class Transformer(nn.Module):

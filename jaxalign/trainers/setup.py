@@ -154,13 +154,17 @@ def make_model(mcfg, head):
 def model_overrides(config):
     """The ModelConfig fields a run's config sets on top of the checkpoint's (numerics, remat, scan)."""
     m = config.model
-    return dict(
+    out = dict(
         dtype=m.dtype,
         param_dtype=m.param_dtype,
         remat=m.remat,
         scan_layers=m.scan_layers,
         logits_chunk=m.logits_chunk,
+        router_z_loss_coef=m.get("router_z_loss_coef", 0.0),
     )
+    if m.get("router_aux_loss_coef", -1.0) >= 0:  # else the checkpoint's
+        out["router_aux_loss_coef"] = m.router_aux_loss_coef
+    return out
 
 
 def load_model(config, mesh, head):

@@ -75,3 +75,34 @@ def test_grouped_experts_equal_a_dense_loop_with_gradients():
     g1 = jax.grad(lambda p: jnp.sum(ours(p, x) ** 2))(params)
     g2 = jax.grad(lambda p: jnp.sum(dense(p, x) ** 2))(params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g1, g2)
+
+
+def test_router_losses_by_hand():
+    from jaxalign import losses
+
+    # Uniform routing: every expert gets 1/E of each choice and probability 1/E: balance = k (= 2).
+    logits = jnp.zeros((6, 4))
+    experts = jnp.asarray([[0, 1], [2, 3], [0, 1], [2, 3], [0, 1], [2, 3]])
+    balance, m = losses.router_losses(logits, experts, jnp.ones(6))
+    np.testing.assert_allclose(balance, 2.0, rtol=1e-6)
+    np.testing.assert_allclose(m["router/z"], np.log(4.0) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(m["router/load_max"], 0.25, rtol=1e-6)
+    # Everything to expert 0 with certainty: f = (1, 0, 0, 0) for the first choice, P_0 ≈ 1: balance ≈ E.
+    logits = jnp.asarray([[20.0, 0.0, 0.0, 0.0]] * 3)
+    balance, m = losses.router_losses(logits, jnp.asarray([[0, 1]] * 3), jnp.asarray([1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(balance, 4 * (1.0 * 1.0 + 1.0 * 0.0), atol=1e-6)  # padding row left out
+    assert float(m["router/load_max"]) == 0.5
+
+
+def test_the_router_loss_gradient_is_added_to_the_objective():
+    from jaxalign import losses
+
+    def f(w, with_aux):
+        y = jnp.tanh(w) * 3.0
+        aux = jnp.sum(w**2)
+        return jnp.sum(losses.add_loss_gradient(y, aux) if with_aux else y)
+
+    w = jnp.asarray([0.3, -0.2])
+    g = jax.grad(f)(w, True)
+    np.testing.assert_allclose(g, jax.grad(f)(w, False) + 2 * w, rtol=1e-6)
+    assert float(f(w, True)) == float(f(w, False))  # the value is the objective's alone
