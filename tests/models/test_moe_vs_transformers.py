@@ -106,3 +106,47 @@ def test_the_router_loss_gradient_is_added_to_the_objective():
     g = jax.grad(f)(w, True)
     np.testing.assert_allclose(g, jax.grad(f)(w, False) + 2 * w, rtol=1e-6)
     assert float(f(w, True)) == float(f(w, False))  # the value is the objective's alone
+
+
+@pytest.mark.slow
+def test_sft_and_dpo_train_a_moe_checkpoint(tmp_path):
+    """A Mixtral checkpoint (the embedded tokenizer's vocabulary) through the one loop: SFT and DPO steps
+    with a finite loss (the router's loss in the gradient)."""
+    import os
+
+    import torch
+    import transformers
+
+    from jaxalign import defaults
+    from jaxalign.data import embedded
+    from jaxalign.trainers import loop
+
+    tok = embedded.load_tokenizer()
+    cfg = transformers.MixtralConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=128,
+        head_dim=8,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for name in ("sft", "dpo"):
+        c = defaults.load_config_file(os.path.join(root, "configs", f"{name}.py"))
+        with c.unlocked():
+            c.model.path = str(tmp_path / "m")
+            c.train.num_steps, c.train.log_every, c.train.eval_every = 6, 1, 0
+            c.data.eval = ""
+            c.train.export_hf = False
+        out = loop.train_and_evaluate(c, str(tmp_path / name), devices=jax.devices()[:1])
+        assert np.isfinite(out["train"]["train/loss"]), name
