@@ -55,8 +55,9 @@ def peak_tflops(device_kind: str) -> float | None:
 
 
 def dense_flops_per_token(config, lm_head: bool = True) -> float:
-    """Forward FLOPs per token of every weight matmul: the layers' projections and the LM head (a scalar
-    head, `lm_head=False`, for reward models and critics)."""
+    """Forward FLOPs per token of every weight matmul: the layers' projections (a mixture of experts: the
+    router and the k experts a token is routed to) and the LM head (a scalar head, `lm_head=False`, for
+    reward models and critics)."""
     d, h, k, dh, f = (
         config.hidden_size,
         config.num_heads,
@@ -64,7 +65,10 @@ def dense_flops_per_token(config, lm_head: bool = True) -> float:
         config.head_dim,
         config.intermediate_size,
     )
-    per_layer = d * (h + 2 * k) * dh + h * dh * d + (3 if config.gated_mlp else 2) * d * f
+    mlp = (3 if config.gated_mlp else 2) * d * f
+    if getattr(config, "num_experts", 0):  # a token runs the router and its k experts only
+        mlp = d * config.num_experts + config.num_experts_per_tok * 3 * d * config.expert_intermediate_size
+    per_layer = d * (h + 2 * k) * dh + h * dh * d + mlp
     return 2.0 * (config.num_layers * per_layer + d * (config.vocab_size if lm_head else 1))
 
 
