@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+from absl import logging
 import jax.numpy as jnp
 
 from jaxalign.models.config import ModelConfig
@@ -141,8 +142,14 @@ def attend(
     if implementation is None and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         try:
             return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
-        except Exception:  # unsupported head_dim / GPU / cuDNN version: fall back to XLA
-            pass
+        except Exception as e:  # unsupported head_dim / GPU / cuDNN version: XLA, and say so (once per shape)
+            logging.warning(
+                "cuDNN attention cannot run q %s, k %s (%s: %s); using XLA's attention",
+                q.shape,
+                k.shape,
+                type(e).__name__,
+                str(e).strip().splitlines()[0] if str(e).strip() else "",
+            )
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, scale=scale, implementation=implementation or "xla"
     )
