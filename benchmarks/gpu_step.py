@@ -131,6 +131,7 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="a 2-layer d=128 model (checks the script on a CPU)")
     ap.add_argument("--workdir", default="")
     ap.add_argument("--extra", default="", help="more --config.* flags for the CLI, verbatim")
+    ap.add_argument("--json_out", default="", help="also write the summary to this file")
     args = ap.parse_args()
     import numpy as np
 
@@ -200,6 +201,9 @@ def main():
         records=len(later),
     )
     print(json.dumps(summary, indent=1))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":
