@@ -36,6 +36,10 @@ def model_config(path=None):
     m.init = ml_collections.ConfigDict()
     m.dtype = "float32"  # Compute dtype: float32 | bfloat16 (master weights stay param_dtype).
     m.param_dtype = "float32"
+    # auto: cuDNN flash on GPU (bf16) where it accepts the shapes, causal chunks on CPU, else XLA (the
+    # start-up line names it) | xla | chunked | cudnn | splash (TPU Pallas, segment ids, windows, soft-caps)
+    # | triton (GPU Pallas, segment ids). Off their backend the Pallas kernels run in interpret mode (tests).
+    m.attention = "auto"
     m.remat = False  # Recompute each layer's activations in the backward pass (saves memory).
     m.scan_layers = False  # Layers under nn.scan: compile time independent of depth.
     m.logits_chunk = 0  # Log-probs in chunks of positions, never the whole [B, T, V] logits:

@@ -14,6 +14,7 @@ import jax
 from absl import logging
 import jax.numpy as jnp
 
+from jaxalign.models import kernels
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import Dense, RMSNorm, apply_rope
 
@@ -114,7 +115,16 @@ def attention_causal_chunks(
 
 
 def attend(
-    q, k, v, mask, scale: float, implementation: str | None, causal_self: bool = False, logit_cap: float = 0.0
+    q,
+    k,
+    v,
+    mask,
+    scale: float,
+    implementation: str | None,
+    causal_self: bool = False,
+    logit_cap: float = 0.0,
+    segment_ids=None,
+    sliding_window=None,
 ) -> jax.Array:
     """Dispatches to `jax.nn.dot_product_attention`, the causal-chunked attention or the reference.
 
@@ -124,6 +134,14 @@ def attend(
     Soft-capped logits (`logit_cap`, Gemma 2), which `jax.nn.dot_product_attention` cannot take, run the
     chunked or the reference einsum attention (XLA all the same).
     """
+    if implementation in kernels.KERNELS:  # Pallas kernels over segment ids (self-attention only)
+        if not causal_self or segment_ids is None:
+            raise ValueError(
+                f"attention_impl={implementation!r} runs self-attention over segment ids (no KV cache)"
+            )
+        if implementation == "triton":
+            return kernels.triton_attention(q, k, v, segment_ids, scale)
+        return kernels.splash_attention(q, k, v, segment_ids, scale, sliding_window, logit_cap)
     if implementation == "reference" or (logit_cap and not (causal_self and q.shape[1] > CAUSAL_CHUNK)):
         return attention_reference(q, k, v, mask, scale, logit_cap=logit_cap)
     if logit_cap:
@@ -159,13 +177,14 @@ class Attention(nn.Module):
     """Multi-head / grouped-query self-attention with RoPE or none (learned positions), optional cache.
 
     __call__(x [N, D], mask [B, 1, T, S] bool, rope (cos, sin) or None, cache {"k","v"} or None,
-    index int32 scalar) -> (out [N, D], new cache or None).
+    index int32 scalar, segment_ids [B, T] and the layer's sliding window (for the Pallas kernels, which
+    take segment ids instead of the mask)) -> (out [N, D], new cache or None).
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, mask, rope, cache=None, index=None):
+    def __call__(self, x, mask, rope, cache=None, index=None, segment_ids=None, window=None):
         cfg = self.config
         b, _, t, _ = mask.shape
         h, kh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -200,7 +219,18 @@ class Attention(nn.Module):
                 k, v = k_all.swapaxes(1, 2).astype(q.dtype), v_all.swapaxes(1, 2).astype(q.dtype)
                 out = attend(q, k, v, mask, scale, cfg.attention_impl)
         else:  # [B, T, H, Dh]
-            out = attend(q, k, v, mask, scale, cfg.attention_impl, causal_self=True, logit_cap=cap)
+            out = attend(
+                q,
+                k,
+                v,
+                mask,
+                scale,
+                cfg.attention_impl,
+                True,
+                cap,
+                segment_ids=segment_ids,
+                sliding_window=window,
+            )
         out = Dense(
             (cfg.hidden_size,),
             ("heads", "head_dim", "embed"),

@@ -97,7 +97,7 @@ class ModelConfig:
     remat_policy: str = "nothing_saveable"  # a jax.checkpoint_policies name, e.g. "dots_saveable"
     scan_layers: bool = False  # nn.scan over blocks; params get a leading "layers" axis
     attention_impl: str | None = None  # None: cuDNN flash on GPU (bf16/fp16), causal chunks on CPU, else
-    # XLA; "xla" | "cudnn" | "chunked" | "reference"
+    # XLA; "xla" | "cudnn" | "chunked" | "reference" | "splash" (TPU Pallas) | "triton" (GPU Pallas)
     # force one; "reference": the plain einsum version (tests).
     logits_chunk: int = 0  # log-probs through the LM head: 0 = auto (in chunks of positions,
     # never the whole [B, T, V] logits, when vocab_size >= 32768);
@@ -142,10 +142,17 @@ class ModelConfig:
                 )
             if self.scan_layers and len(set(self.layer_types)) > 1:
                 raise ValueError("scan_layers with mixed sliding / full attention layers is not supported")
-        if self.attention_impl not in (None, "xla", "cudnn", "chunked", "reference"):
+        if self.attention_impl not in (None, "xla", "cudnn", "chunked", "reference", "splash", "triton"):
             raise ValueError(
-                f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|chunked|reference"
+                f"attention_impl={self.attention_impl!r} must be None|xla|cudnn|chunked|reference|splash|triton"
             )
+        if self.attention_impl in ("splash", "triton"):
+            from jaxalign.models.kernels import unsupported
+
+            windows = {self.layer_window(i) for i in range(self.num_layers)} - {None}
+            why = unsupported(self.attention_impl, next(iter(windows), None), self.attn_logit_softcap)
+            if why:
+                raise ValueError(f"attention_impl={self.attention_impl!r}: {why}; choose 'auto' or 'splash'")
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -31,18 +31,27 @@ Cache = dict[str, Any]
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)); x + mlp(norm(x)). x is [N, D] (flattened tokens).
 
-    Signature fits nn.scan: (x, (mask, rope, index), layer_cache) -> (x, new_layer_cache).
+    Signature fits nn.scan: (x, (mask, rope, index, segment_ids), layer_cache) -> (x, new_layer_cache).
+    `layer`: the block's index (its sliding window, for the Pallas kernels; 0 under nn.scan, whose layers
+    all have the same window).
     """
 
     config: ModelConfig
+    layer: int = 0
 
     @nn.compact
     def __call__(self, x, shared, layer_cache):
-        mask, rope, index = shared
+        mask, rope, index, segment_ids = shared
         cfg = self.config
         x = constrain(x, ("batch", None))  # tokens split over the batch axes, whatever the weights' layout
         attn_out, new_cache = Attention(cfg, name="attn")(
-            make_norm(cfg, "attn_norm")(x), mask, rope, layer_cache, index
+            make_norm(cfg, "attn_norm")(x),
+            mask,
+            rope,
+            layer_cache,
+            index,
+            segment_ids,
+            cfg.layer_window(self.layer),
         )
         if cfg.sandwich_norms:  # Gemma 2 / 3: the sub-layer's output is normalised too
             attn_out = make_norm(cfg, "post_attn_norm")(attn_out)
@@ -118,7 +127,7 @@ class Transformer(nn.Module):
             if cfg.position_embedding == "rope" and theta not in ropes:
                 own = cfg if theta == cfg.rope_theta else cfg.replace(rope_theta=theta, rope_type="default")
                 ropes[theta] = rope_tables(own, positions)
-            return (masks[window], ropes.get(theta), index)
+            return (masks[window], ropes.get(theta), index, segment_ids)
 
         shared = layer_inputs(0)
 
@@ -142,7 +151,7 @@ class Transformer(nn.Module):
         else:
             new_layer_caches = []
             for i in range(cfg.num_layers):
-                x, c = block_cls(cfg, name=f"layers_{i}")(
+                x, c = block_cls(cfg, i, name=f"layers_{i}")(
                     x, layer_inputs(i), None if layer_caches is None else layer_caches[i]
                 )
                 new_layer_caches.append(c)

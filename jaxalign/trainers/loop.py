@@ -46,6 +46,11 @@ def attention_report(model_config):
             impl = f"causal chunks of {CAUSAL_CHUNK} queries (xla for rows of up to {CAUSAL_CHUNK})"
         else:
             impl = "xla"
+    elif impl in ("splash", "triton"):
+        native = {"splash": "tpu", "triton": "gpu"}[impl]
+        impl = (
+            f"{impl} (Pallas, segment ids{'' if backend == native else ', interpret mode: slow, for tests'})"
+        )
     return f"{impl} on {backend}"
 
 

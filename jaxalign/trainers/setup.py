@@ -161,6 +161,7 @@ def model_overrides(config):
         scan_layers=m.scan_layers,
         logits_chunk=m.logits_chunk,
         router_z_loss_coef=m.get("router_z_loss_coef", 0.0),
+        attention_impl=None if m.get("attention", "auto") == "auto" else m.attention,
     )
     if m.get("router_aux_loss_coef", -1.0) >= 0:  # else the checkpoint's
         out["router_aux_loss_coef"] = m.router_aux_loss_coef

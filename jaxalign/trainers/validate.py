@@ -158,6 +158,9 @@ def validate_common(config, num_devices, process_count=1):
         _check_path("data.train/eval", part.strip())
     if d.max_length <= 1:
         _fail("data.max_length", d.max_length, "must be > 1")
+    attention = config.model.get("attention", "auto")
+    if attention not in ("auto", "xla", "chunked", "cudnn", "splash", "triton"):
+        _fail("model.attention", attention, "expected one of auto, xla, chunked, cudnn, splash, triton")
     if d.get("skip_bad_rows", 0) < 0:
         _fail("data.skip_bad_rows", d.skip_bad_rows, "must be >= 0 (0 = the first bad row is the error)")
     if not 0 < d.max_prompt_length < d.max_length:
@@ -276,6 +279,14 @@ def check_model_fits(config, tokenizer, longest=None, field="data.max_length"):
     if not m.path:
         return
     hf = checkpoints.hf.check_hf_dir(m.path)
+    attention = m.get("attention", "auto")
+    if attention != "auto":  # a kernel that cannot run this model: one line, not a silent fallback
+        from jaxalign.models import ModelConfig
+
+        try:
+            ModelConfig.from_hf(hf, attention_impl=attention)
+        except ValueError as e:
+            config_fail("model.attention", attention, str(e).split(": ", 1)[-1])
     vocab, positions = hf.get("vocab_size"), hf.get("max_position_embeddings")
     if vocab and len(tokenizer) > int(vocab):
         where = (
