@@ -138,7 +138,12 @@ def test_block_output_against_numpy():
     layer, node = params["layers_0"], perturb(adapters["layers_0"], scale=0.3)
     ids, pos, seg = BATCH
     x = np.asarray(jnp.take(params["embed"]["embedding"], ids.reshape(-1), axis=0))  # [N, D]
-    shared = (segment_mask(jnp.asarray(seg), CFG.sliding_window), rope_tables(CFG, jnp.asarray(pos)), None)
+    shared = (
+        segment_mask(jnp.asarray(seg), CFG.sliding_window),
+        rope_tables(CFG, jnp.asarray(pos)),
+        None,
+        jnp.asarray(seg),
+    )
     adapted = bn.BottleneckModel(Block(CFG), BN).apply(
         {"params": bn.attach_bottleneck(layer, node)}, jnp.asarray(x), shared, None
     )[0]
