@@ -90,8 +90,10 @@ def _check(objective, step, phase, sig, tmp_path, reference):
     wd = str(tmp_path / "run")
     env = {TEST_KILL_ENV: str(step)} if phase == "save" else {TEST_FAULT_ENV: f"{step}:{phase}:{sig}"}
     r = _run(objective, wd, env)
-    expected = EXIT_PREEMPTED if sig == "TERM" else -signal.SIGKILL
-    assert r.returncode == expected, (r.returncode, r.stderr[-3000:])
+    # A SIGTERM stops the run after the step the hosts agree on; when that is the last step the run simply
+    # ends (exit 0) with everything done.
+    expected = (EXIT_PREEMPTED, 0) if sig == "TERM" else (-signal.SIGKILL,)
+    assert r.returncode in expected, (r.returncode, r.stderr[-3000:])
     r = _run(objective, wd)  # the same command again: resumes
     assert r.returncode == 0, r.stderr[-3000:]
     ref, got = reference(objective), _records(wd)
