@@ -328,9 +328,9 @@ class Rollouts:
             collect(self, item)  # decode + Python rewards on the host while the device updates
             while len(self.in_flight) < self.max_staleness:  # sampled on device before this step's update
                 self.in_flight.append(self.launch(state, len(self.in_flight) + 1))
-        preemption.fault_point(self.step, "sample")  # test-only (no-op unless asked)
+        preemption.fault_point(self.step + 1, "sample")  # test-only (no-op unless asked); the loop's step
         rollout, num_tokens, perm = score(self, state.params, item.rollout, item.answers, item)
-        preemption.fault_point(self.step, "score")
+        preemption.fault_point(self.step + 1, "score")
         batch, metrics, kl_coef = self.prepare(rollout, jnp.float32(self.kl_coef))
         if perm is not None and self.split_units is not None:
             batch = self.split_units(batch, perm)
