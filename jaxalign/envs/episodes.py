@@ -196,7 +196,7 @@ class Episodes:
         seq = [[] for _ in range(R)]  # the turns end to end: (token, model's?, log-prob)
         done = np.zeros(R, bool)
         turns = np.zeros(R, np.int64)
-        rewards = [[] for _ in range(R)]
+        turn_rewards = [[] for _ in range(R)]
         totals: dict[str, np.ndarray] = {}
         texts = [""] * R
         truncated = np.zeros(R, bool)
@@ -235,7 +235,7 @@ class Episodes:
                         f"config.env.name={self.env_name!r}: step gave reward {results[r][1]!r}, not a finite "
                         f"number (episode {r}, prompt row {wheres[r]})"
                     )
-                rewards[r].append(reward)
+                turn_rewards[r].append(reward)
                 for k, v in (info or {}).items():
                     totals.setdefault(k, np.zeros(R, np.float64))[r] += float(v)
                 if messages is None or not seq[r]:  # done (or a turn of no tokens: nothing to go on from)
@@ -283,7 +283,7 @@ class Episodes:
                 mask[r, : len(s)] = [x[1] for x in s]
                 context[r, : len(s)] = 1
                 lp[r, : len(s)] = [x[2] for x in s]
-        reward = np.asarray([sum(x) for x in rewards], np.float32)
+        reward = np.asarray([sum(x) for x in turn_rewards], np.float32)
         correct = None
         if self.check_fn is not None:
             correct = np.asarray(
@@ -297,10 +297,10 @@ class Episodes:
                 ],
                 np.float32,
             )
-        per_turn = [x for rs in rewards for x in rs]
+        per_turn = [x for rs in turn_rewards for x in rs]
         metrics = {
             "turns": float(np.mean(turns)),
-            "env/final_reward": float(np.mean([rs[-1] if rs else 0.0 for rs in rewards])),
+            "env/final_reward": float(np.mean([rs[-1] if rs else 0.0 for rs in turn_rewards])),
             "env/turn_reward": float(np.mean(per_turn)) if per_turn else 0.0,
             "env/truncated": float(np.mean(truncated)),
             "env/context_tokens": float(np.mean(context.sum(-1) + full["prompt_segment_ids"].sum(-1))),

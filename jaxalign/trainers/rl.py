@@ -162,7 +162,7 @@ def validate(config, num_devices, process_count=1):
     _check_path("reward.model_path", rw.model_path, required=False)
     if rw.model_path:
         checkpoints.hf.check_hf_dir(rw.model_path)  # CheckpointError before the policy is loaded
-        if checkpoints.hf.is_reward_checkpoint(rw.model_path) is False:
+        if not judge and checkpoints.hf.is_reward_checkpoint(rw.model_path) is False:  # (judge + RM: below)
             _fail(
                 "reward.model_path",
                 rw.model_path,
