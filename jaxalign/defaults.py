@@ -44,6 +44,9 @@ def model_config(path=None):
     m.scan_layers = False  # Layers under nn.scan: compile time independent of depth.
     m.logits_chunk = 0  # Log-probs in chunks of positions, never the whole [B, T, V] logits:
     # 0 = auto (when vocab >= 32768), -1 = never, N = N positions a chunk.
+    # loss: the LM head projects only the positions an offline loss reads (completions, not prompts or
+    # padding; the share is measured on the first training batches and named at start-up) | all.
+    m.head_positions = "loss"
     # Mixture-of-experts checkpoints: the router's load-balancing loss weight (-1 = the checkpoint's
     # router_aux_loss_coef) and z-loss weight, added to every objective's gradient.
     m.router_aux_loss_coef = -1.0

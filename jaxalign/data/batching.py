@@ -38,6 +38,7 @@ columns (``label``, precomputed reference log-probs) stay as they are, one value
 from __future__ import annotations
 
 import bisect
+import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -299,3 +300,49 @@ def pack_rollout(
                 col += size
     packed = {"packed_ids": ids, "packed_positions": pos, "packed_segment_ids": seg, "packed_index": index}
     return packed, rp
+
+
+def head_width(share: float, length: int, multiple: int = 8) -> int:
+    """Slots per row of a `head_index`: `share` of the row's `length`, rounded up to a multiple of
+    `multiple`, at most `length`."""
+    return min(length, max(multiple, -(-math.ceil(share * length) // multiple) * multiple))
+
+
+def head_index(mask: np.ndarray, width: int) -> np.ndarray | None:
+    """The positions of each row's loss mask, in order, at the front of `width` slots: the LM head
+    projects only these (`jaxalign.trainers.objectives`).
+
+        index[r, k] = the k-th position t of row r with mask[r, t] != 0,   T in unused slots
+
+    Args:
+      mask: [R, T] 0/1.
+      width: K.
+
+    Returns:
+      [R, K] int32, or None when a row has more than K masked positions.
+    """
+    m = np.asarray(mask) != 0
+    r, t = m.shape
+    if r and int(m.sum(axis=1).max()) > width:
+        return None
+    index = np.full((r, width), t, np.int32)
+    rows, cols = np.nonzero(m)
+    rank = np.cumsum(m, axis=1)[rows, cols] - 1
+    index[rows, rank] = cols
+    return index
+
+
+def with_head_index(batch: dict[str, np.ndarray], share: float) -> dict[str, np.ndarray] | None:
+    """`batch` plus a `<prefix>head_index` for each `<prefix>loss_mask` (one width for all of them:
+    `head_width(share, T)`), or None when a row needs more slots than that."""
+    masks = {k[: -len("loss_mask")]: v for k, v in batch.items() if k.endswith("loss_mask") and v.ndim == 2}
+    if not masks:
+        return None
+    width = head_width(share, next(iter(masks.values())).shape[1])
+    out = dict(batch)
+    for prefix, mask in masks.items():
+        index = head_index(mask, width)
+        if index is None:
+            return None
+        out[prefix + "head_index"] = index
+    return out

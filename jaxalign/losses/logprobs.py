@@ -274,3 +274,12 @@ def token_mean_nll(sequence_logps: Array, num_tokens: Array, average: bool = Fal
     n = f32(num_tokens)
     total = f32(sequence_logps) * n if average else f32(sequence_logps)
     return -jnp.sum(total) / jnp.maximum(jnp.sum(n), 1.0)
+
+
+def scatter_positions(values: Array, index: Array, length: int) -> Array:
+    """[R, K] values of the positions `index` [R, K] back in [R, length] rows, zero (False) at every other
+    position; an index >= `length` marks an unused slot (dropped). Differentiable in `values` (the
+    gradient is the gather). See `jaxalign.data.batching.head_index`."""
+    r, _ = values.shape
+    rows = jnp.arange(r)[:, None]
+    return jnp.zeros((r, length), values.dtype).at[rows, index].set(values, mode="drop")

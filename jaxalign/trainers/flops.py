@@ -88,14 +88,20 @@ def sequence_lengths(segment_ids: np.ndarray) -> np.ndarray:
 
 def batch_flops(config, batch: dict, passes: float, lm_head: bool = True) -> float:
     """Model FLOPs of `passes` forward-equivalents over every sequence of a data batch (numpy rows: every
-    key ending in ``segment_ids`` of shape [R, T])."""
-    tokens, keys = 0.0, 0.0
+    key ending in ``segment_ids`` of shape [R, T]). A batch with a ``head_index`` (the LM head at the loss's
+    positions only) counts the head at the loss masks' positions (keys ending in ``loss_mask``)."""
+    tokens, keys, read = 0.0, 0.0, 0.0
     for name, seg in batch.items():
         if name.endswith("segment_ids") and np.ndim(seg) == 2:
             lengths = sequence_lengths(seg).astype(np.float64)
             tokens += lengths.sum()
             keys += (lengths * (lengths + 1) / 2).sum()
-    return passes * (dense_flops_per_token(config, lm_head) * tokens + attention_flops_per_key(config) * keys)
+        if name.endswith("loss_mask") and np.ndim(seg) == 2:
+            read += float(np.sum(np.asarray(seg) != 0))
+    head_tokens = read if any(k.endswith("head_index") for k in batch) else tokens
+    head = dense_flops_per_token(config, lm_head) - dense_flops_per_token(config, lm_head=False)
+    body = dense_flops_per_token(config, lm_head=False)
+    return passes * (body * tokens + head * head_tokens + attention_flops_per_key(config) * keys)
 
 
 def step_passes(reference: bool = False, frozen_base: bool = False) -> float:

@@ -196,6 +196,13 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
             f"{f'{peak / 1e12:.0f} TFLOP/s over {len(devices)} devices' if peak else 'unknown (no MFU)'}",
             flush=True,
         )
+        share = getattr(run.batches, "head_share", 1.0)
+        if share < 1:
+            print(
+                f"LM head: at the loss's positions only, up to {share:.0%} of each row (measured on the first "
+                "training batches; a batch with a row needing more runs the whole-row head)",
+                flush=True,
+            )
         guard = preemption.Guard(t, meta=meta, is_chief=is_chief)  # SIGTERM / SIGINT handlers
         stopped_early = False
         try:

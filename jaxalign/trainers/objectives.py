@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from jaxalign import losses, registry
 from jaxalign.models import last_token_scores
+from jaxalign.models.attention import softcap
 
 _SEQ_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
 
@@ -36,28 +37,46 @@ def _head_matrix(cfg, params):
 
 
 def _token_stats(model, params, batch):
-    """`losses.TokenStats` [B, T] of a batch's rows: from the whole logits, or (`logits_chunk`, see
-    `ModelConfig`) from the hidden states a chunk of positions at a time, never holding [B, T, V]."""
+    """`losses.TokenStats` [B, T] of a batch's rows, valid where `batch["loss_mask"]` is set.
+
+    From the whole logits, or from the hidden states: a chunk of positions at a time (`logits_chunk`, see
+    `ModelConfig`), never holding [B, T, V]; and, when the batch has a `head_index` [B, K] (the loss
+    mask's positions of each row, `jaxalign.data.batching.head_index`), only at those K positions: the
+    other positions' stats are 0 (prompts and padding skip the vocabulary projection, as TRL's)."""
     cfg = model.config
+    r, t = batch["targets"].shape
+    index = batch.get("head_index")
+    width = t if index is None else index.shape[1]
     chunk = cfg.logits_chunk
     if chunk == 0:
-        chunk = (
-            -1 if cfg.vocab_size < CHUNK_VOCAB else losses.auto_chunk(*batch["targets"].shape, cfg.vocab_size)
-        )
-    head = _head_matrix(cfg, params) if chunk > 0 else None
+        chunk = -1 if cfg.vocab_size < CHUNK_VOCAB else losses.auto_chunk(r, width, cfg.vocab_size)
+    head = _head_matrix(cfg, params) if chunk > 0 or index is not None else None
     if head is None:
         return losses.token_stats(_logits(model, params, batch), batch["targets"])
     hidden = model.apply(
         {"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"], hidden_only=True
     )  # [B, T, D]
-    return losses.chunked_token_stats(
-        hidden, head, batch["targets"], chunk, dtype=cfg.dtype, softcap=cfg.final_logit_softcap
-    )
+    targets = batch["targets"]
+    if index is not None:
+        at = jnp.minimum(index, t - 1)  # unused slots (index T) read the last position; dropped below
+        hidden = jnp.take_along_axis(hidden, at[..., None], axis=1)  # [B, K, D]
+        targets = jnp.take_along_axis(targets, at, axis=1)  # [B, K]
+    if chunk > 0:
+        stats = losses.chunked_token_stats(
+            hidden, head, targets, min(chunk, width), dtype=cfg.dtype, softcap=cfg.final_logit_softcap
+        )
+    else:
+        logits = jnp.dot(hidden.astype(cfg.dtype), head.astype(cfg.dtype), preferred_element_type=jnp.float32)
+        stats = losses.token_stats(softcap(logits, cfg.final_logit_softcap), targets)
+    if index is None:
+        return stats
+    return losses.TokenStats(*(losses.scatter_positions(x, index, t) for x in stats))
 
 
 def _pair(batch):
-    """Chosen rows then rejected rows: {key: [2B, T]}."""
-    return {k: jnp.concatenate([batch["chosen_" + k], batch["rejected_" + k]], axis=0) for k in _SEQ_KEYS}
+    """Chosen rows then rejected rows: {key: [2B, T]} (and their `head_index` [2B, K], if any)."""
+    keys = _SEQ_KEYS + (("head_index",) if "chosen_head_index" in batch else ())
+    return {k: jnp.concatenate([batch["chosen_" + k], batch["rejected_" + k]], axis=0) for k in keys}
 
 
 def _sequence_logps(model, params, batch, average, per_example=1):

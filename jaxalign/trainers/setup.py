@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 
 from jaxalign import checkpoints, data, hosts, models, registry, sharding
-from jaxalign.data import pipeline
+from jaxalign.data import batching, pipeline
 from jaxalign.lora import kinds
 from jaxalign.trainers import flops, reference_cache
 from jaxalign.trainers.step import make_eval_step, make_loss_fn
@@ -63,13 +63,21 @@ class DataBatches:
     """The offline batch source: the data iterator's host batches (made and tokenized in a background
     thread) as global device arrays, with their token and FLOP counts (all hosts)."""
 
-    def __init__(self, iterator, batch_sharding, model_config, passes, lm_head):
+    def __init__(self, iterator, batch_sharding, model_config, passes, lm_head, head_share=1.0):
         self.iterator, self.sharding = iterator, batch_sharding
         self.model_config, self.passes, self.lm_head = model_config, passes, lm_head
+        self.head_share = head_share  # < 1: the LM head reads only the loss's positions (`with_head_index`)
+        self.whole_row_batches = 0  # batches with a row that needed more than that
 
     def next(self, state):
         del state  # offline batches do not depend on the policy
         batch = next(self.iterator)
+        if self.head_share < 1:
+            indexed = batching.with_head_index(batch, self.head_share)
+            if hosts.all_hosts(indexed is not None):  # one program on every host
+                batch = indexed
+            else:
+                self.whole_row_batches += 1
         hosts_n = jax.process_count()
         info = {
             "tokens": count_tokens(batch) * hosts_n,
@@ -201,20 +209,6 @@ def build_run(config, mesh):
     eval_rows = data.read(data_paths(d.eval), split="eval", **skip) if d.eval else None
     tokenizer = checkpoints.load_tokenizer(m.tokenizer or m.path, trust_remote_code=m.trust_remote_code)
     check_model_fits(config, tokenizer)  # vocabulary and positions, before the weights load
-    mcfg, params = load_model(config, mesh, head)
-    model = make_model(mcfg, head)
-    lora_cfg = kinds.config_of(config)  # the adapters' config: LoraConfig, BottleneckConfig or None
-    if lora_cfg is not None:
-        # Adapters are the trainable params; the frozen base is passed as `ref_params` (adapters off it
-        # is the reference policy, so there is no second copy of the weights).
-        adapters, lora_cfg, stand_in = kinds.make(
-            config, model, params, mesh, jax.random.key(config.seed + 1)
-        )
-        params, ref_params, model = adapters, params, stand_in
-    else:
-        # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
-        ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
-
     d = config.data
     common = dict(
         kind=kind,
@@ -229,6 +223,31 @@ def build_run(config, mesh):
     )
     lazy = {"auto": None, "upfront": False, "lazy": True}[d.tokenize]
     train_ds = data.load(train_rows, split="train", lazy=lazy, **common)
+    # Padding-free SFT rows split into grad_accum_steps micro-batches (the other objectives refuse it).
+    rows = dict(
+        row_multiple=row_multiple(mesh) * config.train.grad_accum_steps,
+        pad_id=tokenizer.pad_token_id or 0,
+        length_buckets=d.length_buckets,
+    )
+    head_share = 1.0
+    if head == "lm" and m.get("head_positions", "loss") == "loss":
+        head_share = loss_share(train_ds, config.train.batch_size, rows, d.shuffle_seed)
+        if head_share > HEAD_SHARE_WORTH:  # the gather would cost about what it saves
+            head_share = 1.0
+    mcfg, params = load_model(config, mesh, head)
+    model = make_model(mcfg, head)
+    lora_cfg = kinds.config_of(config)  # the adapters' config: LoraConfig, BottleneckConfig or None
+    if lora_cfg is not None:
+        # Adapters are the trainable params; the frozen base is passed as `ref_params` (adapters off it
+        # is the reference policy, so there is no second copy of the weights).
+        adapters, lora_cfg, stand_in = kinds.make(
+            config, model, params, mesh, jax.random.key(config.seed + 1)
+        )
+        params, ref_params, model = adapters, params, stand_in
+    else:
+        # The frozen reference: a second copy with the policy's sharding (never donated, no gradient).
+        ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
+
     precompute = needs_ref and bool(config.get(config.objective).get("precompute_ref", False))
     if precompute:
         hp = hparams(config)
@@ -248,12 +267,6 @@ def build_run(config, mesh):
         precompute_reference(
             ref_fn, ref_params, train_ds, config.train.eval_batch_size, mesh, tokenizer, cache
         )
-    # Padding-free SFT rows split into grad_accum_steps micro-batches (the other objectives refuse it).
-    rows = dict(
-        row_multiple=row_multiple(mesh) * config.train.grad_accum_steps,
-        pad_id=tokenizer.pad_token_id or 0,
-        length_buckets=d.length_buckets,
-    )
     # Batches are made (and lazily tokenized) in a background thread while the device runs the step.
     train_iter = pipeline.Prefetcher(
         pipeline.BatchIterator(
@@ -298,7 +311,7 @@ def build_run(config, mesh):
         ref_params=ref_params,
         tokenizer=tokenizer,
         loss_fn=loss_fn,
-        batches=DataBatches(train_iter, bs, mcfg, passes, lm_head=head == "lm"),
+        batches=DataBatches(train_iter, bs, mcfg, passes, lm_head=head == "lm", head_share=head_share),
         evaluate=make_loss_evaluator(loss_fn, ref_params, eval_iter_fn, bs) if eval_iter_fn else None,
         batch_sharding=bs,
         optimizer_config=config.optimizer,
@@ -306,6 +319,25 @@ def build_run(config, mesh):
         summary=f"{n_train} training examples",
         lora_config=lora_cfg,
     )
+
+
+HEAD_SAMPLE_BATCHES = 16
+HEAD_SHARE_WORTH = 0.9  # above this share of a row, the LM head runs on whole rows
+
+
+def loss_share(dataset, batch_size, rows, seed, batches=HEAD_SAMPLE_BATCHES):
+    """The largest share of a row's positions that the loss reads (its mask), over the first `batches`
+    training batches of the global batch order (every host computes the same value): how many positions
+    per row the LM head projects (`DataBatches`). A later batch with a row that needs more runs the
+    whole-row head (the same values, a second compiled program)."""
+    it = pipeline.BatchIterator(dataset, batch_size, seed=seed, **rows)
+    share = 0.0
+    for _ in range(min(batches, max(it.steps_per_epoch, 1))):
+        batch = it.next()
+        for key, mask in batch.items():
+            if key.endswith("loss_mask") and mask.ndim == 2 and mask.shape[1]:
+                share = max(share, float(np.max(np.sum(mask != 0, axis=1))) / mask.shape[1])
+    return min(max(share, 1e-3), 1.0)
 
 
 row_multiple = hosts.row_multiple  # batch shards per host

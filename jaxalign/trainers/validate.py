@@ -161,6 +161,8 @@ def validate_common(config, num_devices, process_count=1):
     attention = config.model.get("attention", "auto")
     if attention not in ("auto", "xla", "chunked", "cudnn", "splash", "triton"):
         _fail("model.attention", attention, "expected one of auto, xla, chunked, cudnn, splash, triton")
+    if config.model.get("head_positions", "loss") not in ("loss", "all"):
+        _fail("model.head_positions", config.model.head_positions, "expected loss or all")
     if d.get("skip_bad_rows", 0) < 0:
         _fail("data.skip_bad_rows", d.skip_bad_rows, "must be >= 0 (0 = the first bad row is the error)")
     if not 0 < d.max_prompt_length < d.max_length:

@@ -38,6 +38,16 @@ def test_batch_flops_by_hand():
     assert flops.step_passes(reference=True) == 4.0 and flops.step_passes(frozen_base=True) == 2.0
     score_head = 2.0 * (2 * 144 + 4)
     assert flops.batch_flops(cfg, batch, 1.0, lm_head=False) == pytest.approx(score_head * 6 + per_key * 10)
+    # the LM head at the loss's positions only (a head_index): 2 + 1 of the 6 tokens go through it
+    batch.update(
+        chosen_loss_mask=np.array([[0, 1, 1, 0]]),
+        rejected_loss_mask=np.array([[0, 1, 0, 0]]),
+        chosen_head_index=np.array([[1, 2]]),
+        rejected_head_index=np.array([[1, 4]]),
+    )
+    head = 2.0 * 40
+    want = 3.0 * ((dense - head) * 6 + head * 3 + per_key * 10)
+    assert flops.batch_flops(cfg, batch, flops.step_passes()) == pytest.approx(want)
 
 
 def test_peak_lookup():

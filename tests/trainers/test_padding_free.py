@@ -241,3 +241,77 @@ def test_chunked_lm_head_equals_whole_logits(tok, objective, hp, tied):
             np.testing.assert_allclose(mb[k], ma[k], rtol=1e-5, atol=1e-5, err_msg=k)
         for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
             np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "objective,hp",
+    [
+        ("dpo", dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0, rpo_alpha=1.0)),
+        ("sft", {}),
+        ("kto", dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.5)),
+    ],
+)
+def test_lm_head_at_loss_positions_equals_whole_rows(tok, objective, hp):
+    """A batch with `head_index` (the LM head only at the loss mask's positions, gathered to the front of
+    each row) gives the whole-row losses, metrics and gradients, padded and padding-free, whole or
+    chunked logits; a share too small for some row leaves the batch without one."""
+    cfg = models.ModelConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        logits_chunk=-1,
+    )
+    params, ref = models.init_params(cfg, jax.random.key(0)), models.init_params(cfg, jax.random.key(1))
+    kind = registry.get(objective).data
+    path = common.asset(
+        {"kto": "kto_train.jsonl", "sft": "sft_train.jsonl"}.get(kind, "preference_train.jsonl")
+    )
+    batches = [b[0] for b in _batches(tok, kind, path, batch_size=8)]  # padded, padding-free
+    fn = {
+        chunk: jax.jit(
+            jax.value_and_grad(
+                getattr(objectives, registry.get(objective).loss)(
+                    models.Transformer(dataclasses.replace(cfg, logits_chunk=chunk)), hp
+                ),
+                has_aux=True,
+            )
+        )
+        for chunk in (-1, 8)
+    }
+    for b in batches:
+        masks = [v for k, v in b.items() if k.endswith("loss_mask")]
+        share = max(float(np.max(np.sum(m != 0, axis=1))) / m.shape[1] for m in masks)
+        assert share < 0.9, share  # prompts leave positions to skip
+        if max(int(np.max(np.sum(m != 0, axis=1))) for m in masks) > 8:  # KTO's completions are short
+            assert batching.with_head_index(b, 1e-3) is None  # 8 slots a row: too few
+        indexed = batching.with_head_index(b, share)
+        width = indexed[next(k for k in indexed if k.endswith("head_index"))].shape[1]
+        assert width < b[next(k for k in b if k.endswith("targets"))].shape[1]
+        (la, ma), ga = fn[-1](params, ref, _device(b))
+        for chunk in (-1, 8):
+            (lb, mb), gb = fn[chunk](params, ref, _device(indexed))
+            np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6, err_msg=str(chunk))
+            for k in ma:
+                np.testing.assert_allclose(mb[k], ma[k], rtol=1e-5, atol=1e-5, err_msg=f"{chunk} {k}")
+            for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+                np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6, err_msg=str(chunk))
+
+
+def test_head_index_and_scatter_positions():
+    """Hand-checked: each row's masked positions in order at the front, unused slots T, None when a row
+    does not fit; the scatter puts values back (zeros elsewhere)."""
+    from jaxalign import losses
+
+    mask = np.array([[0, 1, 1, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]])
+    idx = batching.head_index(mask, 3)
+    np.testing.assert_array_equal(idx, [[1, 2, 4], [4, 5, 5], [5, 5, 5]])
+    assert batching.head_index(mask, 2) is None
+    vals = np.arange(1, 10, dtype=np.float32).reshape(3, 3)
+    back = losses.scatter_positions(vals, idx, 5)
+    np.testing.assert_array_equal(np.asarray(back), [[0, 1, 2, 0, 3], [0, 0, 0, 0, 4], [0, 0, 0, 0, 0]])
+    assert batching.head_width(0.3, 128) == 40 and batching.head_width(1.0, 128) == 128
+    assert batching.head_width(0.99, 100) == 100 and batching.head_width(0.01, 128) == 8
