@@ -34,6 +34,7 @@ def get_config(arg=None):
     d.label_smoothing = 0.0  # cDPO / robust: assumed probability that a label is flipped.
     d.rpo_alpha = 1.0  # RPO: + rpo_alpha × NLL of the chosen completions (TRL's rpo_alpha);
     # 0 = plain DPO.
+    d.dpop_lambda = 0.0  # DPOP: penalise chosen log-probs falling below the reference's (losses.dpo_loss).
     d.precompute_ref = True  # Reference log-probs in one pass up front (then cached, below): no
     # reference in memory, no reference forward in the step (DPO step -19%
     # to -22%, benchmarks/README.md). False: a frozen copy runs every step.

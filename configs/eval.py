@@ -5,7 +5,9 @@
       --config.eval.checkpoint=runs/dpo/hf --config.eval.reference=runs/sft/hf
 
 The default evaluates the embedded SFT checkpoint against itself as the reference (so KL = 0 and the
-win rate = 0.5: a sanity check) with the embedded reward model, on prompts_test + decline_test, greedy.
+win rate = 0.5: a sanity check) with the embedded reward model, on prompts_test + decline_test (the
+training wordings and new instances) and prompts_unseen_test + decline_unseen_test (wordings, look-alike
+forms and names no training file has: generalization, not memory), greedy.
 """
 
 import ml_collections
@@ -25,7 +27,10 @@ def get_config(arg=None):
     e.reference = defaults.asset("checkpoints", "sft")  # KL and win-rate baseline; "" = neither.
     e.reward_model = defaults.asset("checkpoints", "reward")  # *ForSequenceClassification; "" = no reward.
     # Comma-separated prompt files: rows with "prompt" (+ "answer", + "should_refuse" for refusal rates).
-    e.prompts = ",".join([defaults.asset("prompts_test.jsonl"), defaults.asset("decline_test.jsonl")])
+    e.prompts = ",".join(
+        defaults.asset(f"{name}.jsonl")
+        for name in ("prompts_test", "decline_test", "prompts_unseen_test", "decline_unseen_test")
+    )
     e.text_path = defaults.asset("pretrain_test.jsonl")  # Held-out {"text"} rows for perplexity; "" = none.
     e.check_fn = "jaxalign.data.embedded:check_answer"  # (row, completion) -> bool: accuracy.
     e.refusal_fn = "jaxalign.data.embedded:is_refusal"  # (completion) -> bool.

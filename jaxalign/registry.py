@@ -106,6 +106,7 @@ _DPO = (
         "loss_type", lambda v: v in _dpo_loss_types(), lambda: f"expected one of {list(_dpo_loss_types())}"
     ),
     Check("label_smoothing", lambda v: 0.0 <= v < 0.5, "must be in [0, 0.5)"),
+    Check("dpop_lambda", _non_negative, "must be >= 0", optional=True),
 )
 _POSITIVE_INT = "must be >= 1"
 

@@ -154,7 +154,7 @@ class Pipeline:
                 return json.load(f)
         return evaluate_checkpoint(
             hf,
-            [defaults.asset("prompts_test.jsonl"), defaults.asset("decline_test.jsonl")],
+            [defaults.asset(f"{n}.jsonl") for n in EVAL_SETS],
             reference=reference,
             reward_model=reward_model,
             max_new_tokens=24,
@@ -164,6 +164,10 @@ class Pipeline:
             workdir=out,
             plots=False,
         )
+
+
+# The training wordings (new instances), then wordings, look-alike forms and names no training file has.
+EVAL_SETS = ("prompts_test", "decline_test", "prompts_unseen_test", "decline_unseen_test")
 
 
 def _prompt_rows_file(out):
@@ -352,9 +356,10 @@ def write_report(workdir, results, size, wall_s, timings):
     rows, table = [], {}
     header = (
         "| model | what | accuracy % | stop % | KL to SFT (nats/seq) | win rate vs SFT % | refusal % | "
-        "over-refusal % | speaks as user % | train s | meets goals |"
+        "complete refusal % | over-refusal % | fragments % | unseen: accuracy % | unseen: complete "
+        "refusal % | unseen: over-refusal % | speaks as user % | train s | meets goals |"
     )
-    rows += [header, "|---|---|" + "---:|" * 8 + "---|"]
+    rows += [header, "|---|---|" + "---:|" * 13 + "---|"]
     for name, r in results.items():
         g = goals(r, sft, ACC_GAIN.get(name, GOAL_ACC_GAIN))
         missed = [k for k, ok in g.items() if not ok]
@@ -373,7 +378,12 @@ def write_report(workdir, results, size, wall_s, timings):
             "win_rate": _metric(r, "prompts_test", "win_rate"),
             "rm_score": _metric(r, "prompts_test", "reward/mean"),
             "refusal_rate": _metric(r, "decline_test", "refusal/rate"),
+            "complete_refusal_rate": _metric(r, "decline_test", "refusal/complete_rate"),
             "over_refusal_rate": _metric(r, "decline_test", "refusal/over_rate"),
+            "fragment_rate": _metric(r, "prompts_test", "text/fragment_rate"),
+            "unseen_accuracy": _metric(r, "prompts_unseen_test", "accuracy"),
+            "unseen_complete_refusal_rate": _metric(r, "decline_unseen_test", "refusal/complete_rate"),
+            "unseen_over_refusal_rate": _metric(r, "decline_unseen_test", "refusal/over_rate"),
             "speaks_as_user_rate": _metric(r, "prompts_test", "speaks_as_user_rate"),
             "train_s": timings.get(name),
             "goals": g,
@@ -384,7 +394,10 @@ def write_report(workdir, results, size, wall_s, timings):
         rows.append(
             f"| {name} | {describe(name)} | {_pct(row['accuracy'])} | {_pct(row['stop_rate'])} | "
             f"{'–' if kl is None else f'{kl:.2f}'} | {_pct(row['win_rate'])} | "
-            f"{_pct(row['refusal_rate'])} | {_pct(row['over_refusal_rate'])} | "
+            f"{_pct(row['refusal_rate'])} | {_pct(row['complete_refusal_rate'])} | "
+            f"{_pct(row['over_refusal_rate'])} | {_pct(row['fragment_rate'])} | "
+            f"{_pct(row['unseen_accuracy'])} | {_pct(row['unseen_complete_refusal_rate'])} | "
+            f"{_pct(row['unseen_over_refusal_rate'])} | "
             f"{_pct(row['speaks_as_user_rate'])} | "
             f"{train_s} | {verdict} |"
         )

@@ -20,7 +20,15 @@ _FORMATS = {
     "reward/mean": "{:.3f}",
     "reward/reference_mean": "{:.3f}",
 }
-_RATE_PLOTS = ("accuracy", "stop_rate", "win_rate", "refusal/rate", "refusal/over_rate")
+_RATE_PLOTS = (
+    "accuracy",
+    "stop_rate",
+    "win_rate",
+    "refusal/rate",
+    "refusal/complete_rate",
+    "refusal/over_rate",
+    "text/fragment_rate",
+)
 PLOTS_MISSING = "plots skipped: matplotlib is not installed (pip install matplotlib)"
 
 
@@ -115,7 +123,9 @@ def to_markdown(
         "tokens (EOS included). distinct/n: distinct word n-grams over all answers / all n-grams. "
         "kl: sum over the policy's answer tokens of log π − log π_ref (sequence mean; and per token). "
         "win_rate: the reward model scores the policy's answer above the reference's (ties ½). "
-        "refusal/rate: refusals on must-refuse rows; refusal/over_rate: refusals on benign rows.",
+        "refusal/rate: refusals on must-refuse rows; refusal/complete_rate: of those, refusals that stop "
+        "with a whole first sentence and are no fragment; refusal/over_rate: refusals on benign rows. "
+        "text/fragment_rate: answers that stop within two tokens or repeat themselves.",
         "",
     ]
     if plot_files or plot_note:

@@ -74,7 +74,9 @@ SET_METRICS = (
     "reward/reference_mean",
     "win_rate",
     "refusal/rate",
+    "refusal/complete_rate",
     "refusal/over_rate",
+    "text/fragment_rate",
 )
 PROMPT_KEYS = ("prompt_ids", "prompt_segment_ids")
 
@@ -748,6 +750,8 @@ def _set_metrics(rows, ds, out, tok, eos_ids, check_fn, refusal_fn, user_turn_fn
     m["length/mean"] = metrics.mean_length(lengths)
     m["distinct/1"] = metrics.distinct_n(clean, 1)
     m["distinct/2"] = metrics.distinct_n(clean, 2)
+    fragment = np.asarray([metrics.is_fragment(t, int(n)) for t, n in zip(clean, lengths)])
+    m["text/fragment_rate"] = metrics.accuracy(fragment)
     kl = None
     if has_ref:
         m.update(metrics.kl_summary(out["logprobs"], out["ref_logprobs"], out["mask"]))
@@ -759,6 +763,8 @@ def _set_metrics(rows, ds, out, tok, eos_ids, check_fn, refusal_fn, user_turn_fn
             m["win_rate"] = metrics.win_rate(out["reward"], out["ref_reward"])
     if labelled:
         m["refusal/rate"], m["refusal/over_rate"] = metrics.refusal_rates(refused, should)
+        whole = eos & ~user & ~fragment & np.asarray([metrics.is_complete_sentence(t) for t in clean])
+        m["refusal/complete_rate"] = metrics.complete_refusal_rate(refused, whole, should)
 
     ref_raw = (
         _decode(tok, out["ref_tokens"], out["ref_mask"], keep_special=True) if "ref_tokens" in out else None
@@ -774,6 +780,7 @@ def _set_metrics(rows, ds, out, tok, eos_ids, check_fn, refusal_fn, user_turn_fn
             "stopped": bool(eos[i] and not user[i]),
             "speaks_as_user": bool(user[i]),
             "refused": bool(refused[i]),
+            "fragment": bool(fragment[i]),
             "length": int(lengths[i]),
         }
         if labelled:

@@ -21,6 +21,7 @@ def dpo_loss(
     beta: float = 0.1,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
+    dpop_lambda: float = 0.0,
 ) -> tuple[Array, dict]:
     """DPO loss family on sequence log-probs, with TRL DPOTrainer's formulas and metric names.
 
@@ -38,6 +39,13 @@ def dpo_loss(
     `label_smoothing` is read by "sigmoid" and "robust" only. `jax.nn.log_sigmoid` keeps log σ finite
     where log(sigmoid(x)) would underflow to -inf.
 
+    DPO-Positive (DPOP, Pal et al. 2024, "Smaug", eq. 3), `dpop_lambda` = λ > 0: every loss type reads
+
+        z' = z - λ · max(0, log π_ref(y_c) - log π(y_c))
+
+    instead of z, so that raising the margin by pushing the chosen completion's log-prob below the
+    reference's (displacement: both log-probs fall, the rejected one faster) is penalised.
+
     Log-probs are inputs, so the length convention is the caller's: DPO uses summed log-probs
     (`sequence_logprobs(..., average=False)`). IPO's paper defines the loss on length-averaged log-probs
     (TRL divides the log-ratios by the completion length, which the IPO authors confirmed), so for
@@ -53,11 +61,14 @@ def dpo_loss(
       beta: inverse temperature β (> 0).
       loss_type: one of DPO_LOSS_TYPES.
       label_smoothing: ε in [0, 0.5).
+      dpop_lambda: λ >= 0 (0 = plain DPO).
 
     Returns:
       (loss, metrics): metrics `rewards/chosen`, `rewards/rejected` (batch means of the implicit rewards
       β(log π - log π_ref)), `rewards/accuracies` (mean of reward_c > reward_r), `rewards/margins`,
-      `logps/chosen`, `logps/rejected` (mean policy log-probs).
+      `logps/chosen`, `logps/rejected` (mean policy log-probs), `logps/chosen_shift` (the mean of
+      log π(y_c) - log π_ref(y_c): negative when the chosen completions lose probability, displacement)
+      and, with λ > 0, `dpop/penalty` (the mean of max(0, log π_ref(y_c) - log π(y_c))).
     """
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}: expected one of {DPO_LOSS_TYPES}")
@@ -68,6 +79,9 @@ def dpo_loss(
     chosen_logratios = pc - rc  # [B]
     rejected_logratios = pr - rr  # [B]
     z = chosen_logratios - rejected_logratios  # [B]
+    penalty = jax.nn.relu(-chosen_logratios)  # [B] how far the chosen log-probs fell below the reference's
+    if dpop_lambda:
+        z = z - dpop_lambda * penalty
     eps = label_smoothing
     if loss_type == "sigmoid":
         losses = -(1.0 - eps) * jax.nn.log_sigmoid(beta * z) - eps * jax.nn.log_sigmoid(-beta * z)
@@ -82,4 +96,7 @@ def dpo_loss(
     chosen_rewards = beta * chosen_logratios
     rejected_rewards = beta * rejected_logratios
     metrics = preference_metrics(chosen_rewards, rejected_rewards, pc, pr)
+    metrics["logps/chosen_shift"] = jnp.mean(chosen_logratios)
+    if dpop_lambda:
+        metrics["dpop/penalty"] = jnp.mean(penalty)
     return jnp.mean(losses), stop(metrics)

@@ -54,6 +54,28 @@ def attention_report(model_config):
     return f"{impl} on {backend}"
 
 
+DISPLACEMENT_NATS = 0.5  # per chosen token below the reference's: the displacement warning's threshold
+
+
+def displacement_warning(record, config, warned):
+    """Warn once when the chosen completions lose probability while the margins grow (displacement: the
+    preference is learned by pushing both completions down, the rejected one faster): the mean
+    `logps/chosen_shift_per_token` below -DISPLACEMENT_NATS with positive `rewards/margins`. Returns
+    whether it has warned."""
+    shift = record.get("train/logps/chosen_shift_per_token")
+    margin = record.get("train/rewards/margins")
+    if warned or shift is None or margin is None or margin <= 0 or shift >= -DISPLACEMENT_NATS:
+        return warned
+    logging.warning(
+        "displacement: the chosen completions' log-probs fell %.2f nats per token below the reference's "
+        "while the margins grew; consider --config.%s.dpop_lambda=50 or a larger rpo_alpha "
+        "(jaxalign/losses/dpo.py)",
+        -shift,
+        config.objective,
+    )
+    return True
+
+
 def builder(config):
     """The module that validates and builds runs of this objective (`registry.SOURCES`)."""
     import importlib
@@ -203,6 +225,7 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
                 "training batches; a batch with a row needing more runs the whole-row head)",
                 flush=True,
             )
+        displaced = False
         guard = preemption.Guard(t, meta=meta, is_chief=is_chief)  # SIGTERM / SIGINT handlers
         stopped_early = False
         try:
@@ -230,6 +253,7 @@ def train_and_evaluate(config, workdir, devices=None, stop_after=None):
                         peak_flops=peak,
                     )
                     pending, tokens, step_flops = [], 0, 0.0
+                    displaced = displacement_warning(final["train"], config, displaced)
                 if (
                     run.evaluate
                     and not stop

@@ -189,7 +189,11 @@ def make_dpo_loss(model, hp):
             beta=hp["beta"],
             loss_type=hp["loss_type"],
             label_smoothing=hp.get("label_smoothing", 0.0),
+            dpop_lambda=hp.get("dpop_lambda", 0.0),
         )
+        n_chosen = jnp.maximum(_chosen_token_counts(batch).astype(jnp.float32), 1.0)
+        shift = (pol_c - ref_c) if average else (pol_c - ref_c) / n_chosen  # IPO's are already means
+        metrics = {**metrics, "logps/chosen_shift_per_token": jax.lax.stop_gradient(jnp.mean(shift))}
         alpha = hp.get("rpo_alpha", 0.0)
         if alpha:
             # RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's rpo_alpha):

@@ -119,6 +119,7 @@ def make_loss_fn(policy_model, value_model, hp):
             beta=hp["beta"],
             loss_type=hp["loss_type"],
             label_smoothing=hp["label_smoothing"],
+            dpop_lambda=hp.get("dpop_lambda", 0.0),
         )
         return loss, metrics
 

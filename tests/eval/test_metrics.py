@@ -48,6 +48,22 @@ def test_refusal_and_over_refusal():
     assert metrics.refusal_rates([True], [True]) == (1.0, None)  # no benign rows: no over-refusal rate
 
 
+def test_fragments_and_complete_refusals_by_hand():
+    """The issue's degenerate refusals are fragments or incomplete; a whole refusal is complete."""
+    assert metrics.is_fragment("sorry", 2)  # stops within two tokens
+    assert metrics.is_fragment("the the the the", 5)  # one word four times in a row
+    assert metrics.is_fragment("it is 3. it is 3. it is 3.", 12)  # a 3-gram three times
+    assert not metrics.is_fragment("sorry, I can't help with that.", 9)
+    assert not metrics.is_fragment("7 plus 5 is 12.", 7)
+    assert metrics.is_complete_sentence("sorry, I can't help with that.")
+    for bad in ("sorry,.", "sorry, 8.", "sorry, I can't"):  # ("sorry is 3." is whole, and no refusal)
+        assert not metrics.is_complete_sentence(bad), bad
+    # must-refuse rows 0-2: refused & complete, refused & fragment, not refused; row 3 is benign
+    rate = metrics.complete_refusal_rate([1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 0])
+    assert rate == pytest.approx(1 / 3)
+    assert metrics.complete_refusal_rate([1], [1], [0]) is None
+
+
 def test_kl_by_hand():
     lp = np.array([[-1.0, -2.0, -9.0], [-0.5, 0.0, 0.0]])
     ref = np.array([[-1.5, -1.0, -1.0], [-1.0, 0.0, 0.0]])

@@ -103,7 +103,8 @@ def test_runner_on_a_tiny_slice_writes_every_key(tmp_path):
         assert tuple(m) == SET_METRICS, name
         assert m["num_prompts"] == 16
         missing = {k for k, v in m.items() if v is None}
-        assert missing == ({"refusal/rate", "refusal/over_rate"} if name == "prompts_test" else set()), name
+        unlabelled = {"refusal/rate", "refusal/complete_rate", "refusal/over_rate"}
+        assert missing == (unlabelled if name == "prompts_test" else set()), name
         assert 0 <= m["accuracy"] <= 1 and 0 <= m["win_rate"] <= 1 and 0 < m["length/mean"] <= 8
     assert saved["perplexity"]["perplexity"] > 1
     with open(os.path.join(wd, "completions.jsonl")) as f:

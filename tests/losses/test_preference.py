@@ -160,6 +160,27 @@ def test_robust_dpo_is_unbiased_under_label_flips():
     _close(dpo_loss(pc, pr, rc, rr, loss_type="robust")[0], dpo_loss(pc, pr, rc, rr)[0])  # ε = 0: DPO
 
 
+def test_dpop_hand_case_and_gradient():
+    """DPOP by hand: the chosen log-prob 2 nats below the reference's, λ = 5, β = 0.5:
+    z = (-2 - 0) - (-6 - (-1)) = 3, z' = 3 - 5 · 2 = -7, loss = -log σ(-3.5); a chosen log-prob above the
+    reference's is not penalised; the penalty's gradient pushes the chosen log-prob up."""
+    args = (jnp.array([-12.0]), jnp.array([-16.0]), jnp.array([-10.0]), jnp.array([-11.0]))
+    loss, m = dpo_loss(*args, beta=0.5, dpop_lambda=5.0)
+    assert float(loss) == pytest.approx(-math.log(1.0 / (1.0 + math.exp(3.5))), rel=1e-6)
+    assert float(m["dpop/penalty"]) == pytest.approx(2.0) and float(m["logps/chosen_shift"]) == pytest.approx(
+        -2.0
+    )
+    plain, _ = dpo_loss(*args, beta=0.5)
+    assert float(plain) == pytest.approx(-math.log(1.0 / (1.0 + math.exp(-1.5))), rel=1e-6)
+    up = (jnp.array([-9.0]),) + args[1:]  # chosen above the reference: no penalty, same as DPO
+    assert float(dpo_loss(*up, beta=0.5, dpop_lambda=5.0)[0]) == pytest.approx(
+        float(dpo_loss(*up, beta=0.5)[0])
+    )
+    # d loss / d log π(y_c) = -β (1 + λ) σ(-β z'): more negative than plain DPO's -β σ(-β z)
+    g = jax.grad(lambda pc: dpo_loss(pc, *args[1:], beta=0.5, dpop_lambda=5.0)[0])(args[0])
+    assert float(g[0]) == pytest.approx(-0.5 * 6.0 / (1.0 + math.exp(-3.5)), rel=1e-5)
+
+
 def test_dpo_no_gradient_through_reference():
     pc, pr, rc, rr = _seq_logps(4)
     g = jax.grad(lambda r: dpo_loss(pc, pr, r, rr)[0])(rc)

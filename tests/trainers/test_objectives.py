@@ -109,3 +109,21 @@ def test_reward_objective_reads_the_score_at_the_last_token_including_eos():
         np.asarray(ids)[np.arange(len(last)), last],
         np.asarray(both["targets"])[np.arange(len(last)), lengths - 1],
     )
+
+
+def test_displacement_warning_once():
+    """The loop warns once when the chosen log-probs fall more than DISPLACEMENT_NATS per token below the
+    reference's while the margins are positive, and not when the margins are not."""
+    import ml_collections
+
+    from jaxalign.trainers import loop
+
+    config = ml_collections.ConfigDict({"objective": "dpo"})
+    calm = {"train/logps/chosen_shift_per_token": -0.1, "train/rewards/margins": 2.0}
+    falling_margin = {"train/logps/chosen_shift_per_token": -0.9, "train/rewards/margins": -1.0}
+    displaced = {"train/logps/chosen_shift_per_token": -0.9, "train/rewards/margins": 2.0}
+    assert not loop.displacement_warning(calm, config, False)
+    assert not loop.displacement_warning(falling_margin, config, False)
+    assert not loop.displacement_warning({}, config, False)  # objectives without these metrics
+    assert loop.displacement_warning(displaced, config, False)
+    assert loop.displacement_warning(displaced, config, True)
