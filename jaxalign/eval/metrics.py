@@ -144,12 +144,13 @@ def refusal_rates(
 
 
 def is_fragment(text: str, length: int, n: int = 3, repeats: int = 3) -> bool:
-    """Whether a response is a fragment: it stops within two generated tokens (EOS included), or it
-    repeats itself (some word n-gram occurs `repeats` times or more, or one word `repeats` + 1 times in a
-    row). `text`: the decoded response without special tokens; `length`: its generated tokens."""
-    if length <= 2:
-        return True
+    """Whether a response is a fragment: it stops within two generated tokens (EOS included) or two
+    words ("it.", "sorry,.", "sorry, 8."), or it repeats itself (some word n-gram occurs `repeats` times
+    or more, or one word `repeats` + 1 times in a row). `text`: the decoded response without special
+    tokens; `length`: its generated tokens."""
     words = text.split()
+    if length <= 2 or len(words) <= 2:
+        return True
     run = 1
     for a, b in zip(words, words[1:]):
         run = run + 1 if a == b else 1

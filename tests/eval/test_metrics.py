@@ -51,6 +51,7 @@ def test_refusal_and_over_refusal():
 def test_fragments_and_complete_refusals_by_hand():
     """The issue's degenerate refusals are fragments or incomplete; a whole refusal is complete."""
     assert metrics.is_fragment("sorry", 2)  # stops within two tokens
+    assert metrics.is_fragment("sorry, 8.", 5) and metrics.is_fragment("it.", 3)  # or two words
     assert metrics.is_fragment("the the the the", 5)  # one word four times in a row
     assert metrics.is_fragment("it is 3. it is 3. it is 3.", 12)  # a 3-gram three times
     assert not metrics.is_fragment("sorry, I can't help with that.", 9)
