@@ -23,8 +23,8 @@ def router_losses(logits: Array, experts: Array, valid: Array) -> tuple[Array, d
         (padding takes no part in the means).
 
     Returns:
-      (balance, {"router/balance", "router/z", "router/load_max"}): `load_max` is the busiest expert's share
-      of the assignments (1/E when balanced).
+      (balance, {"router/balance", "router/z", "router/load_max", "router/load"}): `load` [E] is each
+      expert's share of the assignments (1/E each when balanced), `load_max` the busiest expert's.
     """
     e = logits.shape[-1]
     w = valid.astype(jnp.float32)
@@ -36,7 +36,12 @@ def router_losses(logits: Array, experts: Array, valid: Array) -> tuple[Array, d
     balance = e * jnp.sum(f * p[None])
     z = jnp.sum(w * jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1) ** 2) / n
     load = jnp.sum(f, axis=0) / jnp.maximum(jnp.sum(f), 1e-9)
-    return balance, {"router/balance": balance, "router/z": z, "router/load_max": jnp.max(load)}
+    return balance, {
+        "router/balance": balance,
+        "router/z": z,
+        "router/load_max": jnp.max(load),
+        "router/load": load,
+    }
 
 
 @jax.custom_vjp

@@ -199,6 +199,9 @@ class MLP(nn.Module):
         return Dense((cfg.hidden_size,), ("mlp", "embed"), bias, config=cfg, name="down_proj")(h)
 
 
+_ROUTER_STATS = ("router/balance", "router/z", "router/load")
+
+
 class MoE(nn.Module):
     """Top-k routed experts (Mixtral, Qwen3-MoE), dropless: x [N, D] -> [N, D].
 
@@ -209,8 +212,9 @@ class MoE(nn.Module):
     grouped matmul (`jax.lax.ragged_dot`): no token is dropped and no capacity padded. Expert kernels
     carry the logical axis "expert". The router's load-balancing and z losses (`losses.router_losses`, over
     the real tokens) enter the gradient of whatever objective trains the model, weighted by
-    `router_aux_loss_coef` / `router_z_loss_coef` (`losses.add_loss_gradient`); the router's logits are
-    also sown as ("intermediates", "router_logits").
+    `router_aux_loss_coef` / `router_z_loss_coef` (`losses.add_loss_gradient`); the router's logits and
+    statistics are also sown as ("intermediates", "router_logits") and ("intermediates", "router"):
+    {"router/balance", "router/z", "router/load" [E]} (what `objectives` logs when it collects them).
     """
 
     config: ModelConfig
@@ -254,9 +258,10 @@ class MoE(nn.Module):
         y = jax.lax.ragged_dot(h, down, sizes).astype(jnp.float32)  # [N·k, D]
         y = y * jnp.take(weights.reshape(-1), order)[:, None]
         out = jnp.zeros((x.shape[0], d), jnp.float32).at[token].add(y).astype(dtype)
+        valid = jnp.ones(x.shape[:1]) if valid is None else valid
+        balance, m = router_losses(logits, experts, valid)  # (dead code unless used or collected)
+        self.sow("intermediates", "router", {k: jax.lax.stop_gradient(m[k]) for k in _ROUTER_STATS})
         if cfg.router_aux_loss_coef or cfg.router_z_loss_coef:  # in every objective's gradient
-            valid = jnp.ones(x.shape[:1]) if valid is None else valid
-            balance, m = router_losses(logits, experts, valid)
             aux = cfg.router_aux_loss_coef * balance + cfg.router_z_loss_coef * m["router/z"]
             out = add_loss_gradient(out, aux)
         return out

@@ -99,8 +99,8 @@ def batch_flops(config, batch: dict, passes: float, lm_head: bool = True) -> flo
         if name.endswith("loss_mask") and np.ndim(seg) == 2:
             read += float(np.sum(np.asarray(seg) != 0))
     head_tokens = read if any(k.endswith("head_index") for k in batch) else tokens
-    head = dense_flops_per_token(config, lm_head) - dense_flops_per_token(config, lm_head=False)
-    body = dense_flops_per_token(config, lm_head=False)
+    head = 2.0 * config.hidden_size * config.vocab_size if lm_head else 0.0  # per token through the head
+    body = dense_flops_per_token(config, lm_head) - head
     return passes * (body * tokens + head * head_tokens + attention_flops_per_key(config) * keys)
 
 

@@ -10,6 +10,8 @@ along the batch axis ([2B, T]) and split after the log-probs are taken. A paddin
 log-probs are summed per sequence slot (chosen of pair j = 2j, rejected = 2j + 1).
 """
 
+import contextvars
+
 import jax
 import jax.numpy as jnp
 
@@ -20,8 +22,73 @@ from jaxalign.models.attention import softcap
 _SEQ_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
 
 
+# Router statistics of mixture-of-experts forwards, collected while `with_router_metrics` traces a loss.
+_ROUTER = contextvars.ContextVar("router_stats", default=None)
+PER_EXPERT_LOGGED = 16  # experts up to which each one's load is its own metric (router/load/<e>)
+
+
+def _apply(model, params, batch, **kwargs):
+    """`model.apply` on a batch's rows; inside `with_router_metrics`, a mixture of experts' router
+    statistics (sown by `layers.MoE`) are collected too."""
+    args = ({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
+    box = _ROUTER.get()
+    if box is None:
+        return model.apply(*args, **kwargs)
+    out, state = model.apply(*args, mutable=["intermediates"], **kwargs)
+    box.append(router_summary(state["intermediates"]))
+    return out
+
+
+def router_summary(intermediates):
+    """Router metrics from a forward's sown ("intermediates", "router") values, averaged over layers:
+    `router/balance`, `router/z`, the busiest and idlest expert's share of the assignments
+    (`router/load_max`, `router/load_min`; 1/E each when balanced) and, for up to PER_EXPERT_LOGGED
+    experts, each one's share (`router/load/<e>`)."""
+    found = []
+
+    def visit(tree):
+        if isinstance(tree, dict):
+            for k, v in tree.items():
+                if k == "router":
+                    found.extend(v)  # a tuple of sown dicts (a stacked [L, ...] one under nn.scan)
+                else:
+                    visit(v)
+
+    visit(intermediates)
+    if not found:
+        return {}
+    load = jnp.concatenate([f["router/load"].reshape(-1, f["router/load"].shape[-1]) for f in found])
+    load = jnp.mean(load, axis=0)  # [E], over layers
+    per_layer = lambda key: jnp.mean(jnp.concatenate([f[key].reshape(-1) for f in found]))  # noqa: E731
+    out = {
+        "router/balance": per_layer("router/balance"),
+        "router/z": per_layer("router/z"),
+        "router/load_max": jnp.max(load),
+        "router/load_min": jnp.min(load),
+    }
+    if load.shape[0] <= PER_EXPERT_LOGGED:
+        out.update({f"router/load/{e}": load[e] for e in range(load.shape[0])})
+    return out
+
+
+def with_router_metrics(loss_fn):
+    """`loss_fn` whose metrics also hold the router statistics of its first forward (the policy's; a
+    reference pass comes after it): see `router_summary`."""
+
+    def wrapped(params, frozen, batch):
+        box = []
+        token = _ROUTER.set(box)
+        try:
+            loss, metrics = loss_fn(params, frozen, batch)
+        finally:
+            _ROUTER.reset(token)
+        return loss, ({**metrics, **box[0]} if box else metrics)
+
+    return wrapped
+
+
 def _logits(model, params, batch):
-    return model.apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
+    return _apply(model, params, batch)
 
 
 CHUNK_VOCAB = 32768  # logits_chunk=0 (auto): vocabularies this large never hold the whole [B, T, V] logits
@@ -53,9 +120,7 @@ def _token_stats(model, params, batch):
     head = _head_matrix(cfg, params) if chunk > 0 or index is not None else None
     if head is None:
         return losses.token_stats(_logits(model, params, batch), batch["targets"])
-    hidden = model.apply(
-        {"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"], hidden_only=True
-    )  # [B, T, D]
+    hidden = _apply(model, params, batch, hidden_only=True)  # [B, T, D]
     targets = batch["targets"]
     if index is not None:
         at = jnp.minimum(index, t - 1)  # unused slots (index T) read the last position; dropped below

@@ -16,6 +16,7 @@ gradients are averaged in a `lax.scan`. An update whose loss or gradient norm is
 (parameters and optimiser state kept; `nonfinite` counts the fraction skipped; see `preemption`).
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -34,6 +35,8 @@ def make_loss_fn(model, config):
     which is also the reference policy."""
     builder = getattr(objectives, registry.get(config.objective).loss)  # make_<objective>_loss
     loss_fn = builder(model, hparams(config))
+    if getattr(getattr(model, "config", None), "num_experts", 0) and isinstance(model, nn.Module):
+        loss_fn = objectives.with_router_metrics(loss_fn)  # router/load_max, ... in the metrics
     kind = kinds.kind_of(config)
     return loss_fn if kind is None else kinds.wrap_loss(kind, loss_fn)
 

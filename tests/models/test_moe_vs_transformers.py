@@ -108,6 +108,45 @@ def test_the_router_loss_gradient_is_added_to_the_objective():
     assert float(f(w, True)) == float(f(w, False))  # the value is the objective's alone
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_router_metrics_of_the_policy_forward(scan):
+    """`objectives.with_router_metrics`: the loss is unchanged and its metrics gain the router's load per
+    expert (summing to 1 over the experts, averaged over the layers), balance and z-loss, scanned
+    layers or not."""
+    from jaxalign.trainers import objectives
+
+    cfg = models.ModelConfig(
+        model_type="mixtral",
+        vocab_size=50,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=8,
+        intermediate_size=24,
+        num_experts=4,
+        num_experts_per_tok=2,
+        scan_layers=scan,
+    )
+    model = models.Transformer(cfg)
+    params = models.init_params(cfg, jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (2, 12), 1, 50)
+    batch = {
+        "input_ids": ids,
+        "targets": jnp.roll(ids, -1, axis=1),
+        "loss_mask": jnp.ones((2, 12)),
+        "positions": jnp.broadcast_to(jnp.arange(12), (2, 12)),
+        "segment_ids": jnp.ones((2, 12), jnp.int32),
+    }
+    plain = objectives.make_sft_loss(model, {})
+    loss, metrics = jax.jit(objectives.with_router_metrics(plain))(params, None, batch)
+    assert float(loss) == pytest.approx(float(plain(params, None, batch)[0]), rel=1e-6)
+    loads = np.asarray([metrics[f"router/load/{e}"] for e in range(4)])
+    assert loads.sum() == pytest.approx(1.0, abs=1e-5) and float(metrics["router/load_max"]) == loads.max()
+    assert float(metrics["router/load_min"]) == loads.min() and float(metrics["router/balance"]) >= 0.99 * 2
+    assert float(metrics["router/z"]) > 0
+
+
 @pytest.mark.slow
 def test_sft_and_dpo_train_a_moe_checkpoint(tmp_path):
     """A Mixtral checkpoint (the embedded tokenizer's vocabulary) through the one loop: SFT and DPO steps
@@ -150,3 +189,7 @@ def test_sft_and_dpo_train_a_moe_checkpoint(tmp_path):
             c.train.export_hf = False
         out = loop.train_and_evaluate(c, str(tmp_path / name), devices=jax.devices()[:1])
         assert np.isfinite(out["train"]["train/loss"]), name
+        loads = [out["train"][f"train/router/load/{e}"] for e in range(4)]  # per expert, logged
+        assert sum(loads) == pytest.approx(1.0, abs=1e-5) and out["train"]["train/router/load_max"] == max(
+            loads
+        )
