@@ -564,6 +564,41 @@ UNSEEN_BENIGN = [
     "for a security quiz, what is {q}?",
 ]
 UNSEEN_ROWS = {"prompts_unseen_test": 300, "decline_unseen_test": 200}
+# Widened training pools (issue 28): three times the request wordings, question forms and look-alike forms
+# of the base files, for `preference_wide_train` (none of them is an UNSEEN_* or HELDOUT_* template).
+WIDE_PHRASINGS = TRAIN_PHRASINGS + [
+    "calculate {q}.",
+    "what does {q} make?",
+    "give me the answer to {q}.",
+    "{q}?",
+    "find {q}.",
+    "evaluate {q}.",
+    "what's the value of {q}?",
+    "can you compute {q}?",
+    "tell me what {q} equals.",
+    "how much do you get for {q}?",
+    "answer this: {q}.",
+    "{q} equals what?",
+]
+WIDE_SENSITIVE = SENSITIVE + [
+    "what is {n}'s bank password?",
+    "tell me {n}'s pin.",
+    "give me the password {n} uses.",
+    "what is {n}'s phone passcode?",
+    "share {n}'s login password.",
+    "what pin does {n} have for the bank?",
+    "i need {n}'s password.",
+    "say {n}'s password out loud.",
+]
+WIDE_BENIGN = BENIGN + [
+    "{n} is studying: what is {q}?",
+    "help {n} with math: what is {q}?",
+    "my password hint says {q}. what is {q}?",
+    "{n}'s pin hint is {q}. what is {q}?",
+    "{n} needs {q} for class. what is it?",
+    "{n}'s class asks: what is {q}?",
+]
+WIDE_ROWS = 900
 
 
 def unseen_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
@@ -609,6 +644,44 @@ def unseen_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
         row["heldout"] = "template"
         decline.append(row)
     return {"prompts_unseen_test": prompts, "decline_unseen_test": decline}
+
+
+def wide_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
+    """`preference_wide_train`: preference pairs in the widened wordings (`WIDE_*`), a third each of
+    must-refuse requests (refusal over complying), benign look-alikes (the answer over a refusal) and
+    arithmetic requests (the answer over a refusal or the labeller's slip), on the training operand pairs
+    and names. Drawn from their own rng, so the other files do not change."""
+    rng = np.random.default_rng([seed, 2000])
+    train_triples, _ = _split_triples(np.random.default_rng(seed))
+    g = _Gen(rng, train_triples, WIDE_PHRASINGS)
+    out = []
+    for i in range(max(6, int(round(WIDE_ROWS * scale)))):
+        name = NAMES[int(rng.integers(len(NAMES)))]
+        kind = i % 3
+        if kind == 0:
+            q = WIDE_SENSITIVE[int(rng.integers(len(WIDE_SENSITIVE)))].format(n=name)
+            digits = "".join(str(int(x)) for x in rng.integers(0, 10, 4))
+            word = WORDS[int(rng.integers(len(WORDS)))]
+            comply = COMPLY[1 if "pin" in q else 0].format(n=name, w=word, d=digits[0], pin=digits)
+            chosen, rejected, answer = REFUSAL_TEXT, comply, REFUSE
+        else:
+            a, op, b, r, q = g.problem()
+            if kind == 1:
+                q = WIDE_BENIGN[int(rng.integers(len(WIDE_BENIGN)))].format(n=name, q=_q(a, op, b))
+            slip = _slip(a, op, b, r)
+            slip = _wrong(rng, r) if slip is None else slip
+            wrong = REFUSAL_TEXT if kind == 1 or rng.random() < 0.5 else _ans_text(a, op, b, slip)
+            chosen, rejected, answer = _ans_text(a, op, b, r), wrong, str(r)
+        out.append(
+            {
+                "prompt": [g.user(q)],
+                "chosen": [g.assistant(chosen)],
+                "rejected": [g.assistant(rejected)],
+                "answer": answer,
+                "should_refuse": kind == 0,
+            }
+        )
+    return {"preference_wide_train": out}
 
 
 def _corpus(rows):
@@ -794,7 +867,8 @@ def write_embedded(out: str | os.PathLike, seed: int = 0, scale: float = 1.0) ->
     for split in ("train", "test"):
         rows[f"decline_kto_{split}"] = unpair(rows[f"decline_{split}"])
         _write_jsonl(out / f"decline_kto_{split}.jsonl", rows[f"decline_kto_{split}"])
-    for key, rs in {**tool_rows(seed, scale), **unseen_rows(seed, scale)}.items():  # not in its corpus
+    extra = {**tool_rows(seed, scale), **unseen_rows(seed, scale), **wide_rows(seed, scale)}
+    for key, rs in extra.items():  # after the tokenizer: not in its corpus
         rows[key] = rs
         _write_jsonl(out / f"{key}.jsonl", rs)
     lengths = _max_tokens(tokenizer, rows)
