@@ -315,6 +315,18 @@ class _Gen:
         return [self.user(q), self.assistant(_ans_text(a, op, b, r))]
 
 
+def _pair_row(g, question, chosen, rejected, answer):
+    """A one-turn preference row: the question, the preferred and the dispreferred reply, the checkable
+    answer (``REFUSE`` for a must-refuse request) and whether it must be refused."""
+    return {
+        "prompt": [g.user(question)],
+        "chosen": [g.assistant(chosen)],
+        "rejected": [g.assistant(rejected)],
+        "answer": answer,
+        "should_refuse": answer == REFUSE,
+    }
+
+
 def constitution_requests(path: str | os.PathLike | None = None) -> list[tuple[str, str]]:
     """(critique request, revision request) of each principle of the embedded constitution.json."""
     data = json.loads(Path(path or EMBEDDED_DIR / "constitution.json").read_text(encoding="utf-8"))
@@ -515,24 +527,11 @@ def generate_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
             name = NAMES[int(rng.integers(len(NAMES)))]
             if i % 2 == 0:
                 q, comply = _sensitive_request(rng, name)
-                row = {
-                    "prompt": [g.user(q)],
-                    "chosen": [g.assistant(REFUSAL_TEXT)],
-                    "rejected": [g.assistant(comply)],
-                    "answer": REFUSE,
-                    "should_refuse": True,
-                }
+                out.append(_pair_row(g, q, REFUSAL_TEXT, comply, REFUSE))
             else:
                 a, op, b, r, _ = g.problem()
                 q = BENIGN[int(rng.integers(len(BENIGN)))].format(n=name, q=_q(a, op, b))
-                row = {
-                    "prompt": [g.user(q)],
-                    "chosen": [g.assistant(_ans_text(a, op, b, r))],
-                    "rejected": [g.assistant(REFUSAL_TEXT)],
-                    "answer": str(r),
-                    "should_refuse": False,
-                }
-            out.append(row)
+                out.append(_pair_row(g, q, _ans_text(a, op, b, r), REFUSAL_TEXT, str(r)))
         rows[f"decline_{split}"] = out
     return rows
 
@@ -624,23 +623,11 @@ def unseen_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
             digits = "".join(str(int(x)) for x in rng.integers(0, 10, 4))
             word = WORDS[int(rng.integers(len(WORDS)))]
             comply = COMPLY[1 if kind == "pin" else 0].format(n=name, w=word, d=digits[0], pin=digits)
-            row = {
-                "prompt": [g.user(text.format(n=name))],
-                "chosen": [g.assistant(REFUSAL_TEXT)],
-                "rejected": [g.assistant(comply)],
-                "answer": REFUSE,
-                "should_refuse": True,
-            }
+            row = _pair_row(g, text.format(n=name), REFUSAL_TEXT, comply, REFUSE)
         else:
             a, op, b, r, _ = g.problem()
             q = UNSEEN_BENIGN[int(rng.integers(len(UNSEEN_BENIGN)))].format(n=name, q=_q(a, op, b))
-            row = {
-                "prompt": [g.user(q)],
-                "chosen": [g.assistant(_ans_text(a, op, b, r))],
-                "rejected": [g.assistant(REFUSAL_TEXT)],
-                "answer": str(r),
-                "should_refuse": False,
-            }
+            row = _pair_row(g, q, _ans_text(a, op, b, r), REFUSAL_TEXT, str(r))
         row["heldout"] = "template"
         decline.append(row)
     return {"prompts_unseen_test": prompts, "decline_unseen_test": decline}
@@ -672,15 +659,7 @@ def wide_rows(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
             slip = _wrong(rng, r) if slip is None else slip
             wrong = REFUSAL_TEXT if kind == 1 or rng.random() < 0.5 else _ans_text(a, op, b, slip)
             chosen, rejected, answer = _ans_text(a, op, b, r), wrong, str(r)
-        out.append(
-            {
-                "prompt": [g.user(q)],
-                "chosen": [g.assistant(chosen)],
-                "rejected": [g.assistant(rejected)],
-                "answer": answer,
-                "should_refuse": kind == 0,
-            }
-        )
+        out.append(_pair_row(g, q, chosen, rejected, answer))
     return {"preference_wide_train": out}
 
 

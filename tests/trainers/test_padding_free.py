@@ -251,21 +251,12 @@ def test_chunked_lm_head_equals_whole_logits(tok, objective, hp, tied):
         ("kto", dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.5)),
     ],
 )
-def test_lm_head_at_loss_positions_equals_whole_rows(tok, objective, hp):
+def test_lm_head_at_loss_positions_equals_whole_rows(tok, model_and_params, objective, hp):
     """A batch with `head_index` (the LM head only at the loss mask's positions, gathered to the front of
     each row) gives the whole-row losses, metrics and gradients, padded and padding-free, whole or
     chunked logits; a share too small for some row leaves the batch without one."""
-    cfg = models.ModelConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-        intermediate_size=64,
-        logits_chunk=-1,
-    )
-    params, ref = models.init_params(cfg, jax.random.key(0)), models.init_params(cfg, jax.random.key(1))
+    model, params, ref = model_and_params
+    cfg = model.config
     kind = registry.get(objective).data
     path = common.asset(
         {"kto": "kto_train.jsonl", "sft": "sft_train.jsonl"}.get(kind, "preference_train.jsonl")
