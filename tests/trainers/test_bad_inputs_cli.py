@@ -143,6 +143,8 @@ CONFIG_CASES = [
     ("kto.py", ["--config.kto.desirable_weight=0"], ["config.kto.desirable_weight=0.0", "> 0"]),
     ("sft.py", ["--config.objective=dpox"], ["config.objective='dpox'", "unknown objective"]),
     ("eval.py", ["--config.eval.top_p=0"], ["config.eval.top_p=0.0", "(0, 1]"]),
+    ("dpo.py", ["--config.model.head_positions=some"], ["config.model.head_positions='some'", "loss or all"]),
+    ("dpo.py", ["--config.dpo.dpop_lambda=-1"], ["config.dpo.dpop_lambda=-1.0", ">= 0"]),
 ]
 
 
