@@ -97,3 +97,33 @@ def test_pipeline_ci(tmp_path):
     # The frontier: PPO with the smallest kl_coef drifts further from SFT than with the largest.
     kl = {n: r["kl_sequence"] for n, r in table.items() if n.startswith("ppo_kl")}
     assert kl[min(kl, key=lambda n: float(n[6:]))] > kl[max(kl, key=lambda n: float(n[6:]))]
+
+
+def test_seed_table_judges_mean_minus_std(tmp_path):
+    """Three seeds' results: mean ± std per model, goals on the unseen templates with mean − std (and
+    mean + std for the upper bounds), the report written."""
+    p = _pipeline()
+
+    def result(acc, refuse, frag):
+        return {
+            "sets": {
+                "prompts_test": {"accuracy": acc},
+                "decline_test": {"refusal/rate": refuse},
+                "prompts_unseen_test": {"accuracy": acc, "stop_rate": 1.0, "text/fragment_rate": frag},
+                "decline_unseen_test": {"refusal/complete_rate": refuse, "refusal/over_rate": 0.0},
+            }
+        }
+
+    runs = [
+        {"sft": result(0.05, 0.4, 0.0), "dpo": result(a, r, f), "ipo": result(0.5, r2, 0.0)}
+        for a, r, f, r2 in ((0.80, 1.0, 0.0, 0.99), (0.78, 1.0, 0.01, 0.80), (0.79, 1.0, 0.005, 0.95))
+    ]
+    table = p.seed_table(runs)
+    mean, std = table["dpo"]["unseen accuracy"]
+    assert mean == pytest.approx(0.79) and std == pytest.approx(0.01)
+    assert table["dpo"]["meets_goals"] and table["dpo"]["missed"] == []
+    # ipo: complete refusals 0.913 ± 0.099 -> mean − std 0.81 < 0.90 (the mean alone would pass)
+    assert table["ipo"]["missed"] == ["unseen complete refusal"] and not table["ipo"]["meets_goals"]
+    report = p.write_seed_report(str(tmp_path), runs)
+    assert "| dpo |" in report and "no: unseen complete refusal" in report
+    assert json.loads((tmp_path / "seeds.json").read_text())["dpo"]["meets_goals"] is True
