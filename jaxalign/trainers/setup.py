@@ -67,23 +67,23 @@ class DataBatches:
         self.iterator, self.sharding = iterator, batch_sharding
         self.model_config, self.passes, self.lm_head = model_config, passes, lm_head
         self.head_share = head_share  # < 1: the LM head reads only the loss's positions (`with_head_index`)
-        self.whole_row_batches = 0  # batches with a row that needed more than that
 
     def next(self, state):
         del state  # offline batches do not depend on the policy
         batch = next(self.iterator)
+        source_metrics = {}
         if self.head_share < 1:
             indexed = batching.with_head_index(batch, self.head_share)
-            if hosts.all_hosts(indexed is not None):  # one program on every host
-                batch = indexed
-            else:
-                self.whole_row_batches += 1
+            fits = hosts.all_hosts(indexed is not None)  # one program on every host
+            batch = indexed if fits else batch
+            # logged as the share of steps whose batch had a row needing more: the LM head on whole rows
+            source_metrics["perf/head_whole_rows"] = 0.0 if fits else 1.0
         hosts_n = jax.process_count()
         info = {
             "tokens": count_tokens(batch) * hosts_n,
             "flops": flops.batch_flops(self.model_config, batch, self.passes, lm_head=self.lm_head) * hosts_n,
         }
-        return hosts.to_global(batch, self.sharding), info, {}
+        return hosts.to_global(batch, self.sharding), info, source_metrics
 
     def get_state(self):
         return self.iterator.get_state()
