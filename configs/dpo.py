@@ -15,9 +15,7 @@ def get_config(arg=None):
     del arg
     c = defaults.base_config(
         "dpo",
-        # + the widened wordings (issue 28): with them and beta 0.3, prompts in wordings no file has are
-        # answered and refused as the training ones are (README, Evaluation: unseen templates).
-        train=defaults.PREFERENCE_TRAIN + "," + defaults.asset("preference_wide_train.jsonl"),
+        train=defaults.PREFERENCE_WIDE_TRAIN,  # with beta 0.3: unseen wordings answered and refused
         eval_=defaults.asset("preference_test.jsonl"),
         model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=3e-4,  # Measured, eval of the export (SFT: task accuracy 46.7%, refusal 0%):

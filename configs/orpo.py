@@ -12,7 +12,7 @@ def get_config(arg=None):
     del arg
     c = defaults.base_config(
         "orpo",
-        train=defaults.PREFERENCE_TRAIN,
+        train=defaults.PREFERENCE_WIDE_TRAIN,  # as DPO's: the widened wordings too (issue 28)
         eval_=defaults.asset("preference_test.jsonl"),
         model_path=defaults.asset("checkpoints", "sft"),
         learning_rate=5e-4,  # Measured, 150 steps on preference + decline pairs: held-out task

@@ -13,7 +13,7 @@ def get_config(arg=None):
     del arg
     c = defaults.base_config(
         "simpo",
-        train=defaults.PREFERENCE_TRAIN,  # the arithmetic pairs and the decline slice, as DPO's
+        train=defaults.PREFERENCE_WIDE_TRAIN,  # as DPO's: the widened wordings too (issue 28)
         eval_=defaults.asset("preference_test.jsonl"),
         model_path=defaults.asset("checkpoints", "sft"),
         # Measured (python -m jaxalign.main --config=configs/eval.py on the export: prompts_test accuracy,

@@ -23,6 +23,9 @@ def asset(*parts):
 
 # The embedded preference pairs: arithmetic pairs + the decline slice (refusals and benign look-alikes).
 PREFERENCE_TRAIN = ",".join([asset("preference_train.jsonl"), asset("decline_train.jsonl")])
+# + pairs in three times the wordings (issue 28): what DPO, ORPO and SimPO train on, so that they learn the
+# request rather than its strings (README, Evaluation: unseen templates).
+PREFERENCE_WIDE_TRAIN = PREFERENCE_TRAIN + "," + asset("preference_wide_train.jsonl")
 # The embedded RL prompts: arithmetic + the decline slice (password / pin requests and look-alikes).
 RL_PROMPTS_TRAIN = ",".join([asset("prompts_train.jsonl"), asset("decline_train.jsonl")])
 

@@ -282,6 +282,21 @@ def test_kto_from_preference_rows_is_unpaired(tmp_path, cli):
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_kto_from_kto_files_and_preference_files_together():
+    """KTO rows from a list of files of both formats (each file read in its own): the pairs are unpaired,
+    every row still names its own file and line (this crashed at tokenization with a KeyError)."""
+    from jaxalign import data
+
+    kto = os.path.join(EMBEDDED, "kto_test.jsonl")
+    pref = os.path.join(EMBEDDED, "preference_test.jsonl")
+    alone = data.read(kto, kind="kto")
+    rows = data.read([kto, pref], kind="kto")
+    assert len(rows) == len(alone) + 2 * len(data.read(pref, kind="preference"))
+    assert rows[0] == alone[0] and rows.locate(0) == f"{kto} line 1"
+    assert rows.locate(len(alone) + 1) == f"{pref} line 1 (rejected)"
+    assert rows[len(alone)]["label"] is True and "completion" in rows[len(rows) - 1]
+
+
 def test_a_hub_name_offline_is_one_line(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     wd = tmp_path / "run"

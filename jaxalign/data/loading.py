@@ -62,6 +62,17 @@ def read(
     """
     if isinstance(path, Rows) and path.kind == kind:
         return path
+    if (
+        kind == "kto"
+        and isinstance(path, (list, tuple))
+        and len(path) > 1
+        and all(isinstance(p, (str, os.PathLike)) for p in path)
+    ):  # each file in its own format: KTO rows, or preference pairs to unpair
+        parts = [
+            read(p, kind=kind, format=format, split=split, data_dir=data_dir, skip_bad_rows=skip_bad_rows)
+            for p in path
+        ]
+        return _concat(parts, kind)
     source = sources.load_rows(path, split, data_dir=data_dir)
     if len(source) == 0:
         raise DataError(f"{source.name}: no rows")
@@ -98,6 +109,23 @@ def read(
         )
     rows = Rows(examples, source.name, lambda j: source.locate(kept[j]), kind, adapt.format)
     rows.skipped = bad
+    return rows
+
+
+def _concat(parts: list[Rows], kind: str) -> Rows:
+    """Rows of several files, in order; each row still names its own file and line."""
+    examples, where = [], []
+    for part in parts:
+        examples.extend(part.rows)
+        where.extend((part, j) for j in range(len(part.rows)))
+
+    def locate(i: int) -> str:
+        part, j = where[i]
+        return part.locate(j)
+
+    formats_ = sorted({part.format for part in parts})
+    rows = Rows(examples, ", ".join(part.name for part in parts), locate, kind, " + ".join(formats_))
+    rows.skipped = [m for part in parts for m in part.skipped]
     return rows
 
 
