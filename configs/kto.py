@@ -14,7 +14,14 @@ def get_config(arg=None):
         "kto",
         # The arithmetic completions and the decline slice unpaired (refusals of must-refuse requests and
         # answers to benign look-alikes desirable; the opposite undesirable), as DPO's data.
-        train=",".join([defaults.asset("kto_train.jsonl"), defaults.asset("decline_kto_train.jsonl")]),
+        # + the widened pairs (issue 28), unpaired as they are read.
+        train=",".join(
+            [
+                defaults.asset("kto_train.jsonl"),
+                defaults.asset("decline_kto_train.jsonl"),
+                defaults.asset("preference_wide_train.jsonl"),
+            ]
+        ),
         eval_=defaults.asset("kto_test.jsonl"),
         model_path=defaults.asset("checkpoints", "sft"),
         # Measured (python -m jaxalign.main --config=configs/eval.py on the export: prompts_test accuracy,
